@@ -1,0 +1,31 @@
+"""asn2n-dask: Adaptive-SN2N self-supervised denoising for fluorescence microscopy.
+
+The verbs::
+
+    from asn2n_dask import fit, denoise, load_model, assess_risk
+
+work on numpy arrays; the ``asn2n`` command line is a thin shell over them.
+"""
+
+from ._version import __version__
+from .api import denoise, fit, risk_summary
+from .checkpoint import Model, load_model, save_model
+from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig
+from .errors import Asn2nError
+from .risk import assess_risk
+
+__all__ = [
+    "__version__",
+    "fit",
+    "denoise",
+    "load_model",
+    "save_model",
+    "assess_risk",
+    "risk_summary",
+    "Model",
+    "TrainConfig",
+    "InferConfig",
+    "NormConfig",
+    "RiskThresholds",
+    "Asn2nError",
+]

@@ -1,0 +1,209 @@
+"""The package's verbs on in-memory arrays: fit, denoise, assess risk.
+
+Stacks are processed plane by plane and channel by channel; each colour channel has its
+own network.  These functions are what the command line calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .axes import from_planes, parse_axes, to_planes
+from .checkpoint import ChannelModel, Model, save_model
+from .config import InferConfig, TrainConfig
+from .errors import InputError, ModelError
+from .predict import denoise_frame, network_fn, resolve_device
+from .risk import RiskReport, assess_risk
+from .train import TrainResult, train_channel
+
+__all__ = ["fit", "denoise", "risk_summary", "check_image", "MIN_FRAME_SIDE", "Progress"]
+
+log = logging.getLogger(__name__)
+
+#: Smallest frame side ``denoise`` accepts, in pixels.
+MIN_FRAME_SIDE = 4
+
+Progress = Callable[[str, int, int], None]
+"""Called as ``progress(what, done, total)``."""
+
+
+def check_image(data: NDArray[np.generic], *, name: str = "image") -> None:
+    """Refuse data the method cannot use: non-real dtypes, NaN/inf, frames under 4x4."""
+    dt = np.asarray(data).dtype if not hasattr(data, "dtype") else data.dtype
+    if dt.kind not in "uif":
+        raise InputError(f"{name} has dtype {dt}, which is not supported; convert it to an integer or "
+                         "float type.")
+    arr = np.asarray(data)
+    if arr.ndim < 2 or min(arr.shape[-2:]) < MIN_FRAME_SIDE:
+        raise InputError(f"{name} frames are {arr.shape[-2:] if arr.ndim >= 2 else arr.shape}; frames "
+                         f"must be at least {MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} pixels.")
+    if arr.size == 0:
+        raise InputError(f"{name} is empty.")
+    if dt.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(f"{name} holds NaN or infinite values; replace them (e.g. with the background "
+                         "level) before denoising.")
+
+
+def _evenly(n: int, k: int) -> list[int]:
+    return list(range(n)) if n <= k else [int(round(i)) for i in np.linspace(0, n - 1, k)]
+
+
+def fit(data: NDArray[np.number], *, axes: str | None = None, config: TrainConfig = TrainConfig(),
+        channel_names: Sequence[str] | None = None, device: str = "auto",
+        progress: Progress | None = None, model_dir: str | os.PathLike[str] | None = None) -> Model:
+    """Train one Adaptive-SN2N network per colour channel on noisy data itself.
+
+    Parameters
+    ----------
+    data : ndarray
+        Noisy image(s) in input units: a frame (Y, X) or a stack named by ``axes``.
+    axes : str, optional
+        One letter per dimension ending in ``YX``, ``C`` for colour channels
+        (default ``YX`` for 2-D, ``TYX`` for 3-D).
+    config : TrainConfig
+        Training options.
+    channel_names : sequence of str, optional
+        Names kept in the model (default ``"0"``, ``"1"``...).
+    device : {"auto", "cpu", "cuda"}
+        Where to train.
+    progress : callable, optional
+        ``progress(what, step, total)`` after every step.
+    model_dir : path, optional
+        Where to write checkpoints while training and the final model.
+
+    Returns
+    -------
+    Model
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from asn2n_dask import fit, denoise
+    >>> noisy = np.random.default_rng(0).poisson(5.0, (64, 64)).astype(np.uint16)
+    >>> model = fit(noisy, config=TrainConfig(preset="tiny", steps=2, patch=32, batch=2))
+    >>> denoise(noisy, model, config=InferConfig(tile=32)).shape
+    (64, 64)
+    """
+    check_image(data, name="training data")
+    ax = parse_axes(axes, np.ndim(data))
+    planes = to_planes(np.asarray(data), ax)
+    names = list(channel_names) if channel_names is not None else [str(i) for i in range(planes.shape[0])]
+    if len(names) != planes.shape[0]:
+        raise InputError(f"{len(names)} channel names given for {planes.shape[0]} channels.")
+    dev = resolve_device(device)
+    done: list[ChannelModel] = []
+
+    def as_channel(name: str, r: TrainResult) -> ChannelModel:
+        return ChannelModel(name=name, net=r.net, stats=r.stats, dataset_mode=r.dataset_mode,
+                            high_risk_ratio=r.high_risk_ratio, steps=r.steps, best_step=r.best_step,
+                            seconds=r.seconds, history=r.history)
+
+    for c, name in enumerate(names):
+        frames = [planes[c, i] for i in _evenly(planes.shape[1], config.max_frames)]
+        what = f"training channel {name}" if len(names) > 1 else "training"
+
+        def step_cb(step: int, total: int, loss: float, what: str = what) -> None:
+            if progress is not None:
+                progress(what, step, total)
+
+        def ckpt(r: TrainResult, name: str = name) -> None:
+            if model_dir is not None:
+                save_model(Model(train=config, channels=done + [as_channel(name, r)]), model_dir)
+
+        result = train_channel(frames, config, device=dev, progress=step_cb, checkpoint=ckpt)
+        done.append(as_channel(name, result))
+        log.info("channel %s: %d steps in %.1f s, dataset decision %s, high-risk ratio %.3f",
+                 name, result.steps, result.seconds, result.dataset_mode, result.high_risk_ratio)
+    model = Model(train=config, channels=done)
+    if model_dir is not None:
+        save_model(model, model_dir)
+    return model
+
+
+def denoise(data: NDArray[np.number], model: Model, *, axes: str | None = None,
+            config: InferConfig = InferConfig(), progress: Progress | None = None,
+            with_risk: bool = False) -> NDArray[np.float32] | tuple[NDArray[np.float32], NDArray[np.int8]]:
+    """Denoise an image or stack with a trained model, in the input's own units.
+
+    Parameters
+    ----------
+    data : ndarray
+        Noisy frame (Y, X) or stack named by ``axes``; the ``C`` axis must have as
+        many channels as the model has networks.
+    model : Model
+        From :func:`fit` or :func:`asn2n_dask.load_model`.
+    axes : str, optional
+        As for :func:`fit`.
+    config : InferConfig
+        Tile, overlap, blend, inference domain, device.
+    progress : callable, optional
+        ``progress("denoising", frames_done, frames_total)``.
+    with_risk : bool
+        Also return the per-pixel risk classes (int8, same shape as ``data``).
+
+    Returns
+    -------
+    ndarray, float32, same shape as ``data``
+        Denoised intensities in the input's units (never rescaled to [0, 1]).
+    """
+    check_image(data)
+    arr = np.asarray(data)
+    ax = parse_axes(axes, arr.ndim)
+    planes = to_planes(arr, ax)
+    if planes.shape[0] != model.n_channels:
+        raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has "
+                         f"{planes.shape[0]}; train a model on data with the same channels.")
+    dev = resolve_device(config.device)
+    out = np.empty(planes.shape, np.float32)
+    risk = np.empty(planes.shape, np.int8) if with_risk else None
+    total, done = planes.shape[0] * planes.shape[1], 0
+    for c, ch in enumerate(model.channels):
+        fn = network_fn(ch.net, dev)
+        for p in range(planes.shape[1]):
+            out[c, p], report = denoise_frame(planes[c, p], fn, norm=model.train.norm, infer=config,
+                                              device=dev, multiple=model.multiple,
+                                              dataset_mode=ch.dataset_mode)
+            if risk is not None:
+                risk[c, p] = report.pixel_map(planes.shape[-2:])
+            done += 1
+            if progress is not None:
+                progress("denoising", done, total)
+    result = from_planes(out, ax, arr.shape)
+    if risk is not None:
+        return result, from_planes(risk, ax, arr.shape)
+    return result
+
+
+def risk_summary(data: NDArray[np.number], *, axes: str | None = None,
+                 config: TrainConfig = TrainConfig()) -> dict[str, object]:
+    """Risk classes of every frame, per channel, and the decision ``dataset`` mode takes.
+
+    Returns
+    -------
+    dict
+        ``{"channels": [{"weak_background", "sparse_bright", "high_risk", "patches",
+        "dataset_decision"}...], "patch": int}`` with ratios in [0, 1].
+    """
+    check_image(data)
+    ax = parse_axes(axes, np.ndim(data))
+    planes = to_planes(np.asarray(data), ax)
+    thr = config.norm.risk
+    out = []
+    for c in range(planes.shape[0]):
+        reports: list[RiskReport] = [assess_risk(f, thresholds=thr) for f in planes[c]]
+        maps = np.concatenate([r.risk_map.ravel() for r in reports])
+        out.append({
+            "channel": c,
+            "frames": len(reports),
+            "patches": int(maps.size),
+            "weak_background": float(np.mean(maps == 1)),
+            "sparse_bright": float(np.mean(maps == 2)),
+            "high_risk": float(np.mean(maps != 0)),
+            "dataset_decision": "global" if np.mean(maps != 0) > thr.dataset_ratio else "local",
+        })
+    return {"patch": thr.patch, "dataset_ratio": thr.dataset_ratio, "channels": out}

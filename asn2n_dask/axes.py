@@ -1,0 +1,64 @@
+"""Axis names: letters, one per dimension, ending in ``YX``.
+
+``T`` time, ``C`` colour channel, ``Z`` depth, ``Y`` and ``X`` the frame; any other
+letter (``Q``, ``I``, ...) is one more stack axis.  Frames are processed one by one,
+channel by channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import InputError
+
+__all__ = ["parse_axes", "default_axes", "to_planes", "from_planes"]
+
+
+def default_axes(ndim: int) -> str:
+    """Axes assumed for a bare array: ``YX`` (2-D) or ``TYX`` (3-D)."""
+    if ndim == 2:
+        return "YX"
+    if ndim == 3:
+        return "TYX"
+    raise InputError(f"a {ndim}-D array needs its axes named (e.g. axes='TCYX'); only 2-D and 3-D "
+                     "arrays have a default.")
+
+
+def parse_axes(axes: str | None, ndim: int) -> str:
+    """Validate axis letters against an array's number of dimensions.
+
+    Returns
+    -------
+    str
+        Upper-case letters, one per dimension, ending in ``YX``, each at most once.
+    """
+    if axes is None:
+        return default_axes(ndim)
+    a = "".join(str(axes).split()).upper()
+    if len(a) != ndim:
+        raise InputError(f"axes {axes!r} name {len(a)} dimensions but the image has {ndim}.")
+    if not a.endswith("YX") or not a.isalpha():
+        raise InputError(f"axes {axes!r} must be letters ending in YX (the frame's rows and columns).")
+    if len(set(a)) != len(a):
+        raise InputError(f"axes {axes!r} repeat a letter.")
+    if "S" in a:
+        raise InputError("RGB (sample) images are not supported: save each colour as a channel (C axis).")
+    return a
+
+
+def to_planes(data: NDArray[np.generic], axes: str) -> NDArray[np.generic]:
+    """Reshape to (C, P, H, W): channels first, every other stack axis flattened to P."""
+    c = axes.find("C")
+    arr = np.moveaxis(data, c, 0) if c >= 0 else data[None]
+    h, w = arr.shape[-2:]
+    return arr.reshape(arr.shape[0], -1, h, w)
+
+
+def from_planes(planes: NDArray[np.generic], axes: str, shape: tuple[int, ...]) -> NDArray[np.generic]:
+    """Inverse of :func:`to_planes` for an array of the original ``shape``."""
+    c = axes.find("C")
+    if c >= 0:
+        moved = (shape[c],) + tuple(s for i, s in enumerate(shape) if i != c)
+        return np.moveaxis(planes.reshape(moved), 0, c)
+    return planes.reshape(shape)

@@ -1,0 +1,182 @@
+"""Models on disk: safetensors weights plus one JSON file; loading never unpickles.
+
+A model directory holds ``model.json`` (format, package version, every training
+option, and per channel: name, weights file, its SHA-256, the data's normalisation
+statistics, the ``dataset`` decision, training history) and one
+``channel-<i>.safetensors`` per colour channel.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ._version import __version__
+from .config import PRESETS, TrainConfig
+from .errors import ConfigError, ModelError
+from .model import UNet
+from .risk import FrameStats
+
+__all__ = ["ChannelModel", "Model", "save_model", "load_model", "MODEL_FORMAT"]
+
+MODEL_FORMAT = "asn2n-dask-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ChannelModel:
+    """The network of one colour channel and what it was trained on."""
+
+    name: str
+    net: UNet
+    stats: FrameStats
+    dataset_mode: str = "local"
+    high_risk_ratio: float = 0.0
+    steps: int = 0
+    best_step: int | None = None
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Model:
+    """A trained Adaptive-SN2N model: one network per colour channel.
+
+    Attributes
+    ----------
+    train : TrainConfig
+        Every training option (preset, normalisation, loss, seed...).
+    channels : list of ChannelModel
+        In the order of the input's channel axis (one entry for single-channel data).
+    """
+
+    train: TrainConfig
+    channels: list[ChannelModel]
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** (len(PRESETS[self.train.preset]) - 1)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_model(model: Model, directory: str | os.PathLike[str]) -> Path:
+    """Write ``model`` to ``directory`` (created if needed; files replaced atomically).
+
+    Returns
+    -------
+    Path
+        The ``model.json`` written.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    channels = []
+    for i, ch in enumerate(model.channels):
+        name = f"channel-{i}.safetensors"
+        tmp = d / (name + ".tmp")
+        state = {k: v.detach().cpu().contiguous() for k, v in ch.net.state_dict().items()}
+        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
+        os.replace(tmp, d / name)
+        channels.append({
+            "name": ch.name,
+            "weights": name,
+            "sha256": _sha256(d / name),
+            "stats": ch.stats.to_dict(),
+            "dataset_mode": ch.dataset_mode,
+            "high_risk_ratio": ch.high_risk_ratio,
+            "steps": ch.steps,
+            "best_step": ch.best_step,
+            "seconds": ch.seconds,
+            "history": ch.history,
+        })
+    doc = {
+        "format": MODEL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "widths": list(PRESETS[model.train.preset]),
+        "train": model.train.to_dict(),
+        "channels": channels,
+    }
+    path = d / "model.json"
+    _atomic_write_text(path, json.dumps(doc, indent=2))
+    return path
+
+
+def load_model(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Model:
+    """Read a model directory written by :func:`save_model`.
+
+    Weights are read with safetensors (no code is ever unpickled) and checked against
+    the SHA-256 recorded in ``model.json``.
+
+    Raises
+    ------
+    ModelError
+        When the directory, its JSON or its weights are missing, malformed or altered.
+    """
+    d = Path(directory)
+    path = d / "model.json"
+    if not path.is_file():
+        raise ModelError(f"no model at {d}: model.json is missing; train one with 'asn2n fit'.")
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format") != MODEL_FORMAT:
+            raise ModelError(f"{path} is not an asn2n-dask model (format {doc.get('format')!r}).")
+        if int(doc.get("format_version", -1)) > FORMAT_VERSION:
+            raise ModelError(f"{path} was written by a newer asn2n-dask (format {doc['format_version']}); "
+                             "upgrade the package.")
+        train = TrainConfig.from_dict(doc["train"])
+        entries = doc["channels"]
+        if not isinstance(entries, list) or not entries:
+            raise ModelError(f"{path} lists no channel networks.")
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        if isinstance(e, ModelError):
+            raise
+        raise ModelError(f"{path} is malformed ({e}); re-train the model with 'asn2n fit'.") from None
+    channels = []
+    for e in entries:
+        try:
+            wpath = d / Path(str(e["weights"])).name
+            if not wpath.is_file():
+                raise ModelError(f"weights {wpath} listed in {path} are missing.")
+            if _sha256(wpath) != e["sha256"]:
+                raise ModelError(f"weights {wpath} do not match the checksum in {path}; the file was "
+                                 "altered or damaged: re-train or restore the model.")
+            net = UNet(PRESETS[train.preset])
+            net.load_state_dict(load_file(str(wpath), device="cpu"), strict=True)
+        except ModelError:
+            raise
+        except Exception as exc:  # safetensors / torch errors on a bad file
+            raise ModelError(f"cannot load weights from {d} ({type(exc).__name__}: {exc}).") from None
+        channels.append(ChannelModel(
+            name=str(e.get("name", len(channels))), net=net.to(device).eval(),
+            stats=FrameStats.from_dict(e["stats"]), dataset_mode=str(e.get("dataset_mode", "local")),
+            high_risk_ratio=float(e.get("high_risk_ratio", 0.0)), steps=int(e.get("steps", 0)),
+            best_step=e.get("best_step"), seconds=float(e.get("seconds", 0.0)),
+            history=list(e.get("history", []))))
+    return Model(train=train, channels=channels)

@@ -1,0 +1,389 @@
+"""The ``asn2n`` command line: a thin shell over the package's verbs.
+
+Every error the package raises on purpose is printed as one sentence on stderr with
+exit status 2; nothing is written and the input is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+import typer
+
+from ._version import __version__
+from .errors import Asn2nError, InputError, OutputError
+
+app = typer.Typer(
+    name="asn2n",
+    help="Adaptive-SN2N: self-supervised denoising of fluorescence microscopy that does not invent "
+    "structure in dark background. Intensities stay in the input's units.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("asn2n_dask")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def friendly(fn: F) -> F:
+    """Turn the package's errors into one sentence and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Asn2nError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            typer.echo("interrupted; nothing was written under the output name.", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr, fed with ``(what, done, total)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def update(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+@app.callback()
+def main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors; no progress bars.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Adaptive-SN2N denoising. Run 'asn2n COMMAND --help' for a command's options and examples."""
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    state["quiet"] = quiet
+
+
+state: dict[str, Any] = {"quiet": False}
+
+# ---------------------------------------------------------------- shared options
+PresetOpt = Annotated[str, typer.Option("--preset", help="Network size: tiny (tests), small (CPU), paper (GPU).")]
+StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Training steps.")]
+NormOpt = Annotated[str, typer.Option("--norm", help="Normalisation: adaptive, local, global or dataset.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (initialisation, sampling, augmentation).")]
+PatchOpt = Annotated[int, typer.Option("--patch", help="Training patch side in pixels.")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Training patches per step.")]
+LossOpt = Annotated[str, typer.Option("--loss", help="Twin-to-twin loss: l1 or l2.")]
+LambdaOpt = Annotated[float, typer.Option("--consistency", help="Weight of the consistency term |f(A)-f(B)|.")]
+TileOpt = Annotated[int, typer.Option("--tile", help="Inference tile side in pixels.")]
+OverlapOpt = Annotated[float, typer.Option("--overlap", help="Tile overlap fraction in [0, 1).")]
+BlendOpt = Annotated[str, typer.Option("--blend", help="Tile blending: gaussian, uniform or none.")]
+InferOnOpt = Annotated[str, typer.Option("--infer-on", help="Apply the network to the frame's twins "
+                                          "(averaged; the domain it was trained on) or to the raw frame.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu or cuda.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Output dtype: float32, or 'input' for the input's "
+                                       "dtype (rounded and clipped).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+AxesOpt = Annotated[str | None, typer.Option("--axes", help="Axis letters when the file does not name them, "
+                                             "e.g. TCYX.")]
+
+
+def _train_config(preset: str, steps: int, norm: str, seed: int, patch: int, batch: int, loss: str,
+                  consistency: float) -> Any:
+    from .config import NormConfig, TrainConfig
+
+    return TrainConfig(preset=preset, steps=steps, seed=seed, patch=patch, batch=batch,  # type: ignore[arg-type]
+                       loss=loss, consistency=consistency, norm=NormConfig(mode=norm))  # type: ignore[arg-type]
+
+
+def _infer_config(tile: int, overlap: float, blend: str, infer_on: str, device: str) -> Any:
+    from .config import InferConfig
+
+    return InferConfig(tile=tile, overlap=overlap, blend=blend, infer_on=infer_on,  # type: ignore[arg-type]
+                       device=device)
+
+
+def _read(path: Path, axes: str | None) -> tuple[np.ndarray, Any]:
+    from dataclasses import replace
+
+    from .axes import parse_axes
+    from .io import read_image
+
+    data, meta = read_image(path)
+    if axes is not None:
+        meta = replace(meta, axes=parse_axes(axes, data.ndim))
+    return data, meta
+
+
+def _check_model_dir(path: Path, overwrite: bool) -> None:
+    if (path / "model.json").exists() and not overwrite:
+        raise OutputError(f"a model already exists in {path}; pass --overwrite to replace it or choose "
+                          "another directory.")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"model directory {path} is a file; choose a directory path.")
+
+
+def _provenance(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"package": "asn2n-dask", "version": __version__, "command": kind, **fields}
+
+
+def _channel_names(meta: Any, n: int) -> list[str]:
+    return list(meta.channel_names) if meta.channel_names and len(meta.channel_names) == n else \
+        [str(i) for i in range(n)]
+
+
+def _fit_inputs(inputs: list[Path], axes: str | None) -> tuple[np.ndarray, Any]:
+    datas, metas = zip(*(_read(p, axes) for p in inputs))
+    first = metas[0]
+    from .axes import to_planes
+
+    for p, d, m in zip(inputs, datas, metas):
+        if m.axes.count("C") != first.axes.count("C") or to_planes(d, m.axes).shape[0] != \
+                to_planes(datas[0], first.axes).shape[0]:
+            raise InputError(f"{p} has a different number of channels than {inputs[0]}; train on "
+                             "inputs with the same channels.")
+    if len(datas) == 1:
+        return datas[0], first
+    planes = [to_planes(d, m.axes) for d, m in zip(datas, metas)]
+    if len({pl.shape[-2:] for pl in planes}) != 1:
+        raise InputError("training inputs have frames of different sizes; pass one size at a time.")
+    stacked = np.concatenate(planes, axis=1)  # (C, P, H, W)
+    from dataclasses import replace
+
+    return stacked, replace(first, axes="CTYX")
+
+
+# ---------------------------------------------------------------- commands
+@app.command()
+@friendly
+def risk(
+    input: Annotated[Path, typer.Argument(help="TIFF or Zarr image.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    patch: Annotated[int, typer.Option("--patch", help="Risk patch side in pixels.")] = 64,
+    axes: AxesOpt = None,
+) -> None:
+    """Summarise the risk classes of an image's patches, per channel.
+
+    Prints the share of weak-background and sparse-bright patches and the normalisation
+    the 'dataset' mode would choose.
+
+    Example: asn2n risk cells.tif --json
+    """
+    from .api import risk_summary
+    from .config import NormConfig, RiskThresholds, TrainConfig
+
+    data, meta = _read(input, axes)
+    summary = risk_summary(data, axes=meta.axes,
+                           config=TrainConfig(norm=NormConfig(risk=RiskThresholds(patch=patch))))
+    if as_json:
+        typer.echo(json.dumps({"input": str(input), "axes": meta.axes, **summary}, indent=2))
+        return
+    typer.echo(f"{input}: axes {meta.axes}, {patch}x{patch} patches")
+    typer.echo(f"{'channel':>8} {'frames':>7} {'patches':>8} {'weak bg':>8} {'sparse':>8} {'high-risk':>10}  dataset mode")
+    for c in summary["channels"]:  # type: ignore[union-attr]
+        typer.echo(f"{c['channel']:>8} {c['frames']:>7} {c['patches']:>8} {c['weak_background']:>8.1%} "
+                   f"{c['sparse_bright']:>8.1%} {c['high_risk']:>10.1%}  {c['dataset_decision']}")
+
+
+@app.command()
+@friendly
+def fit(
+    inputs: Annotated[list[Path], typer.Argument(help="Noisy TIFF or Zarr images to learn from.", show_default=False)],
+    model_dir: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.", show_default=False)],
+    preset: PresetOpt = "small",
+    steps: StepsOpt = 3000,
+    norm: NormOpt = "adaptive",
+    seed: SeedOpt = 0,
+    patch: PatchOpt = 96,
+    batch: BatchOpt = 8,
+    loss: LossOpt = "l1",
+    consistency: LambdaOpt = 0.5,
+    device: DeviceOpt = "auto",
+    axes: AxesOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train one network per colour channel on the noisy data itself (no clean images needed).
+
+    Example: asn2n fit cells.tif -o cells.model --preset small --steps 3000
+    """
+    from .api import fit as fit_fn
+
+    cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency)
+    _check_model_dir(model_dir, overwrite)
+    data, meta = _fit_inputs(inputs, axes)
+    n_ch = data.shape[meta.axes.index("C")] if "C" in meta.axes else 1
+    with progress_bar(not state["quiet"]) as bar:
+        fit_fn(data, axes=meta.axes, config=cfg, channel_names=_channel_names(meta, n_ch), device=device,
+               progress=bar, model_dir=model_dir)
+    typer.echo(f"model written to {model_dir}")
+
+
+def _denoise_to(input: Path, output: Path, model: Any, data: np.ndarray, meta: Any, infer: Any, dtype: str,
+                overwrite: bool, extra: dict[str, Any]) -> None:
+    from .api import denoise as denoise_fn
+    from .io import cast_output, write_image
+
+    with progress_bar(not state["quiet"]) as bar:
+        out = denoise_fn(data, model, axes=meta.axes, config=infer, progress=bar)
+    if dtype == "input":
+        out = cast_output(out, data.dtype)
+    elif dtype != "float32":
+        raise InputError(f"--dtype must be float32 or input; got {dtype!r}.")
+    prov = _provenance("denoise", input=str(input), infer=infer.to_dict(), **extra)
+    write_image(output, out, meta, overwrite=overwrite, attrs=prov)
+    typer.echo(f"denoised {input} -> {output}")
+
+
+@app.command()
+@friendly
+def denoise(
+    input: Annotated[Path, typer.Argument(help="Noisy TIFF or Zarr image.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .tif/.tiff/.zarr.", show_default=False)],
+    model_dir: Annotated[Path, typer.Option("--model", "-m", help="Model directory from 'asn2n fit'.",
+                                            show_default=False)],
+    tile: TileOpt = 128,
+    overlap: OverlapOpt = 0.5,
+    blend: BlendOpt = "gaussian",
+    infer_on: InferOnOpt = "twins",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    axes: AxesOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Denoise an image with a trained model; the output keeps the input's shape, axes and units.
+
+    Example: asn2n denoise cells.tif -o cells-denoised.tif --model cells.model
+    """
+    from .checkpoint import load_model
+
+    infer = _infer_config(tile, overlap, blend, infer_on, device)
+    check_out(output, input, overwrite)
+    model = load_model(model_dir)
+    data, meta = _read(input, axes)
+    _denoise_to(input, output, model, data, meta, infer, dtype, overwrite,
+                {"model": str(model_dir), "train": model.train.to_dict()})
+
+
+def check_out(output: Path, input: Path, overwrite: bool) -> None:
+    from .io import check_output
+
+    if not input.exists():
+        raise InputError(f"input {input} does not exist.")
+    check_output(output, inputs=[input], overwrite=overwrite)
+
+
+@app.command()
+@friendly
+def run(
+    input: Annotated[Path, typer.Argument(help="Noisy TIFF or Zarr image.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .tif/.tiff/.zarr.", show_default=False)],
+    model_dir: Annotated[Path | None, typer.Option("--model-dir", help="Where to keep the trained model "
+                                                   "(default: OUTPUT name + '.model').")] = None,
+    preset: PresetOpt = "small",
+    steps: StepsOpt = 3000,
+    norm: NormOpt = "adaptive",
+    seed: SeedOpt = 0,
+    patch: PatchOpt = 96,
+    batch: BatchOpt = 8,
+    loss: LossOpt = "l1",
+    consistency: LambdaOpt = 0.5,
+    tile: TileOpt = 128,
+    overlap: OverlapOpt = 0.5,
+    blend: BlendOpt = "gaussian",
+    infer_on: InferOnOpt = "twins",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    axes: AxesOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Fit a model on the input itself, then denoise it: the one command to try first.
+
+    Example: asn2n run noisy.tif -o denoised.tif --preset small
+    """
+    from .api import fit as fit_fn
+
+    cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency)
+    infer = _infer_config(tile, overlap, blend, infer_on, device)
+    check_out(output, input, overwrite)
+    mdir = model_dir or output.with_name(output.name + ".model")
+    _check_model_dir(mdir, overwrite)
+    data, meta = _read(input, axes)
+    n_ch = data.shape[meta.axes.index("C")] if "C" in meta.axes else 1
+    with progress_bar(not state["quiet"]) as bar:
+        model = fit_fn(data, axes=meta.axes, config=cfg, channel_names=_channel_names(meta, n_ch),
+                       device=device, progress=bar, model_dir=mdir)
+    _denoise_to(input, output, model, data, meta, infer, dtype, overwrite,
+                {"model": str(mdir), "train": cfg.to_dict()})
+    typer.echo(f"model kept in {mdir}")
+
+
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path("demo-output"),
+    size: Annotated[int, typer.Option("--size", help="Side of the synthetic frame.")] = 256,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps of the tiny model.")] = 300,
+    photons: Annotated[float, typer.Option("--photons", help="Peak photons of the synthetic signal.")] = 8.0,
+) -> None:
+    """Make a synthetic noisy frame, fit a tiny model on it, denoise it, save a before/after PNG.
+
+    Example: asn2n demo --out demo-output
+    """
+    import tifffile
+
+    from .api import denoise as denoise_fn
+    from .api import fit as fit_fn
+    from .config import InferConfig, TrainConfig
+    from .plots import before_after_png
+    from .synthetic import noisy_frame
+
+    out.mkdir(parents=True, exist_ok=True)
+    noisy, truth = noisy_frame((size, size), photons=photons, seed=0)
+    tifffile.imwrite(out / "noisy.tif", noisy)
+    tifffile.imwrite(out / "ground_truth.tif", truth)
+    cfg = TrainConfig(preset="tiny", steps=steps, patch=64, batch=8, val_every=max(1, steps // 10),
+                      checkpoint_every=steps)
+    if (out / "model").exists():
+        shutil.rmtree(out / "model")
+    with progress_bar(not state["quiet"]) as bar:
+        model = fit_fn(noisy, config=cfg, progress=bar, model_dir=out / "model")
+        den = denoise_fn(noisy, model, config=InferConfig(tile=64), progress=bar)
+    tifffile.imwrite(out / "denoised.tif", den)
+    png = before_after_png(noisy, den, out / "before_after.png", truth=truth)
+    rmse_in = float(np.sqrt(np.mean((noisy.astype(float) - truth) ** 2)))
+    rmse_out = float(np.sqrt(np.mean((den.astype(float) - truth) ** 2)))
+    typer.echo(f"noisy input:  {out / 'noisy.tif'} (RMSE to ground truth {rmse_in:.2f} ADU)")
+    typer.echo(f"denoised:     {out / 'denoised.tif'} (RMSE to ground truth {rmse_out:.2f} ADU)")
+    typer.echo(f"model:        {out / 'model'}")
+    typer.echo(f"before/after: {png}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

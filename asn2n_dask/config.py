@@ -1,0 +1,271 @@
+"""Frozen, typed, closed configuration objects.
+
+Every default lives here, once.  Each object validates itself on construction, rejects
+unknown keys when read back from JSON (:meth:`from_dict`), and round-trips through
+:meth:`to_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, get_args
+
+from .errors import ConfigError
+
+__all__ = [
+    "NormMode",
+    "BlendMode",
+    "InferOn",
+    "LossKind",
+    "Preset",
+    "PRESETS",
+    "RiskThresholds",
+    "NormConfig",
+    "TrainConfig",
+    "InferConfig",
+    "parse_choice",
+]
+
+NormMode = Literal["adaptive", "local", "global", "dataset"]
+BlendMode = Literal["gaussian", "uniform", "none"]
+InferOn = Literal["twins", "raw"]
+LossKind = Literal["l1", "l2"]
+Preset = Literal["tiny", "small", "paper"]
+
+#: U-Net channel widths per level, from the top level down to the bottleneck.
+PRESETS: dict[str, tuple[int, ...]] = {
+    "tiny": (8, 16),
+    "small": (32, 64, 128),
+    "paper": (64, 128, 256, 512, 512),
+}
+
+T = TypeVar("T")
+
+
+def parse_choice(value: str, choices: Any, what: str) -> str:
+    """Return ``value`` lower-cased if it is one of the ``Literal`` ``choices``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the option, the value and the allowed choices.
+    """
+    allowed = get_args(choices)
+    v = str(value).lower()
+    if v not in allowed:
+        raise ConfigError(f"{what} must be one of {', '.join(allowed)}; got {value!r}.")
+    return v
+
+
+def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}.")
+    return cls(**data)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class RiskThresholds:
+    """Thresholds of the risk classes, on patches of the [0, 1]-scaled image.
+
+    A patch is *weak background* (class 1) when ``(mean <= bg_mean and std <= bg_std)``
+    or ``(skew <= bg_skew and std <= bg_std_skew)``; *sparse bright* (class 2) when
+    ``mean <= sb_mean and std >= sb_std and skew >= sb_skew``; otherwise *safe* (0).
+    """
+
+    patch: int = 64
+    clip_percentile: float = 99.99
+    bg_mean: float = 0.2
+    bg_std: float = 0.028
+    bg_skew: float = 0.0
+    bg_std_skew: float = 0.05
+    sb_mean: float = 0.3
+    sb_std: float = 0.075
+    sb_skew: float = 3.0
+    dataset_ratio: float = 0.10
+
+    def __post_init__(self) -> None:
+        _check(self.patch >= 4, f"risk patch size must be at least 4 pixels; got {self.patch}.")
+        _check(50.0 < self.clip_percentile <= 100.0,
+               f"clip percentile must be in (50, 100]; got {self.clip_percentile}.")
+        _check(0.0 <= self.dataset_ratio <= 1.0,
+               f"dataset high-risk ratio must be in [0, 1]; got {self.dataset_ratio}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RiskThresholds:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class NormConfig:
+    """How images are brought to the network's range, and back.
+
+    Attributes
+    ----------
+    mode
+        ``adaptive`` (default): high-risk patches use the image-wise global scale, safe
+        patches their own local scale, blended smoothly.  ``local``: every patch its own
+        scale.  ``global``: one scale for the image.  ``dataset``: ``global`` when more
+        than ``risk.dataset_ratio`` of all patches are high-risk, else ``local``.
+    low_percentile, high_percentile
+        Percentiles of the image (global scale) or patch (local scale) mapped to 0 and 1.
+    min_range_fraction
+        A local scale is never narrower than this fraction of the global range, so that
+        flat patches are not stretched onto their noise.
+    """
+
+    mode: NormMode = "adaptive"
+    low_percentile: float = 0.0
+    high_percentile: float = 99.99
+    min_range_fraction: float = 0.05
+    risk: RiskThresholds = field(default_factory=RiskThresholds)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", parse_choice(self.mode, NormMode, "normalisation mode"))
+        _check(0.0 <= self.low_percentile < self.high_percentile <= 100.0,
+               "normalisation percentiles must satisfy 0 <= low < high <= 100; "
+               f"got {self.low_percentile}, {self.high_percentile}.")
+        _check(0.0 < self.min_range_fraction <= 1.0,
+               f"min_range_fraction must be in (0, 1]; got {self.min_range_fraction}.")
+        if isinstance(self.risk, dict):
+            object.__setattr__(self, "risk", RiskThresholds.from_dict(self.risk))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NormConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of self-constrained Noise2Noise training (one network per channel).
+
+    Attributes
+    ----------
+    preset
+        Network size: ``tiny`` (tests), ``small`` (CPU), ``paper`` (GPU).
+    steps, patch, batch, lr
+        Optimiser steps, training patch side, patches per step, Adam learning rate
+        (cosine-decayed to 5% of it).
+    loss, consistency
+        ``l1`` or ``l2`` twin-to-twin loss, and the weight of ``|f(A) - f(B)|``.
+    val_fraction, val_every, checkpoint_every
+        Bottom rows of each frame held out for validation; how often validation runs
+        (the best weights are kept) and a checkpoint is written.
+    seed
+        Seeds initialisation, patch sampling and augmentation, once.
+    max_frames
+        Frames per channel used for training, evenly spaced over the stack.
+    norm
+        Normalisation options, used again at inference.
+    """
+
+    preset: Preset = "small"
+    steps: int = 3000
+    patch: int = 96
+    batch: int = 8
+    lr: float = 1e-3
+    loss: LossKind = "l1"
+    consistency: float = 0.5
+    val_fraction: float = 0.1
+    val_every: int = 250
+    checkpoint_every: int = 500
+    seed: int = 0
+    max_frames: int = 64
+    norm: NormConfig = field(default_factory=NormConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "preset", parse_choice(self.preset, Preset, "preset"))
+        object.__setattr__(self, "loss", parse_choice(self.loss, LossKind, "loss"))
+        if isinstance(self.norm, dict):
+            object.__setattr__(self, "norm", NormConfig.from_dict(self.norm))
+        _check(self.steps >= 1, f"steps must be at least 1; got {self.steps}.")
+        depth = len(PRESETS[self.preset]) - 1
+        _check(self.patch >= 2 ** depth * 4 and self.patch % 2 ** depth == 0,
+               f"training patch must be a multiple of {2 ** depth} and at least "
+               f"{2 ** depth * 4} for preset {self.preset}; got {self.patch}.")
+        _check(self.batch >= 1, f"batch must be at least 1; got {self.batch}.")
+        _check(self.max_frames >= 1, f"max_frames must be at least 1; got {self.max_frames}.")
+        _check(self.lr > 0, f"learning rate must be positive; got {self.lr}.")
+        _check(self.consistency >= 0, f"consistency weight must be >= 0; got {self.consistency}.")
+        _check(0.0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5); got {self.val_fraction}.")
+        _check(self.val_every >= 1 and self.checkpoint_every >= 1,
+               "val_every and checkpoint_every must be at least 1.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Options of tiled inference with weighted blending.
+
+    Attributes
+    ----------
+    tile
+        Tile side in pixels.  Tiles are anchored to the frame origin.
+    overlap
+        Fraction of a tile shared with its neighbour, in [0, 1).
+    blend
+        ``gaussian`` (2-D Gaussian weights), ``uniform`` (plain average) or ``none``
+        (each pixel from the one tile whose core holds it).
+    sigma_fraction
+        Gaussian sigma as a fraction of the tile side (default 1/8).
+    weight_floor
+        Smallest Gaussian weight, relative to the centre, so weights never vanish.
+    infer_on
+        ``twins``: average the network's output on the two twins of the frame (the
+        domain it was trained on); ``raw``: apply it to the frame itself.
+    batch
+        Tiles per forward pass.
+    device
+        ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+
+    tile: int = 128
+    overlap: float = 0.5
+    blend: BlendMode = "gaussian"
+    sigma_fraction: float = 0.125
+    weight_floor: float = 1e-3
+    infer_on: InferOn = "twins"
+    batch: int = 16
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blend", parse_choice(self.blend, BlendMode, "blend"))
+        object.__setattr__(self, "infer_on", parse_choice(self.infer_on, InferOn, "infer-on"))
+        _check(self.tile >= 8, f"tile must be at least 8 pixels; got {self.tile}.")
+        _check(0.0 <= self.overlap < 1.0, f"overlap must be in [0, 1); got {self.overlap}.")
+        _check(self.sigma_fraction > 0, f"sigma fraction must be positive; got {self.sigma_fraction}.")
+        _check(0.0 < self.weight_floor <= 1.0, f"weight floor must be in (0, 1]; got {self.weight_floor}.")
+        _check(self.batch >= 1, f"batch must be at least 1; got {self.batch}.")
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+               f"device must be auto, cpu or cuda[:N]; got {self.device!r}.")
+
+    @property
+    def stride(self) -> int:
+        """Distance between neighbouring tile origins, in pixels."""
+        return max(1, int(round(self.tile * (1.0 - self.overlap))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InferConfig:
+        return _from_dict(cls, data)

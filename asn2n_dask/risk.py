@@ -1,0 +1,224 @@
+"""Risk assessment: which patches of a frame patch-wise normalisation would harm.
+
+The frame is clipped at a high percentile and min-max scaled to [0, 1]; every
+non-overlapping patch of a grid anchored at the frame origin gets its mean, standard
+deviation and unbiased skewness, and from them a class: 0 safe, 1 weak background,
+2 sparse bright signal.  Edge patches that are cut by the frame border use the pixels
+they have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .config import RiskThresholds
+
+__all__ = [
+    "SAFE",
+    "WEAK_BACKGROUND",
+    "SPARSE_BRIGHT",
+    "FrameStats",
+    "frame_stats",
+    "patch_view",
+    "patch_moments",
+    "classify",
+    "RiskReport",
+    "assess_risk",
+    "dataset_decision",
+]
+
+SAFE, WEAK_BACKGROUND, SPARSE_BRIGHT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """Intensity range of a frame (or of a whole channel), in input units.
+
+    ``lo`` maps to 0 and ``hi`` to 1 in the risk scale and in global normalisation.
+    """
+
+    lo: float
+    hi: float
+
+    @property
+    def span(self) -> float:
+        return max(self.hi - self.lo, np.finfo(np.float32).eps * max(1.0, abs(self.hi)))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FrameStats:
+        return cls(lo=float(d["lo"]), hi=float(d["hi"]))
+
+
+def frame_stats(image: NDArray[np.number], *, low: float = 0.0, high: float = 99.99) -> FrameStats:
+    """Percentile range of an image (any shape), in its own units.
+
+    Parameters
+    ----------
+    image : ndarray
+        Pixel values; all planes of a stack count together.
+    low, high : float
+        Percentiles mapped to 0 and 1 (0 is the minimum).
+    """
+    lo, hi = np.percentile(np.asarray(image, dtype=np.float64), [low, high])
+    return FrameStats(lo=float(lo), hi=float(hi))
+
+
+def patch_view(image: NDArray[np.floating], patch: int) -> NDArray[np.float64]:
+    """View a frame as a grid of ``patch x patch`` blocks anchored at the origin.
+
+    Returns
+    -------
+    ndarray, shape (nY, nX, patch * patch), float64
+        Edge blocks are completed with NaN.
+    """
+    h, w = image.shape
+    ny, nx = -(-h // patch), -(-w // patch)
+    padded = np.full((ny * patch, nx * patch), np.nan)
+    padded[:h, :w] = image
+    return padded.reshape(ny, patch, nx, patch).transpose(0, 2, 1, 3).reshape(ny, nx, patch * patch)
+
+
+def patch_moments(scaled: NDArray[np.floating], patch: int) -> tuple[NDArray[np.float64], ...]:
+    """Mean, standard deviation (ddof 1) and unbiased skewness of every patch.
+
+    Parameters
+    ----------
+    scaled : ndarray, shape (H, W)
+        Frame in the risk scale ([0, 1]).
+    patch : int
+        Patch side in pixels.
+
+    Returns
+    -------
+    mean, std, skew : ndarray, shape (ceil(H / patch), ceil(W / patch))
+        Skewness is the adjusted Fisher-Pearson coefficient ``G1`` (as MATLAB's
+        ``skewness(x, 0)``); 0 for flat patches or patches of fewer than 3 pixels.
+    """
+    v = patch_view(scaled, patch)
+    n = np.sum(~np.isnan(v), axis=-1).astype(np.float64)
+    mean = np.nansum(v, axis=-1) / n
+    d = v - mean[..., None]
+    m2 = np.nansum(d * d, axis=-1) / n
+    m3 = np.nansum(d * d * d, axis=-1) / n
+    std = np.sqrt(m2 * n / np.maximum(n - 1, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g1 = m3 / m2**1.5
+        skew = g1 * np.sqrt(n * (n - 1)) / (n - 2)
+    skew = np.where((m2 > 1e-20) & (n >= 3), skew, 0.0)
+    return mean, std, skew
+
+
+def classify(mean: NDArray[np.floating], std: NDArray[np.floating], skew: NDArray[np.floating],
+             thresholds: RiskThresholds = RiskThresholds()) -> NDArray[np.int8]:
+    """Risk class of each patch from its moments (0 safe, 1 weak background, 2 sparse bright)."""
+    t = thresholds
+    weak = ((mean <= t.bg_mean) & (std <= t.bg_std)) | ((skew <= t.bg_skew) & (std <= t.bg_std_skew))
+    sparse = (mean <= t.sb_mean) & (std >= t.sb_std) & (skew >= t.sb_skew)
+    out = np.zeros(mean.shape, np.int8)
+    out[sparse] = SPARSE_BRIGHT
+    out[weak] = WEAK_BACKGROUND
+    return out
+
+
+@dataclass(frozen=True)
+class RiskReport:
+    """Risk of one frame.
+
+    Attributes
+    ----------
+    risk_map : ndarray, shape (nY, nX), int8
+        Class per patch (0 safe, 1 weak background, 2 sparse bright).
+    stats : FrameStats
+        The range that defined the [0, 1] risk scale.
+    patch : int
+        Patch side in pixels.
+    """
+
+    risk_map: NDArray[np.int8]
+    stats: FrameStats
+    patch: int
+
+    @property
+    def n_patches(self) -> int:
+        return int(self.risk_map.size)
+
+    @property
+    def weak_ratio(self) -> float:
+        return float(np.mean(self.risk_map == WEAK_BACKGROUND))
+
+    @property
+    def sparse_ratio(self) -> float:
+        return float(np.mean(self.risk_map == SPARSE_BRIGHT))
+
+    @property
+    def high_risk_ratio(self) -> float:
+        """Fraction of patches that are not safe."""
+        return float(np.mean(self.risk_map != SAFE))
+
+    def pixel_map(self, shape: tuple[int, int]) -> NDArray[np.int8]:
+        """The risk map expanded to pixels, shape ``shape``."""
+        p = self.patch
+        full = np.repeat(np.repeat(self.risk_map, p, axis=0), p, axis=1)
+        return full[: shape[0], : shape[1]]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "patches": self.n_patches,
+            "weak_background": self.weak_ratio,
+            "sparse_bright": self.sparse_ratio,
+            "high_risk": self.high_risk_ratio,
+        }
+
+
+def assess_risk(image: NDArray[np.number], *, thresholds: RiskThresholds = RiskThresholds(),
+                stats: FrameStats | None = None) -> RiskReport:
+    """Classify every patch of a 2-D frame by the harm local normalisation would do.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        One frame in input units.
+    thresholds : RiskThresholds
+        Patch size, clip percentile and class thresholds.
+    stats : FrameStats, optional
+        The range defining the [0, 1] scale.  By default the frame's minimum and its
+        ``thresholds.clip_percentile`` percentile; pass channel-wide statistics to make
+        the result independent of how a dataset is cut into pieces.
+
+    Returns
+    -------
+    RiskReport
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = assess_risk(np.random.default_rng(0).normal(100, 1, (128, 128)))
+    >>> r.risk_map.shape
+    (2, 2)
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"assess_risk takes one 2-D frame; got shape {img.shape}")
+    if stats is None:
+        stats = frame_stats(img, low=0.0, high=thresholds.clip_percentile)
+    scaled = (np.clip(img, stats.lo, stats.hi) - stats.lo) / stats.span
+    mean, std, skew = patch_moments(scaled, thresholds.patch)
+    return RiskReport(risk_map=classify(mean, std, skew, thresholds), stats=stats, patch=thresholds.patch)
+
+
+def dataset_decision(reports: list[RiskReport], thresholds: RiskThresholds = RiskThresholds()) -> str:
+    """The one normalisation the ``dataset`` mode applies: ``global`` or ``local``.
+
+    ``global`` when more than ``thresholds.dataset_ratio`` of all patches of all frames
+    are high-risk, as the published tool decides.
+    """
+    total = sum(r.n_patches for r in reports)
+    risky = sum(int(np.sum(r.risk_map != SAFE)) for r in reports)
+    return "global" if total and risky / total > thresholds.dataset_ratio else "local"

@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Quality benchmark against ground truth, scored with the shared scorer.
+
+Data: ``../shared/bench/simulate.py sim2d`` (three 2048x2048 microtubule frames at 5, 15
+and 50 photons) and one frame of ``simulate.py timelapse`` (channel 1: sparse blobs on a
+dark background).  Rows: noisy input, best Gaussian filter, BM3D after the generalised
+Anscombe transform, Adaptive-SN2N with each normalisation mode, blend mode and inference
+domain.  Trained models are cached under ``benchmarks/work/`` so runs can be split.
+
+Usage (from the repository root, with the dev environment)::
+
+    python benchmarks/quality.py --stage all --steps 1500 --crop 1024
+    python benchmarks/quality.py --stage report      # tables from what has been run
+
+Writes ``benchmarks/results/quality.json`` (every row) and ``quality.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage as ndi
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "bench"
+sys.path.insert(0, str(SHARED))
+from score import score_pair  # noqa: E402  (the shared scorer)
+
+from asn2n_dask import InferConfig, NormConfig, TrainConfig, denoise, fit, load_model, save_model  # noqa: E402
+from asn2n_dask.blend import tile_grid  # noqa: E402
+
+WORK = ROOT / "benchmarks" / "work"
+DATA = ROOT / "benchmarks" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+GAIN, READ_SD, OFFSET = 2.0, 2.0, 100.0  # simulate.py's camera model
+
+
+def ensure_data() -> None:
+    if not (DATA / "sim2d" / "p5" / "noisy").is_dir():
+        subprocess.run([sys.executable, str(SHARED / "simulate.py"), "sim2d", "--out", str(DATA / "sim2d"),
+                        "--peaks", "5", "15", "50"], check=True)
+    if not (DATA / "timelapse.zarr").exists():
+        subprocess.run([sys.executable, str(SHARED / "simulate.py"), "timelapse", "--out",
+                        str(DATA / "timelapse.zarr"), "--shape", "1", "2", "1024", "1024"], check=True)
+
+
+def crop(a: np.ndarray, n: int) -> np.ndarray:
+    if not n or n >= min(a.shape):
+        return a
+    y0, x0 = (a.shape[0] - n) // 2, (a.shape[1] - n) // 2
+    return a[y0 : y0 + n, x0 : x0 + n]
+
+
+def sim2d(peak: int, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    d = DATA / "sim2d" / f"p{peak}"
+    noisy = [crop(tifffile.imread(p), n) for p in sorted((d / "noisy").glob("*.tif"))]
+    gt = [crop(tifffile.imread(p), n) for p in sorted((d / "gt").glob("*.tif"))]
+    return noisy, gt
+
+
+def sparse_frame() -> tuple[np.ndarray, np.ndarray]:
+    import zarr
+
+    g = zarr.open_group(str(DATA / "timelapse.zarr"), mode="r")
+    return np.asarray(g["noisy"][0, 1]), np.asarray(g["gt"][0, 1])
+
+
+def mean_scores(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]:
+    rows = [score_pair(p, g) for p, g in zip(preds, gts)]
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    # background-only error, in units of the ground truth range (RMSE where gt is background)
+    errs = []
+    for p, g in zip(preds, gts):
+        bg = g <= (g.min() + 0.05 * (g.max() - g.min()))
+        errs.append(float(np.sqrt(np.mean((p[bg].astype(float) - g[bg]) ** 2)) / (g.max() - g.min())))
+    out["bg_rmse"] = float(np.mean(errs))
+    return out
+
+
+def seam_ratio(img: np.ndarray, tile: int, stride: int) -> float:
+    """Mean |gradient| across tile-grid lines over the same across all other lines."""
+    grid = tile_grid(img.shape, tile, stride)
+    ratios = []
+    for axis in (0, 1):
+        g = np.abs(np.diff(img.astype(np.float64), axis=axis))
+        g = g.mean(axis=1 - axis)  # one value per line between i and i + 1
+        o = grid.origins(axis)
+        lines = set()
+        for edge in np.concatenate([o, o + tile, o + grid.margin, o + grid.margin + stride]):
+            if 1 <= edge < img.shape[axis]:
+                lines.add(int(edge) - 1)
+        mask = np.zeros(g.shape, bool)
+        mask[sorted(lines)] = True
+        if mask.any() and (~mask).any():
+            ratios.append(g[mask].mean() / g[~mask].mean())
+    return float(np.mean(ratios))
+
+
+def best_gaussian(noisy: list[np.ndarray], gt: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+    best = (-np.inf, 0.0, noisy)
+    for s in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0):
+        preds = [ndi.gaussian_filter(n.astype(np.float32), s) for n in noisy]
+        p = np.mean([score_pair(a, g)["psnr"] for a, g in zip(preds, gt)])
+        if p > best[0]:
+            best = (p, s, preds)
+    return best[1], best[2]
+
+
+def bm3d_gat(noisy: np.ndarray) -> np.ndarray:
+    import bm3d
+
+    sd = READ_SD / GAIN
+    z = (noisy.astype(np.float64) - OFFSET) / GAIN
+    f = 2.0 * np.sqrt(np.maximum(z + 3.0 / 8.0 + sd**2, 0.0))
+    d = bm3d.bm3d(f, sigma_psd=1.0)
+    d = np.maximum(d, 1e-3)
+    # closed-form approximation of the exact unbiased inverse (Makitalo & Foi 2011)
+    inv = d**2 / 4 + np.sqrt(1.5) / 4 / d - 11 / 8 / d**2 + 5 / 8 * np.sqrt(1.5) / d**3 - 1 / 8 - sd**2
+    return (inv * GAIN + OFFSET).astype(np.float32)
+
+
+def trained(key: str, frames: list[np.ndarray], cfg: TrainConfig) -> tuple[object, float]:
+    d = WORK / "models" / key
+    if (d / "model.json").is_file():
+        m = load_model(d)
+        return m, m.channels[0].seconds
+    t0 = time.perf_counter()
+    m = fit(np.stack(frames), axes="TYX", config=cfg)
+    save_model(m, d)
+    return m, time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> None:
+    ensure_data()
+    rows_path = RESULTS / "quality.json"
+    rows = json.loads(rows_path.read_text()) if rows_path.exists() else {}
+
+    def put(name: str, row: dict) -> None:
+        rows[name] = row
+        rows_path.write_text(json.dumps(rows, indent=1))
+        print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+
+    n = args.crop
+    stages = set(args.stage)
+    if stages & {"baselines", "all"}:
+        for peak in (5, 15, 50):
+            noisy, gt = sim2d(peak, n)
+            put(f"p{peak} noisy input", {"peak": peak, **mean_scores([x.astype(np.float32) for x in noisy], gt)})
+            s, preds = best_gaussian(noisy, gt)
+            put(f"p{peak} best Gaussian", {"peak": peak, "sigma": s, **mean_scores(preds, gt)})
+        noisy, gt = sparse_frame()
+        put("sparse noisy input", mean_scores([noisy.astype(np.float32)], [gt]))
+        s, preds = best_gaussian([noisy], [gt])
+        put("sparse best Gaussian", {"sigma": s, **mean_scores(preds, [gt])})
+    if stages & {"bm3d", "all"}:
+        noisy, gt = sim2d(5, n)
+        t0 = time.perf_counter()
+        preds = [bm3d_gat(x) for x in noisy]
+        put("p5 BM3D (GAT, sigma 1)", {"peak": 5, "seconds": time.perf_counter() - t0, **mean_scores(preds, gt)})
+    base = dict(preset=args.preset, steps=args.steps, seed=0)
+    tile = InferConfig().tile
+    if stages & {"sn2n", "all"}:
+        for peak in args.peaks:
+            noisy, gt = sim2d(peak, 0 if args.train_full else n)
+            m, secs = trained(f"p{peak}-adaptive-{args.preset}-{args.steps}", noisy, TrainConfig(**base))
+            noisy_c, gt_c = sim2d(peak, n)
+            for infer_on in ("twins", "raw"):
+                for blend in (("gaussian", "uniform", "none") if infer_on == "twins" and peak == 5 else ("gaussian",)):
+                    cfg = InferConfig(blend=blend, infer_on=infer_on)
+                    t0 = time.perf_counter()
+                    preds = [denoise(x, m, config=cfg) for x in noisy_c]
+                    dt = time.perf_counter() - t0
+                    mpx = sum(x.size for x in noisy_c) / dt / 1e6
+                    put(f"p{peak} adaptive {blend} {infer_on}", {
+                        "peak": peak, "train_s": secs, "infer_mpx_s": mpx,
+                        "seam": float(np.mean([seam_ratio(p, tile, cfg.stride) for p in preds])),
+                        **mean_scores(preds, gt_c)})
+    if stages & {"modes", "all"}:
+        noisy, gt = sim2d(5, 0 if args.train_full else n)
+        noisy_c, gt_c = sim2d(5, n)
+        for mode in ("local", "global", "dataset"):
+            cfg = TrainConfig(**base, norm=NormConfig(mode=mode))
+            m, secs = trained(f"p5-{mode}-{args.preset}-{args.steps}", noisy, cfg)
+            preds = [denoise(x, m) for x in noisy_c]
+            put(f"p5 {mode} gaussian twins", {"peak": 5, "train_s": secs, **mean_scores(preds, gt_c)})
+    if stages & {"sparse", "all"}:
+        noisy, gt = sparse_frame()
+        for mode in ("adaptive", "global", "local", "dataset"):
+            cfg = TrainConfig(**{**base, "steps": args.sparse_steps}, norm=NormConfig(mode=mode))
+            m, secs = trained(f"sparse-{mode}-{args.preset}-{args.sparse_steps}", [noisy], cfg)
+            pred = denoise(noisy, m)
+            put(f"sparse {mode} gaussian twins", {"train_s": secs, **mean_scores([pred], [gt])})
+    report(rows, args)
+
+
+def report(rows: dict, args: argparse.Namespace) -> None:
+    cols = ["psnr", "psnr_raw", "ssim", "false_obj", "false_fg", "fg_dice", "bg_rmse", "seam", "train_s",
+            "infer_mpx_s"]
+    lines = ["# Quality benchmark", "",
+             f"Command: `python benchmarks/quality.py --stage {' '.join(args.stage)} --steps {args.steps} "
+             f"--sparse-steps {args.sparse_steps} --crop {args.crop} --preset {args.preset}`"
+             f"{' --train-full' if args.train_full else ''}", "",
+             "Scored with `../shared/bench/score.py` (means over frames). sim2d rows: central "
+             f"{args.crop or 2048}x{args.crop or 2048} crops of the three frames per photon level; sparse rows: "
+             "channel 1 of one 1024x1024 `simulate.py timelapse` frame. `bg_rmse`: RMSE over true "
+             "background pixels / gt range. `seam`: mean |gradient| across tile-grid lines / elsewhere "
+             "(1.0 = no seams). Times on this machine (2 CPU cores).", "",
+             "| row | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, r in rows.items():
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append("" if v is None else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'quality.md'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stage", nargs="+", default=["all"],
+                    choices=["all", "baselines", "bm3d", "sn2n", "modes", "sparse", "report"])
+    ap.add_argument("--steps", type=int, default=TrainConfig().steps)
+    ap.add_argument("--sparse-steps", type=int, default=600)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--crop", type=int, default=1024, help="central crop side for scoring (0: whole frame)")
+    ap.add_argument("--train-full", action="store_true", help="train on whole frames, not the crops")
+    ap.add_argument("--peaks", type=int, nargs="+", default=[5])
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.stage == ["report"]:
+        report(json.loads((RESULTS / "quality.json").read_text()), args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
