@@ -21,7 +21,7 @@ from .predict import denoise_frame, network_fn, resolve_device
 from .risk import RiskReport, assess_risk
 from .train import TrainResult, train_channel
 
-__all__ = ["fit", "denoise", "risk_summary", "check_image", "MIN_FRAME_SIDE", "Progress"]
+__all__ = ["fit", "denoise", "denoise_with_risk", "risk_summary", "check_image", "MIN_FRAME_SIDE", "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ def fit(data: NDArray[np.number], *, axes: str | None = None, config: TrainConfi
 
 
 def denoise(data: NDArray[np.number], model: Model, *, axes: str | None = None,
-            config: InferConfig = InferConfig(), progress: Progress | None = None,
-            with_risk: bool = False) -> NDArray[np.float32] | tuple[NDArray[np.float32], NDArray[np.int8]]:
+            config: InferConfig = InferConfig(), progress: Progress | None = None) -> NDArray[np.float32]:
     """Denoise an image or stack with a trained model, in the input's own units.
 
     Parameters
@@ -143,14 +142,19 @@ def denoise(data: NDArray[np.number], model: Model, *, axes: str | None = None,
         Tile, overlap, blend, inference domain, device.
     progress : callable, optional
         ``progress("denoising", frames_done, frames_total)``.
-    with_risk : bool
-        Also return the per-pixel risk classes (int8, same shape as ``data``).
 
     Returns
     -------
     ndarray, float32, same shape as ``data``
         Denoised intensities in the input's units (never rescaled to [0, 1]).
     """
+    return denoise_with_risk(data, model, axes=axes, config=config, progress=progress)[0]
+
+
+def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | None = None,
+                      config: InferConfig = InferConfig(), progress: Progress | None = None
+                      ) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+    """As :func:`denoise`, also returning the per-pixel risk classes (int8, same shape)."""
     check_image(data)
     arr = np.asarray(data)
     ax = parse_axes(axes, arr.ndim)
@@ -160,7 +164,7 @@ def denoise(data: NDArray[np.number], model: Model, *, axes: str | None = None,
                          f"{planes.shape[0]}; train a model on data with the same channels.")
     dev = resolve_device(config.device)
     out = np.empty(planes.shape, np.float32)
-    risk = np.empty(planes.shape, np.int8) if with_risk else None
+    risk = np.empty(planes.shape, np.int8)
     total, done = planes.shape[0] * planes.shape[1], 0
     for c, ch in enumerate(model.channels):
         fn = network_fn(ch.net, dev)
@@ -168,15 +172,11 @@ def denoise(data: NDArray[np.number], model: Model, *, axes: str | None = None,
             out[c, p], report = denoise_frame(planes[c, p], fn, norm=model.train.norm, infer=config,
                                               device=dev, multiple=model.multiple,
                                               dataset_mode=ch.dataset_mode)
-            if risk is not None:
-                risk[c, p] = report.pixel_map(planes.shape[-2:])
+            risk[c, p] = report.pixel_map((planes.shape[-2], planes.shape[-1]))
             done += 1
             if progress is not None:
                 progress("denoising", done, total)
-    result = from_planes(out, ax, arr.shape)
-    if risk is not None:
-        return result, from_planes(risk, ax, arr.shape)
-    return result
+    return from_planes(out, ax, arr.shape), from_planes(risk, ax, arr.shape)  # type: ignore[return-value]
 
 
 def risk_summary(data: NDArray[np.number], *, axes: str | None = None,

@@ -154,11 +154,11 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
         entries = doc["channels"]
         if not isinstance(entries, list) or not entries:
             raise ModelError(f"{path} lists no channel networks.")
-    except (KeyError, TypeError, ValueError, ConfigError) as e:
-        if isinstance(e, ModelError):
-            raise
-        raise ModelError(f"{path} is malformed ({e}); re-train the model with 'asn2n fit'.") from None
-    channels = []
+    except ModelError:
+        raise
+    except (KeyError, TypeError, ValueError, ConfigError) as err:
+        raise ModelError(f"{path} is malformed ({err}); re-train the model with 'asn2n fit'.") from None
+    channels: list[ChannelModel] = []
     for e in entries:
         try:
             wpath = d / Path(str(e["weights"])).name

@@ -59,8 +59,14 @@ def friendly(fn: F) -> F:
 def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar on stderr, fed with ``(what, done, total)``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -206,8 +212,10 @@ def risk(
         typer.echo(json.dumps({"input": str(input), "axes": meta.axes, **summary}, indent=2))
         return
     typer.echo(f"{input}: axes {meta.axes}, {patch}x{patch} patches")
-    typer.echo(f"{'channel':>8} {'frames':>7} {'patches':>8} {'weak bg':>8} {'sparse':>8} {'high-risk':>10}  dataset mode")
-    for c in summary["channels"]:  # type: ignore[union-attr]
+    typer.echo(f"{'channel':>8} {'frames':>7} {'patches':>8} {'weak bg':>8} {'sparse':>8} {'high-risk':>10}  "
+               "dataset mode")
+    channels: list[dict[str, Any]] = summary["channels"]  # type: ignore[assignment]
+    for c in channels:
         typer.echo(f"{c['channel']:>8} {c['frames']:>7} {c['patches']:>8} {c['weak_background']:>8.1%} "
                    f"{c['sparse_bright']:>8.1%} {c['high_risk']:>10.1%}  {c['dataset_decision']}")
 

@@ -104,13 +104,13 @@ def _read_zarr(path: Path) -> tuple[Any, ImageMeta]:
         node = zarr.open(store=str(path), mode="r")
     except Exception as e:  # zarr raises several types for a missing or bad store
         raise InputError(f"{path} is not a readable Zarr store ({type(e).__name__}: {e}).") from None
-    attrs = dict(node.attrs)
+    attrs: dict[str, Any] = dict(node.attrs)
     if isinstance(node, zarr.Group):
         ms = _ome_multiscale(attrs)
         if ms is not None:
             try:
                 level0 = ms["datasets"][0]
-                arr = node[level0["path"]]
+                arr: Any = node[level0["path"]]
                 names = [a["name"] if isinstance(a, dict) else str(a) for a in ms["axes"]]
                 units = tuple(a.get("unit") if isinstance(a, dict) else None for a in ms["axes"])
                 scale = None
@@ -119,7 +119,7 @@ def _read_zarr(path: Path) -> tuple[Any, ImageMeta]:
                         scale = tuple(float(s) for s in t["scale"])
             except (KeyError, IndexError, TypeError) as e:
                 raise InputError(f"{path} has malformed OME-Zarr multiscales metadata ({e!r}).") from None
-            omero = attrs.get("ome", attrs).get("omero", {})
+            omero: dict[str, Any] = attrs.get("ome", attrs).get("omero", {})
             chans = tuple(str(c.get("label", i)) for i, c in enumerate(omero.get("channels", []))) or None
             axes = _letters(names)
             if len(axes) != arr.ndim:
@@ -133,9 +133,10 @@ def _read_zarr(path: Path) -> tuple[Any, ImageMeta]:
                              f"array (e.g. {path}/{arrays[0] if arrays else 'ARRAY'}).")
         node = node[arrays[0]]
         attrs = dict(node.attrs)
-    names = getattr(node.metadata, "dimension_names", None) or attrs.get("_ARRAY_DIMENSIONS")
-    axes = _letters(list(names)) if names and all(n is not None for n in names) else None
-    return node, ImageMeta(axes=parse_axes(axes, node.ndim), format="zarr", source=str(path), attrs=attrs)
+    array: Any = node
+    dims: Any = getattr(array.metadata, "dimension_names", None) or attrs.get("_ARRAY_DIMENSIONS")
+    letters = _letters(list(dims)) if dims and all(n is not None for n in dims) else None
+    return array, ImageMeta(axes=parse_axes(letters, array.ndim), format="zarr", source=str(path), attrs=attrs)
 
 
 def read_image(path: str | os.PathLike[str]) -> tuple[NDArray[Any], ImageMeta]:
@@ -235,7 +236,8 @@ def write_image(path: str | os.PathLike[str], data: NDArray[Any], meta: ImageMet
     extra = attrs or {}
     try:
         if out.suffix.lower() in TIFF_SUFFIXES:
-            tifffile.imwrite(tmp, data, metadata={"axes": meta.axes, "asn2n": json.dumps(extra)})
+            tifffile.imwrite(tmp, data, photometric="minisblack",
+                             metadata={"axes": meta.axes, "asn2n": json.dumps(extra)})
         else:
             frame_chunks = chunks or tuple(1 if a not in "YX" else min(s, 1024) for a, s in zip(meta.axes, data.shape))
             if _ome_order(meta.axes):

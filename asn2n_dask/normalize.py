@@ -96,7 +96,7 @@ def norm_params(image: NDArray[np.number], *, config: NormConfig = NormConfig(),
     img = np.asarray(image, dtype=np.float64)
     if stats is None:
         stats = frame_stats(img, low=config.low_percentile, high=config.high_percentile)
-    mode = config.mode
+    mode: str = config.mode
     if mode == "dataset":
         if dataset_mode is None:
             risk = risk or assess_risk(img, thresholds=config.risk)

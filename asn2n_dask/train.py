@@ -200,8 +200,8 @@ def train_channel(frames: Sequence[NDArray[np.number]], config: TrainConfig = Tr
 
     for step in range(1, config.steps + 1):
         net.train()
-        a, b = sampler.batch(config.batch)
-        loss = loss_of(a.to(dev), b.to(dev))
+        ta, tb = sampler.batch(config.batch)
+        loss = loss_of(ta.to(dev), tb.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,0 +1,80 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from asn2n_dask import load_model, save_model
+from asn2n_dask.errors import ModelError
+
+
+@pytest.fixture()
+def model_dir(tiny_model, tmp_path):
+    save_model(tiny_model, tmp_path / "m")
+    return tmp_path / "m"
+
+
+def test_config_records_options_statistics_and_checksums(model_dir, tiny_model):
+    doc = json.loads((model_dir / "model.json").read_text())
+    assert doc["format"] == "asn2n-dask-model"
+    assert doc["train"]["preset"] == "tiny" and doc["train"]["norm"]["mode"] == "adaptive"
+    ch = doc["channels"][0]
+    assert set(ch["stats"]) == {"lo", "hi"} and ch["stats"]["hi"] > ch["stats"]["lo"]
+    assert len(ch["sha256"]) == 64
+    assert ch["history"] and ch["steps"] == tiny_model.channels[0].steps
+
+
+def test_tampered_weights_are_refused(model_dir):
+    w = model_dir / "channel-0.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum"):
+        load_model(model_dir)
+
+
+class Payload:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_a_pickle_posing_as_weights_is_never_unpickled(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    w = model_dir / "channel-0.safetensors"
+    w.write_bytes(pickle.dumps(Payload()))
+    doc = json.loads((model_dir / "model.json").read_text())
+    import hashlib
+
+    doc["channels"][0]["sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()  # even with a matching checksum
+    (model_dir / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="cannot load weights"):
+        load_model(model_dir)
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d.update(format="other"),
+    lambda d: d["train"].update(unknown_option=1),
+    lambda d: d["train"].update(preset="huge"),
+    lambda d: d.update(channels=[]),
+    lambda d: d.pop("train"),
+])
+def test_malformed_config_is_refused(model_dir, edit):
+    doc = json.loads((model_dir / "model.json").read_text())
+    edit(doc)
+    (model_dir / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError):
+        load_model(model_dir)
+
+
+def test_missing_model_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="asn2n fit"):
+        load_model(tmp_path)
+
+
+def test_round_trip_gives_identical_denoising(model_dir, tiny_model, frame):
+    from asn2n_dask import InferConfig, denoise
+
+    cfg = InferConfig(tile=32)
+    np.testing.assert_array_equal(denoise(frame[0], load_model(model_dir), config=cfg),
+                                  denoise(frame[0], tiny_model, config=cfg))

@@ -1,0 +1,114 @@
+"""The command line, end to end on tiny data, and one test per bad-input case."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from asn2n_dask.cli import app
+
+runner = CliRunner()
+FAST = ["--preset", "tiny", "--steps", "3", "--patch", "32", "--batch", "2"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["-q", *map(str, args)])
+
+
+def digest(path: Path) -> str:
+    if path.is_dir():
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, frame):
+    d = tmp_path_factory.mktemp("cli")
+    tifffile.imwrite(d / "noisy.tif", frame[0])
+    tifffile.imwrite(d / "two.tif", np.stack([frame[0], frame[0][:, ::-1]]), photometric="minisblack",
+                     metadata={"axes": "CYX"})
+    r = invoke("fit", d / "noisy.tif", "-o", d / "model", *FAST)
+    assert r.exit_code == 0, r.output
+    return d
+
+
+def test_fit_denoise_and_run_end_to_end(work):
+    r = invoke("denoise", work / "noisy.tif", "-o", work / "out.tif", "--model", work / "model", "--tile", "32")
+    assert r.exit_code == 0, r.output
+    out = tifffile.imread(work / "out.tif")
+    noisy = tifffile.imread(work / "noisy.tif")
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    assert abs(float(out.mean()) - float(noisy.mean())) < 0.1 * float(noisy.mean())  # input units kept
+
+    r = invoke("run", work / "two.tif", "-o", work / "two-out.zarr", *FAST, "--tile", "32", "--dtype", "input")
+    assert r.exit_code == 0, r.output
+    from asn2n_dask.io import read_image
+
+    data, meta = read_image(work / "two-out.zarr")
+    assert meta.axes == "CYX" and data.shape == (2, 96, 128) and data.dtype == np.uint16
+    assert (work / "two-out.zarr.model" / "model.json").exists()
+
+
+def test_risk_json(work):
+    r = invoke("risk", work / "noisy.tif", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["channels"][0]["dataset_decision"] in ("global", "local")
+    assert 0 <= doc["channels"][0]["high_risk"] <= 1
+
+
+def test_every_command_has_help_with_an_example():
+    for cmd in ("risk", "fit", "denoise", "run", "demo"):
+        r = runner.invoke(app, [cmd, "--help"])
+        assert r.exit_code == 0 and "Example:" in r.output, cmd
+
+
+def bad_cases(work: Path, frame) -> dict[str, tuple[list[str], str]]:
+    tifffile.imwrite(work / "complex.tif", np.zeros((32, 32), np.complex64))
+    tifffile.imwrite(work / "small.tif", np.zeros((3, 3), np.uint16))
+    nan = frame[0].astype(np.float32)
+    nan[5, 5] = np.nan
+    tifffile.imwrite(work / "nan.tif", nan)
+    (work / "exists.tif").write_bytes(b"keep me")
+    den = ["--model", str(work / "model"), "--tile", "32"]
+    return {
+        "missing file": (["denoise", str(work / "missing.tif"), "-o", str(work / "o1.tif"), *den], "does not exist"),
+        "unsupported format": (["denoise", str(work / "model" / "model.json"), "-o", str(work / "o2.tif"), *den],
+                               "neither a TIFF"),
+        "unsupported dtype": (["denoise", str(work / "complex.tif"), "-o", str(work / "o3.tif"), *den], "dtype"),
+        "too small": (["denoise", str(work / "small.tif"), "-o", str(work / "o4.tif"), *den], "at least 4x4"),
+        "NaN": (["denoise", str(work / "nan.tif"), "-o", str(work / "o5.tif"), *den], "NaN"),
+        "channel count": (["denoise", str(work / "two.tif"), "-o", str(work / "o6.tif"), *den],
+                          "trained for 1 channel"),
+        "output exists": (["denoise", str(work / "noisy.tif"), "-o", str(work / "exists.tif"), *den],
+                          "already exists"),
+        "output is input": (["denoise", str(work / "noisy.tif"), "-o", str(work / "noisy.tif"), "--overwrite", *den],
+                            "is the input"),
+        "bad option": (["denoise", str(work / "noisy.tif"), "-o", str(work / "o7.tif"), *den, "--blend", "fancy"],
+                       "blend must be one of"),
+        "missing model": (["denoise", str(work / "noisy.tif"), "-o", str(work / "o8.tif"), "--model",
+                           str(work / "nomodel")], "model.json is missing"),
+        "too small to train": (["fit", str(work / "small.tif"), "-o", str(work / "m2")], "at least 4x4"),
+        "model exists": (["fit", str(work / "noisy.tif"), "-o", str(work / "model"), *FAST], "already exists"),
+    }
+
+
+CASES = ["missing file", "unsupported format", "unsupported dtype", "too small", "NaN", "channel count",
+         "output exists", "output is input", "bad option", "missing model", "too small to train", "model exists"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_one_sentence_exit_2_nothing_written(work, frame, case):
+    args, needle = bad_cases(work, frame)[case]
+    before = {p.name: digest(p) for p in work.iterdir()}
+    r = invoke(*args)
+    assert r.exit_code == 2, (case, r.output)
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and needle in err, err
+    assert "Traceback" not in r.output and len(err.splitlines()) == 1
+    after = {p.name: digest(p) for p in work.iterdir()}
+    assert after == before  # nothing written, nothing modified

@@ -1,0 +1,31 @@
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from tests.conftest import ROOT
+
+
+def test_denoise_tiff_example_runs_and_improves_the_frame(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["denoise_tiff.py", str(tmp_path), "--steps", "120"])
+    runpy.run_path(str(ROOT / "examples" / "denoise_tiff.py"), run_name="__main__")
+    assert (tmp_path / "before_after.png").stat().st_size > 10_000
+    from asn2n_dask.synthetic import noisy_frame
+
+    noisy, truth = noisy_frame((192, 192), photons=8.0, seed=1)
+    clean = tifffile.imread(tmp_path / "denoised.tif")
+    assert np.sqrt(np.mean((clean - truth) ** 2)) < 0.7 * np.sqrt(np.mean((noisy - truth) ** 2))
+
+
+def test_demo_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from asn2n_dask.cli import app
+
+    r = CliRunner().invoke(app, ["-q", "demo", "--out", str(tmp_path), "--size", "96", "--steps", "5"])
+    assert r.exit_code == 0, r.output
+    for name in ("noisy.tif", "denoised.tif", "before_after.png", "model/model.json"):
+        assert (tmp_path / name).exists(), name
+    assert Path(r.stdout.splitlines()[-1].split()[-1]).exists()
