@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,6 +20,7 @@ from .config import InferConfig, TrainConfig
 from .errors import InputError, ModelError
 from .predict import denoise_frame, network_fn, resolve_device
 from .risk import RiskReport, assess_risk
+from .stats import channel_stats
 from .train import TrainResult, train_channel
 
 __all__ = ["fit", "denoise", "denoise_with_risk", "risk_summary", "check_image", "MIN_FRAME_SIDE", "Progress"]
@@ -125,36 +127,103 @@ def fit(data: NDArray[np.number], *, axes: str | None = None, config: TrainConfi
     return model
 
 
-def denoise(data: NDArray[np.number], model: Model, *, axes: str | None = None,
-            config: InferConfig = InferConfig(), progress: Progress | None = None) -> NDArray[np.float32]:
-    """Denoise an image or stack with a trained model, in the input's own units.
+def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | os.PathLike[str] | None = None,
+            output: str | os.PathLike[str] | None = None, axes: str | None = None,
+            config: InferConfig = InferConfig(), progress: Progress | None = None, client: Any = None,
+            channels: Sequence[str] | None = None, time: str | None = None, **run: Any) -> Any:
+    """Denoise an image with a trained model, in the input's own units.
+
+    Two forms, one method (every chunk of a file goes through the same
+    :func:`asn2n_dask.predict.denoise_window` as an in-memory frame):
+
+    * ``denoise(array, model)``: a numpy array (or xarray ``DataArray``) in memory;
+      returns the denoised array.
+    * ``denoise("in.zarr", "out.zarr", model="model_dir", client=None)``: a Zarr,
+      OME-Zarr or TIFF file of any size, chunk by chunk on a Dask cluster (embedded
+      LocalCluster by default), into OME-Zarr; resumable.  Returns a
+      :class:`asn2n_dask.pipeline.RunSummary`.
 
     Parameters
     ----------
-    data : ndarray
-        Noisy frame (Y, X) or stack named by ``axes``; the ``C`` axis must have as
-        many channels as the model has networks.
-    model : Model
-        From :func:`fit` or :func:`asn2n_dask.load_model`.
+    data : ndarray, xarray.DataArray or path
+        Noisy frame (Y, X) or stack named by ``axes``; or an input path.
+    model_or_output : Model or path
+        The model (array form) or the output ``.zarr`` path (path form).
+    model : Model or path
+        The model (path form: a model directory, or a Model that is saved beside the
+        output for the workers).
+    output : path
+        Output ``.zarr`` (path form).
     axes : str, optional
-        As for :func:`fit`.
+        As for :func:`fit`; an xarray input names its own dims.
     config : InferConfig
         Tile, overlap, blend, inference domain, device.
     progress : callable, optional
-        ``progress("denoising", frames_done, frames_total)``.
+        ``progress(what, done, total)``.
+    client : distributed.Client or "sync", optional
+        Path form: the cluster to run on (default: an embedded LocalCluster).
+    channels, time : optional
+        Path form: channel names/indices and a time range ``"A:B"`` to process.
+    **run
+        Path form: :class:`asn2n_dask.pipeline.RunOptions` fields (``chunks``,
+        ``dtype``, ``ome``, ``pyramid``, ``overwrite``) and cluster sizing (``scheduler``,
+        ``workers``, ``threads``, ``memory_limit``).
 
     Returns
     -------
-    ndarray, float32, same shape as ``data``
-        Denoised intensities in the input's units (never rescaled to [0, 1]).
+    ndarray (float32, same shape as ``data``) or RunSummary
     """
-    return denoise_with_risk(data, model, axes=axes, config=config, progress=progress)[0]
+    if isinstance(data, (str, os.PathLike)):
+        return _denoise_path(data, output if output is not None else model_or_output, model=model,
+                             config=config, progress=progress, client=client, channels=channels, time=time,
+                             axes=axes, **run)
+    m = model if model is not None else model_or_output
+    if not isinstance(m, Model):
+        from .checkpoint import load_model
+
+        if m is None:
+            raise ModelError("denoise needs a model: denoise(array, model).")
+        m = load_model(m)
+    if run or client is not None or channels or time:
+        raise InputError("cluster, selection and output options apply to file inputs only; index the array "
+                         "instead.")
+    if type(data).__module__.startswith("xarray"):
+        from .io import _letters
+
+        axes = axes or _letters([str(d) for d in data.dims])
+    return denoise_with_risk(np.asarray(data), m, axes=axes, config=config, progress=progress)[0]
+
+
+def _denoise_path(data: str | os.PathLike[str], output: Any, *, model: Any, config: InferConfig,
+                  progress: Progress | None, client: Any, channels: Sequence[str] | None, time: str | None,
+                  axes: str | None, scheduler: str | None = None, workers: int | None = None,
+                  threads: int | None = None, memory_limit: str | None = None, **opts: Any) -> Any:
+    from .pipeline import RunOptions, run_pipeline
+    from .source import Selection, open_source
+
+    if output is None:
+        raise InputError("denoise(path, output, model=...) needs an output .zarr path.")
+    if model is None:
+        raise ModelError("denoise(path, output, model=...) needs a model directory.")
+    if isinstance(model, Model):
+        model_dir = str(output).rstrip("/") + ".model"
+        save_model(model, model_dir)
+        model = model_dir
+    src = open_source(data, axes)
+    sel = Selection.parse(src, list(channels) if channels else None, time)
+    return run_pipeline(src, output, model, selection=sel, options=RunOptions(infer=config, **opts), client=client,
+                        scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
+                        progress=progress)
 
 
 def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | None = None,
                       config: InferConfig = InferConfig(), progress: Progress | None = None
                       ) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
-    """As :func:`denoise`, also returning the per-pixel risk classes (int8, same shape)."""
+    """As :func:`denoise`, also returning the per-pixel risk classes (int8, same shape).
+
+    Every frame of a channel is normalised with the statistics of the whole channel
+    (:func:`asn2n_dask.stats.channel_stats`), as the chunked pipeline does.
+    """
     check_image(data)
     arr = np.asarray(data)
     ax = parse_axes(axes, arr.ndim)
@@ -166,13 +235,13 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
     out = np.empty(planes.shape, np.float32)
     risk = np.empty(planes.shape, np.int8)
     total, done = planes.shape[0] * planes.shape[1], 0
+    all_stats = channel_stats(planes, model.train.norm)
     for c, ch in enumerate(model.channels):
         fn = network_fn(ch.net, dev)
         for p in range(planes.shape[1]):
-            out[c, p], report = denoise_frame(planes[c, p], fn, norm=model.train.norm, infer=config,
-                                              device=dev, multiple=model.multiple,
-                                              dataset_mode=ch.dataset_mode)
-            risk[c, p] = report.pixel_map((planes.shape[-2], planes.shape[-1]))
+            out[c, p], risk[c, p] = denoise_frame(planes[c, p], fn, stats=all_stats[c], norm=model.train.norm,
+                                                  infer=config, device=dev, multiple=model.multiple,
+                                                  dataset_mode=ch.dataset_mode)
             done += 1
             if progress is not None:
                 progress("denoising", done, total)

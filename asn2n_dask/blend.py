@@ -20,7 +20,8 @@ from torch.nn import functional as F
 
 from .config import InferConfig
 
-__all__ = ["TileGrid", "tile_grid", "blend_window", "predict_tiled"]
+__all__ = ["TileGrid", "tile_grid", "blend_window", "reflect_index", "WindowTiles", "window_tiles", "blend_tiles",
+           "check_tile", "predict_tiled"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,98 @@ def blend_window(config: InferConfig) -> NDArray[np.float32]:
     return w.astype(np.float32)
 
 
+def reflect_index(i: NDArray[np.integer], n: int) -> NDArray[np.int64]:
+    """Map frame coordinates outside ``[0, n)`` back inside by mirroring at the edges.
+
+    The same mapping as ``numpy.pad(mode="reflect")`` (edge pixel not repeated, applied
+    again for distances beyond the frame); an axis of one pixel maps everything to 0.
+    """
+    i = np.asarray(i, dtype=np.int64)
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * (n - 1)
+    j = np.mod(i, period)
+    return np.where(j < n, j, period - j)
+
+
+@dataclass(frozen=True)
+class WindowTiles:
+    """The tiles one window of a frame needs, along one axis.
+
+    Attributes
+    ----------
+    first : int
+        Origin (frame coordinates, may be negative) of the first tile covering the window.
+    count : int
+        Number of tiles covering the window.
+    span : tuple of int
+        ``(first, first + (count - 1) * stride + tile)``: the tiles' extent.
+    source : ndarray of int64
+        For each position of ``span``, the frame pixel it holds (mirrored at the edges).
+    """
+
+    first: int
+    count: int
+    span: tuple[int, int]
+    source: NDArray[np.int64]
+
+
+def window_tiles(n: int, start: int, stop: int, tile: int, stride: int) -> WindowTiles:
+    """The frame-anchored tiles covering ``[start, stop)`` of an axis of length ``n``.
+
+    Every tile of the frame's grid (:func:`tile_grid`) that overlaps the window is
+    included, so the window is blended from exactly the tiles, weights and pixels that
+    blending the whole frame would use there.
+    """
+    grid = tile_grid((n, n), tile, stride)
+    m = grid.margin
+    k0 = max(0, -(-(start + m - tile + 1) // stride))
+    k1 = min(grid.counts[0] - 1, (stop - 1 + m) // stride)
+    first = k0 * stride - m
+    span = (first, k1 * stride - m + tile)
+    return WindowTiles(first, k1 - k0 + 1, span, reflect_index(np.arange(*span), n))
+
+
+def blend_tiles(block: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], *, config: InferConfig,
+                window: torch.Tensor) -> torch.Tensor:
+    """Cut a block into tiles at ``config.stride``, apply ``fn``, blend back.
+
+    Parameters
+    ----------
+    block : Tensor, shape (K, Hb, Wb)
+        ``Hb`` and ``Wb`` of the form ``(count - 1) * stride + tile``.
+    fn : callable
+        ``(N, K, tile, tile) -> (N, 1, tile, tile)``.
+    window : Tensor, shape (tile, tile)
+        Blend weights (:func:`blend_window`).
+
+    Returns
+    -------
+    Tensor, shape (Hb, Wb), float32
+        Weighted average of the tiles covering each position.
+    """
+    k = block.shape[0]
+    t, s = config.tile, config.stride
+    size = tuple(block.shape[-2:])
+    tiles = F.unfold(block[None], kernel_size=t, stride=s).transpose(1, 2).reshape(-1, k, t, t)
+    outs = []
+    for i in range(0, tiles.shape[0], config.batch):
+        outs.append(fn(tiles[i : i + config.batch]).float() * window)
+    pred = torch.cat(outs).reshape(1, -1, t * t).transpose(1, 2)
+    acc = F.fold(pred, output_size=size, kernel_size=t, stride=s)
+    wsum = F.fold(window.reshape(1, t * t, 1).expand(1, t * t, tiles.shape[0]), output_size=size,
+                  kernel_size=t, stride=s)
+    return (acc / wsum)[0, 0]
+
+
+def check_tile(config: InferConfig, multiple: int) -> None:
+    """Refuse a tile side the network cannot take."""
+    if config.tile % multiple:
+        from .errors import ConfigError
+
+        raise ConfigError(f"tile must be a multiple of {multiple} for this network; got {config.tile}.")
+
+
 def predict_tiled(image: NDArray[np.floating], fn: Callable[[torch.Tensor], torch.Tensor], *,
                   config: InferConfig = InferConfig(), device: torch.device | str = "cpu",
                   multiple: int = 1) -> NDArray[np.float32]:
@@ -88,10 +181,11 @@ def predict_tiled(image: NDArray[np.floating], fn: Callable[[torch.Tensor], torc
 
     Parameters
     ----------
-    image : ndarray, shape (H, W)
-        The frame, in the range ``fn`` expects.
+    image : ndarray, shape (H, W) or (K, H, W)
+        The frame, or K co-registered planes of it (e.g. pixels and normalisation
+        fields) that ``fn`` receives together.
     fn : callable
-        Batched model, ``(N, 1, tile, tile) -> (N, 1, tile, tile)`` float32 tensors.
+        Batched model, ``(N, K, tile, tile) -> (N, 1, tile, tile)`` float32 tensors.
     config : InferConfig
         Tile side, overlap, blend window and batch size.
     device : torch device
@@ -105,28 +199,15 @@ def predict_tiled(image: NDArray[np.floating], fn: Callable[[torch.Tensor], torc
         Weighted average of all tiles covering each pixel.
     """
     img = np.asarray(image, dtype=np.float32)
-    if img.ndim != 2:
-        raise ValueError(f"predict_tiled takes one 2-D frame; got shape {img.shape}")
-    if config.tile % multiple:
-        from .errors import ConfigError
-
-        raise ConfigError(f"tile must be a multiple of {multiple} for this network; got {config.tile}.")
-    grid = tile_grid(img.shape, config.tile, config.stride)
-    padded = np.pad(img, tuple(zip(grid.pad_before, grid.pad_after)), mode="reflect" if min(img.shape) > 1 else "edge")
-    x = torch.from_numpy(np.ascontiguousarray(padded)).to(device)[None, None]
-    t, s = grid.tile, grid.stride
-    tiles = F.unfold(x, kernel_size=t, stride=s).transpose(1, 2).reshape(-1, 1, t, t)
-    window = torch.from_numpy(blend_window(config)).to(device)
-    outs = []
-    for i in range(0, tiles.shape[0], config.batch):
-        y = fn(tiles[i : i + config.batch]).float()
-        outs.append(y * window)
-    pred = torch.cat(outs).reshape(1, -1, t * t).transpose(1, 2)
-    size = padded.shape
-    acc = F.fold(pred, output_size=size, kernel_size=t, stride=s)
-    wsum = F.fold(window.reshape(1, t * t, 1).expand(1, t * t, tiles.shape[0]), output_size=size,
-                  kernel_size=t, stride=s)
-    (py, px) = grid.pad_before
-    h, w = img.shape
-    out = (acc / wsum)[0, 0, py : py + h, px : px + w]
-    return out.cpu().numpy()
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3:
+        raise ValueError(f"predict_tiled takes a 2-D frame or a (K, H, W) stack; got shape {np.shape(image)}")
+    check_tile(config, multiple)
+    _, h, w = img.shape
+    ty = window_tiles(h, 0, h, config.tile, config.stride)
+    tx = window_tiles(w, 0, w, config.tile, config.stride)
+    block = torch.from_numpy(np.ascontiguousarray(img[:, ty.source[:, None], tx.source[None, :]])).to(device)
+    win = torch.from_numpy(blend_window(config)).to(device)
+    out = blend_tiles(block, fn, config=config, window=win)
+    return out[-ty.first : -ty.first + h, -tx.first : -tx.first + w].cpu().numpy()

@@ -93,11 +93,29 @@ def main(
         typer.echo(__version__)
         raise typer.Exit(0)
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    pkg = logging.getLogger("asn2n_dask")
+    pkg.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in pkg.handlers):
+        h = _StderrHandler()
+        h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        pkg.addHandler(h)
+    logging.getLogger("distributed").setLevel(logging.ERROR if verbose < 2 else logging.INFO)
     state["quiet"] = quiet
 
 
 state: dict[str, Any] = {"quiet": False}
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the message."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 # ---------------------------------------------------------------- shared options
 PresetOpt = Annotated[str, typer.Option("--preset", help="Network size: tiny (tests), small (CPU), paper (GPU).")]
@@ -119,6 +137,23 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="Output dtype: float32, o
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 AxesOpt = Annotated[str | None, typer.Option("--axes", help="Axis letters when the file does not name them, "
                                              "e.g. TCYX.")]
+ChannelOpt = Annotated[list[str] | None, typer.Option("--channel", "-c", help="Channel to process, by name or "
+                                                    "index (repeat for several; default all).")]
+TimeOpt = Annotated[str | None, typer.Option("--time", help="Time points to process, as start:stop (e.g. 0:100).")]
+ChunksOpt = Annotated[str | None, typer.Option("--chunks", help="Zarr output: chunk side in Y and X, e.g. 1024 "
+                                              "or 512x1024 (default: the input's, 256 to 2048). One task per chunk.")]
+OmeOpt = Annotated[str, typer.Option("--ome", help="Zarr output: OME-Zarr 0.5 (Zarr v3) or 0.4 (Zarr v2).")]
+PyramidOpt = Annotated[int, typer.Option("--pyramid", min=0, max=10, help="Zarr output: extra downsampled "
+                                         "levels for viewing.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (chunks, halo, tasks, bytes, memory) "
+                                         "and exit.")]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Zarr output: address (tcp://host:8786) or "
+                                                  "scheduler file of a running Dask cluster (default: start a "
+                                                  "local one).")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", min=1, help="Local cluster: worker processes.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Local cluster: threads per worker.")]
+MemoryOpt = Annotated[str | None, typer.Option("--memory-limit", help="Local cluster: memory per worker, e.g. "
+                                               "4GiB.")]
 
 
 def _train_config(preset: str, steps: int, norm: str, seed: int, patch: int, batch: int, loss: str,
@@ -253,20 +288,89 @@ def fit(
     typer.echo(f"model written to {model_dir}")
 
 
+def _parse_chunks(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        vals = [int(v) for v in parts]
+    except ValueError:
+        vals = []
+    if len(vals) not in (1, 2) or min(vals) < 1:
+        raise InputError(f"--chunks {text!r} must be one size or YxX, e.g. 1024 or 512x1024.")
+    return (vals[0], vals[-1])
+
+
+def _is_zarr_out(output: Path) -> bool:
+    from .io import TIFF_SUFFIXES
+
+    if output.suffix.lower() in TIFF_SUFFIXES:
+        return False
+    if output.suffix.lower() != ".zarr":
+        raise OutputError(f"output {output} must end in .tif, .tiff or .zarr.")
+    return True
+
+
+def _select_array(data: np.ndarray, meta: Any, channel: list[str] | None, time: str | None) -> tuple[np.ndarray, Any]:
+    """Apply --channel/--time to an in-memory image (TIFF output route)."""
+    from dataclasses import replace
+
+    from .source import Selection, Source
+
+    if not channel and time is None:
+        return data, meta
+    src = Source(meta.source, meta.format, "", meta.axes, data.shape, data.shape, str(data.dtype), meta)
+    sel = Selection.parse(src, channel, time)
+    idx = sel.indices(src)
+    out = data[np.ix_(*idx)]
+    names = meta.channel_names
+    if names and sel.channels is not None:
+        meta = replace(meta, channel_names=tuple(names[i] for i in sel.channels))
+    return out, meta
+
+
 def _denoise_to(input: Path, output: Path, model: Any, data: np.ndarray, meta: Any, infer: Any, dtype: str,
                 overwrite: bool, extra: dict[str, Any]) -> None:
     from .api import denoise as denoise_fn
     from .io import cast_output, write_image
 
+    if dtype not in ("input", "float32"):
+        raise InputError(f"--dtype must be float32 or input; got {dtype!r}.")
     with progress_bar(not state["quiet"]) as bar:
         out = denoise_fn(data, model, axes=meta.axes, config=infer, progress=bar)
     if dtype == "input":
         out = cast_output(out, data.dtype)
-    elif dtype != "float32":
-        raise InputError(f"--dtype must be float32 or input; got {dtype!r}.")
     prov = _provenance("denoise", input=str(input), infer=infer.to_dict(), **extra)
     write_image(output, out, meta, overwrite=overwrite, attrs=prov)
     typer.echo(f"denoised {input} -> {output}")
+
+
+def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, channel: list[str] | None,
+              time: str | None, infer: Any, chunks: str | None, dtype: str, ome: str, pyramid: int,
+              overwrite: bool, dry_run: bool, scheduler: str | None, workers: int | None, threads: int | None,
+              memory_limit: str | None, extra: dict[str, Any]) -> None:
+    """Chunked, resumable denoising into OME-Zarr on a Dask cluster."""
+    from .checkpoint import load_model
+    from .pipeline import RunOptions, make_plan, run_pipeline
+    from .source import Selection, open_source
+
+    src = open_source(input, axes)
+    sel = Selection.parse(src, channel, time)
+    opts = RunOptions(infer=infer, chunks=_parse_chunks(chunks), dtype=dtype, ome=ome, pyramid=pyramid,
+                      overwrite=overwrite)
+    if dry_run:
+        model = load_model(model_dir)
+        typer.echo(make_plan(src, sel, options=opts, patch=model.train.norm.risk.patch).describe())
+        return
+    with progress_bar(not state["quiet"]) as bar:
+        summary = run_pipeline(src, output, model_dir, selection=sel, options=opts, scheduler=scheduler,
+                               workers=workers, threads=threads, memory_limit=memory_limit, progress=bar,
+                               echo=lambda m: typer.echo(m, err=True), extra=extra)
+    if summary.already_complete:
+        typer.echo(f"{output} was already complete; nothing was recomputed.")
+        return
+    note = f" ({summary.skipped} chunks were already done)" if summary.skipped else ""
+    typer.echo(f"denoised {input} -> {output}: {summary.computed} chunks in {summary.seconds:.1f} s{note}")
 
 
 @app.command()
@@ -283,18 +387,53 @@ def denoise(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     axes: AxesOpt = None,
+    channel: ChannelOpt = None,
+    time: TimeOpt = None,
+    chunks: ChunksOpt = None,
+    ome: OmeOpt = "0.5",
+    pyramid: PyramidOpt = 0,
+    dry_run: DryRunOpt = False,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+    memory_limit: MemoryOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Denoise an image with a trained model; the output keeps the input's shape, axes and units.
 
-    Example: asn2n denoise cells.tif -o cells-denoised.tif --model cells.model
+    A .zarr output is written chunk by chunk on a Dask cluster (an embedded one unless
+    --scheduler is given) as OME-Zarr with a 'labels/risk' image; a run that stopped is
+    resumed by running the same command again.  A .tif output is computed in memory.
+
+    Examples:
+
+      asn2n denoise cells.tif -o cells-denoised.tif --model cells.model
+
+      asn2n denoise movie.zarr -o movie-denoised.zarr --model movie.model --channel er --time 0:100
+
+      asn2n denoise movie.zarr -o out.zarr --model movie.model --dry-run
     """
     from .checkpoint import load_model
 
     infer = _infer_config(tile, overlap, blend, infer_on, device)
+    if not input.exists():
+        raise InputError(f"input {input} does not exist.")
+    if _is_zarr_out(output):
+        if output.absolute() == input.absolute():
+            raise OutputError(f"output {output} is the input; choose another output path (the input is never "
+                              "overwritten).")
+        _pipeline(input, output, model_dir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
+                  dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=dry_run, scheduler=scheduler,
+                  workers=workers, threads=threads, memory_limit=memory_limit,
+                  extra={"command": "denoise", "model": str(model_dir)})
+        return
     check_out(output, input, overwrite)
     model = load_model(model_dir)
     data, meta = _read(input, axes)
+    data, meta = _select_array(data, meta, channel, time)
+    if dry_run:
+        typer.echo(f"would denoise {input} ({meta.axes}, {data.shape}) in memory into {output}")
+        return
     _denoise_to(input, output, model, data, meta, infer, dtype, overwrite,
                 {"model": str(model_dir), "train": model.train.to_dict()})
 
@@ -329,20 +468,70 @@ def run(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     axes: AxesOpt = None,
+    channel: ChannelOpt = None,
+    time: TimeOpt = None,
+    chunks: ChunksOpt = None,
+    ome: OmeOpt = "0.5",
+    pyramid: PyramidOpt = 0,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+    memory_limit: MemoryOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit a model on the input itself, then denoise it: the one command to try first.
 
-    Example: asn2n run noisy.tif -o denoised.tif --preset small
+    For a .zarr output the model is trained on up to 64 frames per channel read from
+    the input (not the whole dataset), then the input is denoised chunk by chunk as
+    'asn2n denoise' does.  Running the same command again after a crash reuses the
+    finished model and resumes the denoising.
+
+    Examples:
+
+      asn2n run noisy.tif -o denoised.tif --preset small
+
+      asn2n run movie.zarr -o movie-denoised.zarr --channel 1 --time 0:50
     """
     from .api import fit as fit_fn
+    from .checkpoint import load_model
 
     cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency)
     infer = _infer_config(tile, overlap, blend, infer_on, device)
-    check_out(output, input, overwrite)
+    if not input.exists():
+        raise InputError(f"input {input} does not exist.")
+    zarr_out = _is_zarr_out(output)
+    if not zarr_out:
+        check_out(output, input, overwrite)
+    elif output.absolute() == input.absolute():
+        raise OutputError(f"output {output} is the input; choose another output path (the input is never "
+                          "overwritten).")
     mdir = model_dir or output.with_name(output.name + ".model")
-    _check_model_dir(mdir, overwrite)
+    model = None
+    if zarr_out and (mdir / "model.json").is_file() and not overwrite:
+        model = load_model(mdir)
+        if model.train != cfg:
+            raise OutputError(f"a model trained with other options already exists in {mdir}; pass --overwrite to "
+                              "train again or choose another --model-dir.")
+        typer.echo(f"reusing the model in {mdir} (trained with the same options)", err=True)
+    else:
+        _check_model_dir(mdir, overwrite)
+    if zarr_out:
+        if model is None:
+            from .source import Selection, open_source, sample_planes
+
+            src = open_source(input, axes)
+            planes, names = sample_planes(src, Selection.parse(src, channel, time), cfg.max_frames)
+            with progress_bar(not state["quiet"]) as bar:
+                fit_fn(planes, axes="CTYX", config=cfg, channel_names=names, device=device, progress=bar,
+                       model_dir=mdir)
+        _pipeline(input, output, mdir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
+                  dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=False, scheduler=scheduler,
+                  workers=workers, threads=threads, memory_limit=memory_limit,
+                  extra={"command": "run", "model": str(mdir), "train": cfg.to_dict()})
+        typer.echo(f"model kept in {mdir}")
+        return
     data, meta = _read(input, axes)
+    data, meta = _select_array(data, meta, channel, time)
     n_ch = data.shape[meta.axes.index("C")] if "C" in meta.axes else 1
     with progress_bar(not state["quiet"]) as bar:
         model = fit_fn(data, axes=meta.axes, config=cfg, channel_names=_channel_names(meta, n_ch),

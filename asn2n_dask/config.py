@@ -230,8 +230,8 @@ class InferConfig:
     weight_floor
         Smallest Gaussian weight, relative to the centre, so weights never vanish.
     infer_on
-        ``twins``: average the network's output on the two twins of the frame (the
-        domain it was trained on); ``raw``: apply it to the frame itself.
+        ``twins``: average the network's output on the two twins of each tile (the
+        domain it was trained on); ``raw``: apply it to the tile itself.
     batch
         Tiles per forward pass.
     device

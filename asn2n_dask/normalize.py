@@ -26,7 +26,8 @@ from numpy.typing import NDArray
 from .config import NormConfig
 from .risk import SAFE, FrameStats, RiskReport, assess_risk, frame_stats, patch_view
 
-__all__ = ["NormParams", "norm_params", "normalize", "denormalize", "interp_matrix"]
+__all__ = ["NormParams", "norm_params", "normalize", "denormalize", "interp_matrix", "interp_weights",
+           "resolve_mode", "patch_ranges", "fields_at"]
 
 
 @dataclass(frozen=True)
@@ -46,33 +47,126 @@ class NormParams:
     mode: str
 
 
-def interp_matrix(n: int, patch: int) -> NDArray[np.float64]:
-    """Linear interpolation from patch centres to pixels along one axis.
+def interp_weights(positions: NDArray[np.integer], n: int, patch: int, j0: int = 0,
+                   j1: int | None = None) -> NDArray[np.float64]:
+    """Linear interpolation weights from patch centres to pixel positions along one axis.
+
+    Parameters
+    ----------
+    positions : ndarray of int
+        Pixel positions in ``[0, n)``.
+    n : int
+        Length of the frame along this axis.
+    patch : int
+        Patch side; patch ``j`` has its centre at ``j * patch + (patch - 1) / 2`` (the
+        last, cut patch at most at ``n - 1``).
+    j0, j1 : int
+        The patches to return weights for (default all); callers must include every
+        patch whose weight is non-zero at ``positions``.
 
     Returns
     -------
-    ndarray, shape (n, ceil(n / patch))
-        Row ``i`` holds the weights of the patch centres for pixel ``i``; rows sum to
-        one, pixels outside the outermost centres take the nearest centre's value.
+    ndarray, shape (len(positions), j1 - j0)
+        Rows sum to one over all patches; pixels outside the outermost centres take the
+        nearest centre's value.
     """
     m = -(-n // patch)
-    centres = np.minimum(np.arange(m) * patch + (patch - 1) / 2.0, n - 1)
-    eye = np.eye(m)
-    pos = np.arange(n, dtype=np.float64)
+    j1 = m if j1 is None else j1
+    pos = np.asarray(positions, dtype=np.float64)
+    out = np.zeros((pos.size, j1 - j0))
     if m == 1:
-        return np.ones((n, 1))
-    return np.stack([np.interp(pos, centres, eye[j]) for j in range(m)], axis=1)
+        out[:, 0 - j0] = 1.0
+        return out
+    centres = np.minimum(np.arange(m) * patch + (patch - 1) / 2.0, n - 1)
+    k = np.clip(np.searchsorted(centres, pos, side="right") - 1, 0, m - 2)
+    t = np.clip((pos - centres[k]) / (centres[k + 1] - centres[k]), 0.0, 1.0)
+    rows = np.arange(pos.size)
+    for j, wt in ((k, 1.0 - t), (k + 1, t)):
+        inside = (j >= j0) & (j < j1)
+        np.add.at(out, (rows[inside], j[inside] - j0), wt[inside])
+    return out
 
 
-def _smooth(field: NDArray[np.float64], shape: tuple[int, int], patch: int) -> NDArray[np.float64]:
-    wy, wx = interp_matrix(shape[0], patch), interp_matrix(shape[1], patch)
-    return wy @ field @ wx.T
+def interp_matrix(n: int, patch: int) -> NDArray[np.float64]:
+    """:func:`interp_weights` for every pixel and every patch: shape (n, ceil(n / patch))."""
+    return interp_weights(np.arange(n), n, patch)
+
+
+def resolve_mode(config: NormConfig, dataset_mode: str | None, high_risk_ratio: float | None = None) -> str:
+    """The mode applied: ``dataset`` becomes the given (or this image's) decision."""
+    if config.mode != "dataset":
+        return config.mode
+    if dataset_mode is not None:
+        return dataset_mode
+    if high_risk_ratio is None:
+        raise ValueError("dataset mode needs the dataset decision or the image's high-risk ratio")
+    return "global" if high_risk_ratio > config.risk.dataset_ratio else "local"
+
+
+def patch_ranges(region: NDArray[np.floating], stats: FrameStats, config: NormConfig, mode: str,
+                 risk_map: NDArray[np.int8] | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-patch normalisation range (lo, hi) of a region aligned to the patch grid.
+
+    Parameters
+    ----------
+    region : ndarray, shape (h, w)
+        Pixels of whole patches (cut only at the frame's far edges), input units.
+    stats : FrameStats
+        The global range (channel statistics).
+    config : NormConfig
+    mode : {"global", "local", "adaptive"}
+    risk_map : ndarray of int8, shape (ceil(h / patch), ceil(w / patch))
+        Risk classes of the region's patches; needed for ``adaptive``.
+
+    Returns
+    -------
+    lo, hi : ndarray, shape (ceil(h / patch), ceil(w / patch)), input units
+    """
+    patch = config.risk.patch
+    ny, nx = -(-region.shape[0] // patch), -(-region.shape[1] // patch)
+    if mode == "global":
+        return np.full((ny, nx), stats.lo), np.full((ny, nx), stats.lo + stats.span)
+    v = patch_view(np.clip(np.asarray(region, np.float64), stats.lo, stats.hi), patch)
+    lo = np.nanmin(v, axis=-1)
+    hi = np.nanmax(v, axis=-1)
+    min_span = config.min_range_fraction * stats.span
+    short = (hi - lo) < min_span
+    centre = 0.5 * (hi + lo)
+    lo = np.where(short, np.maximum(stats.lo, np.minimum(centre - 0.5 * min_span, stats.hi - min_span)), lo)
+    hi = np.where(short, lo + min_span, hi)
+    if mode == "adaptive":
+        if risk_map is None:
+            raise ValueError("adaptive normalisation needs the risk map")
+        risky = risk_map != SAFE
+        lo = np.where(risky, stats.lo, lo)
+        hi = np.where(risky, stats.lo + stats.span, hi)
+    return lo, hi
+
+
+def fields_at(lo: NDArray[np.float64], hi: NDArray[np.float64], rows: NDArray[np.integer],
+              cols: NDArray[np.integer], frame_shape: tuple[int, int], patch: int, first_patch: tuple[int, int],
+              min_span: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Offset and scale fields at the pixels ``rows x cols`` of a frame.
+
+    ``lo`` and ``hi`` hold the ranges of the patches ``first_patch + (i, j)``, which must
+    include every patch adjacent to the requested pixels.
+
+    Returns
+    -------
+    offset, scale : ndarray, shape (len(rows), len(cols)), input units, scale > 0
+    """
+    (p0, q0), (np_, nq) = first_patch, lo.shape
+    wy = interp_weights(rows, frame_shape[0], patch, p0, p0 + np_)
+    wx = interp_weights(cols, frame_shape[1], patch, q0, q0 + nq)
+    offset = wy @ lo @ wx.T
+    scale = np.maximum(wy @ hi @ wx.T - offset, min_span)
+    return offset, scale
 
 
 def norm_params(image: NDArray[np.number], *, config: NormConfig = NormConfig(),
                 stats: FrameStats | None = None, risk: RiskReport | None = None,
                 dataset_mode: str | None = None) -> NormParams:
-    """Compute the normalisation transform of one frame.
+    """Compute the normalisation transform of one whole frame.
 
     Parameters
     ----------
@@ -96,32 +190,13 @@ def norm_params(image: NDArray[np.number], *, config: NormConfig = NormConfig(),
     img = np.asarray(image, dtype=np.float64)
     if stats is None:
         stats = frame_stats(img, low=config.low_percentile, high=config.high_percentile)
-    mode: str = config.mode
-    if mode == "dataset":
-        if dataset_mode is None:
-            risk = risk or assess_risk(img, thresholds=config.risk)
-            dataset_mode = "global" if risk.high_risk_ratio > config.risk.dataset_ratio else "local"
-        mode = dataset_mode
-    shape = img.shape
-    if mode == "global":
-        return NormParams(offset=np.full(shape, stats.lo), scale=np.full(shape, stats.span), mode=mode)
-
-    patch = config.risk.patch
-    v = patch_view(np.clip(img, stats.lo, stats.hi), patch)
-    lo = np.nanmin(v, axis=-1)
-    hi = np.nanmax(v, axis=-1)
-    min_span = config.min_range_fraction * stats.span
-    short = (hi - lo) < min_span
-    centre = 0.5 * (hi + lo)
-    lo = np.where(short, np.maximum(stats.lo, np.minimum(centre - 0.5 * min_span, stats.hi - min_span)), lo)
-    hi = np.where(short, lo + min_span, hi)
-    if mode == "adaptive":
-        risk = risk or assess_risk(img, thresholds=config.risk)
-        risky = risk.risk_map != SAFE
-        lo = np.where(risky, stats.lo, lo)
-        hi = np.where(risky, stats.lo + stats.span, hi)
-    offset = _smooth(lo, shape, patch)
-    scale = np.maximum(_smooth(hi, shape, patch) - offset, min_span)
+    if config.mode in ("adaptive", "dataset") and risk is None and not (config.mode == "dataset" and dataset_mode):
+        risk = assess_risk(img, thresholds=config.risk)
+    mode = resolve_mode(config, dataset_mode, risk.high_risk_ratio if risk is not None else None)
+    lo, hi = patch_ranges(img, stats, config, mode, risk.risk_map if risk is not None else None)
+    h, w = img.shape
+    offset, scale = fields_at(lo, hi, np.arange(h), np.arange(w), (h, w), config.risk.patch, (0, 0),
+                              config.min_range_fraction * stats.span)
     return NormParams(offset=offset, scale=scale, mode=mode)
 
 

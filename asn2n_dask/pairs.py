@@ -8,16 +8,22 @@ the frame's size by Fourier interpolation (zero-padding the spectrum, as MATLAB'
 frame's own pixel grid, so the twins line up with the frame pixel for pixel.  A mirrored
 extension before the transform keeps the interpolation free of wrap-around ringing at
 the frame's edges.
+
+Twins are made per tile at inference and per patch in training (the same function on
+the same geometry), so a pixel's result depends only on the pixels of the tiles that
+cover it: the property that lets a dataset be cut into chunks without changing the
+output.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from .errors import InputError
 
-__all__ = ["fourier_upsample", "diagonal_halves", "make_twins"]
+__all__ = ["fourier_upsample", "diagonal_halves", "make_twins", "make_twins_torch"]
 
 Float = NDArray[np.floating]
 
@@ -113,3 +119,35 @@ def make_twins(frame: NDArray[np.number]) -> tuple[Float, Float]:
     return tuple(  # type: ignore[return-value]
         fourier_upsample(fourier_upsample(h, H, axis=-2), W, axis=-1) for h in halves
     )
+
+
+def _upsample_torch(x: torch.Tensor, n_out: int, dim: int, offset: float = 0.5) -> torch.Tensor:
+    x = x.movedim(dim, -1)
+    n = x.shape[-1]
+    ext = torch.cat([x, x.flip(-1)], dim=-1)
+    spec = torch.fft.rfft(ext, dim=-1)
+    out_spec = torch.zeros(x.shape[:-1] + (2 * n + 1,), dtype=spec.dtype, device=x.device)
+    out_spec[..., : n + 1] = spec
+    out_spec[..., n] *= 0.5
+    k = torch.arange(2 * n + 1, device=x.device, dtype=x.dtype)
+    out_spec = out_spec * torch.polar(torch.ones_like(k), -2 * np.pi * k * (offset / 2.0) / (2 * n))
+    up = torch.fft.irfft(out_spec, n=4 * n, dim=-1) * 2.0
+    return up[..., :n_out].movedim(-1, dim)
+
+
+def make_twins_torch(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`make_twins` in torch, on any device, batched over leading dims.
+
+    Parameters
+    ----------
+    frames : Tensor, shape (..., H, W), float32 or float64, H and W >= 2
+
+    Returns
+    -------
+    a, b : Tensor, shape (..., H, W), same dtype
+    """
+    H, W = frames.shape[-2:]
+    f = frames[..., : H // 2 * 2, : W // 2 * 2]
+    a = 0.5 * (f[..., 0::2, 0::2] + f[..., 1::2, 1::2])
+    b = 0.5 * (f[..., 0::2, 1::2] + f[..., 1::2, 0::2])
+    return tuple(_upsample_torch(_upsample_torch(h, H, -2), W, -1) for h in (a, b))  # type: ignore[return-value]

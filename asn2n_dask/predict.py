@@ -1,4 +1,4 @@
-"""Denoise one frame: risk -> normalise -> network on tiles -> blend -> back to input units.
+"""Denoise one frame: risk -> normalise -> twins and network per tile -> blend -> input units.
 
 No files, no dask: the one-frame step that every larger path (stacks, Zarr chunks)
 calls.
@@ -7,18 +7,21 @@ calls.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .blend import predict_tiled
+from .blend import WindowTiles, blend_tiles, blend_window, check_tile, window_tiles
 from .config import InferConfig, NormConfig
-from .normalize import denormalize, norm_params, normalize
-from .pairs import make_twins
-from .risk import RiskReport, assess_risk
+from .normalize import fields_at, patch_ranges, resolve_mode
+from .pairs import make_twins_torch
+from .risk import assess_risk
+from .stats import ChannelStats, channel_stats
 
-__all__ = ["resolve_device", "network_fn", "denoise_frame"]
+__all__ = ["resolve_device", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
+           "denoise_window", "denoise_frame"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -32,8 +35,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def network_fn(net: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def network_fn(net: torch.nn.Module, device: torch.device | str) -> Callable[[torch.Tensor], torch.Tensor]:
     """Wrap a network for batched inference: no autograd, bf16 autocast on CUDA."""
+    device = torch.device(device)
     net = net.to(device).eval()
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -44,42 +48,169 @@ def network_fn(net: torch.nn.Module, device: torch.device) -> Callable[[torch.Te
     return fn
 
 
+def normalised_views(tiles: torch.Tensor, infer_on: str) -> tuple[torch.Tensor, ...]:
+    """What the network sees of a batch of tiles (or training patches).
+
+    Parameters
+    ----------
+    tiles : Tensor, shape (N, 3, t, t)
+        Raw pixels, normalisation offset and scale, in input units.
+    infer_on : {"twins", "raw"}
+        ``twins``: the two twins of each tile (:func:`asn2n_dask.pairs.make_twins_torch`,
+        in float64); ``raw``: the tile itself.
+
+    Returns
+    -------
+    tuple of Tensor, each (N, 1, t, t) float32
+        ``(view - offset) / scale`` for each view.
+    """
+    raw, offset, scale = tiles[:, :1].double(), tiles[:, 1:2].double(), tiles[:, 2:3].double()
+    views = make_twins_torch(raw) if infer_on == "twins" else (raw,)
+    return tuple(((v - offset) / scale).float() for v in views)
+
+
+def tile_fn(net_fn: Callable[[torch.Tensor], torch.Tensor], infer_on: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-tile step: views (twins or the raw tile), normalisation, network, average.
+
+    Takes ``(N, 3, t, t)`` tiles of (pixels, offset, scale) in input units and returns
+    ``(N, 1, t, t)`` predictions in the normalised domain.
+    """
+
+    def fn(tiles: torch.Tensor) -> torch.Tensor:
+        views = normalised_views(tiles, infer_on)
+        pred = net_fn(torch.cat(views))
+        return pred.reshape(len(views), -1, *pred.shape[1:]).mean(0)
+
+    return fn
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """What computing one window of a frame needs.
+
+    Attributes
+    ----------
+    window : tuple of int
+        ``(y0, y1, x0, x1)``: the pixels computed (frame coordinates).
+    tiles : tuple of WindowTiles
+        The frame-anchored tiles covering the window, along Y and X.
+    patches : tuple of (int, int)
+        Risk/normalisation patches ``[p0, p1)`` along Y and X whose statistics are
+        needed: those under the tiles and their neighbours (for the interpolated fields).
+    read : tuple of (int, int)
+        Frame rows and columns ``[start, stop)`` to read: the union of all the above.
+    """
+
+    window: tuple[int, int, int, int]
+    tiles: tuple[WindowTiles, WindowTiles]
+    patches: tuple[tuple[int, int], tuple[int, int]]
+    read: tuple[tuple[int, int], tuple[int, int]]
+
+
+def window_plan(frame_shape: tuple[int, int], window: tuple[int, int, int, int], infer: InferConfig,
+                patch: int) -> WindowPlan:
+    """The tiles, patches and input region one window of a frame depends on.
+
+    The result at a pixel depends only on this region and on the channel statistics,
+    so any window of a frame computed from its region equals that window of the frame
+    computed whole.
+    """
+    tiles, patches, read = [], [], []
+    for n, (a, b) in zip(frame_shape, ((window[0], window[1]), (window[2], window[3]))):
+        if not 0 <= a < b <= n:
+            raise ValueError(f"window [{a}, {b}) is not inside an axis of {n} pixels")
+        t = window_tiles(n, a, b, infer.tile, infer.stride)
+        m = -(-n // patch)
+        centres = np.minimum(np.arange(m) * patch + (patch - 1) / 2.0, n - 1)
+        r0, r1 = int(t.source.min()), int(t.source.max())
+        # the patches whose centres bracket the rows used (interpolated fields), and their own
+        p0 = min(max(0, int(np.searchsorted(centres, r0, side="right")) - 1), r0 // patch)
+        p1 = max(min(m - 1, int(np.searchsorted(centres, r1, side="left"))), r1 // patch) + 1
+        tiles.append(t)
+        patches.append((p0, p1))
+        read.append((p0 * patch, min(p1 * patch, n)))
+    return WindowPlan(window, (tiles[0], tiles[1]), (patches[0], patches[1]), (read[0], read[1]))
+
+
+def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tuple[int, int],
+                   fn: Callable[[torch.Tensor], torch.Tensor], *, stats: ChannelStats,
+                   norm: NormConfig = NormConfig(), infer: InferConfig = InferConfig(),
+                   device: torch.device | str = "cpu", multiple: int = 1,
+                   dataset_mode: str | None = None) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+    """Denoise one window of a frame from the region :func:`window_plan` asks for.
+
+    risk -> normalisation fields -> per tile: twins, normalise, network, average ->
+    Gaussian blend -> back to input units.  A whole frame is the window that covers it.
+
+    Parameters
+    ----------
+    region : ndarray, shape (read_y1 - read_y0, read_x1 - read_x0)
+        The frame's pixels over ``plan.read``, input units.
+    plan : WindowPlan
+    frame_shape : (int, int)
+        The whole frame's (H, W).
+    fn : callable
+        Batched network (:func:`network_fn`) on normalised tiles.
+    stats : ChannelStats
+        Statistics of the frame's whole channel (:func:`asn2n_dask.stats.channel_stats`).
+    norm, infer : NormConfig, InferConfig
+    dataset_mode : {"global", "local"}, optional
+        The model's dataset decision, for ``norm.mode == "dataset"``.
+
+    Returns
+    -------
+    denoised : ndarray, shape (y1 - y0, x1 - x0), float32, input units
+    risk : ndarray, same shape, int8
+        Risk class of each pixel's patch (0 safe, 1 weak background, 2 sparse bright).
+    """
+    check_tile(infer, multiple)
+    (ry0, ry1), (rx0, rx1) = plan.read
+    if region.shape != (ry1 - ry0, rx1 - rx0):
+        raise ValueError(f"region has shape {region.shape}; the plan reads {(ry1 - ry0, rx1 - rx0)}")
+    patch = norm.risk.patch
+    img = np.asarray(region, dtype=np.float64)
+    risk = assess_risk(img, thresholds=norm.risk, stats=stats.risk)
+    mode = resolve_mode(norm, dataset_mode, risk.high_risk_ratio)
+    lo, hi = patch_ranges(img, stats.norm, norm, mode, risk.risk_map)
+    ty, tx = plan.tiles
+    first = (plan.patches[0][0], plan.patches[1][0])
+    offset, scale = fields_at(lo, hi, ty.source, tx.source, frame_shape, patch, first,
+                              norm.min_range_fraction * stats.norm.span)
+    raw = img[ty.source[:, None] - ry0, tx.source[None, :] - rx0]
+    dev = torch.device(device)
+    block = torch.from_numpy(np.stack([raw, offset, scale]).astype(np.float32)).to(dev)
+    win = torch.from_numpy(blend_window(infer)).to(dev)
+    pred = blend_tiles(block, tile_fn(fn, infer.infer_on), config=infer, window=win).double().cpu().numpy()
+    y0, y1, x0, x1 = plan.window
+    ys, xs = slice(y0 - ty.first, y1 - ty.first), slice(x0 - tx.first, x1 - tx.first)
+    out = pred[ys, xs] * scale[ys, xs] + offset[ys, xs]
+    labels = risk.risk_map[(np.arange(y0, y1) - ry0)[:, None] // patch, (np.arange(x0, x1) - rx0)[None, :] // patch]
+    return out.astype(np.float32), labels
+
+
 def denoise_frame(frame: NDArray[np.number], fn: Callable[[torch.Tensor], torch.Tensor], *,
-                  norm: NormConfig = NormConfig(), infer: InferConfig = InferConfig(),
-                  device: torch.device | str = "cpu", multiple: int = 1,
-                  dataset_mode: str | None = None) -> tuple[NDArray[np.float32], RiskReport]:
-    """Denoise one 2-D frame and return it in the frame's own units.
+                  stats: ChannelStats | None = None, norm: NormConfig = NormConfig(),
+                  infer: InferConfig = InferConfig(), device: torch.device | str = "cpu", multiple: int = 1,
+                  dataset_mode: str | None = None) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+    """Denoise one whole 2-D frame (the window that covers it) in the frame's own units.
 
     Parameters
     ----------
     frame : ndarray, shape (H, W)
-        Noisy frame in input units (any real dtype), finite.
-    fn : callable
-        Batched network in the normalised domain (see :func:`network_fn`).
-    norm : NormConfig
-        Normalisation mode and thresholds (the model's training options).
-    infer : InferConfig
-        Tiling, blending, inference domain.
-    device : torch device
-        Where tiles are processed.
-    multiple : int
-        Tile sides must be multiples of this (the network's pooling factor).
-    dataset_mode : {"global", "local"}, optional
-        Decision of ``dataset`` mode, taken once for the training data.
+        Noisy frame in input units.
+    stats : ChannelStats, optional
+        Statistics of the frame's channel (default: of this frame alone).
+    Other parameters as :func:`denoise_window`.
 
     Returns
     -------
     denoised : ndarray, shape (H, W), float32
-        In the frame's units (offset and scale preserved).
-    risk : RiskReport
-        The frame's risk map.
+    risk : ndarray, shape (H, W), int8
     """
-    img = np.asarray(frame, dtype=np.float64)
-    risk = assess_risk(img, thresholds=norm.risk)
-    params = norm_params(img, config=norm, risk=risk, dataset_mode=dataset_mode)
-    views = make_twins(img) if infer.infer_on == "twins" else (img,)
-    acc = np.zeros(img.shape, np.float64)
-    for view in views:
-        acc += predict_tiled(normalize(view, params), fn, config=infer, device=device, multiple=multiple)
-    out = denormalize(acc / len(views), params)
-    return out.astype(np.float32), risk
+    img = np.asarray(frame)
+    h, w = img.shape
+    if stats is None:
+        stats = channel_stats(img[None], norm)[0]
+    plan = window_plan((h, w), (0, h, 0, w), infer, norm.risk.patch)
+    return denoise_window(img, plan, (h, w), fn, stats=stats, norm=norm, infer=infer, device=device,
+                          multiple=multiple, dataset_mode=dataset_mode)

@@ -1,9 +1,10 @@
 """Self-constrained Noise2Noise training of one network on the frames of one channel.
 
-Each frame is risk-assessed and normalised (the same code path as inference), split
-into its two twins, and random patches of the twin pair (same position, same flip and
-rotation) teach the network to map one twin to the other, both ways, with a
-consistency term that pulls the two predictions together.
+Each frame is risk-assessed and its normalisation fields computed; random patches of
+the raw frame (with their fields, flipped and rotated alike) are split into twins and
+normalised by the same function inference applies to each tile, and the network learns
+to map one twin to the other, both ways, with a consistency term that pulls the two
+predictions together.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from torch.nn import functional as F
 from .config import PRESETS, TrainConfig
 from .errors import InputError
 from .model import UNet, build_unet
-from .normalize import norm_params, normalize
-from .pairs import make_twins
-from .risk import FrameStats, assess_risk, dataset_decision, frame_stats
+from .normalize import norm_params
+from .predict import normalised_views
+from .risk import FrameStats, assess_risk, dataset_decision
+from .stats import channel_stats
 
 __all__ = ["self_constrained_loss", "TrainResult", "PatchSampler", "train_channel", "min_train_side"]
 
@@ -63,12 +65,17 @@ class TrainResult:
 
 
 class PatchSampler:
-    """Random, augmented, co-located patches of twin pairs, seeded once.
+    """Random, augmented patches of noisy frames, turned into normalised twin pairs.
+
+    Each patch is cut from the raw frame together with its normalisation fields, flipped
+    and rotated, split into its two twins and normalised: exactly what inference does to
+    a tile (:func:`asn2n_dask.predict.normalised_views`), so training and inference see
+    the same kind of input.  Seeded once.
 
     Parameters
     ----------
-    twins_a, twins_b : sequence of ndarray, shape (H_i, W_i), float32
-        Normalised twins of each frame.
+    planes : sequence of ndarray, shape (3, H_i, W_i)
+        Per frame: raw pixels, normalisation offset and scale (input units).
     patch : int
         Patch side.
     rows : sequence of (int, int)
@@ -76,11 +83,11 @@ class PatchSampler:
     rng : numpy Generator
     """
 
-    def __init__(self, twins_a: Sequence[NDArray[np.float32]], twins_b: Sequence[NDArray[np.float32]],
-                 patch: int, rows: Sequence[tuple[int, int]], rng: np.random.Generator) -> None:
-        self.a, self.b, self.patch, self.rows, self.rng = twins_a, twins_b, patch, rows, rng
+    def __init__(self, planes: Sequence[NDArray[np.floating]], patch: int, rows: Sequence[tuple[int, int]],
+                 rng: np.random.Generator) -> None:
+        self.planes, self.patch, self.rows, self.rng = planes, patch, rows, rng
         self.frames = [i for i, (r0, r1) in enumerate(rows) if r1 - r0 >= patch]
-        weights = np.array([(rows[i][1] - rows[i][0]) * twins_a[i].shape[1] for i in self.frames], float)
+        weights = np.array([(rows[i][1] - rows[i][0]) * planes[i].shape[-1] for i in self.frames], float)
         self.p = weights / weights.sum() if len(self.frames) else weights
 
     def __len__(self) -> int:
@@ -92,43 +99,44 @@ class PatchSampler:
         for i in self.rng.choice(self.frames, size=n, p=self.p):
             r0, r1 = self.rows[i]
             y = int(self.rng.integers(r0, r1 - self.patch + 1))
-            x = int(self.rng.integers(0, self.a[i].shape[1] - self.patch + 1))
+            x = int(self.rng.integers(0, self.planes[i].shape[-1] - self.patch + 1))
             out.append((int(i), y, x))
+        return out
+
+    def crops(self, positions: list[tuple[int, int, int]], *, augment: bool = True) -> torch.Tensor:
+        """(n, 3, patch, patch) float64 crops of (raw, offset, scale), augmented alike."""
+        p = self.patch
+        out = torch.from_numpy(np.stack([self.planes[i][:, y : y + p, x : x + p] for i, y, x in positions])
+                               .astype(np.float64))
+        if augment:
+            k = self.rng.integers(0, 4, len(positions))
+            flip = self.rng.integers(0, 2, len(positions)).astype(bool)
+            out = torch.stack([torch.rot90(q.flip(-1) if f else q, int(kk), dims=(-2, -1))
+                               for q, kk, f in zip(out, k, flip)])
         return out
 
     def batch(self, n: int, *, augment: bool = True,
               positions: list[tuple[int, int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two (n, 1, patch, patch) tensors of co-located twin patches."""
-        pos = positions if positions is not None else self.positions(n)
-        p = self.patch
-        pa = np.stack([self.a[i][y : y + p, x : x + p] for i, y, x in pos])
-        pb = np.stack([self.b[i][y : y + p, x : x + p] for i, y, x in pos])
-        if augment:
-            k = self.rng.integers(0, 4, len(pos))
-            flip = self.rng.integers(0, 2, len(pos)).astype(bool)
-            pa = np.stack([np.rot90(q[:, ::-1] if f else q, kk) for q, kk, f in zip(pa, k, flip)])
-            pb = np.stack([np.rot90(q[:, ::-1] if f else q, kk) for q, kk, f in zip(pb, k, flip)])
-        if self.rng.random() < 0.5 and augment:  # which twin plays input is arbitrary
-            pa, pb = pb, pa
-        ta = torch.from_numpy(np.ascontiguousarray(pa, dtype=np.float32))[:, None]
-        tb = torch.from_numpy(np.ascontiguousarray(pb, dtype=np.float32))[:, None]
+        """Two (n, 1, patch, patch) float32 tensors: the normalised twins of each patch."""
+        crops = self.crops(positions if positions is not None else self.positions(n), augment=augment)
+        ta, tb = normalised_views(crops, "twins")
+        if augment and self.rng.random() < 0.5:  # which twin plays input is arbitrary
+            ta, tb = tb, ta
         return ta, tb
 
 
 def _prepare(frames: Sequence[NDArray[np.number]], config: TrainConfig) -> tuple[
-        list[NDArray[np.float32]], list[NDArray[np.float32]], FrameStats, str, float]:
-    reports = [assess_risk(f, thresholds=config.norm.risk) for f in frames]
+        list[NDArray[np.float32]], FrameStats, str, float]:
+    # The channel's statistics, risk and normalisation fields exactly as inference makes them.
+    cs = channel_stats(np.concatenate([np.asarray(f).ravel() for f in frames])[None], config.norm)[0]
+    reports = [assess_risk(f, thresholds=config.norm.risk, stats=cs.risk) for f in frames]
     decision = dataset_decision(reports, config.norm.risk)
-    twins_a, twins_b = [], []
+    planes = []
     for f, r in zip(frames, reports):
-        params = norm_params(f, config=config.norm, risk=r, dataset_mode=decision)
-        a, b = make_twins(f)
-        twins_a.append(normalize(a, params))
-        twins_b.append(normalize(b, params))
+        params = norm_params(f, config=config.norm, stats=cs.norm, risk=r, dataset_mode=decision)
+        planes.append(np.stack([np.asarray(f, np.float32), params.offset, params.scale]).astype(np.float32))
     ratio = float(np.mean(np.concatenate([r.risk_map.ravel() != 0 for r in reports])))
-    stats = frame_stats(np.concatenate([np.asarray(f, np.float64).ravel() for f in frames]),
-                        low=config.norm.low_percentile, high=config.norm.high_percentile)
-    return twins_a, twins_b, stats, decision, ratio
+    return planes, cs.norm, decision, ratio
 
 
 def train_channel(frames: Sequence[NDArray[np.number]], config: TrainConfig = TrainConfig(), *,
@@ -167,12 +175,12 @@ def train_channel(frames: Sequence[NDArray[np.number]], config: TrainConfig = Tr
 
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    twins_a, twins_b, stats, decision, ratio = _prepare(frames, config)
+    planes, stats, decision, ratio = _prepare(frames, config)
 
     # Validation: the bottom rows of each frame tall enough to spare a patch there.
     rows, val_rows = [], []
-    for a in twins_a:
-        h = a.shape[0]
+    for pl in planes:
+        h = pl.shape[-2]
         n_val = int(round(h * config.val_fraction))
         if config.val_fraction > 0 and n_val >= patch and h - n_val >= patch:
             rows.append((0, h - n_val))
@@ -180,8 +188,8 @@ def train_channel(frames: Sequence[NDArray[np.number]], config: TrainConfig = Tr
         else:
             rows.append((0, h))
             val_rows.append((0, 0))
-    sampler = PatchSampler(twins_a, twins_b, patch, rows, rng)
-    val_sampler = PatchSampler(twins_a, twins_b, patch, val_rows, np.random.default_rng(config.seed + 1))
+    sampler = PatchSampler(planes, patch, rows, rng)
+    val_sampler = PatchSampler(planes, patch, val_rows, np.random.default_rng(config.seed + 1))
     val_pos = val_sampler.positions(max(config.batch, 16)) if len(val_sampler) else []
     if not val_pos:
         log.warning("frames too small for a validation split; keeping the last weights")

@@ -72,3 +72,16 @@ def test_fourier_upsample_of_a_band_limited_signal_is_exact_inside():
 def test_too_small_frame_is_refused():
     with pytest.raises(InputError):
         make_twins(np.ones((1, 5)))
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (17, 23), (2, 9), (3, 2, 12, 10)])
+def test_torch_twins_match_the_numpy_reference(shape):
+    import torch
+
+    from asn2n_dask.pairs import make_twins_torch
+
+    x = np.random.default_rng(3).poisson(7.0, shape).astype(np.float64)
+    ta, tb = make_twins_torch(torch.from_numpy(x))
+    a, b = make_twins(x)
+    np.testing.assert_allclose(ta.numpy(), a, atol=1e-10)
+    np.testing.assert_allclose(tb.numpy(), b, atol=1e-10)

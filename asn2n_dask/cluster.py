@@ -1,0 +1,112 @@
+"""Where the chunk tasks run: an embedded LocalCluster, or a cluster that already exists.
+
+``dask_client()`` starts a LocalCluster sized from the machine (worker processes,
+threads, a memory limit per worker) or joins a running scheduler by address, prints the
+dashboard link, and closes what it started on exit (also on error or Ctrl-C).  On a
+machine with CUDA GPUs and ``dask-cuda`` installed, the embedded cluster is a
+``LocalCUDACluster``: one worker per GPU, each pinned to its device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["dask_client", "default_workers"]
+
+log = logging.getLogger(__name__)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> tuple[int, int, int]:
+    """(worker processes, threads per worker, torch threads per worker) for this machine.
+
+    On CPU one process whose network uses every core is fastest (the work of a chunk
+    is one big batched computation); one thread per worker keeps one chunk in flight
+    per process, so memory stays at one task's peak.
+    """
+    cores = _cores()
+    return 1, 1, cores
+
+
+@contextlib.contextmanager
+def dask_client(*, scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
+                memory_limit: str | None = None, echo: Callable[[str], None] = log.info,
+                processes: bool = True) -> Iterator[tuple[Any, int | None]]:
+    """A ``distributed.Client`` for the run, and the torch threads each worker should use.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address (``tcp://host:8786``) of a running scheduler, or a scheduler file
+        (``*.json``).  Default: start an embedded cluster.
+    workers, threads : int, optional
+        Embedded cluster: worker processes and threads per worker.
+    memory_limit : str, optional
+        Embedded cluster: memory per worker (``"4GiB"``; default: the machine's memory
+        shared between the workers).
+    echo : callable
+        Receives the dashboard link.
+    processes : bool
+        Embedded cluster: worker processes (True) or threads of this process.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            if scheduler.endswith(".json"):
+                client = Client(scheduler_file=scheduler, timeout="30s")
+            else:
+                client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError, ValueError) as e:
+            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler} ({e}); check the address and "
+                              "that the scheduler is running.") from None
+        echo(f"joined the Dask scheduler at {scheduler}; dashboard: {client.dashboard_link}")
+        try:
+            yield client, None
+        finally:
+            client.close()
+        return
+    n_default, t_default, torch_cores = default_workers()
+    n = workers or n_default
+    t = threads or t_default
+    if n < 1 or t < 1:
+        raise ConfigError(f"--workers and --threads must be at least 1; got {n} and {t}.")
+    torch_threads = max(1, _cores() // (n * t))
+    cluster: Any
+    with contextlib.ExitStack() as stack:
+        cuda = _cuda_cluster(n, memory_limit)
+        if cuda is not None:
+            cluster = stack.enter_context(cuda)
+        else:
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=n, threads_per_worker=t, processes=processes, memory_limit=memory_limit or "auto",
+                dashboard_address=":0", silence_logs=logging.ERROR))
+        client = stack.enter_context(Client(cluster))
+        echo(f"started a local Dask cluster ({len(cluster.workers)} worker(s) x {t} thread(s)); dashboard: "
+             f"{client.dashboard_link}")
+        yield client, torch_threads
+
+
+def _cuda_cluster(n: int | None, memory_limit: str | None) -> Any:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return LocalCUDACluster(dashboard_address=":0", memory_limit=memory_limit or "auto",
+                            silence_logs=logging.ERROR)

@@ -1,0 +1,729 @@
+"""Denoise a dataset of any size chunk by chunk, on a Dask cluster, into OME-Zarr.
+
+The data flow is one way: read (a lazy :class:`~asn2n_dask.source.Source`) -> plan
+(:class:`Plan`, built before any graph: one task per output chunk, the halo'd region it
+reads, the tiles anchored to the frame) -> one reduction pass for the channel
+statistics -> one task per output chunk (read its own region straight from the store,
+risk, normalisation, network, Gaussian blending, back to input units, write its own
+chunk, then its completion record) -> finalise the metadata.
+
+Every chunk is computed by :func:`asn2n_dask.predict.denoise_window`, the same function
+that denoises a whole frame in memory, from channel statistics computed once; so the
+output does not depend on the chunking.  A run that is stopped part-way is resumed by
+running the same command again: chunks whose completion record matches the data on
+disk are skipped, the others recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ._version import __version__
+from .config import InferConfig
+from .errors import ConfigError, InputError, ModelError, OutputError
+from .io import TIFF_SUFFIXES, cast_output
+from .predict import WindowPlan, window_plan
+from .source import Selection, Source
+from .stats import ChannelStats, channel_stats
+
+__all__ = ["RunOptions", "Plan", "make_plan", "run_pipeline", "RunSummary", "PROGRESS_DIR", "run_chunk"]
+
+log = logging.getLogger(__name__)
+
+#: Folder of completion records inside the output store.
+PROGRESS_DIR = ".asn2n-progress"
+COMPUTED, SKIPPED = 1, 2
+OME_ORDER = "TCZYX"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of a pipeline run besides the model.
+
+    Attributes
+    ----------
+    infer : InferConfig
+        Tiles, overlap, blending, inference domain, device.
+    chunks : (int, int), optional
+        Output chunk side along Y and X (default: the input's, at least 256 and at
+        most 2048).  One task per output chunk.
+    dtype : {"float32", "input"}
+        Output dtype: float32 in input units, or the input's dtype (rounded, clipped).
+    ome : {"0.5", "0.4"}
+        OME-Zarr version: 0.5 (Zarr v3) or 0.4 (Zarr v2).
+    pyramid : int
+        Extra 2x-downsampled levels written after the run, for viewing.
+    overwrite : bool
+        Replace an existing output that is not a resumable run of the same job.
+    """
+
+    infer: InferConfig = InferConfig()
+    chunks: tuple[int, int] | None = None
+    dtype: str = "float32"
+    ome: str = "0.5"
+    pyramid: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "input"):
+            raise ConfigError(f"--dtype must be float32 or input; got {self.dtype!r}.")
+        if self.ome not in ("0.4", "0.5"):
+            raise ConfigError(f"--ome must be 0.4 (Zarr v2) or 0.5 (Zarr v3); got {self.ome!r}.")
+        if self.chunks is not None and (len(self.chunks) != 2 or min(self.chunks) < 1):
+            raise ConfigError(f"--chunks must be two positive sizes (Y X); got {self.chunks}.")
+        if not 0 <= self.pyramid <= 10:
+            raise ConfigError(f"--pyramid must be between 0 and 10; got {self.pyramid}.")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run will do, decided before any data is read.
+
+    Attributes
+    ----------
+    source : Source
+    selection : Selection
+    axes : str
+        Output axes (the input's).
+    shape, chunks : tuple of int
+        Output shape and chunk shape (1 along every axis but Y and X).
+    plane_shape : tuple of int
+        Output sizes of the axes other than Y and X (planes = their product).
+    plane_sources : tuple of tuple of int
+        Per non-YX axis, the source index of each output index.
+    channel_axis : int or None
+        Position of ``C`` among the non-YX axes.
+    grid : (int, int)
+        Chunks along Y and X.
+    windows : tuple of (int, int, int, int)
+        Per chunk position ``iy * grid[1] + ix``: the window ``(y0, y1, x0, x1)`` it
+        writes (the same for every plane); :meth:`window_plan` gives the region it reads.
+    infer : InferConfig
+    patch : int
+        Risk/normalisation patch side.
+    itemsize : int
+        Bytes per input pixel.
+    """
+
+    source: Source
+    selection: Selection
+    axes: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    plane_shape: tuple[int, ...]
+    plane_sources: tuple[tuple[int, ...], ...]
+    channel_axis: int | None
+    grid: tuple[int, int]
+    windows: tuple[tuple[int, int, int, int], ...]
+    infer: InferConfig
+    patch: int
+    itemsize: int
+    out_itemsize: int = 4
+
+    @property
+    def n_planes(self) -> int:
+        return int(np.prod(self.plane_shape, dtype=np.int64)) if self.plane_shape else 1
+
+    @property
+    def n_tasks(self) -> int:
+        return self.n_planes * len(self.windows)
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.shape[-2], self.shape[-1]
+
+    def window_plan(self, k: int) -> WindowPlan:
+        """Tiles, patches and region read of chunk position ``k``."""
+        return window_plan(self.frame_shape, self.windows[k], self.infer, self.patch)
+
+    def _plans(self) -> list[WindowPlan]:
+        return [self.window_plan(k) for k in range(len(self.windows))]
+
+    @property
+    def halo(self) -> tuple[int, int]:
+        """Largest number of pixels a task reads beyond its window, along Y and X."""
+        plans = self._plans()
+        hy = max(max(w.window[0] - w.read[0][0], w.read[0][1] - w.window[1]) for w in plans)
+        hx = max(max(w.window[2] - w.read[1][0], w.read[1][1] - w.window[3]) for w in plans)
+        return hy, hx
+
+    def plane_index(self, p: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        """Output index, source index (non-YX axes) and channel of plane ``p``."""
+        out = tuple(int(i) for i in np.unravel_index(p, self.plane_shape)) if self.plane_shape else ()
+        src = tuple(self.plane_sources[a][i] for a, i in enumerate(out))
+        c = out[self.channel_axis] if self.channel_axis is not None else 0
+        return out, src, c
+
+    def bytes_read(self) -> int:
+        per_plane = sum((w.read[0][1] - w.read[0][0]) * (w.read[1][1] - w.read[1][0]) for w in self._plans())
+        return per_plane * self.n_planes * self.itemsize
+
+    def bytes_written(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * (self.out_itemsize + 1)
+
+    def peak_task_bytes(self, widths: tuple[int, ...] = (32, 64, 128)) -> int:
+        """Estimated peak memory of one task: region, tile block, tiles, network activations."""
+        w = max(self._plans(), key=lambda v: (v.read[0][1] - v.read[0][0]) * (v.read[1][1] - v.read[1][0]))
+        region = (w.read[0][1] - w.read[0][0]) * (w.read[1][1] - w.read[1][0])
+        span = len(w.tiles[0].source) * len(w.tiles[1].source)
+        n_tiles = w.tiles[0].count * w.tiles[1].count
+        t2 = self.infer.tile**2
+        views = 2 if self.infer.infer_on == "twins" else 1
+        acts = self.infer.batch * views * t2 * 4 * 3 * sum(c / 4**i for i, c in enumerate(widths))
+        return int(region * 8 * 3 + span * 4 * 3 * 2 + n_tiles * t2 * 4 * 5 + acts + span * 8 * 4)
+
+    def describe(self) -> str:
+        """The plan as text (``--dry-run``)."""
+        hy, hx = self.halo
+        gib = 1024**3
+        lines = [
+            f"input      {self.source.path} ({self.source.kind}, axes {self.source.axes}, shape "
+            f"{self.source.shape}, chunks {self.source.chunks}, {self.source.dtype})",
+            f"selection  {json.dumps(self.selection.to_dict())}",
+            f"output     axes {self.axes}, shape {self.shape}, chunks {self.chunks}",
+            f"tiles      {self.infer.tile} px at {self.infer.overlap:.0%} overlap (stride {self.infer.stride}), "
+            f"{self.infer.blend} blending, anchored to the frame origin",
+            f"halo       {hy} px (Y), {hx} px (X): tiles overlapping a chunk plus one {self.patch}-px "
+            "normalisation patch",
+            f"tasks      {self.n_tasks} = {self.n_planes} planes x {self.grid[0]} x {self.grid[1]} chunks",
+            f"read       {self.bytes_read() / gib:.3f} GiB ({self.bytes_read() / max(1, self._input_bytes()):.2f}x "
+            "the selected input)",
+            f"written    {self.bytes_written() / gib:.3f} GiB (denoised + risk labels)",
+            f"memory     about {self.peak_task_bytes() / 1024**2:.0f} MiB per running task (preset small)",
+        ]
+        return "\n".join(lines)
+
+    def _input_bytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        hy, hx = self.halo
+        return {"input": self.source.path, "axes": self.axes, "shape": list(self.shape), "chunks": list(self.chunks),
+                "halo": [hy, hx], "tasks": self.n_tasks, "bytes_read": self.bytes_read(),
+                "bytes_written": self.bytes_written(), "peak_task_bytes": self.peak_task_bytes(),
+                "selection": self.selection.to_dict()}
+
+
+def _default_chunk(src_chunk: int, n: int) -> int:
+    return int(min(n, max(256, min(2048, src_chunk))))
+
+
+def make_plan(source: Source, selection: Selection = Selection(), *, options: RunOptions = RunOptions(),
+              patch: int = 64, out_itemsize: int = 4) -> Plan:
+    """Plan a run: output chunks and, for each, the region it reads.
+
+    Raises
+    ------
+    InputError
+        Frames smaller than 4x4 pixels.
+    """
+    from .api import MIN_FRAME_SIDE
+
+    h, w = source.frame_shape
+    if min(h, w) < MIN_FRAME_SIDE:
+        raise InputError(f"{source.path} has frames of {h}x{w}; frames must be at least "
+                         f"{MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} pixels.")
+    idx = selection.indices(source)
+    shape = tuple(len(i) for i in idx)
+    cy, cx = options.chunks or (_default_chunk(source.chunks[-2], h), _default_chunk(source.chunks[-1], w))
+    cy, cx = min(cy, h), min(cx, w)
+    chunks = (1,) * (len(shape) - 2) + (cy, cx)
+    grid = (-(-h // cy), -(-w // cx))
+    windows = []
+    for iy in range(grid[0]):
+        for ix in range(grid[1]):
+            win = (iy * cy, min(h, (iy + 1) * cy), ix * cx, min(w, (ix + 1) * cx))
+            windows.append(win)
+    non_yx = source.axes[:-2]
+    return Plan(source=source, selection=selection, axes=source.axes, shape=shape, chunks=chunks,
+                plane_shape=shape[:-2], plane_sources=tuple(tuple(int(v) for v in i) for i in idx[:-2]),
+                channel_axis=non_yx.index("C") if "C" in non_yx else None, grid=grid, windows=tuple(windows),
+                infer=options.infer, patch=patch, itemsize=np.dtype(source.dtype).itemsize,
+                out_itemsize=out_itemsize)
+
+
+# ------------------------------------------------------------------ worker side
+@dataclass(frozen=True)
+class RunSpec:
+    """What every task needs; small, pickled once into the graph."""
+
+    plan: Plan
+    output: str
+    model_dir: str
+    model_sha: str
+    channel_map: tuple[int, ...]
+    stats: tuple[dict[str, Any], ...]
+    dtype: str
+    device: str
+    torch_threads: int | None = None
+
+
+_MODELS: dict[tuple[str, str, str], Any] = {}
+_LOCK = threading.Lock()
+
+
+def _model(spec: RunSpec) -> Any:
+    """The model, loaded once per process and device."""
+    key = (spec.model_dir, spec.model_sha, spec.device)
+    with _LOCK:
+        if key not in _MODELS:
+            from .checkpoint import load_model
+            from .predict import network_fn, resolve_device
+
+            if spec.torch_threads:
+                import torch
+
+                torch.set_num_threads(spec.torch_threads)
+            model = load_model(spec.model_dir)
+            if model_sha(spec.model_dir) != spec.model_sha:
+                raise ModelError(f"the model in {spec.model_dir} changed during the run; start again.")
+            dev = resolve_device(spec.device)
+            _MODELS[key] = (model, [network_fn(ch.net, dev) for ch in model.channels], dev)
+        return _MODELS[key]
+
+
+def _open_outputs(path: str) -> tuple[Any, Any]:
+    import zarr
+
+    root = zarr.open_group(path, mode="r+")
+    return root["0"], root["labels/risk/0"]
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _record_path(output: str, p: int, iy: int, ix: int) -> Path:
+    return Path(output) / PROGRESS_DIR / f"{p}.{iy}.{ix}.json"
+
+
+def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
+    """Compute and write one output chunk, unless a verified record says it is done.
+
+    Returns :data:`COMPUTED` or :data:`SKIPPED`.
+    """
+    from .predict import denoise_window
+
+    plan = spec.plan
+    k = iy * plan.grid[1] + ix
+    wp = plan.window_plan(k)
+    out_idx, src_idx, c = plan.plane_index(p)
+    y0, y1, x0, x1 = wp.window
+    where = out_idx + (slice(y0, y1), slice(x0, x1))
+    rec = _record_path(spec.output, p, iy, ix)
+    out_arr, risk_arr = _open_outputs(spec.output)
+    if rec.is_file():
+        try:
+            want = json.loads(rec.read_text())["sha256"]
+            if _digest(out_arr[where], risk_arr[where]) == want:
+                return SKIPPED
+        except Exception:  # unreadable record or chunk: recompute it
+            pass
+        log.warning("chunk %s of %s failed verification; recomputing it", (p, iy, ix), spec.output)
+        rec.unlink(missing_ok=True)
+    (ry0, ry1), (rx0, rx1) = wp.read
+    region = np.asarray(plan.source.open()[src_idx + (slice(ry0, ry1), slice(rx0, rx1))])
+    if region.dtype.kind == "f" and not np.isfinite(region).all():
+        raise InputError(f"{plan.source.path} holds NaN or infinite values in plane {src_idx}; replace them "
+                         "before denoising.")
+    model, fns, dev = _model(spec)
+    mc = spec.channel_map[c]
+    out, risk = denoise_window(region, wp, plan.frame_shape, fns[mc], stats=ChannelStats.from_dict(spec.stats[c]),
+                               norm=model.train.norm, infer=plan.infer, device=dev, multiple=model.multiple,
+                               dataset_mode=model.channels[mc].dataset_mode)
+    data = cast_output(out, plan.source.dtype) if spec.dtype == "input" else out
+    labels = risk.astype(np.uint8)
+    out_arr[where] = data
+    risk_arr[where] = labels
+    rec.parent.mkdir(exist_ok=True)
+    tmp = rec.with_name(rec.name + ".tmp")
+    tmp.write_text(json.dumps({"sha256": _digest(data.astype(out_arr.dtype), labels), "time": time.time()}))
+    os.replace(tmp, rec)
+    return COMPUTED
+
+
+def _run_block(x: np.ndarray, spec: RunSpec, block_info: Any = None) -> np.ndarray:
+    p, iy, ix = block_info[None]["chunk-location"]
+    return np.full((1, 1, 1), run_chunk(spec, p, iy, ix), np.int8)
+
+
+# ------------------------------------------------------------------ client side
+def model_sha(model_dir: str | os.PathLike[str]) -> str:
+    """SHA-256 of a model's ``model.json`` (which holds its weights' checksums)."""
+    return hashlib.sha256((Path(model_dir) / "model.json").read_bytes()).hexdigest()
+
+
+def _channel_map(plan: Plan, model: Any) -> tuple[int, ...]:
+    """Model channel for each output channel: by name, by source index, or by position."""
+    src = plan.source
+    n_out = plan.plane_shape[plan.channel_axis] if plan.channel_axis is not None else 1
+    out_src = plan.plane_sources[plan.channel_axis] if plan.channel_axis is not None else (0,)
+    names = [ch.name for ch in model.channels]
+    src_names = list(src.meta.channel_names or [])
+    if src_names and all(src_names[i] in names for i in out_src):
+        return tuple(names.index(src_names[i]) for i in out_src)
+    n_src = src.shape[src.axes.index("C")] if "C" in src.axes else 1
+    if model.n_channels == n_src:
+        return tuple(out_src)
+    if model.n_channels == n_out:
+        return tuple(range(n_out))
+    raise ModelError(f"the model was trained for {model.n_channels} channel(s) but {n_out} are selected from "
+                     f"{src.path} ({n_src} in all); train a model on the same channels or select them with "
+                     "--channel.")
+
+
+def compute_stats(plan: Plan, norm: Any, client: Any = None) -> list[ChannelStats]:
+    """The reduction pass: statistics of every selected channel over all its planes."""
+    import dask
+
+    xa = plan.source.to_xarray()
+    idx = plan.selection.indices(plan.source)
+    xa = xa.isel({d: i for d, i in zip(xa.dims, idx)})
+    arr = xa.data
+    c = plan.axes.find("C")
+    arr = arr if c < 0 else dask.array.moveaxis(arr, c, 0)
+    if c < 0:
+        arr = arr[None]
+    with dask.config.set(scheduler="synchronous" if client in (None, "sync") else client):
+        stats = channel_stats(arr, norm)
+    for i, s in enumerate(stats):
+        if not (np.isfinite(s.minimum) and np.isfinite(s.maximum)):
+            raise InputError(f"{plan.source.path} holds NaN or infinite values in channel {i}; replace them "
+                             "before denoising.")
+    return stats
+
+
+def _ome_axes(axes: str, src_units: Any) -> list[dict[str, Any]]:
+    types = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+    out = []
+    for i, a in enumerate(axes):
+        d: dict[str, Any] = {"name": a.lower(), "type": types[a]}
+        if src_units and i < len(src_units) and src_units[i]:
+            d["unit"] = src_units[i]
+        out.append(d)
+    return out
+
+
+def _scale(plan: Plan, level: int = 0) -> list[float]:
+    meta = plan.source.meta
+    base = list(meta.scale) if meta.scale and len(meta.scale) == len(plan.axes) else [1.0] * len(plan.axes)
+    return [v * (2**level if a in "YX" else 1) for v, a in zip(base, plan.axes)]
+
+
+def _ome_body(plan: Plan, levels: int, name: str) -> dict[str, Any]:
+    ms = {"axes": _ome_axes(plan.axes, plan.source.meta.units), "name": name,
+          "datasets": [{"path": str(lv), "coordinateTransformations": [{"type": "scale", "scale": _scale(plan, lv)}]}
+                       for lv in range(levels)]}
+    return {"multiscales": [ms]}
+
+
+def _wrap(body: dict[str, Any], version: str) -> dict[str, Any]:
+    if version == "0.4":
+        for ms in body.get("multiscales", []):
+            ms["version"] = "0.4"
+        if "image-label" in body:
+            body["image-label"]["version"] = "0.4"
+        return body
+    return {"ome": {"version": version, **body}}
+
+
+def _chunk_encoding(version: str) -> dict[str, Any]:
+    return {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {}
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    output: str
+    tasks: int
+    computed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    stats_seconds: float = 0.0
+    resumed: bool = False
+    already_complete: bool = False
+    plan: dict[str, Any] = field(default_factory=dict)
+
+
+def _fingerprint(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _existing(output: Path) -> dict[str, Any] | None:
+    """The asn2n attributes of an existing output (None if there is none)."""
+    import zarr
+
+    if not output.exists():
+        return None
+    try:
+        attrs = dict(zarr.open_group(str(output), mode="r").attrs)
+    except Exception:
+        return {}
+    asn = attrs.get("asn2n")
+    return dict(asn) if isinstance(asn, dict) else {}
+
+
+def _prepare_output(output: Path, plan: Plan, parts: dict[str, Any], options: RunOptions,
+                    provenance: dict[str, Any]) -> bool:
+    """Create the output store, or decide to resume the existing one. Returns True when resuming."""
+    import zarr
+
+    fp = _fingerprint(parts)
+    prev = _existing(output)
+    if prev is not None and not options.overwrite:
+        if not prev:
+            raise OutputError(f"output {output} already exists and was not written by asn2n; pass --overwrite to "
+                              "replace it or choose another path.")
+        if prev.get("fingerprint") == fp:
+            return True
+        old = prev.get("job", {})
+        if old.get("input") != parts["input"]:
+            why = "the input's path, shape, dtype or chunks differ"
+        elif old.get("stats") != parts["stats"]:
+            why = "the input's content changed since (its statistics differ)"
+        else:
+            changed = sorted(k for k in parts if old.get(k) != parts[k])
+            why = f"its options differ ({', '.join(changed) or 'version'})"
+        raise OutputError(f"output {output} holds a different run ({why}); pass --overwrite to start again or "
+                          "choose another path.")
+    if output.exists():
+        shutil.rmtree(output) if output.is_dir() else output.unlink()
+    zf: Literal[2, 3] = 2 if options.ome == "0.4" else 3
+    root: Any = zarr.open_group(str(output), mode="w", zarr_format=zf)
+    dims: dict[str, Any] = {"dimension_names": [a.lower() for a in plan.axes]} if zf == 3 else {}
+    dtype = plan.source.dtype if options.dtype == "input" else "float32"
+    root.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype=dtype, fill_value=0,
+                      **dims, **_chunk_encoding(options.ome))
+    labels = root.create_group("labels")
+    risk = labels.create_group("risk")
+    risk.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype="uint8", fill_value=0,
+                      **dims, **_chunk_encoding(options.ome))
+    root.attrs.update({"asn2n": {**provenance, "status": "running", "fingerprint": fp, "job": parts}})
+    (output / PROGRESS_DIR).mkdir(exist_ok=True)
+    return False
+
+
+def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> None:
+    import zarr
+
+    root: Any = zarr.open_group(str(output), mode="r+")
+    levels = 1 + options.pyramid
+    if options.pyramid:
+        import dask.array as da
+
+        zf = 2 if options.ome == "0.4" else 3
+        dims: dict[str, Any] = {"dimension_names": [a.lower() for a in plan.axes]} if zf == 3 else {}
+        prev = root["0"]
+        for lv in range(1, levels):
+            src = da.from_zarr(prev)
+            factors = {i: (2 if a in "YX" and src.shape[i] >= 2 else 1) for i, a in enumerate(plan.axes)}
+            small = da.coarsen(np.mean, src.astype("float64"), factors, trim_excess=True).astype(prev.dtype)
+            arr = root.create_array(str(lv), shape=small.shape, chunks=tuple(min(c, s) for c, s in zip(
+                plan.chunks, small.shape)), dtype=prev.dtype, fill_value=0, overwrite=True, **dims,
+                **_chunk_encoding(options.ome))
+            small = small.rechunk(arr.chunks)
+            if client is not None and not isinstance(client, str):
+                da.store(small, arr, lock=False, scheduler=client)
+            else:
+                da.store(small, arr, lock=False, scheduler="synchronous" if client == "sync" else None)
+            prev = arr
+    body = _ome_body(plan, levels, "denoised")
+    names = plan.source.meta.channel_names
+    if names and plan.channel_axis is not None:
+        sel = plan.plane_sources[plan.channel_axis]
+        body["omero"] = {"channels": [{"label": names[i], "active": True} for i in sel]}
+    body["multiscales"][0]["metadata"] = {"method": "asn2n-dask Adaptive-SN2N"}
+    attrs = dict(root.attrs)
+    asn: dict[str, Any] = dict(attrs.get("asn2n", {}))  # type: ignore[arg-type]
+    asn["status"] = "complete"
+    root.attrs.update({**_wrap(body, options.ome), "asn2n": asn})
+    if options.ome == "0.5":
+        root["labels"].attrs.update({"ome": {"version": "0.5", "labels": ["risk"]}})
+    else:
+        root["labels"].attrs.update({"labels": ["risk"]})
+    label_body = _ome_body(plan, 1, "risk")
+    label_body["image-label"] = {
+        "colors": [{"label-value": 1, "rgba": [0, 120, 255, 160]}, {"label-value": 2, "rgba": [255, 150, 0, 160]}],
+        "properties": [{"label-value": 1, "class": "weak background"}, {"label-value": 2, "class": "sparse bright"}],
+        "source": {"image": "../../"},
+    }
+    root["labels/risk"].attrs.update(_wrap(label_body, options.ome))
+
+
+@contextlib.contextmanager
+def _client_for(client: Any, scheduler: str | None, workers: int | None, threads: int | None,
+                memory_limit: str | None, echo: Callable[[str], None]) -> Iterator[tuple[Any, int | None]]:
+    if client is not None:
+        yield client, None
+        return
+    from .cluster import dask_client
+
+    with dask_client(scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
+                     echo=echo) as (c, torch_threads):
+        yield c, torch_threads
+
+
+def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str | os.PathLike[str], *,
+                 selection: Selection = Selection(), options: RunOptions = RunOptions(), client: Any = None,
+                 scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
+                 memory_limit: str | None = None, progress: Callable[[str, int, int], None] | None = None,
+                 echo: Callable[[str], None] = log.info, extra: dict[str, Any] | None = None) -> RunSummary:
+    """Denoise ``source`` into the OME-Zarr ``output``, chunk by chunk, resumably.
+
+    Parameters
+    ----------
+    source : Source
+        From :func:`asn2n_dask.source.open_source`.
+    output : path
+        A ``.zarr`` directory: created, or resumed when it holds an unfinished run of
+        the same job.
+    model_dir : path
+        A model directory (:func:`asn2n_dask.save_model`).
+    selection : Selection
+        Channels and time points.
+    options : RunOptions
+    client : distributed.Client or "sync", optional
+        Cluster to use; ``"sync"`` runs every task in this process (no cluster).
+        Default: join ``scheduler`` if given, else start an embedded LocalCluster.
+    scheduler : str, optional
+        Address of a running Dask scheduler.
+    workers, threads, memory_limit
+        Embedded LocalCluster size (defaults from the machine).
+    progress : callable, optional
+        ``progress(what, done, total)``.
+    echo : callable
+        Where messages for the user go (dashboard link, resume notes).
+    extra : dict, optional
+        More provenance for the output's attributes.
+
+    Returns
+    -------
+    RunSummary
+    """
+    from .checkpoint import load_model
+
+    t0 = time.perf_counter()
+    out = Path(output).absolute()
+    if out.suffix.lower() in TIFF_SUFFIXES or out.suffix.lower() != ".zarr":
+        raise OutputError(f"output {out} must be a .zarr directory for chunked processing.")
+    if out == Path(source.path) or Path(source.path) in out.parents:
+        raise OutputError(f"output {out} is (inside) the input; choose another output path (the input is never "
+                          "overwritten).")
+    model = load_model(model_dir)
+    plan = make_plan(source, selection, options=options, patch=model.train.norm.risk.patch,
+                     out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4)
+    channel_map = _channel_map(plan, model)
+    from .blend import check_tile
+
+    check_tile(options.infer, model.multiple)
+    summary = RunSummary(output=str(out), tasks=plan.n_tasks, plan=plan.to_dict())
+    prev = _existing(out)
+    if prev is not None and not options.overwrite and prev == {}:
+        raise OutputError(f"output {out} already exists and was not written by asn2n; pass --overwrite to "
+                          "replace it or choose another path.")
+    with _client_for(client, scheduler, workers, threads, memory_limit, echo) as (cl, torch_threads):
+        ts = time.perf_counter()
+        if progress is not None:
+            progress("statistics", 0, 1)
+        stats = compute_stats(plan, model.train.norm, cl)
+        summary.stats_seconds = time.perf_counter() - ts
+        if progress is not None:
+            progress("statistics", 1, 1)
+        msha = model_sha(model_dir)
+        parts = {
+            "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
+                      "dtype": source.dtype, "axes": source.axes},
+            "selection": selection.to_dict(),
+            "stats": [s.to_dict() for s in stats],
+            "model_sha256": msha,
+            "infer": options.infer.to_dict(),
+            "chunks": list(plan.chunks),
+            "dtype": options.dtype,
+            "ome": options.ome,
+            "version": __version__,
+        }
+        prov = {"package": "asn2n-dask", "version": __version__, "input": source.path, "model": str(model_dir),
+                "model_sha256": msha, "norm": model.train.norm.to_dict(), "infer": options.infer.to_dict(),
+                "stats": [s.to_dict() for s in stats], "channel_map": list(channel_map), **(extra or {})}
+        summary.resumed = _prepare_output(out, plan, parts, options, prov)
+        if summary.resumed and (prev or {}).get("status") == "complete":
+            summary.already_complete = True
+            echo(f"{out} is already complete for this job; nothing to do.")
+            summary.skipped = plan.n_tasks
+            return summary
+        if summary.resumed:
+            done = len(list((out / PROGRESS_DIR).glob("*.json")))
+            echo(f"resuming the unfinished run in {out}: {done} of {plan.n_tasks} chunks recorded as done.")
+        spec = RunSpec(plan=plan, output=str(out), model_dir=str(Path(model_dir).absolute()), model_sha=msha,
+                       channel_map=channel_map, stats=tuple(s.to_dict() for s in stats), dtype=options.dtype,
+                       device=options.infer.device, torch_threads=torch_threads)
+        results = _execute(spec, cl, progress)
+        summary.computed = int(np.sum(results == COMPUTED))
+        summary.skipped = int(np.sum(results == SKIPPED))
+        missing = plan.n_tasks - len(list((out / PROGRESS_DIR).glob("*.json")))
+        if missing:
+            raise OutputError(f"{missing} chunk(s) of {out} have no completion record; run the same command again "
+                              "to finish them.")
+        _finalise(out, plan, options, cl)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def task_graph(spec: RunSpec) -> Any:
+    """The run as one dask array: one ``map_blocks`` task per output chunk."""
+    import dask.array as da
+
+    plan = spec.plan
+    template = da.zeros((plan.n_planes, plan.grid[0], plan.grid[1]), chunks=1, dtype=np.int8)
+    return da.map_blocks(_run_block, template, spec=spec, dtype=np.int8, name="asn2n-chunk")
+
+
+def _execute(spec: RunSpec, client: Any, progress: Callable[[str, int, int], None] | None) -> np.ndarray:
+    graph = task_graph(spec)
+    total = spec.plan.n_tasks
+    if client == "sync" or client is None:
+        import dask
+        from dask.callbacks import Callback
+
+        done = [0]
+
+        def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            if isinstance(key, tuple) and key[0].startswith("asn2n-chunk"):
+                done[0] += 1
+                if progress is not None:
+                    progress("denoising", done[0], total)
+
+        with Callback(posttask=posttask), dask.config.set(scheduler="synchronous"):
+            return np.asarray(graph.compute())
+    from distributed import as_completed, futures_of
+
+    persisted = client.persist(graph)
+    futures = futures_of(persisted)
+    n = 0
+    for _ in as_completed(futures):
+        n += 1
+        if progress is not None:
+            progress("denoising", n, total)
+    return np.asarray(client.compute(persisted).result())
+
+
+def replace_options(options: RunOptions, **kw: Any) -> RunOptions:
+    """A copy of ``options`` with some fields changed."""
+    return replace(options, **kw)

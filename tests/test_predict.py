@@ -1,0 +1,73 @@
+"""A window of a frame computed from its own region equals that window of the whole frame."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asn2n_dask import InferConfig, NormConfig
+from asn2n_dask.blend import reflect_index, window_tiles
+from asn2n_dask.predict import denoise_frame, denoise_window, network_fn, window_plan
+from asn2n_dask.stats import channel_stats
+
+
+@given(n=st.integers(1, 40), lo=st.integers(-100, 0), span=st.integers(1, 200))
+@settings(max_examples=60, deadline=None)
+def test_reflect_index_mirrors_like_numpy_pad(n, lo, span):
+    data = np.arange(n)
+    pad_before, pad_after = -lo, max(0, lo + span - n)
+    padded = np.pad(data, (pad_before, pad_after), mode="reflect" if n > 1 else "edge")
+    idx = np.arange(lo, lo + span)
+    np.testing.assert_array_equal(data[reflect_index(idx, n)], padded[idx + pad_before])
+
+
+@given(n=st.integers(1, 300), a=st.integers(0, 299), length=st.integers(1, 300),
+       tile=st.sampled_from([16, 32, 128]), overlap=st.sampled_from([0.0, 0.5, 0.75]))
+@settings(max_examples=80, deadline=None)
+def test_window_tiles_are_exactly_the_frame_tiles_overlapping_the_window(n, a, length, tile, overlap):
+    a = min(a, n - 1)
+    b = min(n, a + length)
+    stride = InferConfig(tile=tile, overlap=overlap).stride
+    whole = window_tiles(n, 0, n, tile, stride)
+    origins = whole.first + stride * np.arange(whole.count)
+    want = origins[(origins < b) & (origins + tile > a)]
+    got = window_tiles(n, a, b, tile, stride)
+    np.testing.assert_array_equal(got.first + stride * np.arange(got.count), want)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model, frame):
+    img = np.concatenate([frame[0], frame[0][:, ::-1]], axis=1)[:, :203]  # 96 x 203: odd, not tile-aligned
+    ch = tiny_model.channels[0]
+    fn = network_fn(ch.net, "cpu")
+    stats = channel_stats(img[None])[0]
+    return img, fn, stats, tiny_model.multiple
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "local", "global"])
+@pytest.mark.parametrize("infer", [InferConfig(tile=32), InferConfig(tile=16, overlap=0.75, blend="uniform")])
+def test_any_window_equals_the_same_window_of_the_whole_frame(setup, mode, infer):
+    img, fn, stats, mult = setup
+    norm = NormConfig(mode=mode)
+    whole, whole_risk = denoise_frame(img, fn, stats=stats, norm=norm, infer=infer, multiple=mult)
+    h, w = img.shape
+    rng = np.random.default_rng(0)
+    windows = [(0, 7, 0, 5), (90, 96, 198, 203), (10, 70, 33, 180), (0, h, 0, w)]
+    windows += [tuple(int(v) for v in (*sorted(rng.choice(h + 1, 2, replace=False)),
+                                       *sorted(rng.choice(w + 1, 2, replace=False)))) for _ in range(4)]
+    for y0, y1, x0, x1 in windows:
+        plan = window_plan((h, w), (y0, y1, x0, x1), infer, norm.risk.patch)
+        (ry0, ry1), (rx0, rx1) = plan.read
+        out, risk = denoise_window(img[ry0:ry1, rx0:rx1], plan, (h, w), fn, stats=stats, norm=norm, infer=infer,
+                                   multiple=mult)
+        np.testing.assert_allclose(out, whole[y0:y1, x0:x1], rtol=0, atol=1e-5 * np.ptp(img))
+        np.testing.assert_array_equal(risk, whole_risk[y0:y1, x0:x1])
+
+
+def test_the_region_read_is_bounded_by_the_tiles_and_one_patch(setup):
+    img, fn, stats, mult = setup
+    infer = InferConfig(tile=32)
+    plan = window_plan((96, 203), (40, 50, 100, 110), infer, 64)
+    (ry0, ry1), (rx0, rx1) = plan.read
+    assert ry0 <= 40 - infer.tile and rx0 <= 100 - infer.tile
+    assert rx1 - rx0 <= 10 + 2 * infer.tile + 2 * 64 + 64
