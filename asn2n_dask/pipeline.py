@@ -389,11 +389,15 @@ def _channel_map(plan: Plan, model: Any) -> tuple[int, ...]:
 
 
 def compute_stats(plan: Plan, norm: Any, client: Any = None) -> list[ChannelStats]:
-    """The reduction pass: statistics of every selected channel over all its planes."""
+    """The reduction pass: statistics of every selected channel over all its planes.
+
+    All time points count, whatever ``--time`` selects, so that a dataset denoised in
+    time batches gives the same result as in one run.
+    """
     import dask
 
     xa = plan.source.to_xarray()
-    idx = plan.selection.indices(plan.source)
+    idx = replace(plan.selection, time=None).indices(plan.source)
     xa = xa.isel({d: i for d, i in zip(xa.dims, idx)})
     arr = xa.data
     c = plan.axes.find("C")

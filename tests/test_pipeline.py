@@ -1,0 +1,267 @@
+"""The chunked pipeline: chunk invariance, write-once, selection, metadata, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from asn2n_dask import InferConfig, TrainConfig, denoise, fit, save_model
+from asn2n_dask.errors import OutputError
+from asn2n_dask.io import ImageMeta, read_image, write_image
+from asn2n_dask.pipeline import PROGRESS_DIR, RunOptions, make_plan, run_pipeline
+from asn2n_dask.source import Selection, open_source
+from asn2n_dask.synthetic import noisy_frame
+
+INFER = InferConfig(tile=32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A (T=2, C=2, 150, 170) uint16 time-lapse as Zarr v3, and a 2-channel tiny model."""
+    d = tmp_path_factory.mktemp("pipe")
+    frames = np.stack([np.stack([noisy_frame((150, 170), photons=6.0 + 4 * c, seed=10 * t + c)[0]
+                                 for c in range(2)]) for t in range(2)])
+    z = zarr.create_array(str(d / "in.zarr"), shape=frames.shape, chunks=(1, 1, 64, 64), dtype=frames.dtype,
+                          dimension_names=["t", "c", "y", "x"])
+    z[...] = frames
+    model = fit(frames, axes="TCYX", config=TrainConfig(preset="tiny", steps=4, patch=32, batch=2))
+    save_model(model, d / "model")
+    return d, frames, model
+
+
+def run(d: Path, out: str, **kw):
+    opts = RunOptions(infer=INFER, **{k: kw.pop(k) for k in list(kw) if k in ("chunks", "dtype", "ome", "overwrite",
+                                                                              "pyramid")})
+    return run_pipeline(open_source(d / kw.pop("src", "in.zarr")), d / out, d / "model", options=opts,
+                        client=kw.pop("client", "sync"), **kw)
+
+
+def output(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    root = zarr.open_group(str(path), mode="r")
+    return root["0"][...], root["labels/risk/0"][...]
+
+
+def test_output_does_not_depend_on_the_chunking_and_equals_the_in_memory_core(data):
+    d, frames, model = data
+    ref = denoise(frames, model, axes="TCYX", config=INFER)
+    tol = 1e-5 * float(np.ptp(frames))
+    for i, chunks in enumerate([(150, 170), (64, 64), (23, 37)]):  # whole, aligned, smaller than a tile
+        s = run(d, f"inv{i}.zarr", chunks=chunks)
+        assert s.computed == s.tasks
+        out, risk = output(d / f"inv{i}.zarr")
+        assert out.shape == frames.shape and out.dtype == np.float32
+        np.testing.assert_allclose(out, ref, rtol=0, atol=tol)
+        if i == 0:
+            first_risk = risk
+        np.testing.assert_array_equal(risk, first_risk)
+
+
+def test_every_voxel_is_written_exactly_once_and_the_halo_never(data, monkeypatch):
+    d, frames, _ = data
+    import asn2n_dask.pipeline as pl
+
+    counts = {"0": np.zeros(frames.shape, int), "risk": np.zeros(frames.shape, int)}
+    real = pl._open_outputs
+
+    class Counting:
+        def __init__(self, arr, name):
+            self.arr, self.name = arr, name
+
+        def __getitem__(self, key):
+            return self.arr[key]
+
+        def __setitem__(self, key, value):
+            counts[self.name][key] += 1
+            self.arr[key] = value
+
+        @property
+        def dtype(self):
+            return self.arr.dtype
+
+    monkeypatch.setattr(pl, "_open_outputs", lambda p: tuple(Counting(a, n) for a, n in zip(real(p), counts)))
+    s = run(d, "once.zarr", chunks=(40, 50))
+    assert s.computed == s.tasks == 2 * 2 * 4 * 4
+    assert (counts["0"] == 1).all() and (counts["risk"] == 1).all()
+    assert len(list((d / "once.zarr" / PROGRESS_DIR).glob("*.json"))) == s.tasks
+
+
+def test_plan_reads_the_halo_and_writes_chunk_aligned_windows(data):
+    d, _, _ = data
+    plan = make_plan(open_source(d / "in.zarr"), options=RunOptions(infer=INFER, chunks=(64, 64)))
+    assert plan.n_tasks == 4 * 3 * 3 and plan.chunks == (1, 1, 64, 64)
+    for k, (y0, y1, x0, x1) in enumerate(plan.windows):
+        assert y0 % 64 == 0 and x0 % 64 == 0
+        wp = plan.window_plan(k)
+        assert wp.read[0][0] <= max(0, y0 - INFER.tile // 2) and wp.read[0][1] >= min(150, y1 + INFER.tile // 2)
+    text = plan.describe()
+    assert "halo" in text and "tasks      36" in text
+
+
+def test_selection_by_channel_name_and_time_range(data, tmp_path):
+    d, frames, model = data
+    meta = ImageMeta(axes="TCYX", format="ome-zarr", scale=(2.0, 1.0, 0.1, 0.1),
+                     units=("second", None, "micrometer", "micrometer"), channel_names=("er", "mito"))
+    write_image(tmp_path / "ome.zarr", frames, meta)
+    save_model(model, tmp_path / "model")
+    src = open_source(tmp_path / "ome.zarr")
+    sel = Selection.parse(src, ["mito"], "1:2")
+    run_pipeline(src, tmp_path / "sel.zarr", tmp_path / "model", selection=sel, options=RunOptions(infer=INFER),
+                 client="sync")
+    run_pipeline(src, tmp_path / "all.zarr", tmp_path / "model", options=RunOptions(infer=INFER), client="sync")
+    sub, _ = output(tmp_path / "sel.zarr")
+    full, _ = output(tmp_path / "all.zarr")
+    assert sub.shape == (1, 1, 150, 170)
+    np.testing.assert_allclose(sub[0, 0], full[1, 1], atol=1e-5 * float(np.ptp(frames)))
+    back, bmeta = read_image(tmp_path / "sel.zarr")
+    assert bmeta.channel_names == ("mito",)
+
+
+@pytest.mark.parametrize("ome", ["0.4", "0.5"])
+def test_ome_metadata_round_trip_in_zarr_v2_and_v3(data, tmp_path, ome):
+    d, frames, model = data
+    meta = ImageMeta(axes="TCYX", format="ome-zarr", scale=(2.0, 1.0, 0.1, 0.1),
+                     units=("second", None, "micrometer", "micrometer"), channel_names=("er", "mito"))
+    write_image(tmp_path / "ome.zarr", frames, meta)
+    save_model(model, tmp_path / "model")
+    run_pipeline(open_source(tmp_path / "ome.zarr"), tmp_path / "out.zarr", tmp_path / "model",
+                 options=RunOptions(infer=INFER, ome=ome, pyramid=1), client="sync")
+    out = tmp_path / "out.zarr"
+    assert (out / (".zattrs" if ome == "0.4" else "zarr.json")).is_file()
+    data_back, m = read_image(out)
+    assert m.format == "ome-zarr" and m.axes == "TCYX" and m.channel_names == ("er", "mito")
+    assert m.scale == (2.0, 1.0, 0.1, 0.1) and m.units == ("second", None, "micrometer", "micrometer")
+    assert data_back.shape == frames.shape
+    root = zarr.open_group(str(out), mode="r")
+    attrs = dict(root.attrs)
+    ms = (attrs["ome"] if ome == "0.5" else attrs)["multiscales"][0]
+    assert [ds["path"] for ds in ms["datasets"]] == ["0", "1"]
+    assert root["1"].shape == (2, 2, 75, 85)
+    assert attrs["asn2n"]["status"] == "complete" and attrs["asn2n"]["stats"]
+    labels = dict(root["labels/risk"].attrs)
+    assert "image-label" in (labels["ome"] if ome == "0.5" else labels)
+
+
+def test_zarr_v2_and_tiff_inputs(data, tmp_path):
+    import tifffile
+
+    d, frames, model = data
+    save_model(model, tmp_path / "model")
+    z2 = zarr.create_array(str(tmp_path / "v2.zarr"), shape=frames.shape, chunks=(1, 1, 50, 50), dtype=frames.dtype,
+                           zarr_format=2, attributes={"_ARRAY_DIMENSIONS": ["t", "c", "y", "x"]})
+    z2[...] = frames
+    tifffile.imwrite(tmp_path / "in.tif", frames, photometric="minisblack", metadata={"axes": "TCYX"})
+    ref = denoise(frames, model, axes="TCYX", config=INFER)
+    for name in ("v2.zarr", "in.tif"):
+        run_pipeline(open_source(tmp_path / name), tmp_path / f"{name}.out.zarr", tmp_path / "model",
+                     options=RunOptions(infer=INFER, chunks=(64, 64)), client="sync")
+        out, _ = output(tmp_path / f"{name}.out.zarr")
+        np.testing.assert_allclose(out, ref, atol=1e-5 * float(np.ptp(frames)))
+
+
+def test_existing_outputs_are_resumed_or_refused(data, tmp_path):
+    d, frames, _ = data
+    s1 = run(d, "again.zarr", chunks=(75, 85))
+    s2 = run(d, "again.zarr", chunks=(75, 85))
+    assert s1.computed == s1.tasks and s2.already_complete
+    with pytest.raises(OutputError, match="options differ"):
+        run(d, "again.zarr", chunks=(50, 50))
+    s3 = run(d, "again.zarr", chunks=(50, 50), overwrite=True)
+    assert s3.computed == s3.tasks
+    (tmp_path / "foreign.zarr").mkdir()
+    with pytest.raises(OutputError, match="not written by asn2n"):
+        run_pipeline(open_source(d / "in.zarr"), tmp_path / "foreign.zarr", d / "model",
+                     options=RunOptions(infer=INFER), client="sync")
+
+
+def test_a_changed_input_is_not_mixed_into_an_unfinished_run(data, tmp_path):
+    d, frames, model = data
+    src = tmp_path / "in.zarr"
+    z = zarr.create_array(str(src), shape=frames.shape, chunks=(1, 1, 64, 64), dtype=frames.dtype,
+                          dimension_names=["t", "c", "y", "x"])
+    z[...] = frames
+    save_model(model, tmp_path / "model")
+    run_pipeline(open_source(src), tmp_path / "out.zarr", tmp_path / "model", options=RunOptions(infer=INFER),
+                 client="sync")
+    root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r+")
+    root.attrs["asn2n"] = {**dict(root.attrs["asn2n"]), "status": "running"}  # as if it had been interrupted
+    z[0, 0, :10, :10] = 60000
+    with pytest.raises(OutputError, match="content changed"):
+        run_pipeline(open_source(src), tmp_path / "out.zarr", tmp_path / "model", options=RunOptions(infer=INFER),
+                     client="sync")
+
+
+def test_a_damaged_chunk_is_detected_and_recomputed(data, tmp_path):
+    d, frames, _ = data
+    s = run(d, "dmg.zarr", chunks=(75, 85))
+    clean, _ = output(d / "dmg.zarr")
+    root = zarr.open_group(str(d / "dmg.zarr"), mode="r+")
+    root["0"][0, 0, :75, :85] = 0  # data changed behind the record's back
+    root.attrs["asn2n"] = {**dict(root.attrs["asn2n"]), "status": "running"}
+    s = run(d, "dmg.zarr", chunks=(75, 85))
+    assert s.computed == 1 and s.skipped == s.tasks - 1
+    np.testing.assert_array_equal(output(d / "dmg.zarr")[0], clean)
+
+
+def _records(out: Path) -> int:
+    return len(list((out / PROGRESS_DIR).glob("*.json"))) if (out / PROGRESS_DIR).is_dir() else 0
+
+
+def _cli(d: Path, out: str) -> list[str]:
+    return [sys.executable, "-m", "asn2n_dask", "-q", "denoise", str(d / "big.zarr"), "-o", str(d / out),
+            "--model", str(d / "model"), "--tile", "32", "--chunks", "32", "--workers", "1"]
+
+
+def test_a_killed_worker_and_a_killed_run_end_identical_to_an_uninterrupted_run(data):
+    import psutil
+
+    d, frames, _ = data
+    big = np.concatenate([frames] * 3)  # (6, 2, 150, 170): 240 tasks of 32x32
+    z = zarr.create_array(str(d / "big.zarr"), shape=big.shape, chunks=(1, 1, 64, 64), dtype=big.dtype,
+                          dimension_names=["t", "c", "y", "x"])
+    z[...] = big
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    clean = subprocess.run(_cli(d, "clean.zarr"), env=env, capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr
+
+    # 1. a worker process killed mid-run: the cluster restarts it and the run still finishes
+    proc = subprocess.Popen(_cli(d, "w.zarr"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while _records(d / "w.zarr") < 20 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+               if "spawn" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())]
+    assert workers and proc.poll() is None, "the run ended before a worker could be killed"
+    workers[0].send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+
+    # 2. the whole run killed mid-way (client, scheduler and workers), then the same command again
+    proc = subprocess.Popen(_cli(d, "k.zarr"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while _records(d / "k.zarr") < 40 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _records(d / "k.zarr")
+    assert 0 < done_before < 240
+    attrs = json.loads((d / "k.zarr" / "zarr.json").read_text())["attributes"]
+    assert attrs["asn2n"]["status"] == "running" and "ome" not in attrs  # not presented as complete
+    again = subprocess.run(_cli(d, "k.zarr"), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "already done" in again.stdout
+
+    want = output(d / "clean.zarr")
+    for name in ("w.zarr", "k.zarr"):
+        got = output(d / name)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), name
