@@ -21,13 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from .config import NormConfig
 from .risk import SAFE, FrameStats, RiskReport, assess_risk, frame_stats, patch_view
 
 __all__ = ["NormParams", "norm_params", "normalize", "denormalize", "interp_matrix", "interp_weights",
-           "resolve_mode", "patch_ranges", "fields_at"]
+           "resolve_mode", "patch_ranges", "patch_ranges_torch", "fields_at"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,37 @@ def patch_ranges(region: NDArray[np.floating], stats: FrameStats, config: NormCo
         risky = risk_map != SAFE
         lo = np.where(risky, stats.lo, lo)
         hi = np.where(risky, stats.lo + stats.span, hi)
+    return lo, hi
+
+
+def patch_ranges_torch(region: torch.Tensor, stats: FrameStats, config: NormConfig, mode: str,
+                       risk_map: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`patch_ranges` in torch (float64 advised), on the region's device."""
+    patch = config.risk.patch
+    h, w = region.shape
+    ny, nx = -(-h // patch), -(-w // patch)
+    dt, dev = region.dtype, region.device
+    if mode == "global":
+        return (torch.full((ny, nx), stats.lo, dtype=dt, device=dev),
+                torch.full((ny, nx), stats.lo + stats.span, dtype=dt, device=dev))
+    padded = torch.full((ny * patch, nx * patch), float("nan"), dtype=dt, device=dev)
+    padded[:h, :w] = torch.clamp(region, stats.lo, stats.hi)
+    v = padded.reshape(ny, patch, nx, patch).permute(0, 2, 1, 3).reshape(ny, nx, patch * patch)
+    nan = torch.isnan(v)
+    lo = torch.where(nan, torch.inf, v).amin(-1)
+    hi = torch.where(nan, -torch.inf, v).amax(-1)
+    min_span = config.min_range_fraction * stats.span
+    short = (hi - lo) < min_span
+    centre = 0.5 * (hi + lo)
+    lo = torch.where(short, torch.clamp(torch.clamp(centre - 0.5 * min_span, max=stats.hi - min_span), min=stats.lo),
+                     lo)
+    hi = torch.where(short, lo + min_span, hi)
+    if mode == "adaptive":
+        if risk_map is None:
+            raise ValueError("adaptive normalisation needs the risk map")
+        risky = risk_map != SAFE
+        lo = torch.where(risky, stats.lo, lo)
+        hi = torch.where(risky, stats.lo + stats.span, hi)
     return lo, hi
 
 

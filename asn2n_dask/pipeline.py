@@ -358,7 +358,7 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     return COMPUTED
 
 
-def _run_block(x: np.ndarray, spec: RunSpec, block_info: Any = None) -> np.ndarray:
+def _run_block(spec: RunSpec, block_info: Any = None) -> np.ndarray:
     p, iy, ix = block_info[None]["chunk-location"]
     return np.full((1, 1, 1), run_chunk(spec, p, iy, ix), np.int8)
 
@@ -588,7 +588,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                  selection: Selection = Selection(), options: RunOptions = RunOptions(), client: Any = None,
                  scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
                  memory_limit: str | None = None, progress: Callable[[str, int, int], None] | None = None,
-                 echo: Callable[[str], None] = log.info, extra: dict[str, Any] | None = None) -> RunSummary:
+                 echo: Callable[[str], None] = log.info, extra: dict[str, Any] | None = None,
+                 torch_threads: int | None = None) -> RunSummary:
     """Denoise ``source`` into the OME-Zarr ``output``, chunk by chunk, resumably.
 
     Parameters
@@ -616,6 +617,9 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
         Where messages for the user go (dashboard link, resume notes).
     extra : dict, optional
         More provenance for the output's attributes.
+    torch_threads : int, optional
+        Threads of each worker's network when ``client`` is given (an embedded cluster
+        divides the machine's cores between its workers).
 
     Returns
     -------
@@ -642,7 +646,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     if prev is not None and not options.overwrite and prev == {}:
         raise OutputError(f"output {out} already exists and was not written by asn2n; pass --overwrite to "
                           "replace it or choose another path.")
-    with _client_for(client, scheduler, workers, threads, memory_limit, echo) as (cl, torch_threads):
+    with _client_for(client, scheduler, workers, threads, memory_limit, echo) as (cl, cluster_threads):
+        torch_threads = cluster_threads or torch_threads
         ts = time.perf_counter()
         if progress is not None:
             progress("statistics", 0, 1)
@@ -691,12 +696,18 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
 
 
 def task_graph(spec: RunSpec) -> Any:
-    """The run as one dask array: one ``map_blocks`` task per output chunk."""
+    """The run as one dask array: one ``map_blocks`` task per output chunk, nothing else.
+
+    Each block of this (planes, chunks Y, chunks X) array is one task that reads its
+    own halo'd region from the store and writes its own output chunk; the block holds
+    the task's status (:data:`COMPUTED` or :data:`SKIPPED`).
+    """
     import dask.array as da
 
     plan = spec.plan
-    template = da.zeros((plan.n_planes, plan.grid[0], plan.grid[1]), chunks=1, dtype=np.int8)
-    return da.map_blocks(_run_block, template, spec=spec, dtype=np.int8, name="asn2n-chunk")
+    chunks = ((1,) * plan.n_planes, (1,) * plan.grid[0], (1,) * plan.grid[1])
+    return da.map_blocks(_run_block, spec=spec, chunks=chunks, dtype=np.int8, name="asn2n-chunk",
+                         meta=np.empty((0, 0, 0), np.int8))
 
 
 def _execute(spec: RunSpec, client: Any, progress: Callable[[str, int, int], None] | None) -> np.ndarray:

@@ -15,9 +15,9 @@ from numpy.typing import NDArray
 
 from .blend import WindowTiles, blend_tiles, blend_window, check_tile, window_tiles
 from .config import InferConfig, NormConfig
-from .normalize import fields_at, patch_ranges, resolve_mode
+from .normalize import fields_at, interp_weights, patch_ranges, patch_ranges_torch, resolve_mode
 from .pairs import make_twins_torch
-from .risk import assess_risk
+from .risk import assess_risk, assess_risk_torch
 from .stats import ChannelStats, channel_stats
 
 __all__ = ["resolve_device", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
@@ -136,11 +136,15 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
                    fn: Callable[[torch.Tensor], torch.Tensor], *, stats: ChannelStats,
                    norm: NormConfig = NormConfig(), infer: InferConfig = InferConfig(),
                    device: torch.device | str = "cpu", multiple: int = 1,
-                   dataset_mode: str | None = None) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+                   dataset_mode: str | None = None,
+                   engine: str = "torch") -> tuple[NDArray[np.float32], NDArray[np.int8]]:
     """Denoise one window of a frame from the region :func:`window_plan` asks for.
 
     risk -> normalisation fields -> per tile: twins, normalise, network, average ->
     Gaussian blend -> back to input units.  A whole frame is the window that covers it.
+    With ``engine="torch"`` every step runs on ``device`` (one copy of the region in,
+    one copy of the result out); ``engine="numpy"`` is the reference implementation
+    (risk and normalisation in numpy), equal within float tolerance.
 
     Parameters
     ----------
@@ -156,6 +160,8 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
     norm, infer : NormConfig, InferConfig
     dataset_mode : {"global", "local"}, optional
         The model's dataset decision, for ``norm.mode == "dataset"``.
+    engine : {"torch", "numpy"}
+        Where risk and normalisation are computed (see above).
 
     Returns
     -------
@@ -167,6 +173,47 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
     (ry0, ry1), (rx0, rx1) = plan.read
     if region.shape != (ry1 - ry0, rx1 - rx0):
         raise ValueError(f"region has shape {region.shape}; the plan reads {(ry1 - ry0, rx1 - rx0)}")
+    if engine == "numpy":
+        return _denoise_window_numpy(region, plan, frame_shape, fn, stats=stats, norm=norm, infer=infer,
+                                     device=device, dataset_mode=dataset_mode)
+    if engine != "torch":
+        raise ValueError(f"engine must be torch or numpy; got {engine!r}")
+    dev = torch.device(device)
+    patch = norm.risk.patch
+    host = torch.from_numpy(np.ascontiguousarray(region))
+    if dev.type == "cuda":
+        host = host.pin_memory()
+    img = host.to(dev, non_blocking=True).double()  # the one copy in
+    risk_map = assess_risk_torch(img, stats.risk, norm.risk)
+    mode = resolve_mode(norm, dataset_mode, float((risk_map != 0).double().mean()))
+    lo, hi = patch_ranges_torch(img, stats.norm, norm, mode, risk_map)
+    ty, tx = plan.tiles
+    (p0, p1), (q0, q1) = plan.patches
+    wy = torch.from_numpy(interp_weights(ty.source, frame_shape[0], patch, p0, p1)).to(dev)
+    wx = torch.from_numpy(interp_weights(tx.source, frame_shape[1], patch, q0, q1)).to(dev)
+    offset = wy @ lo @ wx.T
+    scale = torch.clamp(wy @ hi @ wx.T - offset, min=norm.min_range_fraction * stats.norm.span)
+    rows = torch.from_numpy(ty.source - ry0).to(dev)
+    cols = torch.from_numpy(tx.source - rx0).to(dev)
+    raw = img.index_select(0, rows).index_select(1, cols)
+    block = torch.stack([raw, offset, scale]).float()
+    win = torch.from_numpy(blend_window(infer)).to(dev)
+    pred = blend_tiles(block, tile_fn(fn, infer.infer_on), config=infer, window=win)
+    y0, y1, x0, x1 = plan.window
+    ys, xs = slice(y0 - ty.first, y1 - ty.first), slice(x0 - tx.first, x1 - tx.first)
+    out = (pred[ys, xs].double() * scale[ys, xs] + offset[ys, xs]).float()
+    ly = torch.from_numpy((np.arange(y0, y1) - ry0) // patch).to(dev)
+    lx = torch.from_numpy((np.arange(x0, x1) - rx0) // patch).to(dev)
+    labels = risk_map.index_select(0, ly).index_select(1, lx)
+    return out.cpu().numpy(), labels.cpu().numpy()  # the one copy out
+
+
+def _denoise_window_numpy(region: NDArray[np.number], plan: WindowPlan, frame_shape: tuple[int, int],
+                          fn: Callable[[torch.Tensor], torch.Tensor], *, stats: ChannelStats, norm: NormConfig,
+                          infer: InferConfig, device: torch.device | str,
+                          dataset_mode: str | None) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+    """The numpy reference of :func:`denoise_window` (risk and fields in numpy, network in torch)."""
+    (ry0, _), (rx0, _) = plan.read
     patch = norm.risk.patch
     img = np.asarray(region, dtype=np.float64)
     risk = assess_risk(img, thresholds=norm.risk, stats=stats.risk)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from .config import RiskThresholds
@@ -29,6 +30,9 @@ __all__ = [
     "RiskReport",
     "assess_risk",
     "dataset_decision",
+    "patch_moments_torch",
+    "classify_torch",
+    "assess_risk_torch",
 ]
 
 SAFE, WEAK_BACKGROUND, SPARSE_BRIGHT = 0, 1, 2
@@ -222,3 +226,38 @@ def dataset_decision(reports: list[RiskReport], thresholds: RiskThresholds = Ris
     total = sum(r.n_patches for r in reports)
     risky = sum(int(np.sum(r.risk_map != SAFE)) for r in reports)
     return "global" if total and risky / total > thresholds.dataset_ratio else "local"
+
+
+def patch_moments_torch(scaled: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`patch_moments` in torch (any device, float64 advised), same definitions."""
+    h, w = scaled.shape
+    ny, nx = -(-h // patch), -(-w // patch)
+    padded = torch.full((ny * patch, nx * patch), float("nan"), dtype=scaled.dtype, device=scaled.device)
+    padded[:h, :w] = scaled
+    v = padded.reshape(ny, patch, nx, patch).permute(0, 2, 1, 3).reshape(ny, nx, patch * patch)
+    n = (~torch.isnan(v)).sum(-1).to(scaled.dtype)
+    mean = torch.nansum(v, dim=-1) / n
+    d = v - mean[..., None]
+    m2 = torch.nansum(d * d, dim=-1) / n
+    m3 = torch.nansum(d * d * d, dim=-1) / n
+    std = torch.sqrt(m2 * n / torch.clamp(n - 1, min=1))
+    skew = m3 / m2**1.5 * torch.sqrt(n * (n - 1)) / (n - 2)
+    skew = torch.where((m2 > 1e-20) & (n >= 3), skew, torch.zeros_like(skew))
+    return mean, std, skew
+
+
+def classify_torch(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor,
+                   thresholds: RiskThresholds = RiskThresholds()) -> torch.Tensor:
+    """:func:`classify` in torch: int8 classes per patch."""
+    t = thresholds
+    weak = ((mean <= t.bg_mean) & (std <= t.bg_std)) | ((skew <= t.bg_skew) & (std <= t.bg_std_skew))
+    sparse = (mean <= t.sb_mean) & (std >= t.sb_std) & (skew >= t.sb_skew)
+    out = torch.where(sparse, SPARSE_BRIGHT, SAFE)
+    return torch.where(weak, WEAK_BACKGROUND, out).to(torch.int8)
+
+
+def assess_risk_torch(image: torch.Tensor, stats: FrameStats,
+                      thresholds: RiskThresholds = RiskThresholds()) -> torch.Tensor:
+    """Risk classes of every patch of a 2-D tensor, as :func:`assess_risk` (int8, on its device)."""
+    scaled = (torch.clamp(image, stats.lo, stats.hi) - stats.lo) / stats.span
+    return classify_torch(*patch_moments_torch(scaled, thresholds.patch), thresholds)

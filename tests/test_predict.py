@@ -71,3 +71,22 @@ def test_the_region_read_is_bounded_by_the_tiles_and_one_patch(setup):
     (ry0, ry1), (rx0, rx1) = plan.read
     assert ry0 <= 40 - infer.tile and rx0 <= 100 - infer.tile
     assert rx1 - rx0 <= 10 + 2 * infer.tile + 2 * 64 + 64
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "local", "global", "dataset"])
+def test_the_torch_engine_agrees_with_the_numpy_reference(setup, mode):
+    img, fn, stats, mult = setup
+    norm = NormConfig(mode=mode)
+    infer = InferConfig(tile=32)
+    h, w = img.shape
+    for win in [(0, h, 0, w), (30, 77, 101, 203)]:
+        plan = window_plan((h, w), win, infer, norm.risk.patch)
+        (ry0, ry1), (rx0, rx1) = plan.read
+        region = img[ry0:ry1, rx0:rx1]
+        kw = dict(stats=stats, norm=norm, infer=infer, multiple=mult,
+                  dataset_mode="local" if mode == "dataset" else None)
+        a, ra = denoise_window(region, plan, (h, w), fn, engine="torch", **kw)
+        b, rb = denoise_window(region, plan, (h, w), fn, engine="numpy", **kw)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.ptp(img))
+        np.testing.assert_array_equal(ra, rb)
+        assert a.dtype == np.float32 and ra.dtype == np.int8

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Pipeline benchmarks: graph size, overhead against a plain loop, worker scaling, memory.
+
+Data: ``../shared/bench/simulate.py timelapse --no-gt`` (dual-colour uint16 time-lapse).
+
+Stages::
+
+    python benchmarks/pipeline.py --stage graph      # 1 TB array, metadata only
+    python benchmarks/pipeline.py --stage overhead   # pipeline vs core loop, same model
+    python benchmarks/pipeline.py --stage scaling    # 1 vs 2 worker processes
+    python benchmarks/pipeline.py --stage memory     # peak RSS, dataset of N vs 10 N frames
+    python benchmarks/pipeline.py --stage report
+
+Writes ``benchmarks/results/pipeline.json`` and ``pipeline.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "bench"
+WORK = ROOT / "benchmarks" / "work" / "pipeline"
+RESULTS = ROOT / "benchmarks" / "results"
+
+from asn2n_dask import InferConfig, TrainConfig, save_model  # noqa: E402
+from asn2n_dask.checkpoint import Model  # noqa: E402
+from asn2n_dask.pipeline import RunOptions, RunSpec, make_plan, run_pipeline, task_graph  # noqa: E402
+from asn2n_dask.source import open_source  # noqa: E402
+
+
+def timelapse(shape: tuple[int, int, int, int], chunks: tuple[int, int, int, int] = (1, 1, 512, 512)) -> Path:
+    out = WORK / ("tl-" + "x".join(map(str, shape)) + ".zarr")
+    if not out.exists():
+        subprocess.run([sys.executable, str(SHARED / "simulate.py"), "timelapse", "--out", str(out), "--shape",
+                        *map(str, shape), "--chunks", *map(str, chunks), "--no-gt"], check=True)
+    return out
+
+
+def model_dir(preset: str, channels: int = 2) -> Path:
+    """An untrained network of ``preset`` (speed does not depend on the weights)."""
+    from asn2n_dask.checkpoint import ChannelModel
+    from asn2n_dask.model import build_unet
+    from asn2n_dask.risk import FrameStats
+
+    d = WORK / f"model-{preset}"
+    if not (d / "model.json").exists():
+        import torch
+
+        torch.manual_seed(0)
+        chans = [ChannelModel(name=str(c), net=build_unet(preset), stats=FrameStats(0.0, 1.0)) for c in range(channels)]
+        save_model(Model(train=TrainConfig(preset=preset), channels=chans), d)
+    return d
+
+
+class PeakRSS:
+    """Peak resident memory of this process and all its children, sampled every 50 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except Exception:  # a process that just ended
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(0.05)
+
+    def __enter__(self) -> PeakRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def pipeline_run(src: Path, out: Path, mdir: Path, *, workers: int, chunks: int, preset: str) -> dict:
+    from asn2n_dask.cluster import dask_client
+
+    source = open_source(src)
+    opts = RunOptions(infer=InferConfig(device="cpu"), chunks=(chunks, chunks), overwrite=True)
+    with dask_client(workers=workers, threads=1, echo=lambda m: None) as (client, torch_threads):
+        t0 = time.perf_counter()
+        s = run_pipeline(source, out, mdir, options=opts, client=client, echo=lambda m: None,
+                         torch_threads=torch_threads)
+        secs = time.perf_counter() - t0
+    px = int(np.prod(source.shape))
+    return {"seconds": secs, "stats_seconds": s.stats_seconds, "tasks": s.tasks, "mpx_s": px / secs / 1e6,
+            "pixels": px, "preset": preset, "workers": workers, "chunks": chunks}
+
+
+def core_loop(src: Path, mdir: Path) -> dict:
+    """The same model applied frame by frame with the in-memory core (no dask)."""
+    import zarr
+
+    from asn2n_dask.checkpoint import load_model
+    from asn2n_dask.predict import denoise_frame, network_fn
+    from asn2n_dask.stats import channel_stats
+
+    model = load_model(mdir)
+    arr = zarr.open_group(str(src), mode="r")["noisy"]
+    t0 = time.perf_counter()
+    stats = channel_stats(np.moveaxis(arr[...], 1, 0), model.train.norm)  # the loop holds the data in memory
+    fns = [network_fn(ch.net, "cpu") for ch in model.channels]
+    for t in range(arr.shape[0]):
+        for c in range(arr.shape[1]):
+            denoise_frame(arr[t, c], fns[c], stats=stats[c], norm=model.train.norm, multiple=model.multiple,
+                          dataset_mode=model.channels[c].dataset_mode)
+    secs = time.perf_counter() - t0
+    px = int(np.prod(arr.shape))
+    return {"seconds": secs, "mpx_s": px / secs / 1e6, "pixels": px}
+
+
+def stage_graph() -> dict:
+    """Plan and task graph for ~1 TB of uint16 (metadata only: no chunk is ever written)."""
+    import zarr
+
+    path = WORK / "tb.zarr"
+    shape = (1000, 2, 16384, 16384)  # 1.07e12 bytes of uint16
+    if not path.exists():
+        zarr.create_array(str(path), shape=shape, chunks=(1, 1, 1024, 1024), dtype="uint16",
+                          dimension_names=["t", "c", "y", "x"])
+    mdir = model_dir("small")
+    t0 = time.perf_counter()
+    plan = make_plan(open_source(path), options=RunOptions(chunks=(2048, 2048)))
+    t_plan = time.perf_counter() - t0
+    spec = RunSpec(plan=plan, output=str(WORK / "tb-out.zarr"), model_dir=str(mdir), model_sha="0" * 64,
+                   channel_map=(0, 1), stats=({}, {}), dtype="float32", device="cpu")
+    t0 = time.perf_counter()
+    graph = task_graph(spec)
+    t_graph = time.perf_counter() - t0
+    hlg = graph.__dask_graph__()
+    t0 = time.perf_counter()
+    n_tasks = len(dict(hlg))
+    t_mat = time.perf_counter() - t0
+    return {"bytes": int(np.prod(shape)) * 2, "shape": list(shape), "chunks": list(plan.chunks),
+            "plan_s": t_plan, "graph_build_s": t_graph, "layers": len(hlg.layers), "tasks": n_tasks,
+            "materialise_s": t_mat, "spec_pickle_bytes": len(pickle.dumps(spec)), "planned_tasks": plan.n_tasks,
+            "halo": list(plan.halo)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stage", nargs="+", default=["graph", "overhead", "scaling", "memory"],
+                    choices=["graph", "overhead", "scaling", "memory", "report"])
+    ap.add_argument("--shape", type=int, nargs=4, default=[4, 2, 1024, 1024], help="overhead/scaling data (T C Y X)")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--chunks", type=int, default=512)
+    ap.add_argument("--memory-frames", type=int, nargs=2, default=[4, 40], help="T of the small and large dataset")
+    ap.add_argument("--memory-preset", default="tiny")
+    args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "pipeline.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+
+    def put(name: str, row: dict) -> None:
+        rows[name] = row
+        path.write_text(json.dumps(rows, indent=1))
+        print(name, row, flush=True)
+
+    stages = set(args.stage)
+    if "graph" in stages:
+        put("graph", stage_graph())
+    if stages & {"overhead", "scaling"}:
+        src = timelapse(tuple(args.shape))
+        mdir = model_dir(args.preset)
+        loop = core_loop(src, mdir)
+        put(f"core loop {args.preset}", {**loop, "shape": args.shape})
+        one = pipeline_run(src, WORK / "out-1.zarr", mdir, workers=1, chunks=args.chunks, preset=args.preset)
+        put(f"pipeline {args.preset} 1 worker", {**one, "shape": args.shape, "vs_loop": one["mpx_s"] / loop["mpx_s"]})
+        if "scaling" in stages:
+            two = pipeline_run(src, WORK / "out-2.zarr", mdir, workers=2, chunks=args.chunks, preset=args.preset)
+            put(f"pipeline {args.preset} 2 workers", {**two, "shape": args.shape,
+                                                       "speedup_vs_1": two["mpx_s"] / one["mpx_s"]})
+    if "memory" in stages:
+        mdir = model_dir(args.memory_preset)
+        for t in args.memory_frames:
+            shape = (t, 2, args.shape[2], args.shape[3])
+            src = timelapse(shape)
+            with PeakRSS() as m:
+                r = pipeline_run(src, WORK / f"mem-{t}.zarr", mdir, workers=1, chunks=args.chunks,
+                                 preset=args.memory_preset)
+            put(f"memory T={t}", {**r, "shape": list(shape), "peak_rss_gib": m.peak / 1024**3,
+                                  "data_gib": int(np.prod(shape)) * 2 / 1024**3})
+    report(rows)
+
+
+def report(rows: dict) -> None:
+    lines = ["# Pipeline benchmarks", "",
+             "Command: `python benchmarks/pipeline.py` (stages graph, overhead, scaling, memory). CPU only, "
+             "this machine (2 cores). Data: `simulate.py timelapse --no-gt`, uint16, chunks (1, 1, 512, 512).", ""]
+    g = rows.get("graph")
+    if g:
+        lines += ["## Graph for 1 TB (metadata only)", "",
+                  "| array | output chunks | tasks | plan s | graph build s | materialise s | layers | spec pickle |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| {tuple(g['shape'])} uint16, {g['bytes'] / 1e12:.2f} TB | {tuple(g['chunks'])} | {g['tasks']} | "
+                  f"{g['plan_s']:.2f} | {g['graph_build_s']:.3f} | {g['materialise_s']:.2f} | {g['layers']} | "
+                  f"{g['spec_pickle_bytes'] / 1024:.0f} KiB |", ""]
+    speed = [(k, r) for k, r in rows.items() if k.startswith(("core loop", "pipeline"))]
+    if speed:
+        lines += ["## Throughput", "",
+                  "| run | shape | tasks | seconds | stats pass s | Mpx/s | vs loop | vs 1 worker |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for k, r in speed:
+            lines.append(f"| {k} | {tuple(r.get('shape', ()))} | {r.get('tasks', '')} | {r['seconds']:.1f} | "
+                         f"{r.get('stats_seconds', 0):.1f} | {r['mpx_s']:.3f} | "
+                         f"{r.get('vs_loop', float('nan')):.2f} | {r.get('speedup_vs_1', float('nan')):.2f} |")
+        lines.append("")
+    mem = [(k, r) for k, r in rows.items() if k.startswith("memory")]
+    if mem:
+        lines += ["## Memory (all processes: client, scheduler, workers)", "",
+                  "| run | shape | data GiB | tasks | seconds | peak RSS GiB |", "|---|---|---|---|---|---|"]
+        for k, r in mem:
+            lines.append(f"| {k} | {tuple(r['shape'])} | {r['data_gib']:.2f} | {r['tasks']} | {r['seconds']:.1f} | "
+                         f"{r['peak_rss_gib']:.2f} |")
+        lines.append("")
+    (RESULTS / "pipeline.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'pipeline.md'}")
+
+
+if __name__ == "__main__":
+    main()
