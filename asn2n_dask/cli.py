@@ -131,6 +131,8 @@ OverlapOpt = Annotated[float, typer.Option("--overlap", help="Tile overlap fract
 BlendOpt = Annotated[str, typer.Option("--blend", help="Tile blending: gaussian, uniform or none.")]
 InferOnOpt = Annotated[str, typer.Option("--infer-on", help="Apply the network to the frame's twins "
                                           "(averaged; the domain it was trained on) or to the raw frame.")]
+TtaOpt = Annotated[int, typer.Option("--tta", help="Test-time augmentation: average the network over 1, 2, 4 "
+                                     "or 8 flipped/rotated copies of each tile.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Output dtype: float32, or 'input' for the input's "
                                        "dtype (rounded and clipped).")]
@@ -164,11 +166,11 @@ def _train_config(preset: str, steps: int, norm: str, seed: int, patch: int, bat
                        loss=loss, consistency=consistency, norm=NormConfig(mode=norm))  # type: ignore[arg-type]
 
 
-def _infer_config(tile: int, overlap: float, blend: str, infer_on: str, device: str) -> Any:
+def _infer_config(tile: int, overlap: float, blend: str, infer_on: str, device: str, tta: int = 1) -> Any:
     from .config import InferConfig
 
     return InferConfig(tile=tile, overlap=overlap, blend=blend, infer_on=infer_on,  # type: ignore[arg-type]
-                       device=device)
+                       device=device, tta=tta)
 
 
 def _read(path: Path, axes: str | None) -> tuple[np.ndarray, Any]:
@@ -384,6 +386,7 @@ def denoise(
     overlap: OverlapOpt = 0.5,
     blend: BlendOpt = "gaussian",
     infer_on: InferOnOpt = "twins",
+    tta: TtaOpt = 1,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     axes: AxesOpt = None,
@@ -415,7 +418,7 @@ def denoise(
     """
     from .checkpoint import load_model
 
-    infer = _infer_config(tile, overlap, blend, infer_on, device)
+    infer = _infer_config(tile, overlap, blend, infer_on, device, tta)
     if not input.exists():
         raise InputError(f"input {input} does not exist.")
     if _is_zarr_out(output):
@@ -465,6 +468,7 @@ def run(
     overlap: OverlapOpt = 0.5,
     blend: BlendOpt = "gaussian",
     infer_on: InferOnOpt = "twins",
+    tta: TtaOpt = 1,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     axes: AxesOpt = None,
@@ -496,7 +500,7 @@ def run(
     from .checkpoint import load_model
 
     cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency)
-    infer = _infer_config(tile, overlap, blend, infer_on, device)
+    infer = _infer_config(tile, overlap, blend, infer_on, device, tta)
     if not input.exists():
         raise InputError(f"input {input} does not exist.")
     zarr_out = _is_zarr_out(output)

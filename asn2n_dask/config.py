@@ -232,6 +232,9 @@ class InferConfig:
     infer_on
         ``twins``: average the network's output on the two twins of each tile (the
         domain it was trained on); ``raw``: apply it to the tile itself.
+    tta
+        Test-time augmentation: the network is applied to 1, 2, 4 or 8 flipped/rotated
+        copies of each view and the results, turned back, are averaged.
     batch
         Tiles per forward pass.
     device
@@ -244,6 +247,7 @@ class InferConfig:
     sigma_fraction: float = 0.125
     weight_floor: float = 1e-3
     infer_on: InferOn = "twins"
+    tta: int = 1
     batch: int = 16
     device: str = "auto"
 
@@ -255,6 +259,7 @@ class InferConfig:
         _check(self.sigma_fraction > 0, f"sigma fraction must be positive; got {self.sigma_fraction}.")
         _check(0.0 < self.weight_floor <= 1.0, f"weight floor must be in (0, 1]; got {self.weight_floor}.")
         _check(self.batch >= 1, f"batch must be at least 1; got {self.batch}.")
+        _check(self.tta in (1, 2, 4, 8), f"tta must be 1, 2, 4 or 8; got {self.tta}.")
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                f"device must be auto, cpu or cuda[:N]; got {self.device!r}.")
 

@@ -69,17 +69,31 @@ def normalised_views(tiles: torch.Tensor, infer_on: str) -> tuple[torch.Tensor, 
     return tuple(((v - offset) / scale).float() for v in views)
 
 
-def tile_fn(net_fn: Callable[[torch.Tensor], torch.Tensor], infer_on: str) -> Callable[[torch.Tensor], torch.Tensor]:
+#: (quarter turns, flip) of each test-time augmentation level.
+TTA_TRANSFORMS = {1: [(0, False)], 2: [(0, False), (2, True)], 4: [(k, False) for k in range(4)],
+                  8: [(k, f) for f in (False, True) for k in range(4)]}
+
+
+def tile_fn(net_fn: Callable[[torch.Tensor], torch.Tensor], infer_on: str,
+            tta: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-tile step: views (twins or the raw tile), normalisation, network, average.
 
     Takes ``(N, 3, t, t)`` tiles of (pixels, offset, scale) in input units and returns
-    ``(N, 1, t, t)`` predictions in the normalised domain.
+    ``(N, 1, t, t)`` predictions in the normalised domain: the mean over the views and
+    over ``tta`` flipped/rotated copies of each (turned back before averaging).
     """
 
     def fn(tiles: torch.Tensor) -> torch.Tensor:
-        views = normalised_views(tiles, infer_on)
-        pred = net_fn(torch.cat(views))
-        return pred.reshape(len(views), -1, *pred.shape[1:]).mean(0)
+        views = torch.cat(normalised_views(tiles, infer_on))
+        acc = None
+        for k, flip in TTA_TRANSFORMS[tta]:
+            x = torch.rot90(views.flip(-1) if flip else views, k, dims=(-2, -1))
+            y = torch.rot90(net_fn(x), -k, dims=(-2, -1))
+            y = y.flip(-1) if flip else y
+            acc = y if acc is None else acc + y
+        assert acc is not None
+        pred = acc / len(TTA_TRANSFORMS[tta])
+        return pred.reshape(-1, tiles.shape[0], *pred.shape[1:]).mean(0)
 
     return fn
 
@@ -198,7 +212,7 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
     raw = img.index_select(0, rows).index_select(1, cols)
     block = torch.stack([raw, offset, scale]).float()
     win = torch.from_numpy(blend_window(infer)).to(dev)
-    pred = blend_tiles(block, tile_fn(fn, infer.infer_on), config=infer, window=win)
+    pred = blend_tiles(block, tile_fn(fn, infer.infer_on, infer.tta), config=infer, window=win)
     y0, y1, x0, x1 = plan.window
     ys, xs = slice(y0 - ty.first, y1 - ty.first), slice(x0 - tx.first, x1 - tx.first)
     out = (pred[ys, xs].double() * scale[ys, xs] + offset[ys, xs]).float()
@@ -227,7 +241,8 @@ def _denoise_window_numpy(region: NDArray[np.number], plan: WindowPlan, frame_sh
     dev = torch.device(device)
     block = torch.from_numpy(np.stack([raw, offset, scale]).astype(np.float32)).to(dev)
     win = torch.from_numpy(blend_window(infer)).to(dev)
-    pred = blend_tiles(block, tile_fn(fn, infer.infer_on), config=infer, window=win).double().cpu().numpy()
+    pred = blend_tiles(block, tile_fn(fn, infer.infer_on, infer.tta), config=infer,
+                       window=win).double().cpu().numpy()
     y0, y1, x0, x1 = plan.window
     ys, xs = slice(y0 - ty.first, y1 - ty.first), slice(x0 - tx.first, x1 - tx.first)
     out = pred[ys, xs] * scale[ys, xs] + offset[ys, xs]

@@ -29,3 +29,16 @@ def test_demo_command(tmp_path):
     for name in ("noisy.tif", "denoised.tif", "before_after.png", "model/model.json"):
         assert (tmp_path / name).exists(), name
     assert Path(r.stdout.splitlines()[-1].split()[-1]).exists()
+
+
+def test_denoise_timelapse_example_runs_and_resumes(tmp_path, monkeypatch, capsys):
+    import zarr
+
+    argv = ["denoise_timelapse.py", str(tmp_path), "--frames", "2", "--size", "96", "--steps", "3", "--workers", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "examples" / "denoise_timelapse.py"), run_name="__main__")
+    root = zarr.open_group(str(tmp_path / "denoised.zarr"), mode="r")
+    assert root["0"].shape == (2, 2, 96, 96) and root["labels/risk/0"].shape == (2, 2, 96, 96)
+    assert dict(root.attrs)["asn2n"]["status"] == "complete"
+    runpy.run_path(str(ROOT / "examples" / "denoise_timelapse.py"), run_name="__main__")
+    assert "0 chunks computed" in capsys.readouterr().out

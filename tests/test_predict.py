@@ -90,3 +90,22 @@ def test_the_torch_engine_agrees_with_the_numpy_reference(setup, mode):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.ptp(img))
         np.testing.assert_array_equal(ra, rb)
         assert a.dtype == np.float32 and ra.dtype == np.int8
+
+
+def test_test_time_augmentation_turns_every_copy_back():
+    import torch
+
+    from asn2n_dask.predict import tile_fn
+
+    tiles = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    tiles[:, 1], tiles[:, 2] = 0.0, 1.0  # offset 0, scale 1: the views are the raw tiles
+    same = tile_fn(lambda x: x, "raw", tta=8)(tiles)
+    torch.testing.assert_close(same, tiles[:, :1].float())
+    ramp = torch.linspace(0, 1, 16)
+
+    def biased(x):  # not equivariant: the copies disagree, and their mean is the mean of the turned ramps
+        return x + ramp
+
+    out = tile_fn(biased, "raw", tta=4)(tiles)
+    turned = sum(torch.rot90(ramp.expand(16, 16), -k, dims=(-2, -1)) for k in range(4)) / 4
+    torch.testing.assert_close(out, tiles[:, :1].float() + turned)
