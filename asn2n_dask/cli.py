@@ -143,7 +143,7 @@ ChannelOpt = Annotated[list[str] | None, typer.Option("--channel", "-c", help="C
                                                     "index (repeat for several; default all).")]
 TimeOpt = Annotated[str | None, typer.Option("--time", help="Time points to process, as start:stop (e.g. 0:100).")]
 ChunksOpt = Annotated[str | None, typer.Option("--chunks", help="Zarr output: chunk side in Y and X, e.g. 1024 "
-                                              "or 512x1024 (default: the input's, 256 to 2048). One task per chunk.")]
+                                              "or 512x1024 (default: the input's, 1024 to 2048). One task per chunk.")]
 OmeOpt = Annotated[str, typer.Option("--ome", help="Zarr output: OME-Zarr 0.5 (Zarr v3) or 0.4 (Zarr v2).")]
 PyramidOpt = Annotated[int, typer.Option("--pyramid", min=0, max=10, help="Zarr output: extra downsampled "
                                          "levels for viewing.")]

@@ -58,8 +58,10 @@ class RunOptions:
     infer : InferConfig
         Tiles, overlap, blending, inference domain, device.
     chunks : (int, int), optional
-        Output chunk side along Y and X (default: the input's, at least 256 and at
-        most 2048).  One task per output chunk.
+        Output chunk side along Y and X (default: the input's, at least 1024 and at
+        most 2048: a task recomputes the tiles its halo shares with its neighbours, about
+        (1 + tile / chunk)^2 of the work, so small chunks cost throughput).  One task per
+        output chunk.
     dtype : {"float32", "input"}
         Output dtype: float32 in input units, or the input's dtype (rounded, clipped).
     ome : {"0.5", "0.4"}
@@ -218,7 +220,7 @@ class Plan:
 
 
 def _default_chunk(src_chunk: int, n: int) -> int:
-    return int(min(n, max(256, min(2048, src_chunk))))
+    return int(min(n, max(1024, min(2048, src_chunk))))
 
 
 def make_plan(source: Source, selection: Selection = Selection(), *, options: RunOptions = RunOptions(),

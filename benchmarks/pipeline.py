@@ -167,7 +167,7 @@ def main() -> None:
                     choices=["graph", "overhead", "scaling", "memory", "report"])
     ap.add_argument("--shape", type=int, nargs=4, default=[4, 2, 1024, 1024], help="overhead/scaling data (T C Y X)")
     ap.add_argument("--preset", default="small")
-    ap.add_argument("--chunks", type=int, default=512)
+    ap.add_argument("--chunks", type=int, nargs="+", default=[512, 1024], help="output chunk sides to compare")
     ap.add_argument("--memory-frames", type=int, nargs=2, default=[4, 40], help="T of the small and large dataset")
     ap.add_argument("--memory-preset", default="tiny")
     args = ap.parse_args()
@@ -189,19 +189,21 @@ def main() -> None:
         mdir = model_dir(args.preset)
         loop = core_loop(src, mdir)
         put(f"core loop {args.preset}", {**loop, "shape": args.shape})
-        one = pipeline_run(src, WORK / "out-1.zarr", mdir, workers=1, chunks=args.chunks, preset=args.preset)
-        put(f"pipeline {args.preset} 1 worker", {**one, "shape": args.shape, "vs_loop": one["mpx_s"] / loop["mpx_s"]})
+        for ch in args.chunks:
+            one = pipeline_run(src, WORK / "out-1.zarr", mdir, workers=1, chunks=ch, preset=args.preset)
+            put(f"pipeline {args.preset} chunks {ch} 1 worker", {**one, "shape": args.shape,
+                                                                  "vs_loop": one["mpx_s"] / loop["mpx_s"]})
         if "scaling" in stages:
-            two = pipeline_run(src, WORK / "out-2.zarr", mdir, workers=2, chunks=args.chunks, preset=args.preset)
-            put(f"pipeline {args.preset} 2 workers", {**two, "shape": args.shape,
-                                                       "speedup_vs_1": two["mpx_s"] / one["mpx_s"]})
+            two = pipeline_run(src, WORK / "out-2.zarr", mdir, workers=2, chunks=args.chunks[-1], preset=args.preset)
+            put(f"pipeline {args.preset} chunks {args.chunks[-1]} 2 workers", {
+                **two, "shape": args.shape, "speedup_vs_1": two["mpx_s"] / one["mpx_s"]})
     if "memory" in stages:
         mdir = model_dir(args.memory_preset)
         for t in args.memory_frames:
             shape = (t, 2, args.shape[2], args.shape[3])
             src = timelapse(shape)
             with PeakRSS() as m:
-                r = pipeline_run(src, WORK / f"mem-{t}.zarr", mdir, workers=1, chunks=args.chunks,
+                r = pipeline_run(src, WORK / f"mem-{t}.zarr", mdir, workers=1, chunks=args.chunks[0],
                                  preset=args.memory_preset)
             put(f"memory T={t}", {**r, "shape": list(shape), "peak_rss_gib": m.peak / 1024**3,
                                   "data_gib": int(np.prod(shape)) * 2 / 1024**3})

@@ -171,17 +171,20 @@ def run(args: argparse.Namespace) -> None:
             noisy, gt = sim2d(peak, 0 if args.train_full else n)
             m, secs = trained(f"p{peak}-adaptive-{args.preset}-{args.steps}", noisy, TrainConfig(**base))
             noisy_c, gt_c = sim2d(peak, n)
-            for infer_on in ("twins", "raw"):
-                for blend in (("gaussian", "uniform", "none") if infer_on == "twins" and peak == 5 else ("gaussian",)):
-                    cfg = InferConfig(blend=blend, infer_on=infer_on)
-                    t0 = time.perf_counter()
-                    preds = [denoise(x, m, config=cfg) for x in noisy_c]
-                    dt = time.perf_counter() - t0
-                    mpx = sum(x.size for x in noisy_c) / dt / 1e6
-                    put(f"p{peak} adaptive {blend} {infer_on}", {
-                        "peak": peak, "train_s": secs, "infer_mpx_s": mpx,
-                        "seam": float(np.mean([seam_ratio(p, tile, cfg.stride) for p in preds])),
-                        **mean_scores(preds, gt_c)})
+            variants = [("twins", "gaussian", 1), ("raw", "gaussian", 1)]
+            if peak == 5:
+                variants += [("twins", "uniform", 1), ("twins", "none", 1), ("twins", "gaussian", 4),
+                             ("twins", "gaussian", 8)]
+            for infer_on, blend, tta in variants:
+                cfg = InferConfig(blend=blend, infer_on=infer_on, tta=tta)
+                t0 = time.perf_counter()
+                preds = [denoise(x, m, config=cfg) for x in noisy_c]
+                dt = time.perf_counter() - t0
+                mpx = sum(x.size for x in noisy_c) / dt / 1e6
+                put(f"p{peak} adaptive {blend} {infer_on}" + (f" tta{tta}" if tta > 1 else ""), {
+                    "peak": peak, "train_s": secs, "infer_mpx_s": mpx,
+                    "seam": float(np.mean([seam_ratio(p, tile, cfg.stride) for p in preds])),
+                    **mean_scores(preds, gt_c)})
     if stages & {"modes", "all"}:
         noisy, gt = sim2d(5, 0 if args.train_full else n)
         noisy_c, gt_c = sim2d(5, n)
@@ -218,9 +221,10 @@ def report(rows: dict, args: argparse.Namespace) -> None:
     cols = ["psnr", "psnr_raw", "ssim", "false_obj", "false_fg", "fg_dice", "bg_rmse", "seam", "train_s",
             "infer_mpx_s", "wall_s"]
     lines = ["# Quality benchmark", "",
-             f"Command: `python benchmarks/quality.py --stage {' '.join(args.stage)} --steps {args.steps} "
-             f"--sparse-steps {args.sparse_steps} --crop {args.crop} --preset {args.preset}`"
-             f"{' --train-full' if args.train_full else ''}", "",
+             "Commands: `python benchmarks/quality.py --stage STAGE --steps 800 --sparse-steps 600` for each "
+             "STAGE in baselines, default, sn2n, modes, sparse, bm3d (crop 1024, preset small; the "
+             "`default` row runs `asn2n run noisy.tif -o out.tif --preset small` with every other option "
+             "at its default).", "",
              "Scored with `../shared/bench/score.py` (means over frames). sim2d rows: central "
              f"{args.crop or 2048}x{args.crop or 2048} crops of the three frames per photon level; sparse rows: "
              "channel 1 of one 1024x1024 `simulate.py timelapse` frame. `bg_rmse`: RMSE over true "
