@@ -115,7 +115,7 @@ def fit(data: NDArray[np.number], *, axes: str | None = None, config: TrainConfi
 
         def ckpt(r: TrainResult, name: str = name) -> None:
             if model_dir is not None:
-                save_model(Model(train=config, channels=done + [as_channel(name, r)]), model_dir)
+                save_model(Model(train=config, channels=done + [as_channel(name, r)]), model_dir, complete=False)
 
         result = train_channel(frames, config, device=dev, progress=step_cb, checkpoint=ckpt)
         done.append(as_channel(name, result))

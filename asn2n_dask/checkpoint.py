@@ -25,7 +25,7 @@ from .errors import ConfigError, ModelError
 from .model import UNet
 from .risk import FrameStats
 
-__all__ = ["ChannelModel", "Model", "save_model", "load_model", "MODEL_FORMAT"]
+__all__ = ["ChannelModel", "Model", "save_model", "load_model", "model_is_complete", "MODEL_FORMAT"]
 
 MODEL_FORMAT = "asn2n-dask-model"
 FORMAT_VERSION = 1
@@ -84,8 +84,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_model(model: Model, directory: str | os.PathLike[str]) -> Path:
+def save_model(model: Model, directory: str | os.PathLike[str], *, complete: bool = True) -> Path:
     """Write ``model`` to ``directory`` (created if needed; files replaced atomically).
+
+    ``complete=False`` marks a checkpoint written while training is still going on.
 
     Returns
     -------
@@ -119,6 +121,7 @@ def save_model(model: Model, directory: str | os.PathLike[str]) -> Path:
         "package_version": __version__,
         "torch_version": torch.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": complete,
         "widths": list(PRESETS[model.train.preset]),
         "train": model.train.to_dict(),
         "channels": channels,
@@ -126,6 +129,14 @@ def save_model(model: Model, directory: str | os.PathLike[str]) -> Path:
     path = d / "model.json"
     _atomic_write_text(path, json.dumps(doc, indent=2))
     return path
+
+
+def model_is_complete(directory: str | os.PathLike[str]) -> bool:
+    """Whether a model directory holds a finished model (not a training checkpoint)."""
+    try:
+        return bool(json.loads((Path(directory) / "model.json").read_text()).get("complete", True))
+    except (OSError, ValueError):
+        return False
 
 
 def load_model(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Model:

@@ -49,7 +49,8 @@ def friendly(fn: F) -> F:
         except Asn2nError as e:
             _fail(str(e))
         except KeyboardInterrupt:
-            typer.echo("interrupted; nothing was written under the output name.", err=True)
+            typer.echo("interrupted. A .tif output was not written; a .zarr run keeps its finished chunks: run "
+                       "the same command again to resume.", err=True)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -362,7 +363,7 @@ def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, c
                       overwrite=overwrite)
     if dry_run:
         model = load_model(model_dir)
-        typer.echo(make_plan(src, sel, options=opts, patch=model.train.norm.risk.patch).describe())
+        typer.echo(make_plan(src, sel, options=opts, patch=model.train.norm.risk.patch).describe(model.train.preset))
         return
     with progress_bar(not state["quiet"]) as bar:
         summary = run_pipeline(src, output, model_dir, selection=sel, options=opts, scheduler=scheduler,
@@ -511,12 +512,19 @@ def run(
                           "overwritten).")
     mdir = model_dir or output.with_name(output.name + ".model")
     model = None
+    job = {"input": str(input.absolute()), "axes": axes, "channel": channel, "time": time, "train": cfg.to_dict()}
     if zarr_out and (mdir / "model.json").is_file() and not overwrite:
+        from .checkpoint import model_is_complete
+
+        try:
+            previous = json.loads((mdir / "run.json").read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != job or not model_is_complete(mdir):
+            raise OutputError(f"a model already exists in {mdir} that is unfinished or was trained on other data "
+                              "or options; pass --overwrite to train again or choose another --model-dir.")
         model = load_model(mdir)
-        if model.train != cfg:
-            raise OutputError(f"a model trained with other options already exists in {mdir}; pass --overwrite to "
-                              "train again or choose another --model-dir.")
-        typer.echo(f"reusing the model in {mdir} (trained with the same options)", err=True)
+        typer.echo(f"reusing the model in {mdir} (trained by the same command)", err=True)
     else:
         _check_model_dir(mdir, overwrite)
     if zarr_out:
@@ -528,6 +536,7 @@ def run(
             with progress_bar(not state["quiet"]) as bar:
                 fit_fn(planes, axes="CTYX", config=cfg, channel_names=names, device=device, progress=bar,
                        model_dir=mdir)
+            (mdir / "run.json").write_text(json.dumps(job, indent=2))
         _pipeline(input, output, mdir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=False, scheduler=scheduler,
                   workers=workers, threads=threads, memory_limit=memory_limit,

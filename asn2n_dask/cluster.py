@@ -43,7 +43,7 @@ def default_workers() -> tuple[int, int, int]:
 @contextlib.contextmanager
 def dask_client(*, scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
                 memory_limit: str | None = None, echo: Callable[[str], None] = log.info,
-                processes: bool = True) -> Iterator[tuple[Any, int | None]]:
+                processes: bool = True, gpu: bool = True) -> Iterator[tuple[Any, int | None]]:
     """A ``distributed.Client`` for the run, and the torch threads each worker should use.
 
     Parameters
@@ -60,6 +60,9 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None, thr
         Receives the dashboard link.
     processes : bool
         Embedded cluster: worker processes (True) or threads of this process.
+    gpu : bool
+        Embedded cluster: one worker per GPU (``dask-cuda``) when CUDA is available;
+        False for CPU work.  ``workers`` and ``threads`` then do not apply.
     """
     from distributed import Client, LocalCluster
 
@@ -78,15 +81,22 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None, thr
         finally:
             client.close()
         return
-    n_default, t_default, torch_cores = default_workers()
+    n_default, t_default, _ = default_workers()
     n = workers or n_default
     t = threads or t_default
     if n < 1 or t < 1:
         raise ConfigError(f"--workers and --threads must be at least 1; got {n} and {t}.")
+    if memory_limit is not None:
+        from dask.utils import parse_bytes
+
+        try:
+            parse_bytes(memory_limit)
+        except (ValueError, TypeError):
+            raise ConfigError(f"--memory-limit {memory_limit!r} is not a size like 4GiB or 8GB.") from None
     torch_threads = max(1, _cores() // (n * t))
     cluster: Any
     with contextlib.ExitStack() as stack:
-        cuda = _cuda_cluster(n, memory_limit)
+        cuda = _cuda_cluster(memory_limit) if gpu else None
         if cuda is not None:
             cluster = stack.enter_context(cuda)
         else:
@@ -99,7 +109,7 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None, thr
         yield client, torch_threads
 
 
-def _cuda_cluster(n: int | None, memory_limit: str | None) -> Any:
+def _cuda_cluster(memory_limit: str | None) -> Any:
     try:
         import torch
 

@@ -189,7 +189,7 @@ def cast_output(data: NDArray[np.floating], dtype: np.dtype[Any] | str) -> NDArr
     dt = np.dtype(dtype)
     if dt.kind in "ui":
         info = np.iinfo(dt)
-        return np.clip(np.rint(data), info.min, info.max).astype(dt)
+        return np.clip(np.rint(np.asarray(data, np.float64)), info.min, info.max).astype(dt)
     return data.astype(dt)
 
 

@@ -35,7 +35,7 @@ from ._version import __version__
 from .config import InferConfig
 from .errors import ConfigError, InputError, ModelError, OutputError
 from .io import TIFF_SUFFIXES, cast_output
-from .predict import WindowPlan, window_plan
+from .predict import WindowPlan, resolve_device, window_plan
 from .source import Selection, Source
 from .stats import ChannelStats, channel_stats
 
@@ -69,7 +69,9 @@ class RunOptions:
     pyramid : int
         Extra 2x-downsampled levels written after the run, for viewing.
     overwrite : bool
-        Replace an existing output that is not a resumable run of the same job.
+        Delete an existing output (also an unfinished run of the same job) and start
+        again.  Without it, an unfinished run of the same job is resumed and any other
+        existing output is refused.
     """
 
     infer: InferConfig = InferConfig()
@@ -187,8 +189,10 @@ class Plan:
         acts = self.infer.batch * views * t2 * 4 * 3 * sum(c / 4**i for i, c in enumerate(widths))
         return int(region * 8 * 3 + span * 4 * 3 * 2 + n_tiles * t2 * 4 * 5 + acts + span * 8 * 4)
 
-    def describe(self) -> str:
-        """The plan as text (``--dry-run``)."""
+    def describe(self, preset: str = "small") -> str:
+        """The plan as text (``--dry-run``), memory estimated for the network ``preset``."""
+        from .config import PRESETS
+
         hy, hx = self.halo
         gib = 1024**3
         lines = [
@@ -204,7 +208,8 @@ class Plan:
             f"read       {self.bytes_read() / gib:.3f} GiB ({self.bytes_read() / max(1, self._input_bytes()):.2f}x "
             "the selected input)",
             f"written    {self.bytes_written() / gib:.3f} GiB (denoised + risk labels)",
-            f"memory     about {self.peak_task_bytes() / 1024**2:.0f} MiB per running task (preset small)",
+            f"memory     about {self.peak_task_bytes(PRESETS[preset]) / 1024**2:.0f} MiB per running task "
+            f"(preset {preset})",
         ]
         return "\n".join(lines)
 
@@ -234,6 +239,12 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
     """
     from .api import MIN_FRAME_SIDE
 
+    if np.dtype(source.dtype).kind not in "uif":
+        raise InputError(f"{source.path} has dtype {source.dtype}, which is not supported; convert it to an "
+                         "integer or float type.")
+    if not (set(source.axes) <= set(OME_ORDER) and list(source.axes) == sorted(source.axes, key=OME_ORDER.index)):
+        raise InputError(f"{source.path} has axes {source.axes}; OME-Zarr output needs axes from T, C, Z, Y, X in "
+                         "that order (name them with --axes, or reorder the data).")
     h, w = source.frame_shape
     if min(h, w) < MIN_FRAME_SIDE:
         raise InputError(f"{source.path} has frames of {h}x{w}; frames must be at least "
@@ -260,7 +271,7 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
 # ------------------------------------------------------------------ worker side
 @dataclass(frozen=True)
 class RunSpec:
-    """What every task needs; small, pickled once into the graph."""
+    """What every task needs (a few KiB: the plan holds windows, not regions)."""
 
     plan: Plan
     output: str
@@ -354,7 +365,7 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     out_arr[where] = data
     risk_arr[where] = labels
     rec.parent.mkdir(exist_ok=True)
-    tmp = rec.with_name(rec.name + ".tmp")
+    tmp = rec.with_name(f"{rec.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps({"sha256": _digest(data.astype(out_arr.dtype), labels), "time": time.time()}))
     os.replace(tmp, rec)
     return COMPUTED
@@ -407,11 +418,10 @@ def compute_stats(plan: Plan, norm: Any, client: Any = None) -> list[ChannelStat
     if c < 0:
         arr = arr[None]
     with dask.config.set(scheduler="synchronous" if client in (None, "sync") else client):
-        stats = channel_stats(arr, norm)
-    for i, s in enumerate(stats):
-        if not (np.isfinite(s.minimum) and np.isfinite(s.maximum)):
-            raise InputError(f"{plan.source.path} holds NaN or infinite values in channel {i}; replace them "
-                             "before denoising.")
+        try:
+            stats = channel_stats(arr, norm)
+        except InputError as e:
+            raise InputError(f"{plan.source.path}: {e}") from None
     return stats
 
 
@@ -489,7 +499,6 @@ def _existing(output: Path) -> dict[str, Any] | None:
 def _prepare_output(output: Path, plan: Plan, parts: dict[str, Any], options: RunOptions,
                     provenance: dict[str, Any]) -> bool:
     """Create the output store, or decide to resume the existing one. Returns True when resuming."""
-    import zarr
 
     fp = _fingerprint(parts)
     prev = _existing(output)
@@ -499,20 +508,38 @@ def _prepare_output(output: Path, plan: Plan, parts: dict[str, Any], options: Ru
                               "replace it or choose another path.")
         if prev.get("fingerprint") == fp:
             return True
-        old = prev.get("job", {})
-        if old.get("input") != parts["input"]:
-            why = "the input's path, shape, dtype or chunks differ"
-        elif old.get("stats") != parts["stats"]:
-            why = "the input's content changed since (its statistics differ)"
-        else:
-            changed = sorted(k for k in parts if old.get(k) != parts[k])
-            why = f"its options differ ({', '.join(changed) or 'version'})"
-        raise OutputError(f"output {output} holds a different run ({why}); pass --overwrite to start again or "
-                          "choose another path.")
-    if output.exists():
-        shutil.rmtree(output) if output.is_dir() else output.unlink()
+        _refuse_other_job(output, prev.get("job", {}), parts, check_stats=True)
+    try:
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        return _create_output(output, plan, parts, options, provenance, fp)
+    except PermissionError as e:
+        raise OutputError(f"cannot write {output}: permission denied ({e.filename}); choose a folder you can "
+                          "write to.") from None
+
+
+def _refuse_other_job(output: Path, old: dict[str, Any], parts: dict[str, Any], *, check_stats: bool) -> None:
+    """Raise (one sentence) when an existing output belongs to another job."""
+    if old.get("input") != parts["input"]:
+        why = "the input's path, array, shape, dtype or axes differ"
+    elif check_stats and old.get("stats") != parts.get("stats"):
+        why = "the input's content changed since (its statistics differ)"
+    else:
+        changed = sorted(k for k in parts if k != "stats" and old.get(k) != parts[k])
+        if not changed:
+            return
+        why = f"its options differ ({', '.join(changed)})"
+    raise OutputError(f"output {output} holds a different run ({why}); pass --overwrite to start again or "
+                      "choose another path.")
+
+
+def _create_output(output: Path, plan: Plan, parts: dict[str, Any], options: RunOptions,
+                   provenance: dict[str, Any], fp: str) -> bool:
+    import zarr
+
     zf: Literal[2, 3] = 2 if options.ome == "0.4" else 3
-    root: Any = zarr.open_group(str(output), mode="w", zarr_format=zf)
+    job = {**provenance, "status": "running", "fingerprint": fp, "job": parts}
+    root: Any = zarr.open_group(str(output), mode="w", zarr_format=zf, attributes={"asn2n": job})
     dims: dict[str, Any] = {"dimension_names": [a.lower() for a in plan.axes]} if zf == 3 else {}
     dtype = plan.source.dtype if options.dtype == "input" else "float32"
     root.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype=dtype, fill_value=0,
@@ -521,7 +548,6 @@ def _prepare_output(output: Path, plan: Plan, parts: dict[str, Any], options: Ru
     risk = labels.create_group("risk")
     risk.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype="uint8", fill_value=0,
                       **dims, **_chunk_encoding(options.ome))
-    root.attrs.update({"asn2n": {**provenance, "status": "running", "fingerprint": fp, "job": parts}})
     (output / PROGRESS_DIR).mkdir(exist_ok=True)
     return False
 
@@ -556,10 +582,6 @@ def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> Non
         sel = plan.plane_sources[plan.channel_axis]
         body["omero"] = {"channels": [{"label": names[i], "active": True} for i in sel]}
     body["multiscales"][0]["metadata"] = {"method": "asn2n-dask Adaptive-SN2N"}
-    attrs = dict(root.attrs)
-    asn: dict[str, Any] = dict(attrs.get("asn2n", {}))  # type: ignore[arg-type]
-    asn["status"] = "complete"
-    root.attrs.update({**_wrap(body, options.ome), "asn2n": asn})
     if options.ome == "0.5":
         root["labels"].attrs.update({"ome": {"version": "0.5", "labels": ["risk"]}})
     else:
@@ -571,18 +593,24 @@ def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> Non
         "source": {"image": "../../"},
     }
     root["labels/risk"].attrs.update(_wrap(label_body, options.ome))
+    # last: the image metadata and the status that present the output as complete
+    attrs = dict(root.attrs)
+    asn: dict[str, Any] = dict(attrs.get("asn2n", {}))  # type: ignore[arg-type]
+    asn["status"] = "complete"
+    root.attrs.update({**_wrap(body, options.ome), "asn2n": asn})
 
 
 @contextlib.contextmanager
 def _client_for(client: Any, scheduler: str | None, workers: int | None, threads: int | None,
-                memory_limit: str | None, echo: Callable[[str], None]) -> Iterator[tuple[Any, int | None]]:
+                memory_limit: str | None, echo: Callable[[str], None],
+                device: str = "auto") -> Iterator[tuple[Any, int | None]]:
     if client is not None:
         yield client, None
         return
     from .cluster import dask_client
 
     with dask_client(scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
-                     echo=echo) as (c, torch_threads):
+                     echo=echo, gpu=device != "cpu") as (c, torch_threads):
         yield c, torch_threads
 
 
@@ -633,9 +661,10 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     out = Path(output).absolute()
     if out.suffix.lower() in TIFF_SUFFIXES or out.suffix.lower() != ".zarr":
         raise OutputError(f"output {out} must be a .zarr directory for chunked processing.")
-    if out == Path(source.path) or Path(source.path) in out.parents:
-        raise OutputError(f"output {out} is (inside) the input; choose another output path (the input is never "
-                          "overwritten).")
+    o, i = out.resolve(), Path(source.path).resolve()
+    if o == i or i in o.parents or o in i.parents:
+        raise OutputError(f"output {out} is, contains or lies inside the input; choose another output path (the "
+                          "input is never overwritten).")
     model = load_model(model_dir)
     plan = make_plan(source, selection, options=options, patch=model.train.norm.risk.patch,
                      out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4)
@@ -648,7 +677,24 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     if prev is not None and not options.overwrite and prev == {}:
         raise OutputError(f"output {out} already exists and was not written by asn2n; pass --overwrite to "
                           "replace it or choose another path.")
-    with _client_for(client, scheduler, workers, threads, memory_limit, echo) as (cl, cluster_threads):
+    msha = model_sha(model_dir)
+    parts: dict[str, Any] = {
+        "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
+                  "dtype": source.dtype, "axes": source.axes},
+        "selection": selection.to_dict(),
+        "model_sha256": msha,
+        "infer": options.infer.to_dict(),
+        "chunks": list(plan.chunks),
+        "dtype": options.dtype,
+        "ome": options.ome,
+        "pyramid": options.pyramid,
+        "device": resolve_device(options.infer.device).type,
+        "version": __version__,
+    }
+    if prev and not options.overwrite and isinstance(prev.get("job"), dict):
+        _refuse_other_job(out, prev["job"], parts, check_stats=False)  # before reading any data
+    with _client_for(client, scheduler, workers, threads, memory_limit, echo, options.infer.device) as (
+            cl, cluster_threads):
         torch_threads = cluster_threads or torch_threads
         ts = time.perf_counter()
         if progress is not None:
@@ -657,19 +703,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
         summary.stats_seconds = time.perf_counter() - ts
         if progress is not None:
             progress("statistics", 1, 1)
-        msha = model_sha(model_dir)
-        parts = {
-            "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
-                      "dtype": source.dtype, "axes": source.axes},
-            "selection": selection.to_dict(),
-            "stats": [s.to_dict() for s in stats],
-            "model_sha256": msha,
-            "infer": options.infer.to_dict(),
-            "chunks": list(plan.chunks),
-            "dtype": options.dtype,
-            "ome": options.ome,
-            "version": __version__,
-        }
+        parts["stats"] = [s.to_dict() for s in stats]
         prov = {"package": "asn2n-dask", "version": __version__, "input": source.path, "model": str(model_dir),
                 "model_sha256": msha, "norm": model.train.norm.to_dict(), "infer": options.infer.to_dict(),
                 "stats": [s.to_dict() for s in stats], "channel_map": list(channel_map), **(extra or {})}
@@ -685,7 +719,16 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
         spec = RunSpec(plan=plan, output=str(out), model_dir=str(Path(model_dir).absolute()), model_sha=msha,
                        channel_map=channel_map, stats=tuple(s.to_dict() for s in stats), dtype=options.dtype,
                        device=options.infer.device, torch_threads=torch_threads)
-        results = _execute(spec, cl, progress)
+        try:
+            results = _execute(spec, cl, progress)
+        except PermissionError as e:
+            raise OutputError(f"cannot write {out}: permission denied ({e.filename}).") from None
+        except Exception as e:
+            if type(e).__name__ == "KilledWorker":
+                raise OutputError(f"a worker died repeatedly while computing a chunk of {out} (often: out of "
+                                  "memory); use smaller --chunks or a larger --memory-limit, then run the same "
+                                  "command to resume.") from None
+            raise
         summary.computed = int(np.sum(results == COMPUTED))
         summary.skipped = int(np.sum(results == SKIPPED))
         missing = plan.n_tasks - len(list((out / PROGRESS_DIR).glob("*.json")))

@@ -194,7 +194,8 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
         raise ValueError(f"engine must be torch or numpy; got {engine!r}")
     dev = torch.device(device)
     patch = norm.risk.patch
-    host = torch.from_numpy(np.ascontiguousarray(region))
+    region = np.asarray(region)
+    host = torch.from_numpy(np.ascontiguousarray(region, dtype=region.dtype.newbyteorder("=")))
     if dev.type == "cuda":
         host = host.pin_memory()
     img = host.to(dev, non_blocking=True).double()  # the one copy in

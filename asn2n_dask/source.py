@@ -146,13 +146,15 @@ def open_source(path: str | os.PathLike[str], axes: str | None = None) -> Source
         return Source(str(p), "tiff", "", ax, shape, tuple(arr.chunks), str(arr.dtype), meta)
     if p.is_dir() and _is_zarr(p):
         arr, meta = _read_zarr(p)
+        from dataclasses import replace
+
         ax = parse_axes(axes, arr.ndim) if axes else meta.axes
         root_path = str(getattr(arr, "path", "") or "")
         kind = "ome-zarr" if meta.format == "ome-zarr" else "zarr"
         if ax != meta.axes:
-            from dataclasses import replace
-
             meta = replace(meta, axes=ax)
+        if meta.channel_names and ("C" not in ax or len(meta.channel_names) != arr.shape[ax.index("C")]):
+            meta = replace(meta, channel_names=None)  # names that do not match the channels are not used
         return Source(str(p), kind, root_path, ax, tuple(int(v) for v in arr.shape),
                       tuple(int(v) for v in arr.chunks), str(arr.dtype), meta)
     raise InputError(f"input {p} is neither a TIFF file (.tif, .tiff) nor a Zarr store (.zarr).")

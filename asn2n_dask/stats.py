@@ -7,12 +7,13 @@ pieces.  The same functions run on an in-memory numpy array and, lazily, on a da
 array of any size: a minimum/maximum pass, then one histogram pass from which the
 percentiles are read.  For integer data whose range fits in :data:`HIST_BINS` bins
 (all 8- and 16-bit images) the bins are single integer values and the percentiles
-equal ``numpy.percentile``'s; otherwise they are exact to one bin width
-(``(max - min) / HIST_BINS``).
+equal ``numpy.percentile``'s; otherwise the bins holding the wanted percentiles are
+refined by a second, fine histogram.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .config import NormConfig
+from .errors import InputError
 from .risk import FrameStats
 
 __all__ = ["HIST_BINS", "ChannelStats", "channel_stats", "bin_edges", "percentiles_from_hist"]
@@ -42,6 +44,8 @@ class ChannelStats:
         Data range.
     count : int
         Pixels reduced.
+    digest : str
+        SHA-256 of the channel's histogram: changes when the data does, almost surely.
     """
 
     norm: FrameStats
@@ -49,15 +53,17 @@ class ChannelStats:
     minimum: float
     maximum: float
     count: int
+    digest: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"norm": self.norm.to_dict(), "risk": self.risk.to_dict(), "minimum": self.minimum,
-                "maximum": self.maximum, "count": self.count}
+                "maximum": self.maximum, "count": self.count, "digest": self.digest}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChannelStats:
         return cls(norm=FrameStats.from_dict(d["norm"]), risk=FrameStats.from_dict(d["risk"]),
-                   minimum=float(d["minimum"]), maximum=float(d["maximum"]), count=int(d["count"]))
+                   minimum=float(d["minimum"]), maximum=float(d["maximum"]), count=int(d["count"]),
+                   digest=str(d.get("digest", "")))
 
 
 def _integer_bins(lo: float, hi: float, dtype: Any) -> bool:
@@ -73,45 +79,64 @@ def bin_edges(lo: float, hi: float, dtype: Any) -> NDArray[np.float64]:
     return np.linspace(lo, hi, HIST_BINS + 1)
 
 
+def _value_at(k: int, cum: NDArray[np.integer], counts: NDArray[np.integer], edges: NDArray[np.float64],
+              integer_bins: bool) -> tuple[int, float]:
+    """Bin holding the ``k``-th smallest value (0-based) and the value's estimate."""
+    b = int(np.searchsorted(cum, k, side="right"))
+    if integer_bins:
+        return b, float(0.5 * (edges[b] + edges[b + 1]))
+    before = int(cum[b - 1]) if b else 0
+    frac = (k - before + 0.5) / counts[b]
+    return b, float(edges[b] + frac * (edges[b + 1] - edges[b]))
+
+
+def _ranks(n: int, q: float) -> tuple[int, int, float]:
+    pos = (n - 1) * q / 100.0
+    return int(np.floor(pos)), int(np.ceil(pos)), pos - np.floor(pos)
+
+
 def percentiles_from_hist(counts: NDArray[np.integer], edges: NDArray[np.float64], qs: list[float],
                           integer_bins: bool) -> list[float]:
     """Percentiles (numpy's ``linear`` definition) read off a histogram.
 
     With one bin per integer value the result is exact; otherwise values are placed
-    evenly inside their bin.
+    evenly inside their bin (:func:`channel_stats` refines those bins with a second,
+    fine histogram).
     """
     cum = np.cumsum(counts)
     n = int(cum[-1])
     out = []
     for q in qs:
-        pos = (n - 1) * q / 100.0
-        lo_i, hi_i = int(np.floor(pos)), int(np.ceil(pos))
-        vals = []
-        for k in (lo_i, hi_i):
-            b = int(np.searchsorted(cum, k, side="right"))
-            if integer_bins:
-                vals.append(0.5 * (edges[b] + edges[b + 1]))
-            else:
-                before = cum[b - 1] if b else 0
-                frac = (k - before + 0.5) / counts[b]
-                vals.append(edges[b] + frac * (edges[b + 1] - edges[b]))
-        out.append(float(vals[0] + (pos - lo_i) * (vals[1] - vals[0])))
+        k0, k1, f = _ranks(n, q)
+        v0 = _value_at(k0, cum, counts, edges, integer_bins)[1]
+        v1 = _value_at(k1, cum, counts, edges, integer_bins)[1]
+        out.append(v0 + f * (v1 - v0))
     return out
 
 
 def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelStats]:
     """Statistics of each channel of a (C, ...) numpy or dask array.
 
+    Three reductions: minimum and maximum; a histogram of :data:`HIST_BINS` bins over
+    that range; for data that does not fit one bin per integer, a fine histogram inside
+    each bin holding a wanted percentile (so a few extreme pixels cannot blur the
+    percentiles: the result is exact to ``range / HIST_BINS**2``).
+
     Parameters
     ----------
     planes : ndarray or dask array, shape (C, ...)
-        Channel first; all other dimensions reduce together.  Must be finite.
+        Channel first; all other dimensions reduce together.
     norm : NormConfig
         Which percentiles the normalisation and the risk scale use.
 
     Returns
     -------
     list of ChannelStats, one per channel
+
+    Raises
+    ------
+    InputError
+        A channel holds NaN or infinite values (found by the first reduction).
 
     Examples
     --------
@@ -127,30 +152,62 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
         import dask.array as xp
     else:
         xp = np
+
+    def compute(*xs: Any) -> list[Any]:
+        return list(dask.compute(*xs)) if is_dask else list(xs)
+
     nc = planes.shape[0]
     rest = tuple(range(1, planes.ndim))
-    mins, maxs = planes.min(axis=rest), planes.max(axis=rest)
-    if is_dask:
-        mins, maxs = dask.compute(mins, maxs)
-    hists = []
-    edges_all = []
+    mins, maxs = compute(planes.min(axis=rest), planes.max(axis=rest))
     for c in range(nc):
-        lo, hi = float(mins[c]), float(maxs[c])
-        edges = bin_edges(lo, hi, planes.dtype)
-        edges_all.append(edges)
-        hists.append(xp.histogram(planes[c], bins=edges)[0])
-    if is_dask:
-        hists = list(dask.compute(*hists))
-    out = []
+        if not (np.isfinite(mins[c]) and np.isfinite(maxs[c])):
+            raise InputError(f"channel {c} holds NaN or infinite values; replace them (e.g. with the background "
+                             "level) before denoising.")
+    edges_all = [bin_edges(float(mins[c]), float(maxs[c]), planes.dtype) for c in range(nc)]
+    hists = [np.asarray(h) for h in compute(*[xp.histogram(planes[c], bins=edges_all[c])[0] for c in range(nc)])]
     qs = [norm.low_percentile, norm.high_percentile, norm.risk.clip_percentile]
+    # the bins to refine: every rank's bin, for channels without one bin per integer
+    wanted: dict[tuple[int, int], Any] = {}
+    for c in range(nc):
+        if _integer_bins(float(mins[c]), float(maxs[c]), planes.dtype) or maxs[c] <= mins[c]:
+            continue
+        cum = np.cumsum(hists[c])
+        for q in qs:
+            for k in _ranks(int(cum[-1]), q)[:2]:
+                b = int(np.searchsorted(cum, k, side="right"))
+                if (c, b) not in wanted:
+                    fine_edges = np.linspace(edges_all[c][b], edges_all[c][b + 1], HIST_BINS + 1)
+                    wanted[(c, b)] = (fine_edges, xp.histogram(planes[c], bins=fine_edges)[0])
+    fine = dict(zip(wanted, compute(*[v[1] for v in wanted.values()])))
+    out = []
     for c in range(nc):
         mn, mx = float(mins[c]), float(maxs[c])
+        counts, edges = hists[c], edges_all[c]
         integer = _integer_bins(mn, mx, planes.dtype)
-        if mx > mn:
-            lo_q, hi_q, clip_q = percentiles_from_hist(np.asarray(hists[c]), edges_all[c], qs, integer)
-        else:
-            lo_q = hi_q = clip_q = mn
+        cum = np.cumsum(counts)
+        n = int(cum[-1])
+        vals = []
+        for q in qs:
+            if mx <= mn:
+                vals.append(mn)
+                continue
+            k0, k1, f = _ranks(n, q)
+            pair = []
+            for k in (k0, k1):
+                b, v = _value_at(k, cum, counts, edges, integer)
+                if (c, b) in fine:
+                    fc = np.asarray(fine[(c, b)])
+                    before = int(cum[b - 1]) if b else 0
+                    inside = min(k - before, int(fc.sum()) - 1)
+                    v = _value_at(inside, np.cumsum(fc), fc, wanted[(c, b)][0], False)[1]
+                pair.append(v)
+            vals.append(pair[0] + f * (pair[1] - pair[0]))
+        lo_q, hi_q, clip_q = vals
+        if hi_q <= lo_q:  # almost every pixel has one value: keep the few others in range
+            hi_q = mx
+        if clip_q <= mn:
+            clip_q = mx
+        digest = hashlib.sha256(np.ascontiguousarray(counts, np.int64).tobytes() + edges.tobytes()).hexdigest()
         out.append(ChannelStats(norm=FrameStats(lo=lo_q if norm.low_percentile > 0 else mn, hi=hi_q),
-                                risk=FrameStats(lo=mn, hi=clip_q), minimum=mn, maximum=mx,
-                                count=int(np.asarray(hists[c]).sum())))
+                                risk=FrameStats(lo=mn, hi=clip_q), minimum=mn, maximum=mx, count=n, digest=digest))
     return out

@@ -53,6 +53,22 @@ def test_fit_denoise_and_run_end_to_end(work):
     assert (work / "two-out.zarr.model" / "model.json").exists()
 
 
+def test_zarr_runs_resume_reuse_their_model_and_refuse_other_jobs(work):
+    args = ["run", work / "two.tif", "-o", work / "rerun.zarr", *FAST, "--tile", "32", "--workers", "1"]
+    assert invoke(*args).exit_code == 0
+    again = invoke(*args)
+    assert again.exit_code == 0 and "already complete" in again.stdout
+    other = invoke(*[a if a != "3" else "4" for a in args])  # other training steps: another job
+    assert other.exit_code == 2 and "model already exists" in other.output
+    plan = invoke("denoise", work / "two.tif", "-o", work / "plan.zarr", "--model", work / "rerun.zarr.model",
+                  "--tile", "32", "--chunks", "50x64", "--dry-run")
+    assert plan.exit_code == 0 and "tasks      8 = 2 planes x 2 x 2 chunks" in plan.stdout
+    assert not (work / "plan.zarr").exists()
+    (work / "foreign.zarr").mkdir()
+    r = invoke("denoise", work / "two.tif", "-o", work / "foreign.zarr", "--model", work / "rerun.zarr.model")
+    assert r.exit_code == 2 and "not written by asn2n" in r.output
+
+
 def test_risk_json(work):
     r = invoke("risk", work / "noisy.tif", "--json")
     assert r.exit_code == 0, r.output

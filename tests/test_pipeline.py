@@ -265,3 +265,54 @@ def test_a_killed_worker_and_a_killed_run_end_identical_to_an_uninterrupted_run(
     for name in ("w.zarr", "k.zarr"):
         got = output(d / name)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), name
+
+
+def test_big_endian_input_gives_the_same_result(data, tmp_path):
+    d, frames, model = data
+    be = frames.astype(">u2")
+    z = zarr.create_array(str(tmp_path / "be.zarr"), shape=be.shape, chunks=(1, 1, 64, 64), dtype=be.dtype,
+                          zarr_format=2, attributes={"_ARRAY_DIMENSIONS": ["t", "c", "y", "x"]})
+    z[...] = be
+    save_model(model, tmp_path / "model")
+    run_pipeline(open_source(tmp_path / "be.zarr"), tmp_path / "out.zarr", tmp_path / "model",
+                 options=RunOptions(infer=INFER), client="sync")
+    np.testing.assert_allclose(output(tmp_path / "out.zarr")[0], denoise(frames, model, axes="TCYX", config=INFER),
+                               atol=1e-5 * float(np.ptp(frames)))
+
+
+def test_axes_or_dtypes_the_output_cannot_hold_are_refused_before_any_work(tmp_path):
+    from asn2n_dask.errors import InputError
+
+    z = zarr.create_array(str(tmp_path / "q.zarr"), shape=(3, 40, 40), chunks=(1, 40, 40), dtype="uint16",
+                          dimension_names=["angle", "y", "x"])
+    z[...] = 100
+    with pytest.raises(InputError, match="axes QYX"):
+        make_plan(open_source(tmp_path / "q.zarr"))
+    c = zarr.create_array(str(tmp_path / "c.zarr"), shape=(40, 40), chunks=(40, 40), dtype="complex64")
+    c[...] = 1
+    with pytest.raises(InputError, match="complex64"):
+        make_plan(open_source(tmp_path / "c.zarr"))
+
+
+def test_output_inside_or_around_the_input_is_refused(data, tmp_path):
+    d, frames, _ = data
+    for out in (d / "in.zarr", d / "in.zarr" / "sub.zarr"):
+        with pytest.raises(OutputError, match="input"):
+            run_pipeline(open_source(d / "in.zarr"), out, d / "model", options=RunOptions(infer=INFER), client="sync")
+    assert np.array_equal(zarr.open_array(str(d / "in.zarr"), mode="r")[...], frames)
+
+
+def test_channel_names_that_do_not_match_the_channels_are_not_used(data, tmp_path):
+    d, frames, _ = data
+    meta = ImageMeta(axes="TCYX", format="ome-zarr", channel_names=("only-one",))
+    write_image(tmp_path / "ome.zarr", frames, meta)
+    src = open_source(tmp_path / "ome.zarr")
+    assert src.meta.channel_names is None
+    assert make_plan(src, options=RunOptions(infer=INFER)).n_planes == 4
+
+
+def test_cast_to_the_input_dtype_never_wraps_around():
+    from asn2n_dask.io import cast_output
+
+    assert cast_output(np.array([5e9, -3.0], np.float32), "uint32").tolist() == [4294967295, 0]
+    assert cast_output(np.array([3e9, -3e9], np.float32), "int32").tolist() == [2147483647, -2147483648]
