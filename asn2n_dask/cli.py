@@ -122,6 +122,8 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 PresetOpt = Annotated[str, typer.Option("--preset", help="Network size: tiny (tests), small (CPU), paper (GPU).")]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Training steps.")]
 NormOpt = Annotated[str, typer.Option("--norm", help="Normalisation: adaptive, local, global or dataset.")]
+RiskOpt = Annotated[str, typer.Option("--risk-estimator", help="Risk classes: reference (the published rule) "
+                                      "or noise-aware (for raw low-photon camera frames).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (initialisation, sampling, augmentation).")]
 PatchOpt = Annotated[int, typer.Option("--patch", help="Training patch side in pixels.")]
 BatchOpt = Annotated[int, typer.Option("--batch", help="Training patches per step.")]
@@ -160,11 +162,13 @@ MemoryOpt = Annotated[str | None, typer.Option("--memory-limit", help="Local clu
 
 
 def _train_config(preset: str, steps: int, norm: str, seed: int, patch: int, batch: int, loss: str,
-                  consistency: float) -> Any:
-    from .config import NormConfig, TrainConfig
+                  consistency: float, risk: str = "reference") -> Any:
+    from .config import NormConfig, RiskThresholds, TrainConfig
 
+    thresholds = RiskThresholds(estimator=risk)  # type: ignore[arg-type]
     return TrainConfig(preset=preset, steps=steps, seed=seed, patch=patch, batch=batch,  # type: ignore[arg-type]
-                       loss=loss, consistency=consistency, norm=NormConfig(mode=norm))  # type: ignore[arg-type]
+                       loss=loss, consistency=consistency,  # type: ignore[arg-type]
+                       norm=NormConfig(mode=norm, risk=thresholds))  # type: ignore[arg-type]
 
 
 def _infer_config(tile: int, overlap: float, blend: str, infer_on: str, device: str, tta: int = 1) -> Any:
@@ -266,6 +270,7 @@ def fit(
     preset: PresetOpt = "small",
     steps: StepsOpt = 3000,
     norm: NormOpt = "adaptive",
+    risk_estimator: RiskOpt = "reference",
     seed: SeedOpt = 0,
     patch: PatchOpt = 96,
     batch: BatchOpt = 8,
@@ -281,7 +286,7 @@ def fit(
     """
     from .api import fit as fit_fn
 
-    cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency)
+    cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency, risk_estimator)
     _check_model_dir(model_dir, overwrite)
     data, meta = _fit_inputs(inputs, axes)
     n_ch = data.shape[meta.axes.index("C")] if "C" in meta.axes else 1
@@ -460,6 +465,7 @@ def run(
     preset: PresetOpt = "small",
     steps: StepsOpt = 3000,
     norm: NormOpt = "adaptive",
+    risk_estimator: RiskOpt = "reference",
     seed: SeedOpt = 0,
     patch: PatchOpt = 96,
     batch: BatchOpt = 8,
@@ -500,7 +506,7 @@ def run(
     from .api import fit as fit_fn
     from .checkpoint import load_model
 
-    cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency)
+    cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency, risk_estimator)
     infer = _infer_config(tile, overlap, blend, infer_on, device, tta)
     if not input.exists():
         raise InputError(f"input {input} does not exist.")

@@ -30,6 +30,7 @@ __all__ = [
 NormMode = Literal["adaptive", "local", "global", "dataset"]
 BlendMode = Literal["gaussian", "uniform", "none"]
 InferOn = Literal["twins", "raw"]
+RiskEstimator = Literal["reference", "noise-aware"]
 LossKind = Literal["l1", "l2"]
 Preset = Literal["tiny", "small", "paper"]
 
@@ -78,6 +79,14 @@ class RiskThresholds:
     A patch is *weak background* (class 1) when ``(mean <= bg_mean and std <= bg_std)``
     or ``(skew <= bg_skew and std <= bg_std_skew)``; *sparse bright* (class 2) when
     ``mean <= sb_mean and std >= sb_std and skew >= sb_skew``; otherwise *safe* (0).
+
+    ``estimator="reference"`` is the published rule: the [0, 1] scale runs from the
+    image minimum to the ``clip_percentile`` percentile and ``std`` is the patch's plain
+    standard deviation.  ``"noise-aware"`` is for raw low-photon camera frames, where
+    that rule calls every patch safe (camera noise alone exceeds ``bg_std`` and the
+    background sits well above the noise-driven minimum): the scale starts at the
+    ``floor_percentile`` percentile, and ``std`` is the signal's, the patch variance
+    minus its noise variance (estimated from the 2x2 diagonal differences).
     """
 
     patch: int = 64
@@ -90,6 +99,8 @@ class RiskThresholds:
     sb_std: float = 0.075
     sb_skew: float = 3.0
     dataset_ratio: float = 0.10
+    estimator: RiskEstimator = "reference"
+    floor_percentile: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.patch >= 4, f"risk patch size must be at least 4 pixels; got {self.patch}.")
@@ -97,6 +108,9 @@ class RiskThresholds:
                f"clip percentile must be in (50, 100]; got {self.clip_percentile}.")
         _check(0.0 <= self.dataset_ratio <= 1.0,
                f"dataset high-risk ratio must be in [0, 1]; got {self.dataset_ratio}.")
+        object.__setattr__(self, "estimator", parse_choice(self.estimator, RiskEstimator, "risk estimator"))
+        _check(0.0 <= self.floor_percentile < self.clip_percentile,
+               f"risk floor percentile must be in [0, clip percentile); got {self.floor_percentile}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -33,6 +33,8 @@ __all__ = [
     "patch_moments_torch",
     "classify_torch",
     "assess_risk_torch",
+    "patch_noise_var",
+    "patch_noise_var_torch",
 ]
 
 SAFE, WEAK_BACKGROUND, SPARSE_BRIGHT = 0, 1, 2
@@ -119,6 +121,27 @@ def patch_moments(scaled: NDArray[np.floating], patch: int) -> tuple[NDArray[np.
     return mean, std, skew
 
 
+def patch_noise_var(scaled: NDArray[np.floating], patch: int) -> NDArray[np.float64]:
+    """Noise variance of every patch, from the diagonal differences of its 2x2 blocks.
+
+    ``(x00 + x11 - x01 - x10) / 2`` cancels any signal that is locally linear and keeps
+    the variance of independent pixel noise; its mean square over a patch's complete
+    2x2 blocks estimates that variance (0 for a patch with no complete block).
+
+    Returns
+    -------
+    ndarray, shape (ceil(H / patch), ceil(W / patch))
+    """
+    v = patch_view(np.asarray(scaled, np.float64), patch)
+    ny, nx = v.shape[:2]
+    e = patch // 2 * 2
+    q = v.reshape(ny, nx, patch, patch)[:, :, :e, :e]
+    d = 0.5 * (q[:, :, 0::2, 0::2] + q[:, :, 1::2, 1::2] - q[:, :, 0::2, 1::2] - q[:, :, 1::2, 0::2])
+    d2 = (d * d).reshape(ny, nx, -1)
+    n = np.sum(~np.isnan(d2), axis=-1)
+    return np.where(n > 0, np.nansum(d2, axis=-1) / np.maximum(n, 1), 0.0)
+
+
 def classify(mean: NDArray[np.floating], std: NDArray[np.floating], skew: NDArray[np.floating],
              thresholds: RiskThresholds = RiskThresholds()) -> NDArray[np.int8]:
     """Risk class of each patch from its moments (0 safe, 1 weak background, 2 sparse bright)."""
@@ -192,7 +215,8 @@ def assess_risk(image: NDArray[np.number], *, thresholds: RiskThresholds = RiskT
     thresholds : RiskThresholds
         Patch size, clip percentile and class thresholds.
     stats : FrameStats, optional
-        The range defining the [0, 1] scale.  By default the frame's minimum and its
+        The range defining the [0, 1] scale.  By default the frame's minimum (or, for
+        the noise-aware estimator, its ``floor_percentile`` percentile) and its
         ``thresholds.clip_percentile`` percentile; pass channel-wide statistics to make
         the result independent of how a dataset is cut into pieces.
 
@@ -210,10 +234,14 @@ def assess_risk(image: NDArray[np.number], *, thresholds: RiskThresholds = RiskT
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
         raise ValueError(f"assess_risk takes one 2-D frame; got shape {img.shape}")
+    aware = thresholds.estimator == "noise-aware"
     if stats is None:
-        stats = frame_stats(img, low=0.0, high=thresholds.clip_percentile)
+        stats = frame_stats(img, low=thresholds.floor_percentile if aware else 0.0, high=thresholds.clip_percentile)
     scaled = (np.clip(img, stats.lo, stats.hi) - stats.lo) / stats.span
     mean, std, skew = patch_moments(scaled, thresholds.patch)
+    if aware:
+        noise = patch_noise_var((img - stats.lo) / stats.span, thresholds.patch)
+        std = np.sqrt(np.maximum(std * std - noise, 0.0))
     return RiskReport(risk_map=classify(mean, std, skew, thresholds), stats=stats, patch=thresholds.patch)
 
 
@@ -260,4 +288,22 @@ def assess_risk_torch(image: torch.Tensor, stats: FrameStats,
                       thresholds: RiskThresholds = RiskThresholds()) -> torch.Tensor:
     """Risk classes of every patch of a 2-D tensor, as :func:`assess_risk` (int8, on its device)."""
     scaled = (torch.clamp(image, stats.lo, stats.hi) - stats.lo) / stats.span
-    return classify_torch(*patch_moments_torch(scaled, thresholds.patch), thresholds)
+    mean, std, skew = patch_moments_torch(scaled, thresholds.patch)
+    if thresholds.estimator == "noise-aware":
+        noise = patch_noise_var_torch((image - stats.lo) / stats.span, thresholds.patch)
+        std = torch.sqrt(torch.clamp(std * std - noise, min=0.0))
+    return classify_torch(mean, std, skew, thresholds)
+
+
+def patch_noise_var_torch(scaled: torch.Tensor, patch: int) -> torch.Tensor:
+    """:func:`patch_noise_var` in torch."""
+    h, w = scaled.shape
+    ny, nx = -(-h // patch), -(-w // patch)
+    padded = torch.full((ny * patch, nx * patch), float("nan"), dtype=scaled.dtype, device=scaled.device)
+    padded[:h, :w] = scaled
+    e = patch // 2 * 2
+    q = padded.reshape(ny, patch, nx, patch).permute(0, 2, 1, 3)[:, :, :e, :e]
+    d = 0.5 * (q[:, :, 0::2, 0::2] + q[:, :, 1::2, 1::2] - q[:, :, 0::2, 1::2] - q[:, :, 1::2, 0::2])
+    d2 = (d * d).reshape(ny, nx, -1)
+    n = (~torch.isnan(d2)).sum(-1)
+    return torch.where(n > 0, torch.nansum(d2, dim=-1) / torch.clamp(n, min=1), torch.zeros_like(d2[..., 0]))

@@ -39,7 +39,8 @@ class ChannelStats:
     norm : FrameStats
         Normalisation range (``NormConfig`` low and high percentiles), input units.
     risk : FrameStats
-        Risk scale: the minimum and the ``clip_percentile`` percentile.
+        Risk scale: the minimum (noise-aware estimator: the ``floor_percentile``
+        percentile) and the ``clip_percentile`` percentile.
     minimum, maximum : float
         Data range.
     count : int
@@ -165,7 +166,7 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
                              "level) before denoising.")
     edges_all = [bin_edges(float(mins[c]), float(maxs[c]), planes.dtype) for c in range(nc)]
     hists = [np.asarray(h) for h in compute(*[xp.histogram(planes[c], bins=edges_all[c])[0] for c in range(nc)])]
-    qs = [norm.low_percentile, norm.high_percentile, norm.risk.clip_percentile]
+    qs = [norm.low_percentile, norm.high_percentile, norm.risk.clip_percentile, norm.risk.floor_percentile]
     # the bins to refine: every rank's bin, for channels without one bin per integer
     wanted: dict[tuple[int, int], Any] = {}
     for c in range(nc):
@@ -202,12 +203,14 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
                     v = _value_at(inside, np.cumsum(fc), fc, wanted[(c, b)][0], False)[1]
                 pair.append(v)
             vals.append(pair[0] + f * (pair[1] - pair[0]))
-        lo_q, hi_q, clip_q = vals
+        lo_q, hi_q, clip_q, floor_q = vals
+        risk_lo = floor_q if norm.risk.estimator == "noise-aware" and norm.risk.floor_percentile > 0 else mn
         if hi_q <= lo_q:  # almost every pixel has one value: keep the few others in range
             hi_q = mx
-        if clip_q <= mn:
+        if clip_q <= risk_lo:
             clip_q = mx
         digest = hashlib.sha256(np.ascontiguousarray(counts, np.int64).tobytes() + edges.tobytes()).hexdigest()
         out.append(ChannelStats(norm=FrameStats(lo=lo_q if norm.low_percentile > 0 else mn, hi=hi_q),
-                                risk=FrameStats(lo=mn, hi=clip_q), minimum=mn, maximum=mx, count=n, digest=digest))
+                                risk=FrameStats(lo=risk_lo, hi=clip_q), minimum=mn, maximum=mx, count=n,
+                                digest=digest))
     return out

@@ -73,10 +73,16 @@ def test_the_region_read_is_bounded_by_the_tiles_and_one_patch(setup):
     assert rx1 - rx0 <= 10 + 2 * infer.tile + 2 * 64 + 64
 
 
-@pytest.mark.parametrize("mode", ["adaptive", "local", "global", "dataset"])
+@pytest.mark.parametrize("mode", ["adaptive", "local", "global", "dataset", "adaptive-noise-aware"])
 def test_the_torch_engine_agrees_with_the_numpy_reference(setup, mode):
+    from asn2n_dask import RiskThresholds
+
     img, fn, stats, mult = setup
-    norm = NormConfig(mode=mode)
+    aware = mode.endswith("noise-aware")
+    norm = NormConfig(mode="adaptive" if aware else mode, risk=RiskThresholds(estimator="noise-aware" if aware
+                                                                              else "reference"))
+    if aware:
+        stats = channel_stats(img[None], norm)[0]
     infer = InferConfig(tile=32)
     h, w = img.shape
     for win in [(0, h, 0, w), (30, 77, 101, 203)]:

@@ -59,3 +59,27 @@ def test_partial_edge_patches_and_constant_frames():
     r = assess_risk(np.full((70, 5), 7.0))
     assert r.risk_map.shape == (2, 1)
     assert np.isin(r.risk_map, [0, 1, 2]).all()
+
+
+def test_noise_aware_estimator_finds_the_dark_background_of_a_raw_low_photon_frame():
+    from asn2n_dask import RiskThresholds
+    from asn2n_dask.synthetic import camera
+
+    photons = np.zeros((256, 256))
+    photons[96:160, 96:160] = 8.0 * np.exp(-((np.mgrid[:64, :64] - 32) ** 2).sum(0) / 200.0)  # one blob
+    raw = camera(photons, seed=0)
+    ref = assess_risk(raw)
+    aware = assess_risk(raw, thresholds=RiskThresholds(estimator="noise-aware"))
+    assert ref.high_risk_ratio < 0.1  # camera noise alone makes the published rule call it safe
+    assert aware.risk_map[0, 0] != 0 and aware.risk_map[3, 3] != 0 and aware.high_risk_ratio > 0.5
+
+
+def test_noise_variance_is_estimated_without_the_signal():
+    from asn2n_dask.risk import patch_noise_var
+
+    yy, xx = np.mgrid[:128, :128]
+    ramp = 0.01 * xx + 0.02 * yy
+    noise = np.random.default_rng(1).normal(0, 0.05, ramp.shape)
+    est = patch_noise_var(ramp + noise, 64)
+    np.testing.assert_allclose(est, 0.05**2, rtol=0.15)
+    assert np.allclose(patch_noise_var(ramp, 64), 0.0)
