@@ -202,7 +202,7 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
                     inside = min(k - before, int(fc.sum()) - 1)
                     v = _value_at(inside, np.cumsum(fc), fc, wanted[(c, b)][0], False)[1]
                 pair.append(v)
-            vals.append(pair[0] + f * (pair[1] - pair[0]))
+            vals.append(float(pair[0] + f * (pair[1] - pair[0])))
         lo_q, hi_q, clip_q, floor_q = vals
         risk_lo = floor_q if norm.risk.estimator == "noise-aware" and norm.risk.floor_percentile > 0 else mn
         if hi_q <= lo_q:  # almost every pixel has one value: keep the few others in range
