@@ -111,7 +111,7 @@ def percentiles_from_hist(counts: NDArray[np.integer], edges: NDArray[np.float64
         k0, k1, f = _ranks(n, q)
         v0 = _value_at(k0, cum, counts, edges, integer_bins)[1]
         v1 = _value_at(k1, cum, counts, edges, integer_bins)[1]
-        out.append(v0 + f * (v1 - v0))
+        out.append(float(v0 + f * (v1 - v0)))
     return out
 
 
