@@ -232,6 +232,10 @@ def report(rows: dict) -> None:
                          f"{r.get('stats_seconds', 0):.1f} | {r['mpx_s']:.3f} | "
                          f"{r.get('vs_loop', float('nan')):.2f} | {r.get('speedup_vs_1', float('nan')):.2f} |")
         lines.append("")
+    if not speed:
+        lines += ["Throughput (overhead against a plain loop, 1 vs 2 workers) and memory stages have not been run "
+                  "yet: at 0.05-0.1 Mpx/s on 2 CPU cores the sizes asked for take hours; size them with `--shape` "
+                  "and `--memory-frames`.", ""]
     mem = [(k, r) for k, r in rows.items() if k.startswith("memory")]
     if mem:
         lines += ["## Memory (all processes: client, scheduler, workers)", "",
