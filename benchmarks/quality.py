@@ -261,7 +261,8 @@ def report(rows: dict, args: argparse.Namespace) -> None:
             "infer_mpx_s", "wall_s"]
     lines = ["# Quality benchmark", "",
              "Commands: `python benchmarks/quality.py --stage STAGE --steps 800 --sparse-steps 400` for each "
-             "STAGE in baselines, default, reference, sn2n, modes, sparse, bm3d (crop 1024, preset small; the "
+             "STAGE in baselines, default, reference, sn2n, modes, sparse, aware (the bm3d stage was not run; "
+             "crop 1024, preset small; the "
              "`default` row runs `asn2n run noisy.tif -o out.tif --preset small` with every other option "
              "at its default).", "",
              "Scored with `../shared/bench/score.py` (means over frames). sim2d rows: central "
@@ -280,6 +281,12 @@ def report(rows: dict, args: argparse.Namespace) -> None:
               "not load beside the pinned CPU torch. Figures quoted from the project's own probe (same crops, "
               "8 minutes of training on 2 CPU cores): 28.8 dB psnr, ssim 0.925, 1.9 false objects/Mpx; BM3D "
               "(Anscombe) in that probe: 26.9 dB.", "",
+              "Risk classes on these raw camera frames: the reference rule calls 0% of patches high-risk on the "
+              "5-photon crops and on the sparse frame, so `adaptive` and `dataset` (which decides `local`) equal "
+              "`local` there; p5 `dataset` was not trained for that reason. The noise-aware estimator flags the "
+              "sparse frame's background (row above).", "",
+              "Times: `train_s` of the sparse dataset and noise-aware rows and of p5 local include other jobs "
+              "running beside them; preset small takes 0.55-0.65 s a step on 2 uncontended cores.", "",
               "`false_obj`: false objects per Mpx in true background after Otsu; `false_fg`: false foreground "
               "fraction there. Rows with `tta4` average the network over 4 rotations of each tile."]
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
