@@ -428,9 +428,6 @@ def denoise(
     if not input.exists():
         raise InputError(f"input {input} does not exist.")
     if _is_zarr_out(output):
-        if output.absolute() == input.absolute():
-            raise OutputError(f"output {output} is the input; choose another output path (the input is never "
-                              "overwritten).")
         _pipeline(input, output, model_dir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=dry_run, scheduler=scheduler,
                   workers=workers, threads=threads, memory_limit=memory_limit,
@@ -513,9 +510,10 @@ def run(
     zarr_out = _is_zarr_out(output)
     if not zarr_out:
         check_out(output, input, overwrite)
-    elif output.absolute() == input.absolute():
-        raise OutputError(f"output {output} is the input; choose another output path (the input is never "
-                          "overwritten).")
+    else:
+        from .pipeline import check_output_path
+
+        check_output_path(input, output)  # before training, not after
     mdir = model_dir or output.with_name(output.name + ".model")
     model = None
     job = {"input": str(input.absolute()), "axes": axes, "channel": channel, "time": time, "train": cfg.to_dict()}

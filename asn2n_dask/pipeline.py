@@ -39,7 +39,8 @@ from .predict import WindowPlan, resolve_device, window_plan
 from .source import Selection, Source
 from .stats import ChannelStats, channel_stats
 
-__all__ = ["RunOptions", "Plan", "make_plan", "run_pipeline", "RunSummary", "PROGRESS_DIR", "run_chunk"]
+__all__ = ["RunOptions", "Plan", "make_plan", "run_pipeline", "check_output_path", "RunSummary", "PROGRESS_DIR",
+           "run_chunk"]
 
 log = logging.getLogger(__name__)
 
@@ -614,6 +615,24 @@ def _client_for(client: Any, scheduler: str | None, workers: int | None, threads
         yield c, torch_threads
 
 
+def check_output_path(input: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """Refuse a chunked output that is not ``.zarr`` or that is, holds or lies in the input.
+
+    Returns
+    -------
+    Path
+        The output, absolute.
+    """
+    out = Path(output).absolute()
+    if out.suffix.lower() in TIFF_SUFFIXES or out.suffix.lower() != ".zarr":
+        raise OutputError(f"output {out} must be a .zarr directory for chunked processing.")
+    o, i = out.resolve(), Path(input).resolve()
+    if o == i or i in o.parents or o in i.parents:
+        raise OutputError(f"output {out} is, contains or lies inside the input; choose another output path (the "
+                          "input is never overwritten).")
+    return out
+
+
 def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str | os.PathLike[str], *,
                  selection: Selection = Selection(), options: RunOptions = RunOptions(), client: Any = None,
                  scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
@@ -658,13 +677,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     from .checkpoint import load_model
 
     t0 = time.perf_counter()
-    out = Path(output).absolute()
-    if out.suffix.lower() in TIFF_SUFFIXES or out.suffix.lower() != ".zarr":
-        raise OutputError(f"output {out} must be a .zarr directory for chunked processing.")
-    o, i = out.resolve(), Path(source.path).resolve()
-    if o == i or i in o.parents or o in i.parents:
-        raise OutputError(f"output {out} is, contains or lies inside the input; choose another output path (the "
-                          "input is never overwritten).")
+    out = check_output_path(source.path, output)
     model = load_model(model_dir)
     plan = make_plan(source, selection, options=options, patch=model.train.norm.risk.patch,
                      out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4)
@@ -782,8 +795,3 @@ def _execute(spec: RunSpec, client: Any, progress: Callable[[str, int, int], Non
         if progress is not None:
             progress("denoising", n, total)
     return np.asarray(client.compute(persisted).result())
-
-
-def replace_options(options: RunOptions, **kw: Any) -> RunOptions:
-    """A copy of ``options`` with some fields changed."""
-    return replace(options, **kw)

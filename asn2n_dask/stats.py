@@ -24,7 +24,7 @@ from .config import NormConfig
 from .errors import InputError
 from .risk import FrameStats
 
-__all__ = ["HIST_BINS", "ChannelStats", "channel_stats", "bin_edges", "percentiles_from_hist"]
+__all__ = ["HIST_BINS", "ChannelStats", "channel_stats", "bin_edges"]
 
 #: Histogram bins of the percentile pass.
 HIST_BINS = 1 << 16
@@ -94,25 +94,6 @@ def _value_at(k: int, cum: NDArray[np.integer], counts: NDArray[np.integer], edg
 def _ranks(n: int, q: float) -> tuple[int, int, float]:
     pos = (n - 1) * q / 100.0
     return int(np.floor(pos)), int(np.ceil(pos)), pos - np.floor(pos)
-
-
-def percentiles_from_hist(counts: NDArray[np.integer], edges: NDArray[np.float64], qs: list[float],
-                          integer_bins: bool) -> list[float]:
-    """Percentiles (numpy's ``linear`` definition) read off a histogram.
-
-    With one bin per integer value the result is exact; otherwise values are placed
-    evenly inside their bin (:func:`channel_stats` refines those bins with a second,
-    fine histogram).
-    """
-    cum = np.cumsum(counts)
-    n = int(cum[-1])
-    out = []
-    for q in qs:
-        k0, k1, f = _ranks(n, q)
-        v0 = _value_at(k0, cum, counts, edges, integer_bins)[1]
-        v1 = _value_at(k1, cum, counts, edges, integer_bins)[1]
-        out.append(float(v0 + f * (v1 - v0)))
-    return out
 
 
 def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelStats]:
