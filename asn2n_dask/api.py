@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time as _time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,32 +52,49 @@ def check_image(data: NDArray[np.generic], *, name: str = "image") -> None:
                          "level) before denoising.")
 
 
-def _evenly(n: int, k: int) -> list[int]:
-    return list(range(n)) if n <= k else [int(round(i)) for i in np.linspace(0, n - 1, k)]
-
-
-def fit(data: NDArray[np.number], *, axes: str | None = None, config: TrainConfig = TrainConfig(),
+def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig(),
         channel_names: Sequence[str] | None = None, device: str = "auto",
-        progress: Progress | None = None, model_dir: str | os.PathLike[str] | None = None) -> Model:
+        progress: Progress | None = None, model_dir: str | os.PathLike[str] | None = None,
+        channels: Sequence[str] | None = None, time: str | None = None, resume: bool = False,
+        workers: int = 0, client: Any = None) -> Model:
     """Train one Adaptive-SN2N network per colour channel on noisy data itself.
+
+    Patches are cut lazily (:mod:`asn2n_dask.sampling`), so a file of any size trains
+    in bounded memory: only the chunks under the sampled regions are read.
 
     Parameters
     ----------
-    data : ndarray
-        Noisy image(s) in input units: a frame (Y, X) or a stack named by ``axes``.
+    data : ndarray, path, or sequence of paths
+        Noisy image(s) in input units: an array (a frame (Y, X) or a stack named by
+        ``axes``), or TIFF / Zarr / OME-Zarr files (read lazily; several files must
+        have the same channels and frame size).
     axes : str, optional
         One letter per dimension ending in ``YX``, ``C`` for colour channels
-        (default ``YX`` for 2-D, ``TYX`` for 3-D).
+        (default ``YX`` for 2-D, ``TYX`` for 3-D; files name their own).
     config : TrainConfig
         Training options.
     channel_names : sequence of str, optional
-        Names kept in the model (default ``"0"``, ``"1"``...).
+        Arrays: names kept in the model (default ``"0"``, ``"1"``...).  Files keep their
+        own channel names.
     device : {"auto", "cpu", "cuda"}
         Where to train.
     progress : callable, optional
         ``progress(what, step, total)`` after every step.
     model_dir : path, optional
-        Where to write checkpoints while training and the final model.
+        Where to write checkpoints while training, the final model, and per channel
+        its training curves (CSV and PNG) and a before/after montage of validation
+        patches.
+    channels, time : optional
+        Files: channel names or indices to train (default all) and a time range
+        ``"A:B"`` to draw patches from.  The normalisation statistics always cover every
+        time point, as denoising does.
+    resume : bool
+        Continue from the last checkpoint in ``model_dir`` (same options and data):
+        the result equals an uninterrupted run.
+    workers : int
+        DataLoader worker processes cutting patches (0: in this process).
+    client : distributed.Client or "sync", optional
+        Files: where the statistics pass runs (default: in this process).
 
     Returns
     -------
@@ -91,40 +109,174 @@ def fit(data: NDArray[np.number], *, axes: str | None = None, config: TrainConfi
     >>> denoise(noisy, model, config=InferConfig(tile=32)).shape
     (64, 64)
     """
-    check_image(data, name="training data")
-    ax = parse_axes(axes, np.ndim(data))
-    planes = to_planes(np.asarray(data), ax)
-    names = list(channel_names) if channel_names is not None else [str(i) for i in range(planes.shape[0])]
-    if len(names) != planes.shape[0]:
-        raise InputError(f"{len(names)} channel names given for {planes.shape[0]} channels.")
+    from .sampling import SourcePlanes
+    from .train import TrainState, readers_of
+
+    items: list[tuple[str, list[Any], Any]] = []  # (name, readers, stats) per channel
+    info: dict[str, Any] = {}
+    if isinstance(data, (str, os.PathLike)) or (isinstance(data, (list, tuple)) and data
+                                                 and isinstance(data[0], (str, os.PathLike))):
+        from .pipeline import selection_stats
+        from .source import Selection, open_source
+
+        paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        sources = [open_source(p, axes) for p in paths]
+        first = sources[0]
+        sels = [Selection.parse(s, list(channels) if channels else None, time) for s in sources]
+        def n_ch(s: Any, sel: Any) -> int:
+            return len(sel.indices(s)[s.axes.index("C")]) if "C" in s.axes else 1
+
+        for s, sel in zip(sources, sels):
+            if np.dtype(s.dtype).kind not in "uif":
+                raise InputError(f"{s.path} has dtype {s.dtype}, which is not supported; convert it to an integer "
+                                 "or float type.")
+            if min(s.frame_shape) < MIN_FRAME_SIDE:
+                raise InputError(f"{s.path} frames are {s.frame_shape}; frames must be at least {MIN_FRAME_SIDE}x"
+                                 f"{MIN_FRAME_SIDE} pixels.")
+            if n_ch(s, sel) != n_ch(first, sels[0]):
+                raise InputError(f"{s.path} has different channels than {first.path}; train on inputs with the "
+                                 "same channels.")
+            if s.frame_shape != first.frame_shape:
+                raise InputError("training inputs have frames of different sizes; pass one size at a time.")
+        stats_all = selection_stats(sources, sels, config.norm, client)
+        c_idx = sels[0].indices(first)[first.axes.find("C")] if "C" in first.axes else np.array([0])
+        names = list(first.meta.channel_names or [])
+        for j, c in enumerate(c_idx):
+            name = names[int(c)] if len(names) > int(c) else str(int(c))
+            readers = [SourcePlanes.of(s, sel, int(c) if "C" in s.axes else 0) for s, sel in zip(sources, sels)]
+            items.append((name, readers, stats_all[j]))
+        info = {"inputs": [s.path for s in sources], "shape": [list(s.shape) for s in sources],
+                "dtype": first.dtype, "axes": first.axes, "time": time}
+    else:
+        check_image(data, name="training data")
+        ax = parse_axes(axes, np.ndim(data))
+        planes = to_planes(np.asarray(data), ax)
+        names = list(channel_names) if channel_names is not None else [str(i) for i in range(planes.shape[0])]
+        if len(names) != planes.shape[0]:
+            raise InputError(f"{len(names)} channel names given for {planes.shape[0]} channels.")
+        stats_all = channel_stats(planes, config.norm)
+        for c, name in enumerate(names):
+            items.append((name, readers_of(list(planes[c])), stats_all[c]))
+        info = {"inputs": ["<array>"], "shape": [list(np.shape(data))], "dtype": str(np.asarray(data).dtype),
+                "axes": ax}
     dev = resolve_device(device)
+    rank = _rank()
     done: list[ChannelModel] = []
+    state: TrainState | None = None
+    first_channel = 0
+    job = {"config": config.to_dict(), "data": [st.digest for _, _, st in items], "channels": [n for n, _, _ in items]}
+    if resume and model_dir is not None:
+        from .checkpoint import load_model, load_train_state
+
+        saved = load_train_state(model_dir)
+        if saved is None:
+            log.warning("no training checkpoint in %s; starting from the beginning", model_dir)
+        else:
+            if saved[0] != job:
+                raise InputError(f"the checkpoint in {model_dir} was made with other data or options; start "
+                                 "again with --overwrite, or resume with the same command.")
+            first_channel, state = saved[1], saved[2]
+            done = load_model(model_dir).channels[:first_channel]
+    t_start = _time.perf_counter()
 
     def as_channel(name: str, r: TrainResult) -> ChannelModel:
         return ChannelModel(name=name, net=r.net, stats=r.stats, dataset_mode=r.dataset_mode,
                             high_risk_ratio=r.high_risk_ratio, steps=r.steps, best_step=r.best_step,
-                            seconds=r.seconds, history=r.history)
+                            seconds=r.seconds, history=r.history,
+                            extra={"risk_share_seen": r.risk_share, "data_wait_fraction": r.data_wait,
+                                   "stopped_early": r.stopped_early})
 
-    for c, name in enumerate(names):
-        frames = [planes[c, i] for i in _evenly(planes.shape[1], config.max_frames)]
-        what = f"training channel {name}" if len(names) > 1 else "training"
+    def provenance() -> dict[str, Any]:
+        return {**info, "statistics": {n: st.to_dict() for n, _, st in items}, "device": str(dev),
+                "workers": workers, "processes": _world(), "wall_seconds": _time.perf_counter() - t_start}
+
+    for c in range(first_channel, len(items)):
+        name, readers, st = items[c]
+        what = f"training channel {name}" if len(items) > 1 else "training"
 
         def step_cb(step: int, total: int, loss: float, what: str = what) -> None:
             if progress is not None:
                 progress(what, step, total)
 
-        def ckpt(r: TrainResult, name: str = name) -> None:
-            if model_dir is not None:
-                save_model(Model(train=config, channels=done + [as_channel(name, r)]), model_dir, complete=False)
+        def ckpt(r: TrainResult, ts: TrainState, name: str = name, c: int = c) -> None:
+            if model_dir is not None and rank == 0:
+                from .checkpoint import save_train_state
 
-        result = train_channel(frames, config, device=dev, progress=step_cb, checkpoint=ckpt)
-        done.append(as_channel(name, result))
+                save_model(Model(train=config, channels=done + [as_channel(name, r)], info=provenance()), model_dir,
+                           complete=False)
+                save_train_state(model_dir, job, c, ts)
+                _write_curves(model_dir, c, name, r)
+
+        result = train_channel(readers, config, stats=st, device=dev, progress=step_cb, checkpoint=ckpt,
+                               resume=state if c == first_channel else None, workers=workers)
+        state = None
+        ch = as_channel(name, result)
+        done.append(ch)
+        if model_dir is not None and rank == 0:
+            _write_curves(model_dir, c, name, result)
+            _write_montage(model_dir, c, name, result, dev)
         log.info("channel %s: %d steps in %.1f s, dataset decision %s, high-risk ratio %.3f",
                  name, result.steps, result.seconds, result.dataset_mode, result.high_risk_ratio)
-    model = Model(train=config, channels=done)
-    if model_dir is not None:
+    model = Model(train=config, channels=done, info=provenance())
+    if model_dir is not None and rank == 0:
+        from .checkpoint import clear_train_state
+
         save_model(model, model_dir)
+        clear_train_state(model_dir)
     return model
+
+
+def _rank() -> int:
+    import torch
+
+    return torch.distributed.get_rank() if torch.distributed.is_available() and \
+        torch.distributed.is_initialized() else 0
+
+
+def _world() -> int:
+    import torch
+
+    return torch.distributed.get_world_size() if torch.distributed.is_available() and \
+        torch.distributed.is_initialized() else 1
+
+
+def _write_curves(model_dir: str | os.PathLike[str], c: int, name: str, r: TrainResult) -> None:
+    """``curves-<c>.csv`` and ``curves-<c>.png``: train and validation loss against steps."""
+    import csv
+    from pathlib import Path
+
+    from .plots import curves_png
+
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    cols = ["step", "train_loss", "val_loss", "seconds", "lr", "risk_share"]
+    with open(d / f"curves-{c}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for row in r.history:
+            w.writerow(["" if row.get(k) is None else row.get(k) for k in cols])
+    if r.history:
+        curves_png(r.history, d / f"curves-{c}.png", title=f"channel {name}")
+
+
+def _write_montage(model_dir: str | os.PathLike[str], c: int, name: str, r: TrainResult, dev: Any) -> None:
+    """``montage-<c>.png``: validation patches before and after, in input units."""
+    from pathlib import Path
+
+    import torch
+
+    from .plots import montage_png
+    from .predict import network_fn, tile_fn
+
+    if r.val_patches is None:
+        return
+    crops = r.val_patches[:8]
+    fn = tile_fn(network_fn(r.net, dev), "twins")
+    with torch.no_grad():
+        pred = fn(torch.from_numpy(crops).to(dev)).double().cpu().numpy()[:, 0]
+    denoised = pred * crops[:, 2] + crops[:, 1]
+    montage_png(crops[:, 0], denoised, Path(model_dir) / f"montage-{c}.png",
+                title=f"channel {name}: validation patches (never trained on)")
 
 
 def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | os.PathLike[str] | None = None,

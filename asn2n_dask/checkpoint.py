@@ -25,7 +25,8 @@ from .errors import ConfigError, ModelError
 from .model import UNet
 from .risk import FrameStats
 
-__all__ = ["ChannelModel", "Model", "save_model", "load_model", "model_is_complete", "MODEL_FORMAT"]
+__all__ = ["ChannelModel", "Model", "save_model", "load_model", "model_is_complete", "MODEL_FORMAT",
+           "save_train_state", "load_train_state", "clear_train_state"]
 
 MODEL_FORMAT = "asn2n-dask-model"
 FORMAT_VERSION = 1
@@ -44,6 +45,7 @@ class ChannelModel:
     best_step: int | None = None
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,10 +58,14 @@ class Model:
         Every training option (preset, normalisation, loss, seed...).
     channels : list of ChannelModel
         In the order of the input's channel axis (one entry for single-channel data).
+    info : dict
+        Provenance: inputs, shapes, dtype, per-channel statistics and their digests,
+        device, wall time.
     """
 
     train: TrainConfig
     channels: list[ChannelModel]
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_channels(self) -> int:
@@ -114,6 +120,7 @@ def save_model(model: Model, directory: str | os.PathLike[str], *, complete: boo
             "best_step": ch.best_step,
             "seconds": ch.seconds,
             "history": ch.history,
+            "training": ch.extra,
         })
     doc = {
         "format": MODEL_FORMAT,
@@ -125,6 +132,7 @@ def save_model(model: Model, directory: str | os.PathLike[str], *, complete: boo
         "widths": list(PRESETS[model.train.preset]),
         "train": model.train.to_dict(),
         "channels": channels,
+        "provenance": model.info,
     }
     path = d / "model.json"
     _atomic_write_text(path, json.dumps(doc, indent=2))
@@ -189,5 +197,57 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
             stats=FrameStats.from_dict(e["stats"]), dataset_mode=str(e.get("dataset_mode", "local")),
             high_risk_ratio=float(e.get("high_risk_ratio", 0.0)), steps=int(e.get("steps", 0)),
             best_step=e.get("best_step"), seconds=float(e.get("seconds", 0.0)),
-            history=list(e.get("history", []))))
-    return Model(train=train, channels=channels)
+            history=list(e.get("history", [])), extra=dict(e.get("training") or {})))
+    return Model(train=train, channels=channels, info=dict(doc.get("provenance") or {}))
+
+
+STATE_JSON = "train-state.json"
+STATE_WEIGHTS = "train-state.safetensors"
+
+
+def save_train_state(directory: str | os.PathLike[str], job: dict[str, Any], channel: int, state: Any) -> None:
+    """Write what :func:`load_train_state` needs to resume training (atomically).
+
+    ``job`` identifies the training (options, data digests, channels); ``channel`` is
+    the index of the channel being trained; ``state`` a :class:`asn2n_dask.train.TrainState`.
+    """
+    d = Path(directory)
+    tmp = d / (STATE_WEIGHTS + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.tensors.items()}, str(tmp), metadata={"format": MODEL_FORMAT})
+    os.replace(tmp, d / STATE_WEIGHTS)
+    doc = {"format": MODEL_FORMAT, "job": job, "channel": channel, "step": state.step, "info": state.info,
+           "sha256": _sha256(d / STATE_WEIGHTS)}
+    _atomic_write_text(d / STATE_JSON, json.dumps(doc))
+
+
+def load_train_state(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], int, Any] | None:
+    """``(job, channel, TrainState)`` of the last checkpoint, or None when there is none.
+
+    Raises
+    ------
+    ModelError
+        When the checkpoint is damaged.
+    """
+    from .train import TrainState
+
+    d = Path(directory)
+    if not (d / STATE_JSON).is_file():
+        return None
+    try:
+        doc = json.loads((d / STATE_JSON).read_text())
+        if _sha256(d / STATE_WEIGHTS) != doc["sha256"]:
+            raise ModelError(f"the training checkpoint in {d} is damaged (checksum mismatch); start again with "
+                             "--overwrite.")
+        tensors = load_file(str(d / STATE_WEIGHTS), device="cpu")
+        return doc["job"], int(doc["channel"]), TrainState(int(doc["step"]), tensors, doc["info"])
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot read the training checkpoint in {d} ({type(exc).__name__}: {exc}); start again "
+                         "with --overwrite.") from None
+
+
+def clear_train_state(directory: str | os.PathLike[str]) -> None:
+    """Remove the resume files once training has finished."""
+    for name in (STATE_JSON, STATE_WEIGHTS):
+        (Path(directory) / name).unlink(missing_ok=True)

@@ -207,27 +207,6 @@ def _channel_names(meta: Any, n: int) -> list[str]:
         [str(i) for i in range(n)]
 
 
-def _fit_inputs(inputs: list[Path], axes: str | None) -> tuple[np.ndarray, Any]:
-    datas, metas = zip(*(_read(p, axes) for p in inputs))
-    first = metas[0]
-    from .axes import to_planes
-
-    for p, d, m in zip(inputs, datas, metas):
-        if m.axes.count("C") != first.axes.count("C") or to_planes(d, m.axes).shape[0] != \
-                to_planes(datas[0], first.axes).shape[0]:
-            raise InputError(f"{p} has a different number of channels than {inputs[0]}; train on "
-                             "inputs with the same channels.")
-    if len(datas) == 1:
-        return datas[0], first
-    planes = [to_planes(d, m.axes) for d, m in zip(datas, metas)]
-    if len({pl.shape[-2:] for pl in planes}) != 1:
-        raise InputError("training inputs have frames of different sizes; pass one size at a time.")
-    stacked = np.concatenate(planes, axis=1)  # (C, P, H, W)
-    from dataclasses import replace
-
-    return stacked, replace(first, axes="CTYX")
-
-
 # ---------------------------------------------------------------- commands
 @app.command()
 @friendly
@@ -265,7 +244,8 @@ def risk(
 @app.command()
 @friendly
 def fit(
-    inputs: Annotated[list[Path], typer.Argument(help="Noisy TIFF or Zarr images to learn from.", show_default=False)],
+    inputs: Annotated[list[Path], typer.Argument(help="Noisy TIFF or Zarr images to learn from (read lazily).",
+                                                 show_default=False)],
     model_dir: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.", show_default=False)],
     preset: PresetOpt = "small",
     steps: StepsOpt = 3000,
@@ -276,24 +256,100 @@ def fit(
     batch: BatchOpt = 8,
     loss: LossOpt = "l1",
     consistency: LambdaOpt = 0.5,
+    channels: Annotated[list[str] | None, typer.Option(
+        "--channels", help="Channels to train, by name or index (repeat, or comma-separated; default all): one "
+        "network each, picked by name when denoising.")] = None,
+    time: TimeOpt = None,
+    risk_share: Annotated[float | None, typer.Option(
+        "--risk-share", min=0.0, max=1.0, help="Share of training patches centred on high-risk (weak background "
+        "or sparse bright) areas (default: as they occur).")] = None,
+    val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validation (held-out regions) every N "
+                                           "steps; the best weights are kept.")] = 250,
+    patience: Annotated[int, typer.Option("--patience", min=0, help="Stop after N validations without "
+                                          "improvement (0: never).")] = 0,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Checkpoint every N steps "
+                                                  "(for --resume).")] = 500,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the model "
+                                         "directory (same command): the same result as an uninterrupted run.")] = False,
+    loader_workers: Annotated[int, typer.Option("--loader-workers", min=0, help="Processes cutting training "
+                                                "patches beside the network (0: none).")] = 0,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 (autocast; for GPUs).")] = "fp32",
+    compile_net: Annotated[bool, typer.Option("--compile", help="torch.compile the network (GPU; first steps "
+                                              "are slow).")] = False,
     device: DeviceOpt = "auto",
     axes: AxesOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train one network per colour channel on the noisy data itself (no clean images needed).
 
-    Example: asn2n fit cells.tif -o cells.model --preset small --steps 3000
+    Files of any size are read lazily: patches are cut from regions drawn over time
+    points, planes and positions, reading only the chunks under them.  Beside the
+    model: training curves (curves-N.csv/.png) and a before/after montage of held-out
+    patches (montage-N.png) per channel.  Data-parallel on several GPUs (or CPU
+    processes) when launched with torchrun.
+
+    Examples:
+
+      asn2n fit cells.tif -o cells.model --preset small --steps 3000
+
+      asn2n fit movie.zarr -o models/ --channels all --risk-share 0.3 --loader-workers 2
+
+      asn2n fit movie.zarr -o models/ --resume      (after a crash: same command plus --resume)
+
+      torchrun --nproc-per-node 4 -m asn2n_dask fit movie.zarr -o models/ --preset paper --precision bf16
     """
+    from dataclasses import replace
+
     from .api import fit as fit_fn
 
     cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency, risk_estimator)
-    _check_model_dir(model_dir, overwrite)
-    data, meta = _fit_inputs(inputs, axes)
-    n_ch = data.shape[meta.axes.index("C")] if "C" in meta.axes else 1
-    with progress_bar(not state["quiet"]) as bar:
-        fit_fn(data, axes=meta.axes, config=cfg, channel_names=_channel_names(meta, n_ch), device=device,
-               progress=bar, model_dir=model_dir)
-    typer.echo(f"model written to {model_dir}")
+    cfg = replace(cfg, risk_share=risk_share, val_every=val_every, patience=patience,
+                  checkpoint_every=checkpoint_every, precision=precision, compile=compile_net)
+    words = [w.strip() for c in channels or [] for w in c.split(",") if w.strip()]
+    picked = None if not words or words == ["all"] else words
+    has_state = (model_dir / "train-state.json").is_file()
+    if not resume:
+        _check_model_dir(model_dir, overwrite)
+        if has_state and not overwrite:
+            raise OutputError(f"a training checkpoint exists in {model_dir}; pass --resume to continue it or "
+                              "--overwrite to start again.")
+    elif model_dir.exists() and not model_dir.is_dir():
+        raise OutputError(f"model directory {model_dir} is a file; choose a directory path.")
+    for p in inputs:
+        if not p.exists():
+            raise InputError(f"input {p} does not exist.")
+    with _distributed(device) as (dev, rank):
+        with progress_bar(not state["quiet"] and rank == 0) as bar:
+            fit_fn([str(p) for p in inputs], axes=axes, config=cfg, device=dev, progress=bar, model_dir=model_dir,
+                   channels=picked, time=time, resume=resume, workers=loader_workers)
+    if rank == 0:
+        typer.echo(f"model written to {model_dir} (training curves and montages beside it)")
+
+
+@contextlib.contextmanager
+def _distributed(device: str) -> Iterator[tuple[str, int]]:
+    """Under torchrun (WORLD_SIZE > 1): one process group (nccl on GPUs, gloo on CPU),
+    one device per process; otherwise nothing."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield device, 0
+        return
+    import torch
+
+    from .predict import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    try:
+        yield device, torch.distributed.get_rank()
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def _parse_chunks(text: str | None) -> tuple[int, int] | None:
@@ -489,9 +545,9 @@ def run(
 ) -> None:
     """Fit a model on the input itself, then denoise it: the one command to try first.
 
-    For a .zarr output the model is trained on up to 64 frames per channel read from
-    the input (not the whole dataset), then the input is denoised chunk by chunk as
-    'asn2n denoise' does.  Running the same command again after a crash reuses the
+    For a .zarr output the model is trained on patches read lazily from the input
+    (as 'asn2n fit' does), then the input is denoised chunk by chunk as 'asn2n denoise'
+    does.  Running the same command again after a crash reuses the
     finished model and resumes the denoising.
 
     Examples:
@@ -533,12 +589,8 @@ def run(
         _check_model_dir(mdir, overwrite)
     if zarr_out:
         if model is None:
-            from .source import Selection, open_source, sample_planes
-
-            src = open_source(input, axes)
-            planes, names = sample_planes(src, Selection.parse(src, channel, time), cfg.max_frames)
             with progress_bar(not state["quiet"]) as bar:
-                fit_fn(planes, axes="CTYX", config=cfg, channel_names=names, device=device, progress=bar,
+                fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device, progress=bar,
                        model_dir=mdir)
             (mdir / "run.json").write_text(json.dumps(job, indent=2))
         _pipeline(input, output, mdir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,

@@ -33,6 +33,7 @@ InferOn = Literal["twins", "raw"]
 RiskEstimator = Literal["reference", "noise-aware"]
 LossKind = Literal["l1", "l2"]
 Preset = Literal["tiny", "small", "paper"]
+Precision = Literal["fp32", "bf16"]
 
 #: U-Net channel widths per level, from the top level down to the bottleneck.
 PRESETS: dict[str, tuple[int, ...]] = {
@@ -176,12 +177,18 @@ class TrainConfig:
     loss, consistency
         ``l1`` or ``l2`` twin-to-twin loss, and the weight of ``|f(A) - f(B)|``.
     val_fraction, val_every, checkpoint_every
-        Bottom rows of each frame held out for validation; how often validation runs
-        (the best weights are kept) and a checkpoint is written.
+        Share of the data's regions (chosen by position) held out for validation; how
+        often validation runs (the best weights are kept) and a checkpoint is written.
+    patience
+        Stop when the validation loss has not improved for this many checks (0: never).
     seed
         Seeds initialisation, patch sampling and augmentation, once.
-    max_frames
-        Frames per channel used for training, evenly spaced over the stack.
+    risk_share
+        Share of each batch's patches centred on high-risk (weak background or sparse
+        bright) patches; ``None`` keeps the data's own share.
+    precision, compile
+        ``bf16``: autocast the network to bfloat16 (for GPUs); ``fp32`` otherwise.
+        ``compile``: ``torch.compile`` the network.
     norm
         Normalisation options, used again at inference.
     """
@@ -196,8 +203,11 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_every: int = 250
     checkpoint_every: int = 500
+    patience: int = 0
     seed: int = 0
-    max_frames: int = 64
+    risk_share: float | None = None
+    precision: Precision = "fp32"
+    compile: bool = False
     norm: NormConfig = field(default_factory=NormConfig)
 
     def __post_init__(self) -> None:
@@ -211,7 +221,10 @@ class TrainConfig:
                f"training patch must be a multiple of {2 ** depth} and at least "
                f"{2 ** depth * 4} for preset {self.preset}; got {self.patch}.")
         _check(self.batch >= 1, f"batch must be at least 1; got {self.batch}.")
-        _check(self.max_frames >= 1, f"max_frames must be at least 1; got {self.max_frames}.")
+        object.__setattr__(self, "precision", parse_choice(self.precision, Precision, "precision"))
+        _check(self.patience >= 0, f"patience must be >= 0; got {self.patience}.")
+        _check(self.risk_share is None or 0.0 <= self.risk_share <= 1.0,
+               f"risk share must be in [0, 1]; got {self.risk_share}.")
         _check(self.lr > 0, f"learning rate must be positive; got {self.lr}.")
         _check(self.consistency >= 0, f"consistency weight must be >= 0; got {self.consistency}.")
         _check(0.0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5); got {self.val_fraction}.")
@@ -223,6 +236,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = {k: v for k, v in data.items() if k != "max_frames"}  # models written before lazy sampling
         return _from_dict(cls, data)
 
 

@@ -24,7 +24,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -408,22 +408,35 @@ def compute_stats(plan: Plan, norm: Any, client: Any = None) -> list[ChannelStat
     All time points count, whatever ``--time`` selects, so that a dataset denoised in
     time batches gives the same result as in one run.
     """
-    import dask
+    return selection_stats([plan.source], [plan.selection], norm, client)
 
-    xa = plan.source.to_xarray()
-    idx = replace(plan.selection, time=None).indices(plan.source)
-    xa = xa.isel({d: i for d, i in zip(xa.dims, idx)})
-    arr = xa.data
-    c = plan.axes.find("C")
-    arr = arr if c < 0 else dask.array.moveaxis(arr, c, 0)
-    if c < 0:
-        arr = arr[None]
+
+def selection_array(source: Source, selection: Selection) -> Any:
+    """The selected channels of a source over all time points, as a lazy dask array
+    with the channel axis first (``(C, ..., Y, X)``)."""
+    import dask.array as da
+
+    xa = source.to_xarray()
+    idx = replace(selection, time=None).indices(source)
+    arr = xa.isel({d: i for d, i in zip(xa.dims, idx)}).data
+    c = source.axes.find("C")
+    return arr[None] if c < 0 else da.moveaxis(arr, c, 0)
+
+
+def selection_stats(sources: Sequence[Source], selections: Sequence[Selection], norm: Any,
+                    client: Any = None) -> list[ChannelStats]:
+    """Channel statistics over the selected channels of one or more sources (same frame
+    size), in one reduction pass (:func:`asn2n_dask.stats.channel_stats`)."""
+    import dask
+    import dask.array as da
+
+    parts = [selection_array(s, sel) for s, sel in zip(sources, selections)]
+    arr = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=1)
     with dask.config.set(scheduler="synchronous" if client in (None, "sync") else client):
         try:
-            stats = channel_stats(arr, norm)
+            return channel_stats(arr, norm)
         except InputError as e:
-            raise InputError(f"{plan.source.path}: {e}") from None
-    return stats
+            raise InputError(f"{sources[0].path}: {e}") from None
 
 
 def _ome_axes(axes: str, src_units: Any) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["before_after_png"]
+__all__ = ["before_after_png", "curves_png", "montage_png"]
 
 
 def before_after_png(noisy: NDArray[np.number], denoised: NDArray[np.number], path: str | Path, *,
@@ -27,6 +27,59 @@ def before_after_png(noisy: NDArray[np.number], denoised: NDArray[np.number], pa
         ax.set_title(name)
         ax.set_axis_off()
     fig.colorbar(im, ax=axes, shrink=0.8, label="intensity (input units)")
+    if title:
+        fig.suptitle(title)
+    p = Path(path)
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p
+
+
+def curves_png(history: list[dict], path: str | Path, *, title: str = "") -> Path:
+    """Training and validation loss against steps (log scale), one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    ax.plot(steps, [h["train_loss"] for h in history], "o-", label="training (mean since last check)")
+    val = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
+    if val:
+        ax.plot(*zip(*val), "s-", label="validation (held-out regions)")
+        best = min(val, key=lambda v: v[1])
+        ax.axvline(best[0], color="grey", ls=":", label=f"best: step {best[0]}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("self-constrained loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    p = Path(path)
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p
+
+
+def montage_png(noisy: NDArray[np.number], denoised: NDArray[np.number], path: str | Path, *,
+                title: str = "") -> Path:
+    """Patches before (top row) and after (bottom row), each pair on its own scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(noisy)
+    fig, axes = plt.subplots(2, n, figsize=(2 * n, 4.4), constrained_layout=True, squeeze=False)
+    for j in range(n):
+        lo, hi = np.percentile(np.asarray(denoised[j], np.float64), [0.5, 99.8])
+        for row, img in enumerate((noisy[j], denoised[j])):
+            axes[row, j].imshow(np.asarray(img, np.float64), cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            axes[row, j].set_axis_off()
+    axes[0, 0].set_title("noisy", loc="left")
+    axes[1, 0].set_title("denoised", loc="left")
     if title:
         fig.suptitle(title)
     p = Path(path)

@@ -21,7 +21,7 @@ from .risk import assess_risk, assess_risk_torch
 from .stats import ChannelStats, channel_stats
 
 __all__ = ["resolve_device", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
-           "denoise_window", "denoise_frame"]
+           "patch_span", "window_fields", "denoise_window", "denoise_frame"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -134,16 +134,62 @@ def window_plan(frame_shape: tuple[int, int], window: tuple[int, int, int, int],
         if not 0 <= a < b <= n:
             raise ValueError(f"window [{a}, {b}) is not inside an axis of {n} pixels")
         t = window_tiles(n, a, b, infer.tile, infer.stride)
-        m = -(-n // patch)
-        centres = np.minimum(np.arange(m) * patch + (patch - 1) / 2.0, n - 1)
-        r0, r1 = int(t.source.min()), int(t.source.max())
-        # the patches whose centres bracket the rows used (interpolated fields), and their own
-        p0 = min(max(0, int(np.searchsorted(centres, r0, side="right")) - 1), r0 // patch)
-        p1 = max(min(m - 1, int(np.searchsorted(centres, r1, side="left"))), r1 // patch) + 1
+        p0, p1 = patch_span(n, int(t.source.min()), int(t.source.max()), patch)
         tiles.append(t)
         patches.append((p0, p1))
         read.append((p0 * patch, min(p1 * patch, n)))
     return WindowPlan(window, (tiles[0], tiles[1]), (patches[0], patches[1]), (read[0], read[1]))
+
+
+def patch_span(n: int, r0: int, r1: int, patch: int) -> tuple[int, int]:
+    """Risk patches ``[p0, p1)`` along an axis of ``n`` pixels that the normalisation
+    fields at pixels ``r0..r1`` (inclusive) depend on: their own patches and the ones
+    whose centres bracket them (the fields are interpolated between patch centres)."""
+    m = -(-n // patch)
+    centres = np.minimum(np.arange(m) * patch + (patch - 1) / 2.0, n - 1)
+    p0 = min(max(0, int(np.searchsorted(centres, r0, side="right")) - 1), r0 // patch)
+    p1 = max(min(m - 1, int(np.searchsorted(centres, r1, side="left"))), r1 // patch) + 1
+    return p0, p1
+
+
+def window_fields(img: torch.Tensor, frame_shape: tuple[int, int], patches: tuple[tuple[int, int], tuple[int, int]],
+                  rows: NDArray[np.integer], cols: NDArray[np.integer], *, stats: ChannelStats,
+                  norm: NormConfig, dataset_mode: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Risk classes and normalisation fields of a region of a frame: the one code path
+    that training (patch sampling) and inference (tiles) both use.
+
+    Parameters
+    ----------
+    img : Tensor, shape (h, w), float64
+        The frame's pixels over the rows and columns of risk patches ``patches``
+        (``[p0 * patch, min(p1 * patch, H))``), input units, on the working device.
+    frame_shape : (int, int)
+        The whole frame's (H, W).
+    patches : ((int, int), (int, int))
+        Risk patches ``[p0, p1)`` along Y and X that ``img`` covers (see :func:`patch_span`).
+    rows, cols : ndarray of int
+        Frame coordinates at which the fields are wanted.
+    stats : ChannelStats
+        Statistics of the frame's whole channel.
+
+    Returns
+    -------
+    risk_map : Tensor, shape (p1 - p0, q1 - q0), int8
+        Risk class of each patch of the region.
+    offset, scale : Tensor, shape (len(rows), len(cols)), float64
+        ``(x - offset) / scale`` is what the network sees; input units.
+    """
+    dev = img.device
+    patch = norm.risk.patch
+    risk_map = assess_risk_torch(img, stats.risk, norm.risk)
+    mode = resolve_mode(norm, dataset_mode, float((risk_map != 0).double().mean()))
+    lo, hi = patch_ranges_torch(img, stats.norm, norm, mode, risk_map)
+    (p0, p1), (q0, q1) = patches
+    wy = torch.from_numpy(interp_weights(np.asarray(rows), frame_shape[0], patch, p0, p1)).to(dev)
+    wx = torch.from_numpy(interp_weights(np.asarray(cols), frame_shape[1], patch, q0, q1)).to(dev)
+    offset = wy @ lo @ wx.T
+    scale = torch.clamp(wy @ hi @ wx.T - offset, min=norm.min_range_fraction * stats.norm.span)
+    return risk_map, offset, scale
 
 
 def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tuple[int, int],
@@ -199,15 +245,9 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
     if dev.type == "cuda":
         host = host.pin_memory()
     img = host.to(dev, non_blocking=True).double()  # the one copy in
-    risk_map = assess_risk_torch(img, stats.risk, norm.risk)
-    mode = resolve_mode(norm, dataset_mode, float((risk_map != 0).double().mean()))
-    lo, hi = patch_ranges_torch(img, stats.norm, norm, mode, risk_map)
     ty, tx = plan.tiles
-    (p0, p1), (q0, q1) = plan.patches
-    wy = torch.from_numpy(interp_weights(ty.source, frame_shape[0], patch, p0, p1)).to(dev)
-    wx = torch.from_numpy(interp_weights(tx.source, frame_shape[1], patch, q0, q1)).to(dev)
-    offset = wy @ lo @ wx.T
-    scale = torch.clamp(wy @ hi @ wx.T - offset, min=norm.min_range_fraction * stats.norm.span)
+    risk_map, offset, scale = window_fields(img, frame_shape, plan.patches, ty.source, tx.source, stats=stats,
+                                            norm=norm, dataset_mode=dataset_mode)
     rows = torch.from_numpy(ty.source - ry0).to(dev)
     cols = torch.from_numpy(tx.source - rx0).to(dev)
     raw = img.index_select(0, rows).index_select(1, cols)

@@ -1,14 +1,18 @@
 """Self-constrained Noise2Noise training of one network on the frames of one channel.
 
-Each frame is risk-assessed and its normalisation fields computed; random patches of
-the raw frame (with their fields, flipped and rotated alike) are split into twins and
-normalised by the same function inference applies to each tile, and the network learns
-to map one twin to the other, both ways, with a consistency term that pulls the two
-predictions together.
+Patches come from :mod:`asn2n_dask.sampling`: cut lazily from regions of the frames
+(any dataset size), normalised by the function inference applies to its tiles, split
+into twins; the network learns to map one twin to the other, both ways, with a
+consistency term that pulls the two predictions together.  Validation patches come
+from regions held out by position.  Training can run its sampling in DataLoader worker
+processes, resume from its last checkpoint with the same result as an uninterrupted
+run, stop early, and run data-parallel (``torch.distributed``, one slice of every
+batch per process).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -24,17 +28,17 @@ from torch.nn import functional as F
 from .config import PRESETS, TrainConfig
 from .errors import InputError
 from .model import UNet, build_unet
-from .normalize import norm_params
-from .predict import normalised_views
-from .risk import FrameStats, assess_risk, dataset_decision
-from .stats import channel_stats
+from .risk import FrameStats
+from .sampling import ArrayPlanes, BatchPlan, BatchStream, PlaneReader, RegionSampler, validation_batch
+from .stats import ChannelStats, channel_stats
 
-__all__ = ["self_constrained_loss", "TrainResult", "PatchSampler", "train_channel", "min_train_side"]
+__all__ = ["self_constrained_loss", "TrainResult", "TrainState", "train_channel", "min_train_side",
+           "readers_of", "estimate_risk"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, float], None]
-Checkpoint = Callable[["TrainResult"], None]
+Checkpoint = Callable[["TrainResult", "TrainState"], None]
 
 
 def self_constrained_loss(pred_a: torch.Tensor, pred_b: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
@@ -62,101 +66,82 @@ class TrainResult:
     best_step: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    risk_share: float = 0.0
+    data_wait: float = 0.0
+    stopped_early: bool = False
+    val_patches: NDArray[np.float32] | None = None
 
 
-class PatchSampler:
-    """Random, augmented patches of noisy frames, turned into normalised twin pairs.
+@dataclass
+class TrainState:
+    """Everything needed to continue training exactly where it stopped.
 
-    Each patch is cut from the raw frame together with its normalisation fields, flipped
-    and rotated, split into its two twins and normalised: exactly what inference does to
-    a tile (:func:`asn2n_dask.predict.normalised_views`), so training and inference see
-    the same kind of input.  Seeded once.
-
-    Parameters
-    ----------
-    planes : sequence of ndarray, shape (3, H_i, W_i)
-        Per frame: raw pixels, normalisation offset and scale (input units).
-    patch : int
-        Patch side.
-    rows : sequence of (int, int)
-        Per frame, the row range ``[start, stop)`` patches may be drawn from.
-    rng : numpy Generator
+    ``tensors`` (network, best network, optimiser moments) go to safetensors, the rest
+    to JSON; nothing is pickled.
     """
 
-    def __init__(self, planes: Sequence[NDArray[np.floating]], patch: int, rows: Sequence[tuple[int, int]],
-                 rng: np.random.Generator) -> None:
-        self.planes, self.patch, self.rows, self.rng = planes, patch, rows, rng
-        self.frames = [i for i, (r0, r1) in enumerate(rows) if r1 - r0 >= patch]
-        weights = np.array([(rows[i][1] - rows[i][0]) * planes[i].shape[-1] for i in self.frames], float)
-        self.p = weights / weights.sum() if len(self.frames) else weights
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def positions(self, n: int) -> list[tuple[int, int, int]]:
-        """``n`` random (frame, y, x) patch origins."""
-        out = []
-        for i in self.rng.choice(self.frames, size=n, p=self.p):
-            r0, r1 = self.rows[i]
-            y = int(self.rng.integers(r0, r1 - self.patch + 1))
-            x = int(self.rng.integers(0, self.planes[i].shape[-1] - self.patch + 1))
-            out.append((int(i), y, x))
-        return out
-
-    def crops(self, positions: list[tuple[int, int, int]], *, augment: bool = True) -> torch.Tensor:
-        """(n, 3, patch, patch) float64 crops of (raw, offset, scale), augmented alike."""
-        p = self.patch
-        out = torch.from_numpy(np.stack([self.planes[i][:, y : y + p, x : x + p] for i, y, x in positions])
-                               .astype(np.float64))
-        if augment:
-            k = self.rng.integers(0, 4, len(positions))
-            flip = self.rng.integers(0, 2, len(positions)).astype(bool)
-            out = torch.stack([torch.rot90(q.flip(-1) if f else q, int(kk), dims=(-2, -1))
-                               for q, kk, f in zip(out, k, flip)])
-        return out
-
-    def batch(self, n: int, *, augment: bool = True,
-              positions: list[tuple[int, int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two (n, 1, patch, patch) float32 tensors: the normalised twins of each patch."""
-        crops = self.crops(positions if positions is not None else self.positions(n), augment=augment)
-        ta, tb = normalised_views(crops, "twins")
-        if augment and self.rng.random() < 0.5:  # which twin plays input is arbitrary
-            ta, tb = tb, ta
-        return ta, tb
+    step: int
+    tensors: dict[str, torch.Tensor]
+    info: dict[str, Any]
 
 
-def _prepare(frames: Sequence[NDArray[np.number]], config: TrainConfig) -> tuple[
-        list[NDArray[np.float32]], FrameStats, str, float]:
-    # The channel's statistics, risk and normalisation fields exactly as inference makes them.
-    cs = channel_stats(np.concatenate([np.asarray(f).ravel() for f in frames])[None], config.norm)[0]
-    reports = [assess_risk(f, thresholds=config.norm.risk, stats=cs.risk) for f in frames]
-    decision = dataset_decision(reports, config.norm.risk)
-    planes = []
-    for f, r in zip(frames, reports):
-        params = norm_params(f, config=config.norm, stats=cs.norm, risk=r, dataset_mode=decision)
-        planes.append(np.stack([np.asarray(f, np.float32), params.offset, params.scale]).astype(np.float32))
-    ratio = float(np.mean(np.concatenate([r.risk_map.ravel() != 0 for r in reports])))
-    return planes, cs.norm, decision, ratio
+def readers_of(frames: Sequence[NDArray[np.number]]) -> list[PlaneReader]:
+    """In-memory frames as plane readers (frames of one size share one reader)."""
+    by_shape: dict[tuple[int, ...], list[NDArray[np.number]]] = {}
+    for f in frames:
+        by_shape.setdefault(np.shape(f), []).append(np.asarray(f))
+    return [ArrayPlanes(np.stack(v)) for v in by_shape.values()]
 
 
-def train_channel(frames: Sequence[NDArray[np.number]], config: TrainConfig = TrainConfig(), *,
-                  device: torch.device | str = "cpu", progress: Progress | None = None,
-                  checkpoint: Checkpoint | None = None) -> TrainResult:
+def estimate_risk(sampler: RegionSampler, n: int = 256) -> float:
+    """High-risk share of a channel's patches: over all regions when there are at most
+    ``n``, else over ``n`` regions drawn once with the seed."""
+    if sampler.n_regions <= n:
+        ks = list(range(sampler.n_regions))
+    else:
+        ks = sorted(set(int(k) for k in np.random.default_rng([sampler.seed, 4]).integers(0, sampler.n_regions, n)))
+    fr = [sampler.load(k).risky_fraction for k in ks]
+    return float(np.mean(fr))
+
+
+def _state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
+                  stats: ChannelStats | None = None, device: torch.device | str = "cpu",
+                  progress: Progress | None = None, checkpoint: Checkpoint | None = None,
+                  resume: TrainState | None = None, workers: int = 0) -> TrainResult:
     """Train one network on the frames of one channel.
 
     Parameters
     ----------
-    frames : sequence of ndarray, shape (H_i, W_i)
-        Noisy frames of one colour channel, in input units, finite.
+    data : sequence of ndarray (H_i, W_i), or of PlaneReader
+        The channel's noisy frames in input units (in memory), or readers over frames
+        on disk (:class:`asn2n_dask.sampling.SourcePlanes`), read lazily.
     config : TrainConfig
-        Preset, steps, patch, loss, seed, normalisation...
+        Preset, steps, patch, loss, seed, normalisation, risk share, patience...
+    stats : ChannelStats, optional
+        The channel's statistics (the pipeline's reduction pass); computed from
+        in-memory frames when not given.
     device : torch device
         Where to train.
     progress : callable, optional
         Called as ``progress(step, total, loss)`` after each step.
     checkpoint : callable, optional
-        Called with the current :class:`TrainResult` every ``config.checkpoint_every``
-        steps before the last (the network holds the weights of that moment).
+        Called as ``checkpoint(result, state)`` every ``config.checkpoint_every`` steps
+        before the last; ``state`` resumes training (``resume=``) exactly there.
+    resume : TrainState, optional
+        Continue from a checkpoint: the result equals an uninterrupted run.
+    workers : int
+        DataLoader worker processes cutting patches (0: in this process).  The batches
+        do not depend on it.
 
     Returns
     -------
@@ -165,79 +150,155 @@ def train_channel(frames: Sequence[NDArray[np.number]], config: TrainConfig = Tr
         else the last ones.
     """
     t0 = time.perf_counter()
+    readers: list[PlaneReader] = list(data) if data and hasattr(data[0], "read") else readers_of(data)
     multiple = 2 ** (len(PRESETS[config.preset]) - 1)
-    smallest = min(min(np.shape(f)) for f in frames)
+    smallest = min(min(r.frame_shape) for r in readers)
     need = min_train_side(config.preset)
     if smallest < need:
         raise InputError(f"frames of {smallest} pixels are too small to train preset {config.preset}: "
                          f"it needs at least {need}x{need}; use a smaller preset or larger frames.")
     patch = min(config.patch, smallest // multiple * multiple)
+    rank, world = _dist()
+    if config.batch % world:
+        raise InputError(f"batch {config.batch} does not split over {world} processes; use a multiple of {world}.")
+    if stats is None:
+        stats = channel_stats(np.concatenate([r.read(p, (0, r.frame_shape[0]), (0, r.frame_shape[1])).ravel()
+                                              for r in readers for p in range(r.n_planes)])[None], config.norm)[0]
 
-    rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
-    planes, stats, decision, ratio = _prepare(frames, config)
-
-    # Validation: the bottom rows of each frame tall enough to spare a patch there.
-    rows, val_rows = [], []
-    for pl in planes:
-        h = pl.shape[-2]
-        n_val = int(round(h * config.val_fraction))
-        if config.val_fraction > 0 and n_val >= patch and h - n_val >= patch:
-            rows.append((0, h - n_val))
-            val_rows.append((h - n_val, h))
-        else:
-            rows.append((0, h))
-            val_rows.append((0, 0))
-    sampler = PatchSampler(planes, patch, rows, rng)
-    val_sampler = PatchSampler(planes, patch, val_rows, np.random.default_rng(config.seed + 1))
-    val_pos = val_sampler.positions(max(config.batch, 16)) if len(val_sampler) else []
-    if not val_pos:
-        log.warning("frames too small for a validation split; keeping the last weights")
+    sampler = RegionSampler(readers, stats, config.norm, None, patch, config.seed, config.val_fraction)
+    ratio = estimate_risk(sampler)
+    decision = "global" if ratio > config.norm.risk.dataset_ratio else "local"
+    sampler.dataset_mode = decision
+    va: torch.Tensor | None
+    vb: torch.Tensor | None
+    val_raw: NDArray[np.float32] | None
+    if sampler.has_val:
+        va, vb, val_raw = validation_batch(sampler, max(config.batch, 16))
+    else:
+        log.warning("too little data for a held-out validation set; keeping the last weights")
+        va = vb = val_raw = None
 
     dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    torch.manual_seed(config.seed)
     net = build_unet(config.preset).to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, fused=True if cuda else None)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps, eta_min=config.lr * 0.05)
-    result = TrainResult(net=net, stats=stats, dataset_mode=decision, high_risk_ratio=ratio,
-                         steps=0, patch=patch)
-    best_loss, best_state = float("inf"), None
-    running, n_running = 0.0, 0
+    result = TrainResult(net=net, stats=stats.norm, dataset_mode=decision, high_risk_ratio=ratio, steps=0,
+                         patch=patch, val_patches=val_raw)
+    best_loss, best_state, bad = float("inf"), None, 0
+    running, n_running, risky_seen, seen, waited = 0.0, 0, 0, 0, 0.0
+    start = 0
+    if resume is not None:
+        info = resume.info
+        net.load_state_dict({k[4:]: v for k, v in resume.tensors.items() if k.startswith("net.")})
+        best = {k[5:]: v for k, v in resume.tensors.items() if k.startswith("best.")}
+        best_state = best or None
+        osd = {"state": {}, "param_groups": info["optimizer_groups"]}
+        for k, v in resume.tensors.items():
+            if k.startswith("opt."):
+                _, idx, name = k.split(".", 2)
+                osd["state"].setdefault(int(idx), {})[name] = v.to(dev)
+        opt.load_state_dict(osd)
+        sched.load_state_dict(info["scheduler"])
+        start = resume.step
+        result.history = list(info["history"])
+        result.best_step = info["best_step"]
+        best_loss = float(info["best_loss"])
+        bad = int(info["bad"])
+        running, n_running = float(info["running"]), int(info["n_running"])
+        risky_seen, seen = int(info["risky_seen"]), int(info["seen"])
+        t0 -= float(info["seconds"])
+    model: torch.nn.Module = net
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if cuda else None)
+    if config.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if config.precision == "bf16" else \
+        contextlib.nullcontext()
 
-    def loss_of(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self_constrained_loss(net(a), net(b), a, b, kind=config.loss, consistency=config.consistency)
+    def loss_of(m: torch.nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        with amp:
+            pred = m(torch.cat([a, b])).float()
+        pa, pb = pred[: len(a)], pred[len(a):]
+        return self_constrained_loss(pa, pb, a, b, kind=config.loss, consistency=config.consistency)
 
-    for step in range(1, config.steps + 1):
-        net.train()
-        ta, tb = sampler.batch(config.batch)
-        loss = loss_of(ta.to(dev), tb.to(dev))
+    stream = BatchStream(sampler, BatchPlan(config.batch, risk_share=config.risk_share), start=start,
+                         stop=config.steps, rank=rank, world=world)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None, persistent_workers=False)
+    it = iter(loader)
+    for step in range(start + 1, config.steps + 1):
+        w0 = time.perf_counter()
+        i, ta, tb, risky = next(it)
+        waited += time.perf_counter() - w0
+        assert i == step - 1, (i, step)
+        model.train()
+        if cuda:
+            ta = ta.pin_memory().to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            tb = tb.pin_memory().to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        else:
+            ta, tb = ta.to(dev), tb.to(dev)
+        loss = loss_of(model, ta, tb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        running += loss.item()
+        value = loss.detach()
+        if world > 1:
+            torch.distributed.all_reduce(value)
+            value /= world
+        running += float(value)
         n_running += 1
+        risky_seen += int(risky)
+        seen += config.batch
         if progress is not None:
             progress(step, config.steps, running / n_running)
+        stop = False
         if step % config.val_every == 0 or step == config.steps:
+            elapsed = time.perf_counter() - t0
             row: dict[str, Any] = {"step": step, "train_loss": running / n_running, "val_loss": None,
-                                   "seconds": time.perf_counter() - t0}
+                                   "seconds": elapsed, "lr": sched.get_last_lr()[0],
+                                   "risk_share": risky_seen / max(seen, 1)}
             running, n_running = 0.0, 0
-            if val_pos:
-                net.eval()
-                va, vb = val_sampler.batch(len(val_pos), augment=False, positions=val_pos)
+            if va is not None and vb is not None:
+                model.eval()
                 with torch.no_grad():
-                    vloss = float(loss_of(va.to(dev), vb.to(dev)))
+                    vloss = float(loss_of(net, va.to(dev), vb.to(dev)))
                 row["val_loss"] = vloss
                 if vloss < best_loss:
-                    best_loss, best_state = vloss, copy.deepcopy(net.state_dict())
+                    best_loss, best_state, bad = vloss, _state_dict(net), 0
                     result.best_step = step
+                else:
+                    bad += 1
+                    stop = config.patience > 0 and bad >= config.patience
             result.history.append(row)
         result.steps = step
+        if stop:
+            result.stopped_early = True
+            log.info("validation loss has not improved for %d checks: stopping at step %d", bad, step)
+            break
         if checkpoint is not None and step % config.checkpoint_every == 0 and step < config.steps:
             result.seconds = time.perf_counter() - t0
-            checkpoint(result)
+            tensors = {f"net.{k}": v for k, v in _state_dict(net).items()}
+            if best_state is not None:
+                tensors.update({f"best.{k}": v for k, v in best_state.items()})
+            osd = opt.state_dict()
+            for idx, st in osd["state"].items():
+                for name, v in st.items():
+                    tensors[f"opt.{idx}.{name}"] = v.detach().cpu().clone()
+            info = {"optimizer_groups": osd["param_groups"], "scheduler": sched.state_dict(),
+                    "history": result.history, "best_step": result.best_step, "best_loss": best_loss, "bad": bad,
+                    "running": running, "n_running": n_running, "risky_seen": risky_seen, "seen": seen,
+                    "seconds": result.seconds}
+            checkpoint(result, TrainState(step, tensors, copy.deepcopy(info)))
+    del it, loader
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
     result.seconds = time.perf_counter() - t0
+    result.risk_share = risky_seen / max(seen, 1)
+    result.data_wait = waited / max(result.seconds, 1e-9)
     return result

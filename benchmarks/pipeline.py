@@ -96,19 +96,28 @@ class PeakRSS:
         self._t.join()
 
 
-def pipeline_run(src: Path, out: Path, mdir: Path, *, workers: int, chunks: int, preset: str) -> dict:
+def pipeline_run(src: Path, out: Path, mdir: Path, *, workers: int, chunks: int, preset: str,
+                 mode: str = "processes") -> dict:
+    """One pipeline run: ``mode`` is ``processes`` (LocalCluster worker processes, the
+    default of the command line), ``threads`` (workers as threads of this process) or
+    ``sync`` (no cluster: the tasks run one after another in this process)."""
+    import contextlib
+    import os
+
     from asn2n_dask.cluster import dask_client
 
     source = open_source(src)
     opts = RunOptions(infer=InferConfig(device="cpu"), chunks=(chunks, chunks), overwrite=True)
-    with dask_client(workers=workers, threads=1, echo=lambda m: None) as (client, torch_threads):
+    ctx = contextlib.nullcontext(("sync", os.cpu_count())) if mode == "sync" else \
+        dask_client(workers=workers, threads=1, echo=lambda m: None, processes=mode == "processes", gpu=False)
+    with ctx as (client, torch_threads):
         t0 = time.perf_counter()
         s = run_pipeline(source, out, mdir, options=opts, client=client, echo=lambda m: None,
                          torch_threads=torch_threads)
         secs = time.perf_counter() - t0
     px = int(np.prod(source.shape))
     return {"seconds": secs, "stats_seconds": s.stats_seconds, "tasks": s.tasks, "mpx_s": px / secs / 1e6,
-            "pixels": px, "preset": preset, "workers": workers, "chunks": chunks}
+            "pixels": px, "preset": preset, "workers": workers, "chunks": chunks, "mode": mode}
 
 
 def core_loop(src: Path, mdir: Path) -> dict:
@@ -168,6 +177,8 @@ def main() -> None:
     ap.add_argument("--shape", type=int, nargs=4, default=[4, 2, 1024, 1024], help="overhead/scaling data (T C Y X)")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--chunks", type=int, nargs="+", default=[512, 1024], help="output chunk sides to compare")
+    ap.add_argument("--modes", nargs="+", default=["processes", "threads", "sync"],
+                    choices=["processes", "threads", "sync"], help="how the overhead runs execute")
     ap.add_argument("--memory-frames", type=int, nargs=2, default=[4, 40], help="T of the small and large dataset")
     ap.add_argument("--memory-preset", default="tiny")
     args = ap.parse_args()
@@ -189,10 +200,13 @@ def main() -> None:
         mdir = model_dir(args.preset)
         loop = core_loop(src, mdir)
         put(f"core loop {args.preset}", {**loop, "shape": args.shape})
-        for ch in args.chunks:
-            one = pipeline_run(src, WORK / "out-1.zarr", mdir, workers=1, chunks=ch, preset=args.preset)
-            put(f"pipeline {args.preset} chunks {ch} 1 worker", {**one, "shape": args.shape,
-                                                                  "vs_loop": one["mpx_s"] / loop["mpx_s"]})
+        for mode in args.modes:
+            for ch in args.chunks:
+                one = pipeline_run(src, WORK / "out-1.zarr", mdir, workers=1, chunks=ch, preset=args.preset,
+                                   mode=mode)
+                name = f"pipeline {args.preset} chunks {ch} 1 worker" + ("" if mode == "processes" else f" ({mode})")
+                put(name, {**one, "shape": args.shape, "vs_loop": one["mpx_s"] / loop["mpx_s"]})
+        one = rows[f"pipeline {args.preset} chunks {args.chunks[-1]} 1 worker"]
         if "scaling" in stages:
             two = pipeline_run(src, WORK / "out-2.zarr", mdir, workers=2, chunks=args.chunks[-1], preset=args.preset)
             put(f"pipeline {args.preset} chunks {args.chunks[-1]} 2 workers", {

@@ -4,8 +4,7 @@ import torch
 
 from asn2n_dask import TrainConfig, load_model
 from asn2n_dask.errors import InputError
-from asn2n_dask.pairs import make_twins
-from asn2n_dask.train import PatchSampler, self_constrained_loss, train_channel
+from asn2n_dask.train import self_constrained_loss, train_channel
 
 
 def test_loss_is_the_self_constrained_formula():
@@ -32,44 +31,11 @@ def test_validation_split_keeps_the_best_weights_and_checkpoints_are_written(fra
     seen = []
     big = np.tile(frame[0], (4, 1))  # 384 rows: room for a validation strip
     cfg = TrainConfig(preset="tiny", steps=8, patch=32, batch=2, val_every=2, checkpoint_every=3)
-    r = train_channel([big], cfg, checkpoint=lambda res: seen.append(res.steps))
+    r = train_channel([big], cfg, checkpoint=lambda res, st: seen.append(st.step))
     assert seen == [3, 6]
     vals = [h["val_loss"] for h in r.history]
     assert all(v is not None for v in vals)
     assert r.best_step == r.history[int(np.argmin(vals))]["step"]
-
-
-def _planes(raw):
-    return np.stack([raw, np.zeros_like(raw), np.ones_like(raw)]).astype(np.float32)
-
-
-def test_patches_of_both_twins_are_colocated_and_augmented_alike():
-    yy, xx = np.mgrid[:40, :50]
-    smooth = (np.sin(yy / 12.0) + np.cos(xx / 15.0) + 0.01 * yy * xx / 50).astype(np.float32)
-    sampler = PatchSampler([_planes(smooth)], 16, [(0, 40)], np.random.default_rng(1))
-    pos = sampler.positions(32)
-    ta, tb = sampler.batch(32, positions=pos, augment=False)
-    want = torch.from_numpy(np.stack([smooth[y : y + 16, x : x + 16] for _, y, x in pos]))[:, None]
-    assert torch.allclose(ta, want, atol=0.05) and torch.allclose(tb, want, atol=0.05)
-    ta, tb = sampler.batch(32)  # flipped and rotated: both twins alike, else they would differ
-    assert (ta - tb).abs().max() < 0.05
-    assert not torch.allclose(ta, want, atol=0.05)
-
-
-def test_twin_patches_are_normalised_by_their_own_fields():
-    rng = np.random.default_rng(0)
-    raw = rng.poisson(20.0, (32, 32)).astype(np.float32)
-    planes = np.stack([raw, np.full_like(raw, 10.0), np.full_like(raw, 5.0)])
-    sampler = PatchSampler([planes], 32, [(0, 32)], np.random.default_rng(0))
-    ta, tb = sampler.batch(1, positions=[(0, 0, 0)], augment=False)
-    a, b = make_twins(raw)
-    np.testing.assert_allclose(ta[0, 0].numpy(), (a - 10.0) / 5.0, atol=1e-5)
-    np.testing.assert_allclose(tb[0, 0].numpy(), (b - 10.0) / 5.0, atol=1e-5)
-
-
-def test_validation_rows_are_never_trained_on():
-    sampler = PatchSampler([_planes(np.zeros((100, 40)))], 16, [(0, 60)], np.random.default_rng(0))
-    assert max(y for _, y, _ in sampler.positions(500)) + 16 <= 60
 
 
 def test_frames_smaller_than_the_preset_allows_are_refused():
