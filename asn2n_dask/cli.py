@@ -309,10 +309,10 @@ def fit(
     picked = None if not words or words == ["all"] else words
     has_state = (model_dir / "train-state.json").is_file()
     if not resume:
-        _check_model_dir(model_dir, overwrite)
         if has_state and not overwrite:
-            raise OutputError(f"a training checkpoint exists in {model_dir}; pass --resume to continue it or "
-                              "--overwrite to start again.")
+            raise OutputError(f"an unfinished training checkpoint is in {model_dir}; pass --resume to continue it "
+                              "or --overwrite to start again.")
+        _check_model_dir(model_dir, overwrite)
     elif model_dir.exists() and not model_dir.is_dir():
         raise OutputError(f"model directory {model_dir} is a file; choose a directory path.")
     for p in inputs:
