@@ -318,8 +318,9 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
         Path form: channel names/indices and a time range ``"A:B"`` to process.
     **run
         Path form: :class:`asn2n_dask.pipeline.RunOptions` fields (``chunks``,
-        ``dtype``, ``ome``, ``pyramid``, ``overwrite``) and cluster sizing (``scheduler``,
-        ``workers``, ``threads``, ``memory_limit``).
+        ``dtype``, ``ome``, ``pyramid``, ``overwrite``) and the cluster (``scheduler``,
+        ``workers``, ``threads``, ``memory_limit``; or ``cluster="slurm.yaml"``, ``jobs=8``
+        for batch jobs).
 
     Returns
     -------
@@ -349,7 +350,8 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
 def _denoise_path(data: str | os.PathLike[str], output: Any, *, model: Any, config: InferConfig,
                   progress: Progress | None, client: Any, channels: Sequence[str] | None, time: str | None,
                   axes: str | None, scheduler: str | None = None, workers: int | None = None,
-                  threads: int | None = None, memory_limit: str | None = None, **opts: Any) -> Any:
+                  threads: int | None = None, memory_limit: str | None = None, cluster: Any = None,
+                  jobs: int | None = None, **opts: Any) -> Any:
     from .pipeline import RunOptions, run_pipeline
     from .source import Selection, open_source
 
@@ -365,7 +367,7 @@ def _denoise_path(data: str | os.PathLike[str], output: Any, *, model: Any, conf
     sel = Selection.parse(src, list(channels) if channels else None, time)
     return run_pipeline(src, output, model, selection=sel, options=RunOptions(infer=config, **opts), client=client,
                         scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
-                        progress=progress)
+                        progress=progress, cluster=cluster, jobs=jobs)
 
 
 def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | None = None,

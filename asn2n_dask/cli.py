@@ -157,6 +157,9 @@ SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Zarr outp
                                                   "local one).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", min=1, help="Local cluster: worker processes.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Local cluster: threads per worker.")]
+ClusterOpt = Annotated[Path | None, typer.Option("--cluster", help="Zarr output: a SLURM/PBS/LSF profile (YAML, "
+                                                  "see cluster/) to run on batch jobs.")]
+JobsOpt = Annotated[int | None, typer.Option("--jobs", min=1, help="With --cluster: at most this many batch jobs.")]
 MemoryOpt = Annotated[str | None, typer.Option("--memory-limit", help="Local cluster: memory per worker, e.g. "
                                                "4GiB.")]
 
@@ -412,7 +415,8 @@ def _denoise_to(input: Path, output: Path, model: Any, data: np.ndarray, meta: A
 def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, channel: list[str] | None,
               time: str | None, infer: Any, chunks: str | None, dtype: str, ome: str, pyramid: int,
               overwrite: bool, dry_run: bool, scheduler: str | None, workers: int | None, threads: int | None,
-              memory_limit: str | None, extra: dict[str, Any]) -> None:
+              memory_limit: str | None, extra: dict[str, Any], cluster: Path | None = None,
+              jobs: int | None = None) -> None:
     """Chunked, resumable denoising into OME-Zarr on a Dask cluster."""
     from .checkpoint import load_model
     from .pipeline import RunOptions, make_plan, run_pipeline
@@ -429,7 +433,7 @@ def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, c
     with progress_bar(not state["quiet"]) as bar:
         summary = run_pipeline(src, output, model_dir, selection=sel, options=opts, scheduler=scheduler,
                                workers=workers, threads=threads, memory_limit=memory_limit, progress=bar,
-                               echo=lambda m: typer.echo(m, err=True), extra=extra)
+                               echo=lambda m: typer.echo(m, err=True), extra=extra, cluster=cluster, jobs=jobs)
     if summary.already_complete:
         typer.echo(f"{output} was already complete; nothing was recomputed.")
         return
@@ -459,6 +463,8 @@ def denoise(
     pyramid: PyramidOpt = 0,
     dry_run: DryRunOpt = False,
     scheduler: SchedulerOpt = None,
+    cluster: ClusterOpt = None,
+    jobs: JobsOpt = None,
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     memory_limit: MemoryOpt = None,
@@ -477,6 +483,8 @@ def denoise(
       asn2n denoise movie.zarr -o movie-denoised.zarr --model movie.model --channel er --time 0:100
 
       asn2n denoise movie.zarr -o out.zarr --model movie.model --dry-run
+
+      asn2n denoise movie.zarr -o out.zarr --model movie.model --cluster cluster/slurm-gpu.yaml --jobs 8
     """
     from .checkpoint import load_model
 
@@ -487,7 +495,7 @@ def denoise(
         _pipeline(input, output, model_dir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=dry_run, scheduler=scheduler,
                   workers=workers, threads=threads, memory_limit=memory_limit,
-                  extra={"command": "denoise", "model": str(model_dir)})
+                  extra={"command": "denoise", "model": str(model_dir)}, cluster=cluster, jobs=jobs)
         return
     check_out(output, input, overwrite)
     model = load_model(model_dir)
@@ -538,6 +546,8 @@ def run(
     ome: OmeOpt = "0.5",
     pyramid: PyramidOpt = 0,
     scheduler: SchedulerOpt = None,
+    cluster: ClusterOpt = None,
+    jobs: JobsOpt = None,
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     memory_limit: MemoryOpt = None,
@@ -596,7 +606,7 @@ def run(
         _pipeline(input, output, mdir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=False, scheduler=scheduler,
                   workers=workers, threads=threads, memory_limit=memory_limit,
-                  extra={"command": "run", "model": str(mdir), "train": cfg.to_dict()})
+                  extra={"command": "run", "model": str(mdir), "train": cfg.to_dict()}, cluster=cluster, jobs=jobs)
         typer.echo(f"model kept in {mdir}")
         return
     data, meta = _read(input, axes)

@@ -616,10 +616,20 @@ def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> Non
 
 @contextlib.contextmanager
 def _client_for(client: Any, scheduler: str | None, workers: int | None, threads: int | None,
-                memory_limit: str | None, echo: Callable[[str], None],
-                device: str = "auto") -> Iterator[tuple[Any, int | None]]:
+                memory_limit: str | None, echo: Callable[[str], None], device: str = "auto",
+                cluster: str | os.PathLike[str] | None = None,
+                jobs: int | None = None) -> Iterator[tuple[Any, int | None]]:
     if client is not None:
         yield client, None
+        return
+    if cluster is not None:
+        if scheduler is not None:
+            raise ConfigError("give either --cluster (start a batch-system cluster) or --scheduler (join a running "
+                              "one), not both.")
+        from .hpc import jobqueue_client
+
+        with jobqueue_client(cluster, jobs, echo=echo) as c:
+            yield c, None
         return
     from .cluster import dask_client
 
@@ -651,7 +661,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                  scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
                  memory_limit: str | None = None, progress: Callable[[str, int, int], None] | None = None,
                  echo: Callable[[str], None] = log.info, extra: dict[str, Any] | None = None,
-                 torch_threads: int | None = None) -> RunSummary:
+                 torch_threads: int | None = None, cluster: str | os.PathLike[str] | None = None,
+                 jobs: int | None = None) -> RunSummary:
     """Denoise ``source`` into the OME-Zarr ``output``, chunk by chunk, resumably.
 
     Parameters
@@ -682,6 +693,10 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     torch_threads : int, optional
         Threads of each worker's network when ``client`` is given (an embedded cluster
         divides the machine's cores between its workers).
+    cluster : path, optional
+        A SLURM/PBS/LSF profile (YAML, :mod:`asn2n_dask.hpc`): batch jobs are started,
+        scaled between the profile's min and max jobs (``jobs`` sets the max), and
+        cancelled at the end.
 
     Returns
     -------
@@ -719,7 +734,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     }
     if prev and not options.overwrite and isinstance(prev.get("job"), dict):
         _refuse_other_job(out, prev["job"], parts, check_stats=False)  # before reading any data
-    with _client_for(client, scheduler, workers, threads, memory_limit, echo, options.infer.device) as (
+    with _client_for(client, scheduler, workers, threads, memory_limit, echo, options.infer.device, cluster,
+                     jobs) as (
             cl, cluster_threads):
         torch_threads = cluster_threads or torch_threads
         ts = time.perf_counter()

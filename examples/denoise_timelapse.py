@@ -3,7 +3,7 @@
     python examples/denoise_timelapse.py [OUT_DIR] [--frames T] [--size N] [--steps N]
 
 Makes a small synthetic (t, c, y, x) time-lapse Zarr (replace it with your own store),
-trains one network per channel on a few of its frames, denoises the whole store on an
+trains one network per channel on patches read lazily from it, denoises the whole store on an
 embedded Dask cluster into OME-Zarr (with a risk label image), and prints where things
 are.  Run it twice: the second run finds the output complete and does nothing.
 """
@@ -38,9 +38,8 @@ def main(out: Path, frames: int, size: int, steps: int, workers: int | None) -> 
     noisy = zarr.open_group(str(src), mode="r")["noisy"]
     model_dir = out / "model"
     if not (model_dir / "model.json").exists():
-        sample = np.asarray(noisy[:: max(1, frames // 4)])  # a few frames are enough to learn from
-        fit(sample, axes="TCYX", config=TrainConfig(preset="tiny", steps=steps, patch=64, batch=4),
-            channel_names=["filaments", "blobs"], model_dir=model_dir)
+        # patches are read lazily from the store, one network per channel
+        fit(str(src), config=TrainConfig(preset="tiny", steps=steps, patch=64, batch=4), model_dir=model_dir)
     result = out / "denoised.zarr"
     summary = denoise(str(src), str(result), model=str(model_dir), config=InferConfig(tile=64), workers=workers)
     print(f"input:    {src} {noisy.shape} {noisy.dtype}")

@@ -42,3 +42,17 @@ def test_denoise_timelapse_example_runs_and_resumes(tmp_path, monkeypatch, capsy
     assert dict(root.attrs)["asn2n"]["status"] == "complete"
     runpy.run_path(str(ROOT / "examples" / "denoise_timelapse.py"), run_name="__main__")
     assert "0 chunks computed" in capsys.readouterr().out
+
+
+def test_train_per_channel_example_writes_one_network_per_channel_with_curves(tmp_path, monkeypatch, capsys):
+    from asn2n_dask import load_model
+
+    monkeypatch.setattr(sys, "argv", ["train_per_channel.py", str(tmp_path), "--frames", "2", "--size", "128",
+                                      "--steps", "6"])
+    runpy.run_path(str(ROOT / "examples" / "train_per_channel.py"), run_name="__main__")
+    m = load_model(tmp_path / "models")
+    assert [c.name for c in m.channels] == ["tubulin", "mito"]
+    for i in range(2):
+        for name in (f"curves-{i}.png", f"curves-{i}.csv", f"montage-{i}.png"):
+            assert (tmp_path / "models" / name).is_file(), name
+    assert "channel mito: 6 steps" in capsys.readouterr().out

@@ -173,3 +173,17 @@ def test_data_parallel_two_processes_match_one_process(movie, tmp_path):
     np.testing.assert_allclose([h["val_loss"] for h in h1], [h["val_loss"] for h in h2], rtol=1e-4)
     for a, b in zip(_weights(m1), _weights(m2)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_training_uses_the_statistics_of_the_pipeline_reduction_pass(movie):
+    from asn2n_dask.pipeline import RunOptions, compute_stats, make_plan
+    from asn2n_dask.source import Selection, open_source
+
+    d, _ = movie
+    cfg = TrainConfig(preset="tiny", steps=2, patch=32, batch=2)
+    m = fit(str(d / "movie.zarr"), config=cfg, channels=["mito"], time="1:3")  # patches from t = 1, 2 only
+    src = open_source(d / "movie.zarr")
+    plan = make_plan(src, Selection.parse(src, ["mito"]), options=RunOptions())
+    stats = compute_stats(plan, cfg.norm)  # what denoising normalises with (every time point)
+    assert m.channels[0].stats == stats[0].norm
+    assert m.info["statistics"]["mito"] == stats[0].to_dict()
