@@ -318,6 +318,9 @@ def fit(
         _check_model_dir(model_dir, overwrite)
     elif model_dir.exists() and not model_dir.is_dir():
         raise OutputError(f"model directory {model_dir} is a file; choose a directory path.")
+    elif not has_state and (model_dir / "model.json").is_file() and not overwrite:
+        raise OutputError(f"the model in {model_dir} is finished: there is nothing to resume; pass --overwrite to "
+                          "train again.")
     for p in inputs:
         if not p.exists():
             raise InputError(f"input {p} does not exist.")

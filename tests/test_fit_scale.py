@@ -187,3 +187,14 @@ def test_training_uses_the_statistics_of_the_pipeline_reduction_pass(movie):
     stats = compute_stats(plan, cfg.norm)  # what denoising normalises with (every time point)
     assert m.channels[0].stats == stats[0].norm
     assert m.info["statistics"]["mito"] == stats[0].to_dict()
+
+
+def test_resume_of_a_finished_model_is_refused_instead_of_retraining(movie, tmp_path):
+    d, _ = movie
+    args = ["-q", "fit", str(d / "movie.zarr"), "-o", str(tmp_path / "m"), "--preset", "tiny", "--steps", "2",
+            "--patch", "32", "--batch", "2"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = (tmp_path / "m" / "model.json").read_bytes()
+    r = CliRunner().invoke(app, [*args, "--resume"])
+    assert r.exit_code == 2 and "nothing to resume" in r.stderr
+    assert (tmp_path / "m" / "model.json").read_bytes() == before
