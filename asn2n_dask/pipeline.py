@@ -17,6 +17,7 @@ disk are skipped, the others recomputed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -765,6 +766,11 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             results = _execute(spec, cl, progress)
         except PermissionError as e:
             raise OutputError(f"cannot write {out}: permission denied ({e.filename}).") from None
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutputError(f"the disk holding {out} is full ({e.strerror}); free space and run the same "
+                                  "command again: finished chunks are kept and verified.") from None
+            raise
         except Exception as e:
             if type(e).__name__ == "KilledWorker":
                 raise OutputError(f"a worker died repeatedly while computing a chunk of {out} (often: out of "

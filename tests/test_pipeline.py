@@ -316,3 +316,58 @@ def test_cast_to_the_input_dtype_never_wraps_around():
 
     assert cast_output(np.array([5e9, -3.0], np.float32), "uint32").tolist() == [4294967295, 0]
     assert cast_output(np.array([3e9, -3e9], np.float32), "int32").tolist() == [2147483647, -2147483648]
+
+
+def test_a_full_disk_stops_with_one_sentence_keeps_true_records_and_resumes_identically(data, tmp_path, monkeypatch):
+    import errno
+
+    import asn2n_dask.pipeline as pl
+    from asn2n_dask.errors import OutputError
+
+    d, _, _ = data
+    clean = run(d, "full-ref.zarr", chunks=(64, 64))
+    real = pl._open_outputs
+    writes = {"n": 0}
+
+    class Full:
+        def __init__(self, arr):
+            self.arr = arr
+
+        def __getitem__(self, key):
+            return self.arr[key]
+
+        def __setitem__(self, key, value):
+            writes["n"] += 1
+            if writes["n"] > 7:  # the disk fills up after a few chunks
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.arr[key] = value
+
+        @property
+        def dtype(self):
+            return self.arr.dtype
+
+    monkeypatch.setattr(pl, "_open_outputs", lambda path: tuple(Full(a) for a in real(path)))
+    out = tmp_path / "full.zarr"
+    with pytest.raises(OutputError, match="disk holding .* is full"):
+        run(d, str(out), chunks=(64, 64))
+    recs = list((out / PROGRESS_DIR).glob("*.json"))
+    assert 0 < len(recs) < clean.tasks
+    assert dict(zarr.open_group(str(out), mode="r").attrs)["asn2n"]["status"] != "complete"
+    monkeypatch.setattr(pl, "_open_outputs", real)  # space freed
+    s = run(d, str(out), chunks=(64, 64))
+    # a chunk is skipped only when its record's checksum matches the data on disk: all records were true
+    assert s.skipped == len(recs) and s.computed == clean.tasks - len(recs)
+    np.testing.assert_array_equal(output(out)[0], output(d / "full-ref.zarr")[0])
+
+
+def test_a_truncated_chunk_file_is_detected_and_recomputed(data, tmp_path):
+    d, _, _ = data
+    s = run(d, "trunc.zarr", chunks=(75, 85))
+    clean, _ = output(d / "trunc.zarr")
+    chunk = sorted(p for p in (d / "trunc.zarr" / "0" / "c").rglob("*") if p.is_file())[0]
+    chunk.write_bytes(chunk.read_bytes()[:10])  # a file cut short (a crash mid-write, a bad disk)
+    root = zarr.open_group(str(d / "trunc.zarr"), mode="r+")
+    root.attrs["asn2n"] = {**dict(root.attrs["asn2n"]), "status": "running"}
+    s = run(d, "trunc.zarr", chunks=(75, 85))
+    assert s.computed == 1 and s.skipped == s.tasks - 1
+    np.testing.assert_array_equal(output(d / "trunc.zarr")[0], clean)
