@@ -281,15 +281,21 @@ class BatchPlan:
     batch: int
     regions_per_block: int = 8
     batches_per_block: int = 16
+    pool_blocks: int = 4
     risk_share: float | None = None
+    all_regions: bool = False
 
 
 class BatchStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
     """Training batches ``start, start + 1, ...``: ``(index, twin_a, twin_b, n_risky)``.
 
-    Batch ``i`` comes from block ``i // batches_per_block`` (``regions_per_block``
-    regions drawn with ``(seed, block)``); its patches, augmentations and which twin
-    is the input are drawn with ``(seed, i)``.  With ``risk_share`` set, that share of
+    Blocks of ``regions_per_block`` regions are drawn with ``(seed, block)``; batch
+    ``i`` draws its patches from the pool of the last ``pool_blocks`` blocks up to block
+    ``i // batches_per_block`` (a sliding pool: each region serves
+    ``pool_blocks * batches_per_block`` batches, mixed with the others), and its
+    patches, augmentations and which twin is the input are drawn with ``(seed, i)``.
+    With ``all_regions`` (data small enough to hold), every batch draws from all the
+    training regions.  With ``risk_share`` set, that share of
     each batch's patches is centred on high-risk (weak background or sparse bright)
     patches, the rest on safe ones (as far as the block holds each kind).  In
     DataLoader worker ``w`` of ``W`` the stream yields batches ``start + w, start + w + W...``,
@@ -308,17 +314,27 @@ class BatchStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         self._cache: OrderedDict[int, list[LoadedRegion]] = OrderedDict()
 
     def block(self, g: int) -> list[LoadedRegion]:
-        """The regions of block ``g`` (the last two blocks are kept)."""
+        """The regions of block ``g`` (the blocks of the current pool are kept)."""
         if g not in self._cache:
             rng = np.random.default_rng([self.sampler.seed, 2, g])
             self._cache[g] = [self.sampler.load(k) for k in self.sampler.draw(rng, self.plan.regions_per_block)]
-            while len(self._cache) > 2:
+            while len(self._cache) > self.plan.pool_blocks + 1:
                 self._cache.popitem(last=False)
         return self._cache[g]
 
+    def pool(self, i: int) -> list[LoadedRegion]:
+        """The regions batch ``i`` draws from."""
+        if self.plan.all_regions:  # small data: every training region, every batch
+            if -1 not in self._cache:
+                self._cache[-1] = [self.sampler.load(k) for k in range(self.sampler.n_regions)
+                                   if not self.sampler.is_val(k)]
+            return self._cache[-1]
+        g = i // self.plan.batches_per_block
+        return [r for b in range(max(0, g - self.plan.pool_blocks + 1), g + 1) for r in self.block(b)]
+
     def positions(self, i: int) -> tuple[list[tuple[LoadedRegion, int, int]], np.random.Generator, int]:
         """Patches of batch ``i`` (region, y, x), its generator, and how many are risky."""
-        regions = self.block(i // self.plan.batches_per_block)
+        regions = self.pool(i)
         rng = np.random.default_rng([self.sampler.seed, 1, i])
         n = self.plan.batch
         share = self.plan.risk_share

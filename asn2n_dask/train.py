@@ -37,6 +37,9 @@ __all__ = ["self_constrained_loss", "TrainResult", "TrainState", "train_channel"
 
 log = logging.getLogger(__name__)
 
+#: Data up to this many pixels per channel is held whole while training (12 bytes a pixel).
+POOL_PIXELS = 64 * 2**20
+
 Progress = Callable[[int, int, float], None]
 Checkpoint = Callable[["TrainResult", "TrainState"], None]
 
@@ -225,8 +228,11 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
         pa, pb = pred[: len(a)], pred[len(a):]
         return self_constrained_loss(pa, pb, a, b, kind=config.loss, consistency=config.consistency)
 
-    stream = BatchStream(sampler, BatchPlan(config.batch, risk_share=config.risk_share), start=start,
-                         stop=config.steps, rank=rank, world=world)
+    # Small data (at most POOL_PIXELS of training regions) is held whole and every batch draws
+    # from all of it; bigger data streams through a sliding pool of regions.
+    region_px = sum(r.n_planes * r.frame_shape[0] * r.frame_shape[1] for r in readers)
+    plan = BatchPlan(config.batch, risk_share=config.risk_share, all_regions=region_px <= POOL_PIXELS)
+    stream = BatchStream(sampler, plan, start=start, stop=config.steps, rank=rank, world=world)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
                                          prefetch_factor=4 if workers else None, persistent_workers=False)
     it = iter(loader)

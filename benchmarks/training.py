@@ -115,7 +115,7 @@ def stage_sampler(frames: list[int], batches: int, workers: list[int]) -> list[d
     return rows
 
 
-def stage_quality(steps: int, evals: list[int], crop: int) -> dict:
+def stage_quality(steps: int, evals: list[int], crop: int, stop_after: int = 0) -> dict:
     """Train preset small on one whole 2048x2048 5-photon frame (the default run), keep
     the weights at ``evals`` steps, then score each on the frame's central crop."""
     import copy
@@ -150,10 +150,27 @@ def stage_quality(steps: int, evals: list[int], crop: int) -> dict:
             snaps[step] = ({k[4:]: v.clone() for k, v in state.tensors.items() if k.startswith("net.")},  # type: ignore[attr-defined]
                            result.seconds)  # type: ignore[attr-defined]
 
+    class Stop(Exception):
+        pass
+
+    def stop_at(step: int, total: int, loss: float) -> None:
+        if stop_after and step > stop_after:
+            raise Stop
+
     t0 = time.perf_counter()
-    res = train_channel([noisy], cfg, checkpoint=keep)
-    train_s = time.perf_counter() - t0
-    snaps[steps] = ({k: v.clone() for k, v in res.net.state_dict().items()}, train_s)
+    history: list[dict] = []
+    wait = 0.0
+    best: int | None = None
+    try:
+        res = train_channel([noisy], cfg, checkpoint=keep, progress=stop_at)
+        train_s = time.perf_counter() - t0
+        snaps[steps] = ({k: v.clone() for k, v in res.net.state_dict().items()}, train_s)
+        history, wait, best = res.history, res.data_wait, res.best_step
+    except Stop:  # an A/B probe: the first steps of the same schedule
+        train_s = time.perf_counter() - t0
+    from asn2n_dask.model import build_unet
+
+    net0 = build_unet("small")
     stats = channel_stats(noisy[None], cfg.norm)[0]
     infer = InferConfig(device="cpu")
     plan = window_plan((h, w), win, infer, cfg.norm.risk.patch)
@@ -161,7 +178,7 @@ def stage_quality(steps: int, evals: list[int], crop: int) -> dict:
     g = gt[win[0] : win[1], win[2] : win[3]]
     rows = []
     for step in sorted(snaps):
-        net = copy.deepcopy(res.net)
+        net = copy.deepcopy(net0)
         net.load_state_dict(snaps[step][0])
         t1 = time.perf_counter()
         out, _ = denoise_window(noisy[ry0:ry1, rx0:rx1], plan, (h, w), network_fn(net, "cpu"), stats=stats,
@@ -174,8 +191,8 @@ def stage_quality(steps: int, evals: list[int], crop: int) -> dict:
                  ["psnr"], s) for s in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5))
     noisy_psnr = score_pair(noisy[win[0]:win[1], win[2]:win[3]].astype(np.float32), g)["psnr"]
     return {"rows": rows, "best_gaussian_psnr": gauss[0], "best_gaussian_sigma": gauss[1], "noisy_psnr": noisy_psnr,
-            "crop": crop, "steps": steps, "train_seconds": train_s, "history": res.history,
-            "data_wait": res.data_wait}
+            "crop": crop, "steps": steps, "train_seconds": train_s, "history": history, "data_wait": wait,
+            "stopped_after": stop_after, "best_step": best}
 
 
 def main() -> None:
@@ -188,6 +205,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--evals", type=int, nargs="+", default=[250, 500, 1000, 1500, 2000, 2500])
     ap.add_argument("--crop", type=int, default=1024)
+    ap.add_argument("--stop-after", type=int, default=0, help="stop training after this many steps (A/B probes)")
+    ap.add_argument("--key", default="quality", help="where the quality stage's result is kept in training.json")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -197,7 +216,7 @@ def main() -> None:
         results["sampler"] = stage_sampler(args.frames, args.batches, args.workers)
         path.write_text(json.dumps(results, indent=1))
     if "quality" in args.stage:
-        results["quality"] = stage_quality(args.steps, args.evals, args.crop)
+        results[args.key] = stage_quality(args.steps, args.evals, args.crop, args.stop_after)
         path.write_text(json.dumps(results, indent=1))
     report(results)
 
@@ -233,11 +252,24 @@ def report(r: dict) -> None:
                   "| step | training s | psnr | psnr_raw | ssim | false_obj/Mpx | vs Gaussian +2 dB |",
                   "|---|---|---|---|---|---|---|"]
         for row in q["rows"]:
-            lines.append(f"| {row['step']} | {row['train_seconds']:.0f} | {row['psnr']:.2f} | {row['psnr_raw']:.2f} | "
+            step = str(row["step"])
+            if row["step"] == q["steps"] and q.get("best_step"):
+                step += f" (the model kept: best validation, step {q['best_step']})"
+            lines.append(f"| {step} | {row['train_seconds']:.0f} | {row['psnr']:.2f} | {row['psnr_raw']:.2f} | "
                          f"{row['ssim']:.3f} | {row['false_obj']:.2f} | {'pass' if row['psnr'] >= target else '-'} |")
         lines += ["", (f"First passes the Gaussian +2 dB target at step {passed[0]['step']} "
                        f"({passed[0]['train_seconds'] / 60:.1f} min of training)." if passed
                        else "Does not pass the Gaussian +2 dB target within these steps."), ""]
+    probes = {k: v for k, v in r.items() if k.startswith("quality-")}
+    if probes:
+        lines += ["## Sampling variants (the same frame, schedule and seed; first steps)", "",
+                  "| variant | step | psnr | psnr_raw | ssim |", "|---|---|---|---|---|"]
+        for k, v in probes.items():
+            for row in v["rows"]:
+                if row["step"] <= 1000:
+                    lines.append(f"| {v.get('label', k)} | {row['step']} | {row['psnr']:.2f} | {row['psnr_raw']:.2f} | "
+                                 f"{row['ssim']:.3f} |")
+        lines.append("")
     lines += ["## GPU", "", "Not measured: no GPU was available to this work. `--precision bf16`, channels_last, "
               "the fused Adam and `--compile` are in place for CUDA but untimed.", ""]
     (RESULTS / "training.md").write_text("\n".join(lines) + "\n")
