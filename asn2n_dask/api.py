@@ -138,12 +138,18 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
                                  "same channels.")
             if s.frame_shape != first.frame_shape:
                 raise InputError("training inputs have frames of different sizes; pass one size at a time.")
+            if s.axes != first.axes or any(a != b for ax, a, b in zip(s.axes, s.shape, first.shape)
+                                           if ax not in "TCYX"):
+                raise InputError(f"{s.path} has axes {s.axes} {s.shape}, unlike {first.path} ({first.axes} "
+                                 f"{first.shape}); train on inputs with the same axes.")
         stats_all = selection_stats(sources, sels, config.norm, client)
         c_idx = sels[0].indices(first)[first.axes.find("C")] if "C" in first.axes else np.array([0])
         names = list(first.meta.channel_names or [])
         for j, c in enumerate(c_idx):
             name = names[int(c)] if len(names) > int(c) else str(int(c))
-            readers = [SourcePlanes.of(s, sel, int(c) if "C" in s.axes else 0) for s, sel in zip(sources, sels)]
+            # the j-th selected channel of each file (files may order their channels differently)
+            readers = [SourcePlanes.of(s, sel, int(sel.indices(s)[s.axes.index("C")][j]) if "C" in s.axes else 0)
+                       for s, sel in zip(sources, sels)]
             items.append((name, readers, stats_all[j]))
         info = {"inputs": [s.path for s in sources], "shape": [list(s.shape) for s in sources],
                 "dtype": first.dtype, "axes": first.axes, "time": time}

@@ -202,7 +202,6 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
 
 
 STATE_JSON = "train-state.json"
-STATE_WEIGHTS = "train-state.safetensors"
 
 
 def save_train_state(directory: str | os.PathLike[str], job: dict[str, Any], channel: int, state: Any) -> None:
@@ -212,12 +211,18 @@ def save_train_state(directory: str | os.PathLike[str], job: dict[str, Any], cha
     the index of the channel being trained; ``state`` a :class:`asn2n_dask.train.TrainState`.
     """
     d = Path(directory)
-    tmp = d / (STATE_WEIGHTS + ".tmp")
+    # New weights under a new name, then the JSON that names them, then the old ones go:
+    # a crash at any point leaves a consistent pair.
+    name = f"train-state-{channel}-{state.step}.safetensors"
+    tmp = d / (name + ".tmp")
     save_file({k: v.contiguous() for k, v in state.tensors.items()}, str(tmp), metadata={"format": MODEL_FORMAT})
-    os.replace(tmp, d / STATE_WEIGHTS)
+    os.replace(tmp, d / name)
     doc = {"format": MODEL_FORMAT, "job": job, "channel": channel, "step": state.step, "info": state.info,
-           "sha256": _sha256(d / STATE_WEIGHTS)}
+           "weights": name, "sha256": _sha256(d / name)}
     _atomic_write_text(d / STATE_JSON, json.dumps(doc))
+    for old in d.glob("train-state-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def load_train_state(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], int, Any] | None:
@@ -235,10 +240,11 @@ def load_train_state(directory: str | os.PathLike[str]) -> tuple[dict[str, Any],
         return None
     try:
         doc = json.loads((d / STATE_JSON).read_text())
-        if _sha256(d / STATE_WEIGHTS) != doc["sha256"]:
+        weights = d / Path(str(doc["weights"])).name
+        if _sha256(weights) != doc["sha256"]:
             raise ModelError(f"the training checkpoint in {d} is damaged (checksum mismatch); start again with "
                              "--overwrite.")
-        tensors = load_file(str(d / STATE_WEIGHTS), device="cpu")
+        tensors = load_file(str(weights), device="cpu")
         return doc["job"], int(doc["channel"]), TrainState(int(doc["step"]), tensors, doc["info"])
     except ModelError:
         raise
@@ -249,5 +255,7 @@ def load_train_state(directory: str | os.PathLike[str]) -> tuple[dict[str, Any],
 
 def clear_train_state(directory: str | os.PathLike[str]) -> None:
     """Remove the resume files once training has finished."""
-    for name in (STATE_JSON, STATE_WEIGHTS):
-        (Path(directory) / name).unlink(missing_ok=True)
+    d = Path(directory)
+    (d / STATE_JSON).unlink(missing_ok=True)
+    for old in d.glob("train-state-*.safetensors"):
+        old.unlink(missing_ok=True)

@@ -301,9 +301,11 @@ def fit(
 
       torchrun --nproc-per-node 4 -m asn2n_dask fit movie.zarr -o models/ --preset paper --precision bf16
     """
+    import os
     from dataclasses import replace
 
     from .api import fit as fit_fn
+    from .checkpoint import model_is_complete
 
     cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency, risk_estimator)
     cfg = replace(cfg, risk_share=risk_share, val_every=val_every, patience=patience,
@@ -318,12 +320,18 @@ def fit(
         _check_model_dir(model_dir, overwrite)
     elif model_dir.exists() and not model_dir.is_dir():
         raise OutputError(f"model directory {model_dir} is a file; choose a directory path.")
-    elif not has_state and (model_dir / "model.json").is_file() and not overwrite:
+    elif not has_state and model_is_complete(model_dir) and not overwrite:
         raise OutputError(f"the model in {model_dir} is finished: there is nothing to resume; pass --overwrite to "
                           "train again.")
     for p in inputs:
         if not p.exists():
             raise InputError(f"input {p} does not exist.")
+    if overwrite and not resume and model_dir.is_dir() and int(os.environ.get("RANK", "0")) == 0:
+        from .checkpoint import clear_train_state
+
+        clear_train_state(model_dir)  # a fresh start: no stale checkpoint, curves or montages
+        for old in [*model_dir.glob("curves-*"), *model_dir.glob("montage-*")]:
+            old.unlink()
     with _distributed(device) as (dev, rank):
         with progress_bar(not state["quiet"] and rank == 0) as bar:
             fit_fn([str(p) for p in inputs], axes=axes, config=cfg, device=dev, progress=bar, model_dir=model_dir,

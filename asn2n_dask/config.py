@@ -223,6 +223,7 @@ class TrainConfig:
         _check(self.batch >= 1, f"batch must be at least 1; got {self.batch}.")
         object.__setattr__(self, "precision", parse_choice(self.precision, Precision, "precision"))
         _check(self.patience >= 0, f"patience must be >= 0; got {self.patience}.")
+        _check(self.seed >= 0, f"seed must be >= 0; got {self.seed}.")
         _check(self.risk_share is None or 0.0 <= self.risk_share <= 1.0,
                f"risk share must be in [0, 1]; got {self.risk_share}.")
         _check(self.lr > 0, f"learning rate must be positive; got {self.lr}.")

@@ -15,14 +15,16 @@ A profile is a small YAML file (see ``cluster/*.yaml``)::
       walltime: "04:00:00"
       job_extra_directives: ["--gres=gpu:1"]
       job_script_prologue: ["module load cuda", "source /apps/asn2n/bin/activate"]
-      local_directory: $TMPDIR
+      local_directory: ${TMPDIR:-/tmp}
       log_directory: /scratch/my-lab/asn2n-logs
 
-Values that dask-jobqueue writes unquoted into job scripts (directory and program
-paths, names, directives) must not contain spaces or shell metacharacters (``$VAR``
-is allowed, for node-local scratch): a profile that breaks this is refused with one
-clear sentence, so nothing can be injected into a job script.  Prologue lines are the
-administrator's shell set-up and are taken as written (one command per item).
+Only known options are accepted, and values that dask-jobqueue writes unquoted into
+job scripts (directory and program paths, names, directives) must not contain spaces
+or shell metacharacters; a shell variable (``$TMPDIR``, ``${TMPDIR:-/tmp}``) is allowed
+only where the shell expands it (``local_directory``, ``python``, ``interface``).  A
+profile that breaks this is refused with one clear sentence, so nothing can be
+injected into a job script.  Prologue lines are the administrator's shell set-up and
+are taken as written (one command per item).
 """
 
 from __future__ import annotations
@@ -40,11 +42,20 @@ from .errors import ConfigError
 __all__ = ["Profile", "load_profile", "make_cluster", "jobqueue_client"]
 
 KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
-_SAFE = re.compile(r"^(?:[A-Za-z0-9_./:@%+=,~-]|\$[A-Za-z_][A-Za-z0-9_]*|\$\{[A-Za-z_][A-Za-z0-9_]*\})+$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_./:@%+=,~-]+$")
+#: Where a shell variable may stand (the worker command line, which the shell expands):
+#: ``$VAR``, ``${VAR}`` or ``${VAR:-default}``.
+_WITH_VARS = re.compile(r"^(?:[A-Za-z0-9_./:@%+=,~-]|\$[A-Za-z_][A-Za-z0-9_]*"
+                        r"|\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[A-Za-z0-9_./:@%+=,~-]*)?\})+$")
 _SAFE_DIRECTIVE = re.compile(r"^[A-Za-z0-9_./:@%+=,~ \-]+$")
-#: Options written unquoted into job scripts by dask-jobqueue.
-_UNQUOTED = ("queue", "account", "project", "walltime", "memory", "local_directory", "log_directory", "python",
-             "interface", "job_name", "shebang", "resource_spec", "job_cpu", "job_mem", "ncpus", "mem")
+_SHEBANG = re.compile(r"^#![A-Za-z0-9_./ -]+$")
+#: The dask-jobqueue options a profile may set, by how they are checked.
+_SCALARS = {"queue", "account", "project", "walltime", "memory", "log_directory", "job_name", "name", "protocol",
+            "resource_spec", "job_cpu", "job_mem", "ncpus", "mem", "death_timeout", "lsf_units", "cores",
+            "processes", "nanny", "use_stdin"}
+_SCALARS_WITH_VARS = {"local_directory", "python", "interface"}
+_LISTS = {"job_extra_directives", "worker_extra_args", "job_directives_skip"}
+_LINES = {"job_script_prologue"}
 
 
 @dataclass(frozen=True)
@@ -72,12 +83,26 @@ class Profile:
     path: str = ""
 
 
-def _check_value(where: str, key: str, value: Any) -> None:
-    if isinstance(value, bool) or isinstance(value, (int, float)):
-        return
-    if not isinstance(value, str) or not _SAFE.match(value):
-        raise ConfigError(f"{where}: {key} {value!r} has spaces or shell characters that a job script would run "
-                          "unquoted; use a plain path or value (a $VARIABLE is allowed).")
+def _check_option(where: str, key: str, value: Any) -> None:
+    """Refuse any value that dask-jobqueue would write into a job script unsafely."""
+    if key in _SCALARS or key in _SCALARS_WITH_VARS or key == "shebang":
+        if value is None or isinstance(value, (bool, int, float)):
+            return
+        pattern = _SHEBANG if key == "shebang" else (_WITH_VARS if key in _SCALARS_WITH_VARS else _PLAIN)
+        if not isinstance(value, str) or not pattern.match(value):
+            extra = " (a $VARIABLE or ${VARIABLE:-default} is allowed here)" if key in _SCALARS_WITH_VARS else ""
+            raise ConfigError(f"{where}: {key} {value!r} has spaces or shell characters that a job script would "
+                              f"use unquoted; use a plain value{extra}.")
+    elif key in _LISTS:
+        if not isinstance(value, list) or not all(isinstance(v, str) and _SAFE_DIRECTIVE.match(v) for v in value):
+            raise ConfigError(f"{where}: {key} must be a list of plain options (no quotes, semicolons, $ or "
+                              "newlines).")
+    elif key in _LINES:
+        if not isinstance(value, list) or not all(isinstance(v, str) and "\n" not in v for v in value):
+            raise ConfigError(f"{where}: {key} must be a list of single-line commands.")
+    else:
+        known = sorted(_SCALARS | _SCALARS_WITH_VARS | _LISTS | _LINES | {"shebang"})
+        raise ConfigError(f"{where}: cluster option {key!r} is not supported; use one of {', '.join(known)}.")
 
 
 def load_profile(path: str | os.PathLike[str]) -> Profile:
@@ -109,16 +134,7 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
     if not isinstance(opts, dict):
         raise ConfigError(f"cluster profile {p}: cluster: must be a mapping of {KINDS[kind]} options.")
     for key, value in opts.items():
-        if key in _UNQUOTED and value is not None:
-            _check_value(str(p), key, value)
-        elif key in ("job_extra_directives", "worker_extra_args", "job_directives_skip"):
-            if not isinstance(value, list) or not all(isinstance(v, str) and _SAFE_DIRECTIVE.match(v)
-                                                      for v in value):
-                raise ConfigError(f"{p}: {key} must be a list of plain options (no quotes, semicolons, $ or "
-                                  "newlines).")
-        elif key == "job_script_prologue":
-            if not isinstance(value, list) or not all(isinstance(v, str) and "\n" not in v for v in value):
-                raise ConfigError(f"{p}: job_script_prologue must be a list of single-line commands.")
+        _check_option(str(p), str(key), value)
     try:
         min_jobs, max_jobs = int(doc.get("min_jobs", 1)), int(doc.get("max_jobs", 4))
     except (TypeError, ValueError):

@@ -209,6 +209,9 @@ class RegionSampler:
             u = np.array([_unit(self.seed, k) for k in range(self.n_regions)])
             n_val = min(self.n_regions - 1, max(1, int(round(fraction * self.n_regions))))
             return frozenset(int(k) for k in np.argsort(u, kind="stable")[:n_val])
+        # Many regions: a hash threshold; make sure it holds some region (else no validation).
+        if not any(_unit(self.seed, k) < fraction for k in range(min(self.n_regions, 1 << 16))):
+            return frozenset()
         return fraction
 
     def is_val(self, k: int) -> bool:

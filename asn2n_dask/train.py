@@ -153,7 +153,7 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
         else the last ones.
     """
     t0 = time.perf_counter()
-    readers: list[PlaneReader] = list(data) if data and hasattr(data[0], "read") else readers_of(data)
+    readers: list[PlaneReader] = list(data) if len(data) and hasattr(data[0], "read") else readers_of(list(data))
     multiple = 2 ** (len(PRESETS[config.preset]) - 1)
     smallest = min(min(r.frame_shape) for r in readers)
     need = min_train_side(config.preset)
@@ -213,6 +213,7 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
         bad = int(info["bad"])
         running, n_running = float(info["running"]), int(info["n_running"])
         risky_seen, seen = int(info["risky_seen"]), int(info["seen"])
+        waited = float(info.get("waited", 0.0))
         t0 -= float(info["seconds"])
     model: torch.nn.Module = net
     if world > 1:
@@ -280,6 +281,10 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
                 else:
                     bad += 1
                     stop = config.patience > 0 and bad >= config.patience
+                if world > 1:  # every process stops together, on rank 0's decision
+                    flag = torch.tensor([int(stop)], device=dev if cuda else "cpu")
+                    torch.distributed.broadcast(flag, 0)
+                    stop = bool(flag.item())
             result.history.append(row)
         result.steps = step
         if stop:
@@ -298,7 +303,7 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
             info = {"optimizer_groups": osd["param_groups"], "scheduler": sched.state_dict(),
                     "history": result.history, "best_step": result.best_step, "best_loss": best_loss, "bad": bad,
                     "running": running, "n_running": n_running, "risky_seen": risky_seen, "seen": seen,
-                    "seconds": result.seconds}
+                    "seconds": result.seconds, "waited": waited}
             checkpoint(result, TrainState(step, tensors, copy.deepcopy(info)))
     del it, loader
     if best_state is not None:

@@ -28,7 +28,7 @@ def test_every_shipped_profile_renders_a_job_script(path):
     prefix = {"slurm": "#SBATCH", "pbs": "#PBS", "lsf": "#BSUB"}[prof.kind]
     assert script.startswith("#!/usr/bin/env bash") and prefix in script
     assert "distributed.cli.dask_worker" in script and "--death-timeout" in script
-    assert "$TMPDIR" in script  # node-local scratch kept as a variable
+    assert "--local-directory ${TMPDIR:-/tmp}" in script  # node-local scratch, expanded on the node
     if prof.gpu:
         gpu = "--gres=gpu:1" if prof.kind == "slurm" else "ngpus=1"
         assert gpu in script and "module load cuda" in script
@@ -54,6 +54,9 @@ def _profile(tmp_path, text):
     ("kind: slurm\ncluster:\n  log_directory: /x;rm -rf ~\n", "shell characters"),
     ("kind: slurm\ncluster:\n  queue: 'gpu$(reboot)'\n", "shell characters"),
     ("kind: slurm\ncluster:\n  python: '`id`'\n", "shell characters"),
+    ("kind: slurm\ncluster:\n  death_timeout: '60; curl x|sh'\n", "shell characters"),
+    ("kind: slurm\ncluster:\n  log_directory: $HOME/logs\n", "shell characters"),
+    ("kind: slurm\ncluster:\n  env_extra: ['x']\n", "not supported"),
     ("kind: slurm\ncluster:\n  job_extra_directives: ['--gres=gpu:1; reboot']\n", "plain options"),
     ('kind: slurm\ncluster:\n  job_script_prologue: ["a\\nb"]\n', "single-line"),
     ("kind: slurm\nworkers: 3\n", "unknown key"),
