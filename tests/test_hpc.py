@@ -128,7 +128,8 @@ def test_sbatch_script_runs_a_scheduler_and_two_workers_and_quotes_file_names(sm
     r = subprocess.run(["bash", str(ROOT / "cluster" / "examples" / "denoise.sbatch"), str(odd), str(out),
                         str(d / "model"), "--tile", "32"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode == 0, [ln for ln in r.stderr.splitlines() if "error" in ln.lower() and "distributed" not in ln][:5]
+    errors = [ln for ln in r.stderr.splitlines() if "error" in ln.lower() and "distributed" not in ln]
+    assert r.returncode == 0, errors[:5]
     assert not (tmp_path / "INJECTED.zarr").exists() and not Path("INJECTED.zarr").exists()
     assert not (tmp_path / "asn2n-scheduler-42.json").exists()  # cleaned up with the processes
     run_pipeline(open_source(odd), tmp_path / "ref.zarr", d / "model", options=RunOptions(infer=InferConfig(tile=32)),
