@@ -18,7 +18,6 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,35 +29,8 @@ WORK = ROOT / "benchmarks" / "work" / "training"
 DATA = ROOT / "benchmarks" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 
-
-class PeakRSS:
-    """Peak resident memory of this process and its children, sampled every 50 ms."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self.proc, self.peak = psutil.Process(), 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            for p in [self.proc, *self.proc.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except Exception:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(0.05)
-
-    def __enter__(self) -> PeakRSS:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline import PeakRSS  # noqa: E402  (one memory sampler for the benchmarks)
 
 
 def timelapse(t: int) -> Path:

@@ -34,6 +34,17 @@ def movie(tmp_path_factory):
     return d, frames
 
 
+def _crashed_fit(d, model_dir):
+    """A training of ``CFG`` interrupted at step 4 (after its checkpoint at step 3)."""
+
+    def crash(what, step, total):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(str(d / "movie.zarr"), config=CFG, model_dir=model_dir, progress=crash)
+
+
 def _weights(model):
     return [v for ch in model.channels for v in ch.net.state_dict().values()]
 
@@ -69,12 +80,7 @@ def test_resume_refuses_a_checkpoint_of_other_options(movie, tmp_path):
 
     d, _ = movie
 
-    def crash(what, step, total):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(str(d / "movie.zarr"), config=CFG, model_dir=tmp_path / "m", progress=crash)
+    _crashed_fit(d, tmp_path / "m")
     with pytest.raises(InputError, match="other data or options"):
         fit(str(d / "movie.zarr"), config=TrainConfig(**{**CFG.to_dict(), "seed": 5}), model_dir=tmp_path / "m",
             resume=True)
@@ -139,12 +145,7 @@ def test_one_channel_model_is_picked_by_name_when_denoising(movie, tmp_path):
 def test_a_checkpoint_left_in_place_is_not_silently_overwritten(movie, tmp_path):
     d, _ = movie
 
-    def crash(what, step, total):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(str(d / "movie.zarr"), config=CFG, model_dir=tmp_path / "m", progress=crash)
+    _crashed_fit(d, tmp_path / "m")
     r = CliRunner().invoke(app, ["-q", "fit", str(d / "movie.zarr"), "-o", str(tmp_path / "m"), "--preset", "tiny",
                                  "--steps", "10", "--patch", "32", "--batch", "4"])
     assert r.exit_code == 2 and "--resume" in r.stderr
