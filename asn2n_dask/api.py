@@ -397,7 +397,7 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
     total, done = planes.shape[0] * planes.shape[1], 0
     all_stats = channel_stats(planes, model.train.norm)
     for c, ch in enumerate(model.channels):
-        fn = network_fn(ch.net, dev)
+        fn = network_fn(ch.net, dev, config.precision, config.compile)
         for p in range(planes.shape[1]):
             out[c, p], risk[c, p] = denoise_frame(planes[c, p], fn, stats=all_stats[c], norm=model.train.norm,
                                                   infer=config, device=dev, multiple=model.multiple,

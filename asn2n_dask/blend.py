@@ -155,7 +155,8 @@ def blend_tiles(block: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
     k = block.shape[0]
     t, s = config.tile, config.stride
     size = tuple(block.shape[-2:])
-    tiles = F.unfold(block[None], kernel_size=t, stride=s).transpose(1, 2).reshape(-1, k, t, t)
+    # (K, ny, nx, t, t) strided view -> (ny * nx, K, t, t): one plain copy, row-major tile order
+    tiles = block.unfold(1, t, s).unfold(2, t, s).permute(1, 2, 0, 3, 4).reshape(-1, k, t, t)
     outs = []
     for i in range(0, tiles.shape[0], config.batch):
         outs.append(fn(tiles[i : i + config.batch]).float() * window)

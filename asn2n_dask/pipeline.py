@@ -286,13 +286,14 @@ class RunSpec:
     torch_threads: int | None = None
 
 
-_MODELS: dict[tuple[str, str, str], Any] = {}
+_MODELS: dict[tuple[str, str, str, str, bool], Any] = {}
 _LOCK = threading.Lock()
 
 
 def _model(spec: RunSpec) -> Any:
     """The model, loaded once per process and device."""
-    key = (spec.model_dir, spec.model_sha, spec.device)
+    infer = spec.plan.infer
+    key = (spec.model_dir, spec.model_sha, spec.device, infer.precision, infer.compile)
     with _LOCK:
         if key not in _MODELS:
             from .checkpoint import load_model
@@ -306,7 +307,8 @@ def _model(spec: RunSpec) -> Any:
             if model_sha(spec.model_dir) != spec.model_sha:
                 raise ModelError(f"the model in {spec.model_dir} changed during the run; start again.")
             dev = resolve_device(spec.device)
-            _MODELS[key] = (model, [network_fn(ch.net, dev) for ch in model.channels], dev)
+            _MODELS[key] = (model, [network_fn(ch.net, dev, infer.precision, infer.compile)
+                                    for ch in model.channels], dev)
         return _MODELS[key]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,15 +36,39 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def network_fn(net: torch.nn.Module, device: torch.device | str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Wrap a network for batched inference: no autograd, bf16 autocast on CUDA."""
+def network_fn(net: torch.nn.Module, device: torch.device | str, precision: str = "bf16",
+               compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap a network for batched inference: no autograd; on CUDA channels-last memory,
+    bf16 autocast with ``precision="bf16"``, and with ``compile=True`` the network
+    compiled by ``torch.compile`` (fused kernels: about twice as fast on a GPU, after a
+    compilation of a minute or so per process).  The CPU always computes in fp32, eagerly.
+
+    A compiled network sees one batch size: a shorter batch (the last of a chunk) is
+    padded to the longest one seen, so it is never compiled again.
+    """
     device = torch.device(device)
+    cuda = device.type == "cuda"
     net = net.to(device).eval()
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    run: Callable[[torch.Tensor], torch.Tensor] = net
+    compiled = compile and cuda
+    if compiled:
+        run = torch.compile(net, dynamic=False)  # type: ignore[assignment]
+    longest = 0
 
     def fn(x: torch.Tensor) -> torch.Tensor:
+        nonlocal longest
+        n = x.shape[0]
+        if compiled:
+            longest = max(longest, n)
+            if n < longest:
+                x = torch.cat([x, x.new_zeros((longest - n, *x.shape[1:]))])
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                    enabled=device.type == "cuda"):
-            return net(x).float()
+                                                    enabled=cuda and precision == "bf16"):
+            return run(x)[:n].float().contiguous()
 
     return fn
 
@@ -260,7 +285,18 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
     ly = torch.from_numpy((np.arange(y0, y1) - ry0) // patch).to(dev)
     lx = torch.from_numpy((np.arange(x0, x1) - rx0) // patch).to(dev)
     labels = risk_map.index_select(0, ly).index_select(1, lx)
-    return out.cpu().numpy(), labels.cpu().numpy()  # the one copy out
+    return _to_host(out), _to_host(labels)  # the one copy out
+
+
+def _to_host(t: torch.Tensor) -> NDArray[Any]:
+    """A device tensor as a numpy array, through pinned memory from a GPU (several times
+    faster than a copy to pageable memory)."""
+    if t.device.type != "cuda":
+        return t.numpy()
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return host.numpy()
 
 
 def _denoise_window_numpy(region: NDArray[np.number], plan: WindowPlan, frame_shape: tuple[int, int],
