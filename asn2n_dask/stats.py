@@ -4,11 +4,12 @@ The normalisation range and the risk scale of every frame come from statistics o
 whole channel (all its time points and planes), computed once and handed to every
 chunk, so that the result at a pixel never depends on how the data was cut into
 pieces.  The same functions run on an in-memory numpy array and, lazily, on a dask
-array of any size: a minimum/maximum pass, then one histogram pass from which the
-percentiles are read.  For integer data whose range fits in :data:`HIST_BINS` bins
-(all 8- and 16-bit images) the bins are single integer values and the percentiles
-equal ``numpy.percentile``'s; otherwise the bins holding the wanted percentiles are
-refined by a second, fine histogram.
+array of any size.  8- and 16-bit integer images (nearly all microscopy data) take a
+single pass: a count of every possible value, from which the range and the
+percentiles are read exactly (equal to ``numpy.percentile``'s).  Other data takes a
+minimum/maximum pass, then a histogram pass; for integer data whose range fits in
+:data:`HIST_BINS` bins the bins are single integer values, otherwise the bins holding
+the wanted percentiles are refined by a third, fine histogram pass.
 """
 
 from __future__ import annotations
@@ -65,6 +66,34 @@ class ChannelStats:
         return cls(norm=FrameStats.from_dict(d["norm"]), risk=FrameStats.from_dict(d["risk"]),
                    minimum=float(d["minimum"]), maximum=float(d["maximum"]), count=int(d["count"]),
                    digest=str(d.get("digest", "")))
+
+
+def _small_int(dtype: Any) -> bool:
+    """8- and 16-bit integers (and booleans): every possible value gets a count."""
+    dt = np.dtype(dtype)
+    return dt.kind == "b" or (dt.kind in "ui" and dt.itemsize <= 2)
+
+
+def _value_counts(block: NDArray[Any]) -> NDArray[np.int64]:
+    """Counts of every possible value of a small-integer block, from the dtype's minimum."""
+    dt = block.dtype
+    if dt.kind == "b":
+        return np.bincount(block.ravel().view(np.uint8), minlength=256)[:2].astype(np.int64)
+    info = np.iinfo(dt)
+    flat = block.ravel()
+    if info.min < 0:
+        flat = flat.astype(np.int32) - int(info.min)
+    return np.bincount(flat, minlength=int(info.max) - int(info.min) + 1).astype(np.int64)
+
+
+def _counts_of(plane: Any, xp: Any) -> Any:
+    """:func:`_value_counts` over a whole numpy or dask array (one map and one sum)."""
+    if xp is np:
+        return _value_counts(np.asarray(plane))
+    n = 2 if plane.dtype.kind == "b" else int(np.iinfo(plane.dtype).max) - int(np.iinfo(plane.dtype).min) + 1
+    per_block = plane.map_blocks(lambda b: _value_counts(b).reshape((1,) * b.ndim + (n,)), new_axis=plane.ndim,
+                                 chunks=(1,) * plane.ndim + (n,), dtype=np.int64)
+    return per_block.sum(axis=tuple(range(plane.ndim)))
 
 
 def _integer_bins(lo: float, hi: float, dtype: Any) -> bool:
@@ -139,14 +168,27 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
         return list(dask.compute(*xs)) if is_dask else list(xs)
 
     nc = planes.shape[0]
-    rest = tuple(range(1, planes.ndim))
-    mins, maxs = compute(planes.min(axis=rest), planes.max(axis=rest))
-    for c in range(nc):
-        if not (np.isfinite(mins[c]) and np.isfinite(maxs[c])):
-            raise InputError(f"channel {c} holds NaN or infinite values; replace them (e.g. with the background "
-                             "level) before denoising.")
-    edges_all = [bin_edges(float(mins[c]), float(maxs[c]), planes.dtype) for c in range(nc)]
-    hists = [np.asarray(h) for h in compute(*[xp.histogram(planes[c], bins=edges_all[c])[0] for c in range(nc)])]
+    if _small_int(planes.dtype):  # one pass: counts of every value give the range and the histogram
+        first = 0 if planes.dtype.kind == "b" else int(np.iinfo(planes.dtype).min)
+        mins, maxs, hists = [], [], []
+        for c, counts in enumerate(compute(*[_counts_of(planes[c], xp) for c in range(nc)])):
+            seen = np.flatnonzero(np.asarray(counts))
+            if seen.size == 0:
+                raise InputError(f"channel {c} holds no pixels.")
+            mins.append(first + int(seen[0]))
+            maxs.append(first + int(seen[-1]))
+            hists.append(np.asarray(counts)[seen[0] : seen[-1] + 1])
+        edges_all = [bin_edges(float(mins[c]), float(maxs[c]), planes.dtype) for c in range(nc)]
+    else:
+        rest = tuple(range(1, planes.ndim))
+        mins, maxs = compute(planes.min(axis=rest), planes.max(axis=rest))
+        for c in range(nc):
+            if not (np.isfinite(mins[c]) and np.isfinite(maxs[c])):
+                raise InputError(f"channel {c} holds NaN or infinite values; replace them (e.g. with the "
+                                 "background level) before denoising.")
+        edges_all = [bin_edges(float(mins[c]), float(maxs[c]), planes.dtype) for c in range(nc)]
+        hists = [np.asarray(h) for h in compute(*[xp.histogram(planes[c], bins=edges_all[c])[0]
+                                                  for c in range(nc)])]
     qs = [norm.low_percentile, norm.high_percentile, norm.risk.clip_percentile, norm.risk.floor_percentile]
     # the bins to refine: every rank's bin, for channels without one bin per integer
     wanted: dict[tuple[int, int], Any] = {}

@@ -40,6 +40,21 @@ def test_dask_and_numpy_give_the_same_statistics():
     assert a == b
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "bool"])
+def test_the_one_pass_count_of_small_integers_equals_the_two_pass_histogram(dtype):
+    rng = np.random.default_rng(4)
+    if dtype == "bool":
+        x = rng.random((2, 3, 50, 40)) < 0.3
+    else:
+        info = np.iinfo(dtype)
+        x = rng.integers(max(info.min, -2000), min(info.max, 2500), (2, 3, 50, 40)).astype(dtype)
+        x[1, 0, 0, 0] = info.max  # the ends of the dtype's range
+        x[1, 0, 0, 1] = info.min
+    one = channel_stats(da.from_array(x, chunks=(1, 2, 20, 33)), NORM)  # counts of every value, one pass
+    two = channel_stats(x.astype(np.int32), NORM)  # min/max, then an integer-bin histogram
+    assert one == two == channel_stats(x, NORM)
+
+
 def test_constant_and_almost_constant_channels_keep_a_usable_range():
     const = channel_stats(np.full((1, 30, 30), 7, np.uint16))[0]
     assert const.norm.lo == const.norm.hi == 7 and const.norm.span > 0
