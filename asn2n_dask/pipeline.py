@@ -307,8 +307,14 @@ def _model(spec: RunSpec) -> Any:
             if model_sha(spec.model_dir) != spec.model_sha:
                 raise ModelError(f"the model in {spec.model_dir} changed during the run; start again.")
             dev = resolve_device(spec.device)
-            _MODELS[key] = (model, [network_fn(ch.net, dev, infer.precision, infer.compile)
-                                    for ch in model.channels], dev)
+            fns = [network_fn(ch.net, dev, infer.precision, infer.compile) for ch in model.channels]
+            if infer.compile and dev.type == "cuda":  # compile here, once, under the lock: not in every thread
+                import torch
+
+                views = 2 if infer.infer_on == "twins" else 1
+                for fn in fns:
+                    fn(torch.zeros(views * infer.batch, 1, infer.tile, infer.tile, device=dev))
+            _MODELS[key] = (model, fns, dev)
         return _MODELS[key]
 
 
