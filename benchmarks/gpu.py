@@ -284,7 +284,7 @@ def report(rows: dict, out: Path) -> None:
                 f"{r['network_share']:.2f} | {r['peak_gpu_gib']:.2f} | {r['tb_hours']:.1f} |"
             )
         lines.append("")
-    pipe = [r for k, r in rows.items() if k.startswith("pipeline")]
+    pipe = [(k, r) for k, r in rows.items() if k.startswith("pipeline")]
     if pipe:
         lines += [
             "## The pipeline on one GPU worker",
@@ -292,14 +292,13 @@ def report(rows: dict, out: Path) -> None:
             "`run_pipeline` on a `simulate.py timelapse` Zarr (input chunks 1024^2), one worker process "
             "holding the GPU; threads = chunks in flight (reading and writing overlap the GPU).",
             "",
-            "| preset | tile batch | compiled | shape | output chunks | threads | tasks | seconds | "
-            "stats pass s | Mpx/s | Mpx/s without the stats pass |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| run | compiled | shape | output chunks | threads | tasks | seconds | stats pass s | Mpx/s | "
+            "Mpx/s without the stats pass |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in pipe:
+        for k, r in pipe:
             lines.append(
-                f"| {r['preset']} | {r['batch']} | {r.get('compile', False)} | {tuple(r['shape'])} | "
-                f"{r['chunks']} | {r['threads']} | "
+                f"| {k} | {r.get('compile', False)} | {tuple(r['shape'])} | {r['chunks']} | {r['threads']} | "
                 f"{r['tasks']} | {r['seconds']:.1f} | {r['stats_seconds']:.1f} | {r['mpx_s']:.1f} | "
                 f"{r['mpx_s_without_stats']:.1f} |"
             )
@@ -321,6 +320,8 @@ def report(rows: dict, out: Path) -> None:
                 f"{r['steps_s']:.1f} | {r['patches_s']:.0f} | {r['first_steps_s']:.1f} |"
             )
         lines.append("")
+    if rows.get("notes"):
+        lines += ["## Notes", "", *[f"- {n}" for n in rows["notes"]], ""]
     out.write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -9,6 +9,7 @@ Stages::
     python benchmarks/pipeline.py --stage overhead   # pipeline vs core loop, same model
     python benchmarks/pipeline.py --stage scaling    # 1 vs 2 worker processes
     python benchmarks/pipeline.py --stage memory     # peak RSS, dataset of N vs 10 N frames
+    python benchmarks/pipeline.py --stage stats      # the statistics pass alone (MB/s)
     python benchmarks/pipeline.py --stage report
 
 Writes ``benchmarks/results/pipeline.json`` and ``pipeline.md``.
@@ -142,6 +143,42 @@ def core_loop(src: Path, mdir: Path) -> dict:
     return {"seconds": secs, "mpx_s": px / secs / 1e6, "pixels": px}
 
 
+def stage_stats(shape: tuple[int, int, int, int]) -> dict:
+    """The statistics pass alone: in this process, and on a one-worker cluster, fresh and warm."""
+    from asn2n_dask import NormConfig
+    from asn2n_dask.cluster import dask_client
+    from asn2n_dask.pipeline import selection_array, selection_stats
+    from asn2n_dask.source import Selection
+    from asn2n_dask.stats import channel_stats
+
+    src = open_source(timelapse(shape))
+    nbytes = int(np.prod(src.shape)) * np.dtype(src.dtype).itemsize
+    rows = {}
+
+    def row(name: str, secs: float) -> None:
+        rows[f"stats {name}"] = {"shape": list(shape), "seconds": secs, "mb_s": nbytes / secs / 1e6}
+
+    selection_stats([src], [Selection()], NormConfig(), client="sync")  # imports and page cache
+    t0 = time.perf_counter()
+    selection_stats([src], [Selection()], NormConfig(), client="sync")
+    row("one pass, in process", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    np.asarray(src.open()[...])
+    row("reading the store alone, in process", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        channel_stats(selection_array(src, Selection()).astype(np.int32), NormConfig())
+    row("two passes (as int32), in process", time.perf_counter() - t0)
+    with dask_client(workers=1, threads=2, echo=lambda m: None, gpu=False) as (client, _):
+        for name in ("one pass, fresh 1x2 cluster", "one pass, warm 1x2 cluster"):
+            t0 = time.perf_counter()
+            selection_stats([src], [Selection()], NormConfig(), client=client)
+            row(name, time.perf_counter() - t0)
+    return rows
+
+
 def stage_graph() -> dict:
     """Plan and task graph for ~1 TB of uint16 (metadata only: no chunk is ever written)."""
     import zarr
@@ -173,7 +210,7 @@ def stage_graph() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["graph", "overhead", "scaling", "memory"],
-                    choices=["graph", "overhead", "scaling", "memory", "report"])
+                    choices=["graph", "overhead", "scaling", "memory", "stats", "report"])
     ap.add_argument("--shape", type=int, nargs=4, default=[4, 2, 1024, 1024], help="overhead/scaling data (T C Y X)")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--chunks", type=int, nargs="+", default=[512, 1024], help="output chunk sides to compare")
@@ -195,6 +232,9 @@ def main() -> None:
     stages = set(args.stage)
     if "graph" in stages:
         put("graph", stage_graph())
+    if "stats" in stages:
+        for name, row in stage_stats(tuple(args.shape)).items():
+            put(name, row)
     if stages & {"overhead", "scaling"}:
         src = timelapse(tuple(args.shape))
         mdir = model_dir(args.preset)
@@ -250,6 +290,11 @@ def report(rows: dict) -> None:
         lines += ["Throughput (overhead against a plain loop, 1 vs 2 workers) and memory stages have not been run "
                   "yet: at 0.05-0.1 Mpx/s on 2 CPU cores the sizes asked for take hours; size them with `--shape` "
                   "and `--memory-frames`.", ""]
+    st = [(k, r) for k, r in rows.items() if k.startswith("stats")]
+    if st:
+        lines += ["## Statistics pass (`--stage stats`)", "", "| run | shape | seconds | MB/s |", "|---|---|---|---|"]
+        lines += [f"| {k} | {tuple(r['shape'])} | {r['seconds']:.2f} | {r['mb_s']:.0f} |" for k, r in st]
+        lines.append("")
     mem = [(k, r) for k, r in rows.items() if k.startswith("memory")]
     if mem:
         lines += ["## Memory (all processes: client, scheduler, workers)", "",
