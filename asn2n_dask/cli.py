@@ -20,7 +20,7 @@ import numpy as np
 import typer
 
 from ._version import __version__
-from .errors import Asn2nError, InputError, OutputError
+from .errors import Asn2nError, ConfigError, InputError, OutputError
 
 app = typer.Typer(
     name="asn2n",
@@ -648,6 +648,91 @@ def run(
 
 @app.command()
 @friendly
+def report(
+    input: Annotated[Path, typer.Argument(help="The noisy input (TIFF or Zarr).", show_default=False)],
+    denoised: Annotated[Path, typer.Argument(help="The denoised output made from it.", show_default=False)],
+    out: Annotated[Path, typer.Option("--output", "-o", help="Report directory to write.", show_default=False)],
+    gt: Annotated[Path | None, typer.Option("--gt", help="Ground truth (same shape): adds the scores.")] = None,
+    model_dir: Annotated[Path | None, typer.Option("--model", "-m", help="The model used: adds its training "
+                                                   "curves and options.")] = None,
+    channel: ChannelOpt = None,
+    time_points: Annotated[str | None, typer.Option("--time-points", help="Output time points to show, e.g. "
+                                                    "0,50,99 (default: --frames evenly spaced).")] = None,
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Time points shown per channel.")] = 3,
+    curve_points: Annotated[int, typer.Option("--curve-points", min=2, help="Time points sampled for the time "
+                                              "series.")] = 60,
+    zoom: Annotated[str | None, typer.Option("--zoom", help="Zoom crop as Y,X,SIDE (centre and side, pixels; "
+                                             "default: where the denoised frame varies most).")] = None,
+    axes: AxesOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier report.")] = False,
+) -> None:
+    """Write an HTML report on a denoised result: can it be trusted?
+
+    Before/after montages with zoom and line profiles, risk maps, the residual and where
+    it holds structure, Otsu objects in the background and skeleton continuity, the
+    intensity time series and (with --gt) the scores; report.html is self-contained,
+    with its PNGs and summary.json beside it.  Only the frames shown are read.
+
+    Examples:
+
+      asn2n report movie.zarr movie-dn.zarr -o movie-report/ --model movie.model
+
+      asn2n report noisy.tif denoised.tif -o report/ --gt truth.tif --zoom 300,400,128
+    """
+    from .report import make_report
+
+    def ints(text: str, what: str) -> list[int]:
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"{what} must be integers separated by commas; got {text!r}.") from None
+
+    box = None
+    if zoom is not None:
+        vals = ints(zoom, "--zoom")
+        if len(vals) != 3 or vals[2] < 8:
+            raise ConfigError(f"--zoom takes Y,X,SIDE with SIDE >= 8; got {zoom!r}.")
+        box = (vals[0], vals[1], vals[2])
+    times = ints(time_points, "--time-points") if time_points else None
+    for p in (input, denoised, gt, model_dir):
+        if p is not None and not p.exists():
+            raise InputError(f"{p} does not exist.")
+    with progress_bar(not state["quiet"]) as bar:
+        make_report(input, denoised, out, gt=gt, model_dir=model_dir, channels=channel, times=times, frames=frames,
+                    curve_points=curve_points, zoom=box, axes=axes, overwrite=overwrite, progress=bar)
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+@friendly
+def view(
+    output: Annotated[Path, typer.Argument(help="An OME-Zarr output of 'asn2n denoise'.", show_default=False)],
+    input: Annotated[Path | None, typer.Option("--input", help="The noisy input to show beside it (default: "
+                                               "the one recorded in the output, if it still exists).")] = None,
+) -> None:
+    """Open a denoised OME-Zarr in napari: input, denoised and risk labels as layers.
+
+    Needs napari ('pip install asn2n-dask[view]'); without it, open the output with
+    napari-ome-zarr or any OME-Zarr viewer.
+
+    Example: asn2n view movie-dn.zarr
+    """
+    from .view import napari_layers
+
+    layers = napari_layers(output, input)
+    try:
+        import napari  # type: ignore[import-not-found]
+    except ImportError:
+        raise ConfigError("napari is not installed; install it with 'pip install asn2n-dask[view]', or open "
+                          f"{output} in any OME-Zarr viewer.") from None
+    viewer = napari.Viewer(title=f"asn2n: {output.name}")
+    for layer in layers:
+        getattr(viewer, f"add_{layer.kind}")(layer.data, **layer.kwargs)
+    napari.run()
+
+
+@app.command()
+@friendly
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path("demo-output"),
     size: Annotated[int, typer.Option("--size", help="Side of the synthetic frame.")] = 256,
@@ -685,6 +770,12 @@ def demo(
     typer.echo(f"denoised:     {out / 'denoised.tif'} (RMSE to ground truth {rmse_out:.2f} ADU)")
     typer.echo(f"model:        {out / 'model'}")
     typer.echo(f"before/after: {png}")
+    from .report import make_report
+
+    with progress_bar(not state["quiet"]) as bar:
+        make_report(out / "noisy.tif", out / "denoised.tif", out / "report", gt=out / "ground_truth.tif",
+                    model_dir=out / "model", overwrite=True, progress=bar)
+    typer.echo(f"report:       {out / 'report' / 'report.html'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,175 @@
+"""The report: checks against known answers and the project's scorer; the page in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from typer.testing import CliRunner
+
+from asn2n_dask import InferConfig, TrainConfig, fit
+from asn2n_dask.checks import foreground_objects, residual_checks, score_pair, skeleton_stats
+from asn2n_dask.cli import app
+from asn2n_dask.errors import InputError, OutputError
+from asn2n_dask.pipeline import RunOptions, run_pipeline
+from asn2n_dask.report import make_report
+from asn2n_dask.source import Selection, open_source
+from asn2n_dask.synthetic import noisy_frame
+
+from .browser import chromium, load_page
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("ASN2N_ARTIFACTS", ROOT / "artifacts"))
+
+
+def test_scores_equal_the_project_scorer(scorer):
+    rng = np.random.default_rng(0)
+    noisy, truth = noisy_frame((90, 110), photons=6.0, seed=1)
+    for pred in (noisy.astype(float), truth + rng.normal(0, 0.5, truth.shape), 3.0 * truth - 7.0):
+        ours, theirs = score_pair(pred, truth), scorer.score_pair(pred, truth)
+        assert ours.keys() == theirs.keys()
+        for k in ours:
+            assert ours[k] == pytest.approx(theirs[k], rel=1e-12, abs=1e-12), k
+
+
+def test_objects_are_counted_inside_the_given_background():
+    img = np.zeros((60, 60))
+    img[5:8, 5:8] = 10  # in the background
+    img[40:44, 40:44] = 10  # in the background
+    img[20:23, 30:33] = 10  # outside it
+    img[50, 10] = 10  # a one-pixel speck
+    bg = np.ones(img.shape, bool)
+    bg[15:30, 25:40] = False
+    r = foreground_objects(img, bg)
+    assert (r["objects"], r["specks"], r["background_objects"]) == (3, 1, 2)
+    assert r["background_objects_per_mpx"] == pytest.approx(2 / (3600 / 1e6))
+
+
+def test_a_skeleton_counts_fragments_branch_points_and_branches():
+    line = np.zeros((40, 60), bool)
+    line[18:21, 5:55] = True
+    r = skeleton_stats(line)
+    assert (r["fragments"], r["branch_points"], r["branches"]) == (1, 0, 1)
+    assert 44 <= r["mean_branch_px"] <= 52
+    plus = np.zeros((61, 61), bool)
+    plus[29:32, 5:56] = True
+    plus[5:56, 29:32] = True
+    broken = line.copy()
+    broken[:, 20:23] = broken[:, 40:43] = False  # one filament cut twice
+    p, b = skeleton_stats(plus), skeleton_stats(broken)
+    assert p["fragments"] == 1 and p["branch_points"] >= 1 and p["branches"] == 4
+    assert b["fragments"] == 3 and b["mean_branch_px"] < r["mean_branch_px"] / 2
+
+
+def test_the_residual_is_noise_when_only_noise_was_removed_and_structured_when_signal_was():
+    noisy, truth = noisy_frame((128, 128), photons=10.0, seed=4)
+    clean = truth.astype(float)
+    rng = np.random.default_rng(5)
+    raw = clean + rng.normal(0, 1.0, clean.shape)
+    good, good_map = residual_checks(raw, clean)
+    assert good["structure_fraction"] < 0.01 and abs(good["lag1"]) < 0.05 and abs(good["mean"]) < 0.05
+    flat = np.full(clean.shape, clean.mean())
+    smeared = 0.5 * clean + 0.5 * flat  # half of the signal went into the residual
+    bad, bad_map = residual_checks(raw, smeared)
+    assert bad["structure_fraction"] > 10 * max(good["structure_fraction"], 1e-3)
+    assert bad["lag1"] > 0.2 and good_map.shape == bad_map.shape == raw.shape
+
+
+@pytest.fixture(scope="module")
+def zarr_run(tmp_path_factory):
+    """An OME-Zarr output of the pipeline for channel 1, time points 1..3 of a (4, 2, 96, 110) input."""
+    d = tmp_path_factory.mktemp("report")
+    frames = np.stack([np.stack([noisy_frame((96, 110), photons=5.0 + 4 * c, seed=10 * t + c)[0] * (1 - 0.05 * t)
+                                 for c in range(2)]) for t in range(4)]).astype(np.uint16)
+    z = zarr.create_array(str(d / "in.zarr"), shape=frames.shape, chunks=(1, 1, 64, 64), dtype=frames.dtype,
+                          dimension_names=["t", "c", "y", "x"])
+    z[...] = frames
+    fit(frames[:, 1:], axes="TCYX", config=TrainConfig(preset="tiny", steps=4, patch=32, batch=2, val_every=2),
+        model_dir=d / "model")
+    run_pipeline(open_source(d / "in.zarr"), d / "out.zarr", d / "model",
+                 selection=Selection(channels=(1,), time=(1, 4)), options=RunOptions(infer=InferConfig(tile=32)),
+                 client="sync")
+    return d, frames
+
+
+def test_a_report_on_a_pipeline_output_maps_its_frames_to_the_input(zarr_run, tmp_path):
+    d, frames = zarr_run
+    s = make_report(d / "in.zarr", d / "out.zarr", tmp_path / "r", model_dir=d / "model", frames=2, curve_points=3)
+    out = tmp_path / "r"
+    assert [f["input_index"] for f in s["frames"]] == [[1, 1], [3, 1]]  # output t 0 and 2 = input t 1 and 3
+    assert [f["frame"] for f in s["frames"]] == ["t=0 (input t=1), channel 1", "t=2 (input t=3), channel 1"]
+    assert s["denoised"]["risk_labels"] == "from the output"
+    den = zarr.open_group(str(d / "out.zarr"), mode="r")["0"][...]
+    series = s["time_series"][s["channels"][0]]
+    assert series["time"] == [0, 1, 2]
+    np.testing.assert_allclose(series["raw_mean"], frames[1:, 1].mean(axis=(1, 2)))
+    np.testing.assert_allclose(series["denoised_mean"], den[:, 0].mean(axis=(1, 2)), rtol=1e-6)
+    page = (out / "report.html").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    from_model = sorted(p.name for p in (d / "model").glob("*.png"))
+    assert "curves-0.png" in from_model
+    assert len(pngs) == 2 * 4 + 1 + len(from_model)  # 4 figures per frame, the time series, the model's figures
+    assert page.count("<img src=\"data:image/png;base64,") == len(pngs)
+    assert json.loads((out / "summary.json").read_text())["frames"][0]["figures"]["montage"] == "f0-montage.png"
+    with pytest.raises(OutputError, match="already holds files"):
+        make_report(d / "in.zarr", d / "out.zarr", out)
+    make_report(d / "in.zarr", d / "out.zarr", out, overwrite=True, frames=1, curve_points=2)
+    assert not (out / "f1-montage.png").exists()  # the earlier report was replaced, not mixed in
+
+
+def test_mismatched_or_unfinished_outputs_are_refused(zarr_run, tmp_path):
+    d, frames = zarr_run
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, frames[0, 0, :50])
+    with pytest.raises(InputError, match="give the input the output was made from"):
+        make_report(other, d / "out.zarr", tmp_path / "r")
+    unfinished = tmp_path / "unfinished.zarr"
+    import shutil
+
+    shutil.copytree(d / "out.zarr", unfinished)
+    root = zarr.open_group(str(unfinished), mode="r+")
+    root.attrs["asn2n"] = {**dict(root.attrs["asn2n"]), "status": "running"}
+    with pytest.raises(InputError, match="unfinished run"):
+        make_report(d / "in.zarr", unfinished, tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()
+
+
+def test_the_command_with_ground_truth_and_its_errors(tmp_path, tiny_model, frame):
+    from asn2n_dask import denoise
+
+    noisy, truth = frame
+    den = denoise(noisy, tiny_model, config=InferConfig(tile=32))
+    for name, arr in (("noisy.tif", noisy), ("den.tif", den), ("gt.tif", truth.astype(np.float32))):
+        tifffile.imwrite(tmp_path / name, arr)
+    runner = CliRunner()
+    args = ["report", str(tmp_path / "noisy.tif"), str(tmp_path / "den.tif"), "-o", str(tmp_path / "rep")]
+    r = runner.invoke(app, [*args, "--gt", str(tmp_path / "gt.tif"), "--zoom", "40,60,32"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    sc = s["frames"][0]["scores"]
+    assert sc["denoised"]["psnr"] > sc["input"]["psnr"]
+    assert s["frames"][0]["zoom"] == {"y": 24, "x": 44, "side": 32}
+    bad = runner.invoke(app, [*args, "--zoom", "1,2"])
+    assert bad.exit_code == 2 and "Y,X,SIDE" in bad.output and "Traceback" not in bad.output
+    missing = runner.invoke(app, [*args[:2], str(tmp_path / "nope.tif"), "-o", str(tmp_path / "r3")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_the_page_loads_in_a_real_browser_with_every_image(zarr_run, tmp_path):
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Chromium for the report's page test (.ci/run installs it)")
+        pytest.skip("no Chromium on this machine (CI installs it)")
+    d, _ = zarr_run
+    make_report(d / "in.zarr", d / "out.zarr", tmp_path / "r", model_dir=d / "model", frames=2, curve_points=3)
+    got = load_page((tmp_path / "r" / "report.html").as_uri(), ARTIFACTS / "report-screenshot.png")
+    assert got["errors"] == []
+    assert len(got["images"]) == 9 + len(list((d / "model").glob("*.png")))
+    assert all(ok for _, ok in got["images"]), got["images"]
+    assert got["title"].startswith("asn2n report")
+    assert (ARTIFACTS / "report-screenshot.png").stat().st_size > 10_000
