@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import InputError
 from .source import Source, open_source
 
@@ -33,10 +35,16 @@ def _scale(src: Source, drop: str = "C") -> tuple[float, ...]:
     return tuple(float(v) for a, v in zip(src.axes, sc) if a not in drop)
 
 
-def _image(src: Source, name: str, names: list[str], limits: list[tuple[float, float]] | None) -> Layer:
+def _image(src: Source, name: str, names: list[str], limits: list[tuple[float, float]] | None,
+           selection: dict[str, Any] | None = None) -> Layer:
     import dask.array as da
 
     data = da.from_zarr(src.open()) if src.kind != "tiff" else da.from_array(src.open())
+    sel = selection or {}
+    if sel.get("channels") is not None and "C" in src.axes:
+        data = da.take(data, list(sel["channels"]), axis=src.axes.index("C"))
+    if sel.get("time") is not None and "T" in src.axes:
+        data = da.take(data, list(range(*sel["time"])), axis=src.axes.index("T"))
     kw: dict[str, Any] = {"scale": _scale(src), "blending": "additive"}
     if "C" in src.axes:
         kw["channel_axis"] = src.axes.index("C")
@@ -81,12 +89,14 @@ def napari_layers(output: str | os.PathLike[str], input: str | os.PathLike[str] 
     raw_path = Path(input) if input is not None else Path(str((job.get("input") or {}).get("path", "")))
     if input is not None or (str(raw_path) not in ("", ".") and raw_path.exists()):
         raw = open_source(raw_path)
-        sel = job.get("selection") or {}
-        if raw.shape == den.shape:
-            layers.append(_image(raw, "input", names, limits))
-        elif sel.get("channels") is None and sel.get("time") is None:
-            raise InputError(f"the input {raw_path} has shape {raw.shape} but the output {den.shape}.")
-        # a selection of the input: napari shows the output alone
+        try:
+            layer = _image(raw, "input", names, limits, None if raw.shape == den.shape else job.get("selection"))
+        except IndexError:  # the selection does not fit this input
+            layer = Layer("image", np.empty((0,)), {})
+        if tuple(layer.data.shape) != den.shape:
+            raise InputError(f"the input {raw_path} (shape {raw.shape}) is not the one {out} was made from "
+                             f"(shape {den.shape}).")
+        layers.append(layer)
     layers.append(_image(den, "denoised", names, limits))
     import dask.array as da
 

@@ -171,3 +171,40 @@ def test_the_page_loads_in_a_real_browser_with_every_image(zarr_run, tmp_path):
     assert all(ok for _, ok in got["images"]), got["images"]
     assert got["title"].startswith("asn2n report")
     assert (ARTIFACTS / "report-screenshot.png").stat().st_size > 10_000
+
+
+def test_napari_layers_of_an_output_with_its_input_selection(zarr_run):
+    from asn2n_dask.view import napari_layers
+
+    d, frames = zarr_run
+    den = zarr.open_group(str(d / "out.zarr"), mode="r")
+    layers = napari_layers(d / "out.zarr")
+    kinds = [(layer.kind, layer.kwargs["name"]) for layer in layers]
+    assert [k for k, _ in kinds] == ["image", "image", "labels"]
+    raw, out, risk = layers
+    np.testing.assert_array_equal(np.asarray(raw.data), frames[1:4, 1:2])  # the input's selected frames
+    np.testing.assert_array_equal(np.asarray(out.data), den["0"][...])
+    assert raw.kwargs["channel_axis"] == out.kwargs["channel_axis"] == 1
+    assert out.kwargs["scale"] == (1.0, 1.0, 1.0) and len(out.kwargs["contrast_limits"]) == 1
+    np.testing.assert_array_equal(np.asarray(risk.data), den["labels/risk/0"][:, 0])
+    with pytest.raises(InputError, match="is not the one"):
+        napari_layers(d / "out.zarr", input=_other_zarr(d))
+
+
+def _other_zarr(d: Path) -> Path:
+    p = d / "other.zarr"
+    if not p.exists():
+        z = zarr.create_array(str(p), shape=(2, 2, 96, 110), chunks=(1, 1, 96, 110), dtype="uint16",
+                              dimension_names=["t", "c", "y", "x"])
+        z[...] = 1
+    return p
+
+
+def test_view_without_napari_says_how_to_get_it(zarr_run):
+    try:  # napari is an optional extra; the suite runs without it
+        import napari  # noqa: F401
+    except ImportError:
+        r = CliRunner().invoke(app, ["view", str(zarr_run[0] / "out.zarr")])
+        assert r.exit_code == 2 and "pip install asn2n-dask[view]" in r.output
+    else:
+        pytest.skip("napari is installed here: the viewer would open")
