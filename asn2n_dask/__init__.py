@@ -2,9 +2,9 @@
 
 The verbs::
 
-    from asn2n_dask import fit, denoise, load_model, assess_risk
+    from asn2n_dask import fit, denoise, load_model, assess_risk, make_report
 
-work on numpy arrays; the ``asn2n`` command line is a thin shell over them.
+work on numpy arrays and files; the ``asn2n`` command line is a thin shell over them.
 """
 
 from ._version import __version__
@@ -12,6 +12,7 @@ from .api import denoise, fit, risk_summary
 from .checkpoint import Model, load_model, save_model
 from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig
 from .errors import Asn2nError
+from .report import make_report
 from .risk import assess_risk
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "save_model",
     "assess_risk",
     "risk_summary",
+    "make_report",
     "Model",
     "TrainConfig",
     "InferConfig",

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import __version__
+from ._version import __version__
 from .checks import STRUCTURE_THRESHOLD, foreground_objects, otsu_mask, residual_checks, score_pair, skeleton_stats
 from .errors import InputError, OutputError
 from .source import Source, open_source

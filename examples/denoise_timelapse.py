@@ -4,8 +4,9 @@
 
 Makes a small synthetic (t, c, y, x) time-lapse Zarr (replace it with your own store),
 trains one network per channel on patches read lazily from it, denoises the whole store on an
-embedded Dask cluster into OME-Zarr (with a risk label image), and prints where things
-are.  Run it twice: the second run finds the output complete and does nothing.
+embedded Dask cluster into OME-Zarr (with a risk label image), writes an HTML report
+on the result, and prints where things are.  Run it twice: the second run finds the
+output complete and does nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from asn2n_dask import InferConfig, TrainConfig, denoise, fit
+from asn2n_dask import InferConfig, TrainConfig, denoise, fit, make_report
 from asn2n_dask.synthetic import noisy_frame
 
 
@@ -45,6 +46,8 @@ def main(out: Path, frames: int, size: int, steps: int, workers: int | None) -> 
     print(f"input:    {src} {noisy.shape} {noisy.dtype}")
     print(f"output:   {result} ({summary.computed} chunks computed, {summary.skipped} already done)")
     print(f"risk map: {result}/labels/risk")
+    make_report(src, result, out / "report", model_dir=model_dir, overwrite=True)
+    print(f"report:   {out / 'report' / 'report.html'} (open it in a browser)")
     return result
 
 

@@ -56,3 +56,32 @@ def test_train_per_channel_example_writes_one_network_per_channel_with_curves(tm
         for name in (f"curves-{i}.png", f"curves-{i}.csv", f"montage-{i}.png"):
             assert (tmp_path / "models" / name).is_file(), name
     assert "channel mito: 6 steps" in capsys.readouterr().out
+
+
+def test_cluster_slurm_example_renders_the_job_without_slurm(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import pytest
+
+    pytest.importorskip("dask_jobqueue")
+    if shutil.which("sbatch"):
+        pytest.skip("SLURM is here: the example would submit jobs")
+    monkeypatch.setattr(sys, "argv", ["cluster_slurm.py", str(tmp_path), "--jobs", "3"])
+    runpy.run_path(str(ROOT / "examples" / "cluster_slurm.py"), run_name="__main__")
+    script = (tmp_path / "worker-job.sh").read_text()
+    assert script.startswith("#!/usr/bin/env bash") and "#SBATCH" in script and "dask_worker" in script
+    printed = capsys.readouterr().out
+    assert "no SLURM here" in printed and "--jobs 3" in printed and script.strip() in printed
+
+
+def test_compare_normalisation_example_reports_each_mode(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.setattr(sys, "argv", ["compare_normalisation.py", str(tmp_path), "--size", "128", "--steps", "12"])
+    runpy.run_path(str(ROOT / "examples" / "compare_normalisation.py"), run_name="__main__")
+    printed = capsys.readouterr().out.splitlines()
+    for mode in ("adaptive", "local", "global"):
+        s = json.loads((tmp_path / f"report-{mode}" / "summary.json").read_text())
+        assert set(s["frames"][0]["scores"]["denoised"]) >= {"psnr", "false_obj", "false_fg"}
+        assert (tmp_path / f"report-{mode}" / "report.html").is_file()
+        assert any(line.split()[0] == mode for line in printed[1:])
