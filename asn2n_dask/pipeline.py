@@ -575,6 +575,9 @@ def _create_output(output: Path, plan: Plan, parts: dict[str, Any], options: Run
     return False
 
 
+_COLOURS = ("00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF")
+
+
 def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> None:
     import zarr
 
@@ -601,9 +604,19 @@ def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> Non
             prev = arr
     body = _ome_body(plan, levels, "denoised")
     names = plan.source.meta.channel_names
-    if names and plan.channel_axis is not None:
+    if plan.channel_axis is not None:  # channel names, colours and display windows for viewers (napari-ome-zarr)
         sel = plan.plane_sources[plan.channel_axis]
-        body["omero"] = {"channels": [{"label": names[i], "active": True} for i in sel]}
+        stats = (dict(root.attrs).get("asn2n") or {}).get("stats") or []
+        chans = []
+        for k, i in enumerate(sel):
+            ch: dict[str, Any] = {"label": names[i] if names else str(int(i)), "active": True,
+                                  "color": _COLOURS[k % len(_COLOURS)]}
+            if k < len(stats):
+                st = stats[k]
+                ch["window"] = {"start": st["norm"]["lo"], "end": st["norm"]["hi"], "min": st["minimum"],
+                                "max": st["maximum"]}
+            chans.append(ch)
+        body["omero"] = {"channels": chans}
     body["multiscales"][0]["metadata"] = {"method": "asn2n-dask Adaptive-SN2N"}
     if options.ome == "0.5":
         root["labels"].attrs.update({"ome": {"version": "0.5", "labels": ["risk"]}})

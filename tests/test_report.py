@@ -200,11 +200,40 @@ def _other_zarr(d: Path) -> Path:
     return p
 
 
-def test_view_without_napari_says_how_to_get_it(zarr_run):
-    try:  # napari is an optional extra; the suite runs without it
-        import napari  # noqa: F401
-    except ImportError:
-        r = CliRunner().invoke(app, ["view", str(zarr_run[0] / "out.zarr")])
-        assert r.exit_code == 2 and "pip install asn2n-dask[view]" in r.output
-    else:
-        pytest.skip("napari is installed here: the viewer would open")
+def test_view_without_napari_says_how_to_get_it(zarr_run, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "napari", None)  # as on a machine without the optional extra
+    r = CliRunner().invoke(app, ["view", str(zarr_run[0] / "out.zarr")])
+    assert r.exit_code == 2 and "pip install asn2n-dask[view]" in r.output and "Traceback" not in r.output
+
+
+def test_the_output_opens_in_napari_with_channel_names_scale_and_risk_labels(zarr_run):
+    """Through napari-ome-zarr (the OME metadata alone) and through asn2n view's layers."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        napari_ome_zarr = pytest.importorskip("napari_ome_zarr")
+        components = pytest.importorskip("napari.components")
+    from asn2n_dask.view import napari_layers
+
+    d, _ = zarr_run
+    out = d / "out.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read = napari_ome_zarr.napari_get_reader(str(out))
+        found = read(str(out))
+    kinds = {kind: (data, kw) for data, kw, kind in found}
+    data, kw = kinds["image"]
+    assert kw["channel_axis"] == 1 and kw["name"] == ["denoised: 1"] and list(kw["scale"]) == [1.0, 1.0, 1.0]
+    assert kw["contrast_limits"][0][1] > kw["contrast_limits"][0][0]  # the run's display window
+    assert tuple(data[0].shape) == (3, 1, 96, 110)
+    assert tuple(kinds["labels"][0][0].shape) == (3, 1, 96, 110)
+    with warnings.catch_warnings():  # napari's own deprecation warnings
+        warnings.simplefilter("ignore")
+        viewer = components.ViewerModel()
+        for layer in napari_layers(out):
+            getattr(viewer, f"add_{layer.kind}")(layer.data, **layer.kwargs)
+    assert [layer.name for layer in viewer.layers] == ["input 1", "denoised 1", "risk 1"]
+    assert all(tuple(layer.scale) == (1.0, 1.0, 1.0) for layer in viewer.layers)
