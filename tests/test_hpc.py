@@ -140,12 +140,22 @@ def test_sbatch_script_runs_a_scheduler_and_two_workers_and_quotes_file_names(sm
     assert dict(got.attrs)["asn2n"]["status"] == "complete"
 
 
-@pytest.mark.skipif(shutil.which("sbatch") is None or not os.environ.get("ASN2N_SLURM_TESTS"),
-                    reason="needs SLURM (sbatch) and ASN2N_SLURM_TESTS=1: on the one-node set-up of .ci/slurm-up "
-                           "the worker job stays pending, so it is not run by default yet")
+def _slurm_node_idle() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "idle" in r.stdout or "mix" in r.stdout
+
+
+@pytest.mark.skipif(not _slurm_node_idle(), reason="needs a SLURM node (sbatch, an idle node): .ci/slurm-up makes a "
+                                                   "one-node SLURM on CI machines where it can")
 def test_a_real_slurm_cluster_runs_the_pipeline(small_movie, tmp_path):
-    """On a machine with SLURM (e.g. slurmctld and slurmd on localhost), submit through
-    SLURMCluster and compare with a run without a cluster."""
+    """Submit worker jobs through SLURMCluster with the command a user runs, and compare
+    with a run without a cluster.  A worker job that never starts fails the test in
+    minutes, not the suite in hours."""
     from asn2n_dask import InferConfig
     from asn2n_dask.pipeline import RunOptions, run_pipeline
     from asn2n_dask.source import open_source
@@ -153,8 +163,15 @@ def test_a_real_slurm_cluster_runs_the_pipeline(small_movie, tmp_path):
     d, odd = small_movie
     p = _profile(tmp_path, f"kind: slurm\nmin_jobs: 1\nmax_jobs: 1\ncluster:\n  cores: 1\n  memory: 2GB\n"
                           f"  walltime: '00:10:00'\n  python: {sys.executable}\n")
-    opts = RunOptions(infer=InferConfig(tile=32))
-    run_pipeline(open_source(odd), tmp_path / "slurm.zarr", d / "model", options=opts, cluster=p, jobs=1)
-    run_pipeline(open_source(odd), tmp_path / "ref.zarr", d / "model", options=opts, client="sync")
+    cmd = [sys.executable, "-m", "asn2n_dask", "-q", "denoise", str(odd), "-o", str(tmp_path / "slurm.zarr"),
+           "--model", str(d / "model"), "--tile", "32", "--cluster", str(p), "--jobs", "1"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["scancel", "--name", "asn2n"], timeout=30)
+        pytest.fail("the SLURM worker job did not finish the run in 5 minutes (squeue shows why)")
+    assert r.returncode == 0, r.stderr[-2000:]
+    run_pipeline(open_source(odd), tmp_path / "ref.zarr", d / "model", options=RunOptions(infer=InferConfig(tile=32)),
+                 client="sync")
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "slurm.zarr"))["0"][...],
                                   zarr.open_group(str(tmp_path / "ref.zarr"))["0"][...])
