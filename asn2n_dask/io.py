@@ -111,16 +111,21 @@ def _read_zarr(path: Path) -> tuple[Any, ImageMeta]:
             try:
                 level0 = ms["datasets"][0]
                 arr: Any = node[level0["path"]]
+                if not isinstance(ms["axes"], list):
+                    raise TypeError("axes must be a list")
                 names = [a["name"] if isinstance(a, dict) else str(a) for a in ms["axes"]]
                 units = tuple(a.get("unit") if isinstance(a, dict) else None for a in ms["axes"])
                 scale = None
                 for t in level0.get("coordinateTransformations", []):
                     if t.get("type") == "scale":
                         scale = tuple(float(s) for s in t["scale"])
-            except (KeyError, IndexError, TypeError) as e:
+            except (KeyError, IndexError, TypeError, ValueError) as e:
                 raise InputError(f"{path} has malformed OME-Zarr multiscales metadata ({e!r}).") from None
-            omero: dict[str, Any] = attrs.get("ome", attrs).get("omero", {})
-            chans = tuple(str(c.get("label", i)) for i, c in enumerate(omero.get("channels", []))) or None
+            try:  # channel names are a courtesy: unreadable ones are ignored, not fatal
+                omero: dict[str, Any] = attrs.get("ome", attrs).get("omero", {})
+                chans = tuple(str(c.get("label", i)) for i, c in enumerate(omero.get("channels", []))) or None
+            except (AttributeError, TypeError):
+                chans = None
             axes = _letters(names)
             if len(axes) != arr.ndim:
                 raise InputError(f"{path} names {len(axes)} axes for a {arr.ndim}-D array.")

@@ -768,7 +768,13 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
         if progress is not None:
             progress("statistics", 1, 1)
         parts["stats"] = [s.to_dict() for s in stats]
-        prov = {"package": "asn2n-dask", "version": __version__, "input": source.path, "model": str(model_dir),
+        gaps = source.missing_chunks()
+        if gaps and gaps[0]:
+            echo(f"note: {gaps[0]} of {gaps[1]} chunks of {source.path} are not stored; they are read as the fill "
+                 f"value {gaps[2]} (zarr's rule for unwritten chunks). If the input was copied, check the copy is "
+                 "complete.")
+        prov = {"input_missing_chunks": list(gaps) if gaps else None,
+                "package": "asn2n-dask", "version": __version__, "input": source.path, "model": str(model_dir),
                 "model_sha256": msha, "norm": model.train.norm.to_dict(), "infer": options.infer.to_dict(),
                 "stats": [s.to_dict() for s in stats], "channel_map": list(channel_map), **(extra or {})}
         summary.resumed = _prepare_output(out, plan, parts, options, prov)

@@ -72,6 +72,17 @@ class Source:
     def frame_shape(self) -> tuple[int, int]:
         return self.shape[-2], self.shape[-1]
 
+    def missing_chunks(self) -> tuple[int, int, Any] | None:
+        """``(missing, total, fill_value)``: chunks of a Zarr source that are not stored
+        (zarr reads them as the fill value), from one listing of the store; None for TIFF."""
+        if self.kind == "tiff":
+            return None
+        arr = self.open()
+        total = int(arr.nchunks)
+        missing = total - int(arr.nchunks_initialized)
+        fill = arr.fill_value
+        return missing, total, fill.item() if hasattr(fill, "item") else fill
+
 
 class _Reader:
     """Array-like over a source that opens the store where it is read (picklable)."""

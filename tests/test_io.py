@@ -102,3 +102,53 @@ def test_overwrite_replaces_atomically_and_leaves_no_temporaries(tmp_path):
     write_image(tmp_path / "o.tif", np.ones((8, 8), np.float32), meta, overwrite=True)
     assert (read_image(tmp_path / "o.tif")[0] == 1).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif"]
+
+
+def _ome(tmp_path, name="img.zarr"):
+    from asn2n_dask.io import ImageMeta, write_image
+
+    p = tmp_path / name
+    write_image(p, np.arange(2 * 40 * 50, dtype=np.uint16).reshape(2, 40, 50),
+                ImageMeta(axes="CYX", format="ome-zarr", channel_names=("a", "b")))
+    return p
+
+
+def _edit_attrs(path, fn):
+    import json
+
+    meta = path / "zarr.json"
+    doc = json.loads(meta.read_text())
+    fn(doc["attributes"])
+    meta.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda p: (p / "zarr.json").write_text("{not json"), "not a readable Zarr store"),
+    (lambda p: (p / "zarr.json").write_text('{"zarr_format": 3, "node_type": "spaceship"}'), "not a readable Zarr"),
+    (lambda p: _edit_attrs(p, lambda a: a["ome"]["multiscales"][0].update(datasets=[])), "malformed OME-Zarr"),
+    (lambda p: _edit_attrs(p, lambda a: a["ome"]["multiscales"][0]["datasets"][0].update(path="9")),
+     "malformed OME-Zarr"),
+    (lambda p: _edit_attrs(p, lambda a: a["ome"]["multiscales"][0]["axes"].pop(0)), "names 2 axes for a 3-D"),
+    (lambda p: _edit_attrs(p, lambda a: a["ome"]["multiscales"][0].update(axes="yx")), "malformed OME-Zarr"),
+    (lambda p: _edit_attrs(p, lambda a: a["ome"]["multiscales"][0]["datasets"][0].update(
+        coordinateTransformations=[{"type": "scale", "scale": "big"}])), "malformed OME-Zarr"),
+    (lambda p: (p / "0" / "zarr.json").unlink(), "malformed OME-Zarr"),
+    (lambda p: _edit_attrs(p, lambda a: a["ome"].update(omero={"channels": 5})), None),  # names ignored
+])
+def test_malformed_zarr_and_ome_metadata_is_refused_in_one_sentence(tmp_path, damage, needle):
+    from typer.testing import CliRunner
+
+    from asn2n_dask.cli import app
+    from asn2n_dask.source import open_source
+
+    p = _ome(tmp_path)
+    damage(p)
+    if needle is None:
+        assert read_image(p)[1].channel_names is None
+        return
+    with pytest.raises(InputError, match=needle):
+        read_image(p)
+    with pytest.raises(InputError, match=needle):
+        open_source(p)
+    r = CliRunner().invoke(app, ["risk", str(p)])
+    assert r.exit_code == 2 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output

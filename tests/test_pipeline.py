@@ -371,3 +371,23 @@ def test_a_truncated_chunk_file_is_detected_and_recomputed(data, tmp_path):
     s = run(d, "trunc.zarr", chunks=(75, 85))
     assert s.computed == 1 and s.skipped == s.tasks - 1
     np.testing.assert_array_equal(output(d / "trunc.zarr")[0], clean)
+
+
+def test_missing_input_chunks_are_read_as_the_fill_value_said_and_recorded(data, tmp_path):
+    d, frames, model = data
+    import shutil
+
+    src = tmp_path / "gappy.zarr"
+    shutil.copytree(d / "in.zarr", src)
+    (src / "c" / "1" / "0" / "1" / "1").unlink()  # chunk t=1, c=0, y 64:128, x 64:128 lost in a copy
+    said: list[str] = []
+    run_pipeline(open_source(src), tmp_path / "out.zarr", d / "model", options=RunOptions(infer=INFER),
+                 client="sync", echo=said.append)
+    assert any("1 of 36 chunks" in m and "fill value 0" in m for m in said), said
+    attrs = dict(zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs)["asn2n"]
+    assert attrs["input_missing_chunks"] == [1, 36, 0]
+    gappy = frames.copy()
+    gappy[1, 0, 64:128, 64:128] = 0
+    want = denoise(gappy, model, axes="TCYX", config=INFER)
+    got, _ = output(tmp_path / "out.zarr")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.ptp(frames)))
