@@ -105,7 +105,8 @@ def resolve_mode(config: NormConfig, dataset_mode: str | None, high_risk_ratio: 
 
 
 def patch_ranges(region: NDArray[np.floating], stats: FrameStats, config: NormConfig, mode: str,
-                 risk_map: NDArray[np.int8] | None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+                 risk_map: NDArray[np.int8] | None,
+                 min_fraction: float | None = None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Per-patch normalisation range (lo, hi) of a region aligned to the patch grid.
 
     Parameters
@@ -118,6 +119,9 @@ def patch_ranges(region: NDArray[np.floating], stats: FrameStats, config: NormCo
     mode : {"global", "local", "adaptive"}
     risk_map : ndarray of int8, shape (ceil(h / patch), ceil(w / patch))
         Risk classes of the region's patches; needed for ``adaptive``.
+    min_fraction : float, optional
+        Narrowest local range as a fraction of the global one (default
+        ``config.min_range_fraction``; see :meth:`NormConfig.range_fraction`).
 
     Returns
     -------
@@ -130,7 +134,7 @@ def patch_ranges(region: NDArray[np.floating], stats: FrameStats, config: NormCo
     v = patch_view(np.clip(np.asarray(region, np.float64), stats.lo, stats.hi), patch)
     lo = np.nanmin(v, axis=-1)
     hi = np.nanmax(v, axis=-1)
-    min_span = config.min_range_fraction * stats.span
+    min_span = (config.min_range_fraction if min_fraction is None else min_fraction) * stats.span
     short = (hi - lo) < min_span
     centre = 0.5 * (hi + lo)
     lo = np.where(short, np.maximum(stats.lo, np.minimum(centre - 0.5 * min_span, stats.hi - min_span)), lo)
@@ -145,7 +149,8 @@ def patch_ranges(region: NDArray[np.floating], stats: FrameStats, config: NormCo
 
 
 def patch_ranges_torch(region: torch.Tensor, stats: FrameStats, config: NormConfig, mode: str,
-                       risk_map: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                       risk_map: torch.Tensor | None,
+                       min_fraction: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`patch_ranges` in torch (float64 advised), on the region's device."""
     patch = config.risk.patch
     h, w = region.shape
@@ -160,7 +165,7 @@ def patch_ranges_torch(region: torch.Tensor, stats: FrameStats, config: NormConf
     nan = torch.isnan(v)
     lo = torch.where(nan, torch.inf, v).amin(-1)
     hi = torch.where(nan, -torch.inf, v).amax(-1)
-    min_span = config.min_range_fraction * stats.span
+    min_span = (config.min_range_fraction if min_fraction is None else min_fraction) * stats.span
     short = (hi - lo) < min_span
     centre = 0.5 * (hi + lo)
     lo = torch.where(short, torch.clamp(torch.clamp(centre - 0.5 * min_span, max=stats.hi - min_span), min=stats.lo),
@@ -225,10 +230,11 @@ def norm_params(image: NDArray[np.number], *, config: NormConfig = NormConfig(),
     if config.mode in ("adaptive", "dataset") and risk is None and not (config.mode == "dataset" and dataset_mode):
         risk = assess_risk(img, thresholds=config.risk)
     mode = resolve_mode(config, dataset_mode, risk.high_risk_ratio if risk is not None else None)
-    lo, hi = patch_ranges(img, stats, config, mode, risk.risk_map if risk is not None else None)
+    frac = config.range_fraction(mode, dataset_mode)
+    lo, hi = patch_ranges(img, stats, config, mode, risk.risk_map if risk is not None else None, frac)
     h, w = img.shape
     offset, scale = fields_at(lo, hi, np.arange(h), np.arange(w), (h, w), config.risk.patch, (0, 0),
-                              config.min_range_fraction * stats.span)
+                              frac * stats.span)
     return NormParams(offset=offset, scale=scale, mode=mode)
 
 

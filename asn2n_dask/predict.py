@@ -208,12 +208,13 @@ def window_fields(img: torch.Tensor, frame_shape: tuple[int, int], patches: tupl
     patch = norm.risk.patch
     risk_map = assess_risk_torch(img, stats.risk, norm.risk)
     mode = resolve_mode(norm, dataset_mode, float((risk_map != 0).double().mean()))
-    lo, hi = patch_ranges_torch(img, stats.norm, norm, mode, risk_map)
+    frac = norm.range_fraction(mode, dataset_mode)
+    lo, hi = patch_ranges_torch(img, stats.norm, norm, mode, risk_map, frac)
     (p0, p1), (q0, q1) = patches
     wy = torch.from_numpy(interp_weights(np.asarray(rows), frame_shape[0], patch, p0, p1)).to(dev)
     wx = torch.from_numpy(interp_weights(np.asarray(cols), frame_shape[1], patch, q0, q1)).to(dev)
     offset = wy @ lo @ wx.T
-    scale = torch.clamp(wy @ hi @ wx.T - offset, min=norm.min_range_fraction * stats.norm.span)
+    scale = torch.clamp(wy @ hi @ wx.T - offset, min=frac * stats.norm.span)
     return risk_map, offset, scale
 
 
@@ -309,11 +310,11 @@ def _denoise_window_numpy(region: NDArray[np.number], plan: WindowPlan, frame_sh
     img = np.asarray(region, dtype=np.float64)
     risk = assess_risk(img, thresholds=norm.risk, stats=stats.risk)
     mode = resolve_mode(norm, dataset_mode, risk.high_risk_ratio)
-    lo, hi = patch_ranges(img, stats.norm, norm, mode, risk.risk_map)
+    frac = norm.range_fraction(mode, dataset_mode)
+    lo, hi = patch_ranges(img, stats.norm, norm, mode, risk.risk_map, frac)
     ty, tx = plan.tiles
     first = (plan.patches[0][0], plan.patches[1][0])
-    offset, scale = fields_at(lo, hi, ty.source, tx.source, frame_shape, patch, first,
-                              norm.min_range_fraction * stats.norm.span)
+    offset, scale = fields_at(lo, hi, ty.source, tx.source, frame_shape, patch, first, frac * stats.norm.span)
     raw = img[ty.source[:, None] - ry0, tx.source[None, :] - rx0]
     dev = torch.device(device)
     block = torch.from_numpy(np.stack([raw, offset, scale]).astype(np.float32)).to(dev)

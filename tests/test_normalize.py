@@ -72,3 +72,19 @@ def test_dataset_mode_follows_the_given_decision():
     l_ = norm_params(img, config=NormConfig(mode="dataset"), dataset_mode="local")
     assert g.mode == "global" and l_.mode == "local"
     assert np.ptp(g.scale) == 0 and np.ptp(l_.scale) > 0
+
+
+def test_on_high_risk_data_adaptive_shifts_safe_patches_but_never_stretches_them():
+    img = scene()
+    cfg = NormConfig(mode="adaptive")
+    risk = assess_risk(img)
+    span = norm_params(img, config=NormConfig(mode="global")).scale[0, 0]
+    low = norm_params(img, config=cfg, risk=risk, dataset_mode="local")  # data the dataset rule calls low-risk
+    high = norm_params(img, config=cfg, risk=risk, dataset_mode="global")  # ... and high-risk
+    assert low.scale[:, 160:].min() < 0.9 * span  # safe patches keep their local stretch
+    assert high.scale.min() >= span * (1 - 1e-12)  # never narrower than the global range
+    assert np.abs(high.offset[:, 160:] - low.offset[:, 160:]).max() > 1.0  # but their own placement
+    np.testing.assert_allclose(denormalize(normalize(img, high), high), img, atol=1e-6 * np.abs(img).max())
+    np.testing.assert_array_equal(norm_params(img, config=cfg, risk=risk).scale, low.scale)
+    half = norm_params(img, config=NormConfig(mode="adaptive", adaptive_floor=0.5), risk=risk, dataset_mode="global")
+    assert span * 0.5 * (1 - 1e-12) <= half.scale.min() < 0.9 * span

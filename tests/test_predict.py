@@ -73,14 +73,15 @@ def test_the_region_read_is_bounded_by_the_tiles_and_one_patch(setup):
     assert rx1 - rx0 <= 10 + 2 * infer.tile + 2 * 64 + 64
 
 
-@pytest.mark.parametrize("mode", ["adaptive", "local", "global", "dataset", "adaptive-noise-aware"])
+@pytest.mark.parametrize("mode", ["adaptive", "local", "global", "dataset", "adaptive-noise-aware",
+                                  "adaptive-high-risk-data"])
 def test_the_torch_engine_agrees_with_the_numpy_reference(setup, mode):
     from asn2n_dask import RiskThresholds
 
     img, fn, stats, mult = setup
     aware = mode.endswith("noise-aware")
-    norm = NormConfig(mode="adaptive" if aware else mode, risk=RiskThresholds(estimator="noise-aware" if aware
-                                                                              else "reference"))
+    norm = NormConfig(mode="adaptive" if aware or mode.startswith("adaptive") else mode,
+                      risk=RiskThresholds(estimator="noise-aware" if aware else "reference"))
     if aware:
         stats = channel_stats(img[None], norm)[0]
     infer = InferConfig(tile=32)
@@ -90,7 +91,7 @@ def test_the_torch_engine_agrees_with_the_numpy_reference(setup, mode):
         (ry0, ry1), (rx0, rx1) = plan.read
         region = img[ry0:ry1, rx0:rx1]
         kw = dict(stats=stats, norm=norm, infer=infer, multiple=mult,
-                  dataset_mode="local" if mode == "dataset" else None)
+                  dataset_mode={"dataset": "local", "adaptive-high-risk-data": "global"}.get(mode))
         a, ra = denoise_window(region, plan, (h, w), fn, engine="torch", **kw)
         b, rb = denoise_window(region, plan, (h, w), fn, engine="numpy", **kw)
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.ptp(img))
