@@ -29,14 +29,23 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers() -> tuple[int, int, int]:
+#: Chunks in flight per GPU worker: while one is on the GPU the others are read and
+#: written (one H100, 805 MB time-lapse: 11.1, 18.4 and 22.3 Mpx/s with 1, 2 and 4).
+GPU_THREADS = 4
+
+
+def default_workers(gpu: bool = False) -> tuple[int, int, int]:
     """(worker processes, threads per worker, torch threads per worker) for this machine.
 
     On CPU one process whose network uses every core is fastest (the work of a chunk
     is one big batched computation); one thread per worker keeps one chunk in flight
-    per process, so memory stays at one task's peak.
+    per process, so memory stays at one task's peak.  With a GPU (``gpu=True``), one
+    worker with :data:`GPU_THREADS` threads, so that reading and writing chunks overlap
+    the GPU's work.
     """
     cores = _cores()
+    if gpu:
+        return 1, GPU_THREADS, max(1, cores // GPU_THREADS)
     return 1, 1, cores
 
 
@@ -61,8 +70,9 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None, thr
     processes : bool
         Embedded cluster: worker processes (True) or threads of this process.
     gpu : bool
-        Embedded cluster: one worker per GPU (``dask-cuda``) when CUDA is available;
-        False for CPU work.  ``workers`` and ``threads`` then do not apply.
+        Embedded cluster, when CUDA is available: one worker per GPU (``dask-cuda``; one
+        worker without it), each with :data:`GPU_THREADS` chunks in flight unless
+        ``threads`` says otherwise.  False for CPU work.
     """
     from distributed import Client, LocalCluster
 
@@ -81,7 +91,7 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None, thr
         finally:
             client.close()
         return
-    n_default, t_default, _ = default_workers()
+    n_default, t_default, _ = default_workers(gpu and _cuda_available())
     n = workers or n_default
     t = threads or t_default
     if n < 1 or t < 1:
@@ -96,7 +106,7 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None, thr
     torch_threads = max(1, _cores() // (n * t))
     cluster: Any
     with contextlib.ExitStack() as stack:
-        cuda = _cuda_cluster(memory_limit) if gpu else None
+        cuda = _cuda_cluster(memory_limit, t) if gpu else None
         if cuda is not None:
             cluster = stack.enter_context(cuda)
         else:
@@ -109,7 +119,16 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None, thr
         yield client, torch_threads
 
 
-def _cuda_cluster(memory_limit: str | None) -> Any:
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+
+
+def _cuda_cluster(memory_limit: str | None, threads: int) -> Any:
     try:
         import torch
 
@@ -118,5 +137,5 @@ def _cuda_cluster(memory_limit: str | None) -> Any:
         from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
     except ImportError:
         return None
-    return LocalCUDACluster(dashboard_address=":0", memory_limit=memory_limit or "auto",
+    return LocalCUDACluster(dashboard_address=":0", memory_limit=memory_limit or "auto", threads_per_worker=threads,
                             silence_logs=logging.ERROR)

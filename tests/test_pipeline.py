@@ -391,3 +391,11 @@ def test_missing_input_chunks_are_read_as_the_fill_value_said_and_recorded(data,
     want = denoise(gappy, model, axes="TCYX", config=INFER)
     got, _ = output(tmp_path / "out.zarr")
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.ptp(frames)))
+
+
+def test_default_workers_keep_one_chunk_in_flight_on_cpu_and_several_per_gpu(monkeypatch):
+    from asn2n_dask import cluster
+
+    monkeypatch.setattr(cluster, "_cores", lambda: 16)
+    assert cluster.default_workers() == (1, 1, 16)
+    assert cluster.default_workers(gpu=True) == (1, cluster.GPU_THREADS, 16 // cluster.GPU_THREADS)
