@@ -30,7 +30,8 @@ def _cores() -> int:
 
 
 #: Chunks in flight per GPU worker: while one is on the GPU the others are read and
-#: written (one H100, 805 MB time-lapse: 11.1, 18.4 and 22.3 Mpx/s with 1, 2 and 4).
+#: written (one H100, `benchmarks/results/gpu.md`: 11.1, 18.4 and 22.3 Mpx/s with 1, 2 and 4 on a
+#: 268 MB time-lapse, not counting the statistics pass).
 GPU_THREADS = 4
 
 
