@@ -430,6 +430,12 @@ def _denoise_to(input: Path, output: Path, model: Any, data: np.ndarray, meta: A
     prov = _provenance("denoise", input=str(input), infer=infer.to_dict(), **extra)
     write_image(output, out, meta, overwrite=overwrite, attrs=prov)
     typer.echo(f"denoised {input} -> {output}")
+    _report_hint(input, output)
+
+
+def _report_hint(input: Path, output: Path) -> None:
+    report_dir = output.with_name(output.stem + "-report")
+    typer.echo(f"to check the result: asn2n report {input} {output} -o {report_dir}", err=True)
 
 
 def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, channel: list[str] | None,
@@ -459,6 +465,7 @@ def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, c
         return
     note = f" ({summary.skipped} chunks were already done)" if summary.skipped else ""
     typer.echo(f"denoised {input} -> {output}: {summary.computed} chunks in {summary.seconds:.1f} s{note}")
+    _report_hint(input, output)
 
 
 @app.command()
