@@ -321,7 +321,7 @@ def report(rows: dict) -> None:
         lines += ["## Memory (all processes: client, scheduler, workers)", "",
                   "`--stage memory`: one worker process, the same chunks for both sizes. Inference `fast` (the "
                   "raw frame, 256 px tiles, no overlap: one tiny-network pass a pixel) so that the larger dataset "
-                  "fits in a session on 2 cores; memory per task is set by the chunk and tile sizes, not the "
+                  "takes minutes, not hours, on 2 cores; memory per task is set by the chunk and tile sizes, not the "
                   "dataset's.", "",
                   "| run | shape | data GiB | inference | tasks | seconds | Mpx/s | peak RSS GiB |",
                   "|---|---|---|---|---|---|---|---|"]
