@@ -3,7 +3,7 @@
 - :func:`score_pair`: agreement with a ground truth, defined as the project's scorer
   defines it (psnr after an affine fit, psnr in input units, ssim, background
   artefacts after Otsu thresholding, foreground Dice).
-- :func:`foreground_objects`: Otsu foreground and its objects, and how many of them lie
+- :func:`foreground_objects`: the objects of a foreground mask, and how many of them lie
   entirely in a given background (noise specks on a raw frame; invented structure on a
   denoised one).
 - :func:`skeleton_stats`: fragments and branch length of the foreground's skeleton
@@ -107,12 +107,12 @@ def score_pair(pred: NDArray[Any], gt: NDArray[Any]) -> dict[str, float]:
     }
 
 
-def foreground_objects(img: NDArray[Any], background: NDArray[np.bool_] | None = None) -> dict[str, float]:
-    """Otsu foreground of a frame and its objects (8-connected, >= 4 px).
+def foreground_objects(mask: NDArray[np.bool_], background: NDArray[np.bool_] | None = None) -> dict[str, float]:
+    """Objects (8-connected, >= 4 px) of a foreground mask (e.g. :func:`otsu_mask`).
 
     Parameters
     ----------
-    img : ndarray (H, W)
+    mask : ndarray of bool (H, W)
     background : ndarray of bool (H, W), optional
         Where there should be nothing (e.g. weak-background patches, or the truth's
         background); objects entirely inside it are counted as ``background_objects``.
@@ -123,7 +123,7 @@ def foreground_objects(img: NDArray[Any], background: NDArray[np.bool_] | None =
         ``foreground_fraction``, ``objects``, ``specks`` (foreground pieces under 4 px),
         and with ``background``: ``background_objects`` and ``background_objects_per_mpx``.
     """
-    mask = otsu_mask(img)
+    mask = np.asarray(mask, bool)
     labels, sizes = _objects(mask)
     out: dict[str, float] = {"foreground_fraction": float(mask.mean()),
                              "objects": int((sizes[1:] >= _MIN_OBJECT).sum()),
@@ -135,8 +135,10 @@ def foreground_objects(img: NDArray[Any], background: NDArray[np.bool_] | None =
     return out
 
 
-def skeleton_stats(mask: NDArray[np.bool_]) -> dict[str, float]:
+def skeleton_stats(mask: NDArray[np.bool_], skeleton: NDArray[np.bool_] | None = None) -> dict[str, float]:
     """Skeleton of a foreground mask: how continuous its filaments are.
+
+    ``skeleton``: the mask's skeleton when already computed (skimage ``skeletonize``).
 
     Returns
     -------
@@ -149,7 +151,7 @@ def skeleton_stats(mask: NDArray[np.bool_]) -> dict[str, float]:
     from scipy import ndimage as ndi
     from skimage.morphology import skeletonize
 
-    sk = skeletonize(np.asarray(mask, bool))
+    sk = skeletonize(np.asarray(mask, bool)) if skeleton is None else np.asarray(skeleton, bool)
     n_sk = int(sk.sum())
     if n_sk == 0:
         return {"fragments": 0, "skeleton_px": 0, "branch_points": 0, "branches": 0, "mean_branch_px": 0.0}

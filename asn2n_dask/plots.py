@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["before_after_png", "curves_png", "montage_png"]
+__all__ = ["before_after_png", "curves_png", "montage_png", "pyplot", "save_figure"]
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Write a figure as PNG and free it."""
+    p = Path(path)
+    fig.savefig(p, dpi=dpi)
+    pyplot().close(fig)
+    return p
 
 
 def before_after_png(noisy: NDArray[np.number], denoised: NDArray[np.number], path: str | Path, *,
                      truth: NDArray[np.number] | None = None, title: str = "") -> Path:
     """Save noisy | denoised (| ground truth) side by side, on one shared intensity scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [("noisy input", noisy), ("denoised", denoised)] + ([("ground truth", truth)] if truth is not None else [])
     ref = np.asarray(truth if truth is not None else denoised, dtype=np.float64)
@@ -29,18 +45,12 @@ def before_after_png(noisy: NDArray[np.number], denoised: NDArray[np.number], pa
     fig.colorbar(im, ax=axes, shrink=0.8, label="intensity (input units)")
     if title:
         fig.suptitle(title)
-    p = Path(path)
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path)
 
 
 def curves_png(history: list[dict], path: str | Path, *, title: str = "") -> Path:
     """Training and validation loss against steps (log scale), one figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
@@ -57,19 +67,13 @@ def curves_png(history: list[dict], path: str | Path, *, title: str = "") -> Pat
     ax.legend()
     if title:
         ax.set_title(title)
-    p = Path(path)
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path)
 
 
 def montage_png(noisy: NDArray[np.number], denoised: NDArray[np.number], path: str | Path, *,
                 title: str = "") -> Path:
     """Patches before (top row) and after (bottom row), each pair on its own scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(noisy)
     fig, axes = plt.subplots(2, n, figsize=(2 * n, 4.4), constrained_layout=True, squeeze=False)
@@ -82,7 +86,4 @@ def montage_png(noisy: NDArray[np.number], denoised: NDArray[np.number], path: s
     axes[1, 0].set_title("denoised", loc="left")
     if title:
         fig.suptitle(title)
-    p = Path(path)
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path)

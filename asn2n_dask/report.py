@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from ._version import __version__
 from .checks import STRUCTURE_THRESHOLD, foreground_objects, otsu_mask, residual_checks, score_pair, skeleton_stats
 from .errors import InputError, OutputError
+from .plots import pyplot, save_figure
 from .source import Source, open_source
 
 __all__ = ["MAX_SIDE", "FrameRef", "make_report", "choose_frames"]
@@ -147,15 +148,17 @@ def choose_frames(pair: _Pair, *, channels: Sequence[str] | None = None, times: 
     out = []
     for c in cs:
         for t in ts:
-            idx = []
-            for a, n in zip(ax, den.shape[:-2]):
-                idx.append(t if a == "T" else (c if a == "C" else n // 2))
+            idx = _out_index(den, t, c)
             shift = f" (input t={t + pair.t0})" if pair.t0 else ""
             words = ([f"t={t}{shift}"] if "T" in ax else []) + ([f"channel {pair.names[c]}"] if "C" in ax else []) + \
                 [f"{a.lower()}={i}" for a, i in zip(ax, idx) if a not in "TC"]
-            out.append(FrameRef(", ".join(words) or "frame", tuple(idx), pair.in_index(tuple(idx)), c,
-                                t if "T" in ax else None))
+            out.append(FrameRef(", ".join(words) or "frame", idx, pair.in_index(idx), c, t if "T" in ax else None))
     return out
+
+
+def _out_index(den: Source, t: int, c: int) -> tuple[int, ...]:
+    """Index over the output's non-YX axes of time point ``t``, channel ``c``, middle Z."""
+    return tuple(t if a == "T" else (c if a == "C" else n // 2) for a, n in zip(den.axes[:-2], den.shape[:-2]))
 
 
 def _window(shape: tuple[int, int], side: int = MAX_SIDE) -> tuple[slice, slice]:
@@ -200,21 +203,6 @@ def _zoom_box(den: NDArray[np.float64], zoom: tuple[int, int, int] | None) -> tu
 
 
 # ---------------------------------------------------------------- figures
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=90)
-    _plt().close(fig)
-    return path
-
-
 def _shown(img: NDArray[np.float64], side: int = 1024) -> NDArray[np.float64]:
     """A frame reduced by block means to at most ``side`` pixels a side, for display."""
     k = max(1, int(np.ceil(max(img.shape) / side)))
@@ -228,7 +216,7 @@ def _fig_montage(raw: NDArray[Any], den: NDArray[Any], gt: NDArray[Any] | None, 
                  title: str, path: Path) -> Path:
     from matplotlib.patches import Rectangle
 
-    plt = _plt()
+    plt = pyplot()
     panels = [("input", raw), ("denoised", den)] + ([("ground truth", gt)] if gt is not None else [])
     lo, hi = np.percentile(den, [0.5, 99.8])
     hi = hi if hi > lo else lo + 1
@@ -259,13 +247,13 @@ def _fig_montage(raw: NDArray[Any], den: NDArray[Any], gt: NDArray[Any] | None, 
     p.legend(loc="upper right")
     p.grid(alpha=0.3)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=90)
 
 
 def _fig_risk(raw: NDArray[Any], labels: NDArray[Any], shares: dict[str, float], title: str, path: Path) -> Path:
     from matplotlib.patches import Patch
 
-    plt = _plt()
+    plt = pyplot()
     lo, hi = np.percentile(raw, [0.5, 99.8])
     k = max(1, int(np.ceil(max(raw.shape) / 1024)))
     lab = labels[::k, ::k]
@@ -279,12 +267,12 @@ def _fig_risk(raw: NDArray[Any], labels: NDArray[Any], shares: dict[str, float],
                        for v, n in _CLASS_NAMES.items()], loc="lower right", fontsize=9)
     ax.set_title(title)
     ax.set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=90)
 
 
 def _fig_residual(res: NDArray[Any], structure: NDArray[Any], summary: dict[str, float], title: str,
                   path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     sd = summary["std"] or 1.0
     fig, axes = plt.subplots(1, 3, figsize=(15, 5), constrained_layout=True)
     im = axes[0].imshow(_shown(res), cmap="RdBu_r", vmin=-3 * sd, vmax=3 * sd)
@@ -305,23 +293,20 @@ def _fig_residual(res: NDArray[Any], structure: NDArray[Any], summary: dict[str,
                       f"{STRUCTURE_THRESHOLD}", fontsize=9)
     axes[2].set_axis_off()
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=90)
 
 
-def _fig_downstream(masks: list[tuple[str, NDArray[np.bool_]]], background: NDArray[np.bool_] | None,
-                    rows: dict[str, Any],
-                    title: str, path: Path) -> Path:
-    from skimage.morphology import skeletonize
-
-    plt = _plt()
+def _fig_downstream(masks: dict[str, NDArray[np.bool_]], skeletons: dict[str, NDArray[np.bool_]],
+                    background: NDArray[np.bool_] | None, rows: dict[str, Any], title: str, path: Path) -> Path:
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(masks), figsize=(5 * len(masks), 5.6), constrained_layout=True, squeeze=False)
-    for ax, (name, mask) in zip(axes[0], masks):
+    for ax, (name, mask) in zip(axes[0], masks.items()):
         k = max(1, int(np.ceil(max(mask.shape) / 1024)))
         rgb = np.zeros((*mask[::k, ::k].shape, 3))
         if background is not None:
             rgb[..., :] = 0.25 * background[::k, ::k, None]
         rgb[mask[::k, ::k]] = (0.85, 0.85, 0.85)
-        rgb[skeletonize(mask)[::k, ::k]] = (0.1, 0.8, 0.2)
+        rgb[skeletons[name][::k, ::k]] = (0.1, 0.8, 0.2)
         ax.imshow(rgb, interpolation="nearest")
         r = rows[name]
         extra = f", {r['background_objects']} in background" if "background_objects" in r else ""
@@ -329,11 +314,11 @@ def _fig_downstream(masks: list[tuple[str, NDArray[np.bool_]]], background: NDAr
                      f"{r['mean_branch_px']:.1f} px", fontsize=9)
         ax.set_axis_off()
     fig.suptitle(f"{title}\nOtsu foreground (white), skeleton (green), background used for counting (dark grey)")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=90)
 
 
 def _fig_time(series: dict[str, Any], names: list[str], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
     for name in names:
         s = series[name]
@@ -351,7 +336,7 @@ def _fig_time(series: dict[str, Any], names: list[str], path: Path) -> Path:
     for a in axes:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=90)
 
 
 # ---------------------------------------------------------------- the report
@@ -448,6 +433,8 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
         if progress is not None:
             progress("report", done, total)
 
+    from skimage.morphology import skeletonize
+
     frames_out: list[dict[str, Any]] = []
     for i, ref in enumerate(refs):
         raw = _plane(raw_src, ref.in_index, window)
@@ -458,11 +445,14 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
         labels = _risk_labels(pair, ref, raw, window)
         shares = {n: float(np.mean(labels == v)) for v, n in _CLASS_NAMES.items()}
         res_summary, structure = residual_checks(raw, den)
+        masks = {"input": otsu_mask(raw), "denoised": otsu_mask(den)}
         if truth is not None:
-            fg_truth = otsu_mask(truth)
+            masks["ground truth"] = otsu_mask(truth)
+        skeletons = {name: skeletonize(m) for name, m in masks.items()}
+        if truth is not None:
             from scipy import ndimage as ndi
 
-            background = ~ndi.binary_dilation(fg_truth, iterations=3)
+            background = ~ndi.binary_dilation(masks["ground truth"], iterations=3)
             bg_name = "true background (farther than 3 px from the truth's Otsu foreground)"
         elif (labels == 1).any():
             background = labels == 1
@@ -470,13 +460,8 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
         else:
             background = None
             bg_name = "none: no weak-background patches in this frame, so objects in background are not counted"
-        masks = [("input", otsu_mask(raw)), ("denoised", otsu_mask(den))]
-        if truth is not None:
-            masks.append(("ground truth", otsu_mask(truth)))
-        down: dict[str, Any] = {}
-        for (name, m), img in zip(masks, (raw, den, truth)):
-            assert img is not None
-            down[name] = {**foreground_objects(img, background), **skeleton_stats(m)}
+        down = {name: {**foreground_objects(m, background), **skeleton_stats(m, skeletons[name])}
+                for name, m in masks.items()}
         tag = f"f{i}"
         box = _zoom_box(den, zoom)
         figs = {
@@ -486,7 +471,8 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
             "risk": _fig_risk(raw, labels, shares, f"{ref.label}: risk classes on the input", out / f"{tag}-risk.png"),
             "residual": _fig_residual(raw - den, structure, res_summary, f"{ref.label}: what was removed",
                                       out / f"{tag}-residual.png"),
-            "downstream": _fig_downstream(masks, background, down, ref.label, out / f"{tag}-downstream.png"),
+            "downstream": _fig_downstream(masks, skeletons, background, down, ref.label,
+                                          out / f"{tag}-downstream.png"),
         }
         row: dict[str, Any] = {"frame": ref.label, "output_index": list(ref.out_index),
                                "input_index": list(ref.in_index),
@@ -505,7 +491,7 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
         s: dict[str, Any] = {"time": [], "raw_mean": [], "denoised_mean": [],
                              "risk_share": {n: [] for n in _CLASS_NAMES.values()}}
         for t in curve_ts:
-            idx = tuple(t if a == "T" else (c if a == "C" else n // 2) for a, n in zip(ax, den_src.shape[:-2]))
+            idx = _out_index(den_src, t, c)
             ref = FrameRef("", idx, pair.in_index(idx), c, t)
             raw = _plane(raw_src, ref.in_index, window)
             s["time"].append(t)

@@ -252,6 +252,12 @@ def main() -> None:
     report(rows, path.with_suffix(".md"))
 
 
+def _section(title: str, intro: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown section: heading, explanation, one table."""
+    return [f"## {title}", "", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(r) + " |" for r in rows], ""]
+
+
 def report(rows: dict, out: Path) -> None:
     dev = rows.get("device", {})
     lines = [
@@ -264,62 +270,38 @@ def report(rows: dict, out: Path) -> None:
     ]
     kern = [r for k, r in rows.items() if k.startswith("kernel")]
     if kern:
-        lines += [
-            "## One chunk, all of the per-chunk work on the GPU",
-            "",
+        lines += _section(
+            "One chunk, all of the per-chunk work on the GPU",
             "A 2048 x 2048 uint16 window: one copy in, risk classes, normalisation fields, twins, network, "
             "Gaussian blend, back to input units, one copy out. *Twins + network share*: the time of the "
             "twins, their normalisation and the network alone on the same number of tiles, over the whole. "
             "*First call*: includes cuDNN tuning, and compilation when compiled. *1 TB*: hours for 5e11 uint16 "
             "pixels at this rate.",
-            "",
-            "| preset | precision | tile batch | compiled | first call s | Mpx/s | twins + network share | "
-            "peak GPU GiB | 1 TB hours |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in kern:
-            lines.append(
-                f"| {r['preset']} | {r['precision']} | {r['batch']} | {r.get('compile', False)} | "
-                f"{r.get('first_call_seconds', float('nan')):.1f} | {r['mpx_s']:.1f} | "
-                f"{r['network_share']:.2f} | {r['peak_gpu_gib']:.2f} | {r['tb_hours']:.1f} |"
-            )
-        lines.append("")
+            ["preset", "precision", "tile batch", "compiled", "first call s", "Mpx/s", "twins + network share",
+             "peak GPU GiB", "1 TB hours"],
+            [[r["preset"], r["precision"], str(r["batch"]), str(r.get("compile", False)),
+              f"{r.get('first_call_seconds', float('nan')):.1f}", f"{r['mpx_s']:.1f}", f"{r['network_share']:.2f}",
+              f"{r['peak_gpu_gib']:.2f}", f"{r['tb_hours']:.1f}"] for r in kern])
     pipe = [(k, r) for k, r in rows.items() if k.startswith("pipeline")]
     if pipe:
-        lines += [
-            "## The pipeline on one GPU worker",
-            "",
+        lines += _section(
+            "The pipeline on one GPU worker",
             "`run_pipeline` on a `simulate.py timelapse` Zarr (input chunks 1024^2), one worker process "
             "holding the GPU; threads = chunks in flight (reading and writing overlap the GPU).",
-            "",
-            "| run | compiled | shape | output chunks | threads | tasks | seconds | stats pass s | Mpx/s | "
-            "Mpx/s without the stats pass |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for k, r in pipe:
-            lines.append(
-                f"| {k} | {r.get('compile', False)} | {tuple(r['shape'])} | {r['chunks']} | {r['threads']} | "
-                f"{r['tasks']} | {r['seconds']:.1f} | {r['stats_seconds']:.1f} | {r['mpx_s']:.1f} | "
-                f"{r['mpx_s_without_stats']:.1f} |"
-            )
-        lines.append("")
+            ["run", "compiled", "shape", "output chunks", "threads", "tasks", "seconds", "stats pass s", "Mpx/s",
+             "Mpx/s without the stats pass"],
+            [[k, str(r.get("compile", False)), str(tuple(r["shape"])), str(r["chunks"]), str(r["threads"]),
+              str(r["tasks"]), f"{r['seconds']:.1f}", f"{r['stats_seconds']:.1f}", f"{r['mpx_s']:.1f}",
+              f"{r['mpx_s_without_stats']:.1f}"] for k, r in pipe])
     tr = [r for k, r in rows.items() if k.startswith("train")]
     if tr:
-        lines += [
-            "## Training",
-            "",
+        lines += _section(
+            "Training",
             "`train_channel` on a 2048^2 frame; steps/s measured after the first quarter of the steps "
             "(warm-up, and compilation when compiled).",
-            "",
-            "| preset | precision | compiled | batch | patch | steps/s | patches/s | first quarter s |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in tr:
-            lines.append(
-                f"| {r['preset']} | {r['precision']} | {r['compile']} | {r['batch']} | {r['patch']} | "
-                f"{r['steps_s']:.1f} | {r['patches_s']:.0f} | {r['first_steps_s']:.1f} |"
-            )
-        lines.append("")
+            ["preset", "precision", "compiled", "batch", "patch", "steps/s", "patches/s", "first quarter s"],
+            [[r["preset"], r["precision"], str(r["compile"]), str(r["batch"]), str(r["patch"]), f"{r['steps_s']:.1f}",
+              f"{r['patches_s']:.0f}", f"{r['first_steps_s']:.1f}"] for r in tr])
     if rows.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in rows["notes"]], ""]
     out.write_text("\n".join(lines))

@@ -123,8 +123,7 @@ def pipeline_run(src: Path, out: Path, mdir: Path, *, workers: int, chunks: int,
         s = run_pipeline(source, out, mdir, selection=selection, options=opts, client=client, echo=lambda m: None,
                          torch_threads=torch_threads)
         secs = time.perf_counter() - t0
-    px = int(np.prod(source.shape)) * (len(range(*selection.time)) if selection.time else source.shape[0]) \
-        // source.shape[0]
+    px = int(np.prod(s.plan["shape"]))  # the selection's pixels
     return {"seconds": secs, "stats_seconds": s.stats_seconds, "tasks": s.tasks, "mpx_s": px / secs / 1e6,
             "pixels": px, "preset": preset, "workers": workers, "chunks": chunks, "mode": mode}
 

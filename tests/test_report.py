@@ -13,7 +13,7 @@ import zarr
 from typer.testing import CliRunner
 
 from asn2n_dask import InferConfig, TrainConfig, fit
-from asn2n_dask.checks import foreground_objects, residual_checks, score_pair, skeleton_stats
+from asn2n_dask.checks import foreground_objects, otsu_mask, residual_checks, score_pair, skeleton_stats
 from asn2n_dask.cli import app
 from asn2n_dask.errors import InputError, OutputError
 from asn2n_dask.pipeline import RunOptions, run_pipeline
@@ -45,7 +45,7 @@ def test_objects_are_counted_inside_the_given_background():
     img[50, 10] = 10  # a one-pixel speck
     bg = np.ones(img.shape, bool)
     bg[15:30, 25:40] = False
-    r = foreground_objects(img, bg)
+    r = foreground_objects(otsu_mask(img), bg)
     assert (r["objects"], r["specks"], r["background_objects"]) == (3, 1, 2)
     assert r["background_objects_per_mpx"] == pytest.approx(2 / (3600 / 1e6))
 
