@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from .axes import parse_axes
 from .errors import InputError, OutputError
 
-__all__ = ["ImageMeta", "read_image", "check_output", "write_image", "cast_output", "TIFF_SUFFIXES"]
+__all__ = ["ImageMeta", "read_image", "check_output", "paths_overlap", "write_image", "cast_output", "TIFF_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 ZARR_SUFFIXES = (".zarr",)
@@ -167,6 +167,12 @@ def read_image(path: str | os.PathLike[str]) -> tuple[NDArray[Any], ImageMeta]:
         arr, meta = _read_zarr(p)
         return np.asarray(arr[...]), meta
     raise InputError(f"input {p} is neither a TIFF file (.tif, .tiff) nor a Zarr store (.zarr).")
+
+
+def paths_overlap(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths are the same, or one lies inside the other (links resolved)."""
+    ra, rb = Path(a).resolve(), Path(b).resolve()
+    return ra == rb or ra in rb.parents or rb in ra.parents
 
 
 def check_output(output: str | os.PathLike[str], *, inputs: list[str | os.PathLike[str]] = (),  # type: ignore[assignment]

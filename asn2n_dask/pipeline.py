@@ -671,8 +671,9 @@ def check_output_path(input: str | os.PathLike[str], output: str | os.PathLike[s
     out = Path(output).absolute()
     if out.suffix.lower() in TIFF_SUFFIXES or out.suffix.lower() != ".zarr":
         raise OutputError(f"output {out} must be a .zarr directory for chunked processing.")
-    o, i = out.resolve(), Path(input).resolve()
-    if o == i or i in o.parents or o in i.parents:
+    from .io import paths_overlap
+
+    if paths_overlap(out, input):
         raise OutputError(f"output {out} is, contains or lies inside the input; choose another output path (the "
                           "input is never overwritten).")
     return out

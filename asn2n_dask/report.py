@@ -341,10 +341,11 @@ def _fig_time(series: dict[str, Any], names: list[str], path: Path) -> Path:
 
 # ---------------------------------------------------------------- the report
 def _check_out_dir(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    from .io import paths_overlap
+
     out = out.absolute()
     for p in inputs:
-        p = Path(p).absolute()
-        if out == p or p in out.parents or out in p.parents:
+        if paths_overlap(out, p):
             raise OutputError(f"the report directory {out} would be inside or around {p}; choose another place.")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory; choose another report directory.")
