@@ -761,6 +761,10 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                      jobs) as (
             cl, cluster_threads):
         torch_threads = cluster_threads or torch_threads
+        if cl not in (None, "sync"):
+            from .cluster import AllocatorPlugin
+
+            cl.register_plugin(AllocatorPlugin())  # before the statistics pass, on every worker
         ts = time.perf_counter()
         if progress is not None:
             progress("statistics", 0, 1)

@@ -399,3 +399,24 @@ def test_default_workers_keep_one_chunk_in_flight_on_cpu_and_several_per_gpu(mon
     monkeypatch.setattr(cluster, "_cores", lambda: 16)
     assert cluster.default_workers() == (1, 1, 16)
     assert cluster.default_workers(gpu=True) == (1, cluster.GPU_THREADS, 16 // cluster.GPU_THREADS)
+
+
+def test_worker_processes_get_the_allocator_setting_back_and_compute_the_same(data):
+    """A Dask nanny starts its workers with MALLOC_TRIM_THRESHOLD_ set, which made every
+    network pass there up to 1.8x slower (benchmarks/results/pipeline.md); the pipeline
+    registers a worker plugin that resets glibc's thresholds in each worker."""
+    from distributed import Client, LocalCluster
+
+    from asn2n_dask.cluster import relax_malloc_trim
+
+    d, frames, model = data
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c, \
+            Client(c) as cl:
+        assert None not in cl.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()  # the nanny's setting
+        s = run(d, "procs.zarr", client=cl)
+        assert s.computed == s.tasks
+        plugins = cl.run(lambda dask_worker: sorted(dask_worker.plugins))
+        assert all("asn2n-allocator" in p for p in plugins.values())
+        assert all(cl.run(relax_malloc_trim).values())  # glibc took the thresholds there
+    run(d, "procs-ref.zarr")  # the same job in this process
+    np.testing.assert_array_equal(output(d / "procs.zarr")[0], output(d / "procs-ref.zarr")[0])
