@@ -20,7 +20,7 @@ from .checkpoint import ChannelModel, Model, save_model
 from .config import InferConfig, TrainConfig
 from .errors import InputError, ModelError
 from .predict import denoise_frame, network_fn, resolve_device
-from .risk import RiskReport, assess_risk
+from .risk import RiskReport, assess_risk, noise_level, resolve_estimator
 from .stats import channel_stats
 from .train import TrainResult, train_channel
 
@@ -186,11 +186,12 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
     t_start = _time.perf_counter()
 
     def as_channel(name: str, r: TrainResult) -> ChannelModel:
+        extra = {"risk_share_seen": r.risk_share, "data_wait_fraction": r.data_wait, "stopped_early": r.stopped_early}
+        if r.risk_noise == r.risk_noise:  # measured: the estimator was "auto"
+            extra["risk_noise_sd"] = r.risk_noise
         return ChannelModel(name=name, net=r.net, stats=r.stats, dataset_mode=r.dataset_mode,
-                            high_risk_ratio=r.high_risk_ratio, steps=r.steps, best_step=r.best_step,
-                            seconds=r.seconds, history=r.history,
-                            extra={"risk_share_seen": r.risk_share, "data_wait_fraction": r.data_wait,
-                                   "stopped_early": r.stopped_early})
+                            high_risk_ratio=r.high_risk_ratio, risk_estimator=r.risk_estimator, steps=r.steps,
+                            best_step=r.best_step, seconds=r.seconds, history=r.history, extra=extra)
 
     def provenance() -> dict[str, Any]:
         return {**info, "statistics": {n: st.to_dict() for n, _, st in items}, "device": str(dev),
@@ -399,7 +400,7 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
     for c, ch in enumerate(model.channels):
         fn = network_fn(ch.net, dev, config.precision, config.compile)
         for p in range(planes.shape[1]):
-            out[c, p], risk[c, p] = denoise_frame(planes[c, p], fn, stats=all_stats[c], norm=model.train.norm,
+            out[c, p], risk[c, p] = denoise_frame(planes[c, p], fn, stats=all_stats[c], norm=model.norm(c),
                                                   infer=config, device=dev, multiple=model.multiple,
                                                   dataset_mode=ch.dataset_mode)
             done += 1
@@ -416,18 +417,26 @@ def risk_summary(data: NDArray[np.number], *, axes: str | None = None,
     -------
     dict
         ``{"channels": [{"weak_background", "sparse_bright", "high_risk", "patches",
-        "dataset_decision"}...], "patch": int}`` with ratios in [0, 1].
+        "dataset_decision", "risk_estimator", "noise_sd"}...], "patch": int}`` with
+        ratios in [0, 1]; ``noise_sd`` is the pixel noise on the reference risk scale
+        that resolves the ``"auto"`` estimator (:func:`asn2n_dask.risk.resolve_estimator`).
     """
     check_image(data)
     ax = parse_axes(axes, np.ndim(data))
     planes = to_planes(np.asarray(data), ax)
-    thr = config.norm.risk
     out = []
     for c in range(planes.shape[0]):
+        # one estimator per channel: "auto" decided by the pixel noise of up to 8 frames spread over it
+        picks = np.unique(np.linspace(0, planes.shape[1] - 1, min(8, planes.shape[1])).round().astype(int))
+        noise = noise_level([planes[c, i] for i in picks], config.norm.risk.patch,
+                            clip_percentile=config.norm.risk.clip_percentile)
+        thr = resolve_estimator(config.norm.risk, noise)
         reports: list[RiskReport] = [assess_risk(f, thresholds=thr) for f in planes[c]]
         maps = np.concatenate([r.risk_map.ravel() for r in reports])
         out.append({
             "channel": c,
+            "risk_estimator": thr.estimator,
+            "noise_sd": noise,
             "frames": len(reports),
             "patches": int(maps.size),
             "weak_background": float(np.mean(maps == 1)),
@@ -435,4 +444,5 @@ def risk_summary(data: NDArray[np.number], *, axes: str | None = None,
             "high_risk": float(np.mean(maps != 0)),
             "dataset_decision": "global" if np.mean(maps != 0) > thr.dataset_ratio else "local",
         })
+    thr = config.norm.risk
     return {"patch": thr.patch, "dataset_ratio": thr.dataset_ratio, "channels": out}

@@ -12,7 +12,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ._version import __version__
-from .config import PRESETS, TrainConfig
+from .config import PRESETS, NormConfig, TrainConfig
 from .errors import ConfigError, ModelError
 from .model import UNet
 from .risk import FrameStats
@@ -41,6 +41,8 @@ class ChannelModel:
     stats: FrameStats
     dataset_mode: str = "local"
     high_risk_ratio: float = 0.0
+    #: The risk estimator this channel was trained with (the resolved ``"auto"``).
+    risk_estimator: str = "reference"
     steps: int = 0
     best_step: int | None = None
     seconds: float = 0.0
@@ -70,6 +72,13 @@ class Model:
     @property
     def n_channels(self) -> int:
         return len(self.channels)
+
+    def norm(self, channel: int) -> NormConfig:
+        """The normalisation of one channel: the training options with the risk
+        estimator that channel was trained with (``"auto"`` resolved)."""
+        norm = self.train.norm
+        est = self.channels[channel].risk_estimator
+        return replace(norm, risk=replace(norm.risk, estimator=est))  # type: ignore[arg-type]
 
     @property
     def multiple(self) -> int:
@@ -116,6 +125,7 @@ def save_model(model: Model, directory: str | os.PathLike[str], *, complete: boo
             "stats": ch.stats.to_dict(),
             "dataset_mode": ch.dataset_mode,
             "high_risk_ratio": ch.high_risk_ratio,
+            "risk_estimator": ch.risk_estimator,
             "steps": ch.steps,
             "best_step": ch.best_step,
             "seconds": ch.seconds,
@@ -173,6 +183,11 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
         entries = doc["channels"]
         if not isinstance(entries, list) or not entries:
             raise ModelError(f"{path} lists no channel networks.")
+        # models from before the choice was kept per channel used the configured estimator
+        default_estimator = train.norm.risk.estimator if train.norm.risk.estimator != "auto" else "reference"
+        for e in entries:
+            if e.get("risk_estimator", default_estimator) not in ("reference", "noise-aware"):
+                raise ModelError(f"{path} names an unknown risk estimator {e.get('risk_estimator')!r}.")
     except ModelError:
         raise
     except (KeyError, TypeError, ValueError, ConfigError) as err:
@@ -195,7 +210,8 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
         channels.append(ChannelModel(
             name=str(e.get("name", len(channels))), net=net.to(device).eval(),
             stats=FrameStats.from_dict(e["stats"]), dataset_mode=str(e.get("dataset_mode", "local")),
-            high_risk_ratio=float(e.get("high_risk_ratio", 0.0)), steps=int(e.get("steps", 0)),
+            high_risk_ratio=float(e.get("high_risk_ratio", 0.0)),
+            risk_estimator=str(e.get("risk_estimator", default_estimator)), steps=int(e.get("steps", 0)),
             best_step=e.get("best_step"), seconds=float(e.get("seconds", 0.0)),
             history=list(e.get("history", [])), extra=dict(e.get("training") or {})))
     return Model(train=train, channels=channels, info=dict(doc.get("provenance") or {}))

@@ -122,8 +122,10 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 PresetOpt = Annotated[str, typer.Option("--preset", help="Network size: tiny (tests), small (CPU), paper (GPU).")]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Training steps.")]
 NormOpt = Annotated[str, typer.Option("--norm", help="Normalisation: adaptive, local, global or dataset.")]
-RiskOpt = Annotated[str, typer.Option("--risk-estimator", help="Risk classes: reference (the published rule) "
-                                      "or noise-aware (for raw low-photon camera frames).")]
+RiskOpt = Annotated[str, typer.Option("--risk-estimator", help="Risk classes: auto (per channel: reference "
+                                      "unless pixel noise alone exceeds the weak-background std threshold, then "
+                                      "noise-aware), reference (the published rule) or noise-aware (for raw "
+                                      "low-photon camera frames).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (initialisation, sampling, augmentation).")]
 PatchOpt = Annotated[int, typer.Option("--patch", help="Training patch side in pixels.")]
 BatchOpt = Annotated[int, typer.Option("--batch", help="Training patches per step.")]
@@ -172,7 +174,7 @@ MemoryOpt = Annotated[str | None, typer.Option("--memory-limit", help="Local clu
 
 
 def _train_config(preset: str, steps: int, norm: str, seed: int, patch: int, batch: int, loss: str,
-                  consistency: float, risk: str = "reference") -> Any:
+                  consistency: float, risk: str = "auto") -> Any:
     from .config import NormConfig, RiskThresholds, TrainConfig
 
     thresholds = RiskThresholds(estimator=risk)  # type: ignore[arg-type]
@@ -226,12 +228,14 @@ def risk(
     input: Annotated[Path, typer.Argument(help="TIFF or Zarr image.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     patch: Annotated[int, typer.Option("--patch", help="Risk patch side in pixels.")] = 64,
+    risk_estimator: RiskOpt = "auto",
     axes: AxesOpt = None,
 ) -> None:
     """Summarise the risk classes of an image's patches, per channel.
 
-    Prints the share of weak-background and sparse-bright patches and the normalisation
-    the 'dataset' mode would choose.
+    Prints the share of weak-background and sparse-bright patches, the normalisation
+    the 'dataset' mode would choose, and the risk estimator used for each channel
+    with the pixel noise that decided it ('auto').
 
     Example: asn2n risk cells.tif --json
     """
@@ -240,17 +244,19 @@ def risk(
 
     data, meta = _read(input, axes)
     summary = risk_summary(data, axes=meta.axes,
-                           config=TrainConfig(norm=NormConfig(risk=RiskThresholds(patch=patch))))
+                           config=TrainConfig(norm=NormConfig(risk=RiskThresholds(
+                               patch=patch, estimator=risk_estimator))))  # type: ignore[arg-type]
     if as_json:
         typer.echo(json.dumps({"input": str(input), "axes": meta.axes, **summary}, indent=2))
         return
     typer.echo(f"{input}: axes {meta.axes}, {patch}x{patch} patches")
     typer.echo(f"{'channel':>8} {'frames':>7} {'patches':>8} {'weak bg':>8} {'sparse':>8} {'high-risk':>10}  "
-               "dataset mode")
+               f"{'dataset mode':<13} {'estimator':<12} noise sd")
     channels: list[dict[str, Any]] = summary["channels"]  # type: ignore[assignment]
     for c in channels:
         typer.echo(f"{c['channel']:>8} {c['frames']:>7} {c['patches']:>8} {c['weak_background']:>8.1%} "
-                   f"{c['sparse_bright']:>8.1%} {c['high_risk']:>10.1%}  {c['dataset_decision']}")
+                   f"{c['sparse_bright']:>8.1%} {c['high_risk']:>10.1%}  {c['dataset_decision']:<13} "
+                   f"{c['risk_estimator']:<12} {c['noise_sd']:.4f}")
 
 
 @app.command()
@@ -262,7 +268,7 @@ def fit(
     preset: PresetOpt = "small",
     steps: StepsOpt = 3000,
     norm: NormOpt = "adaptive",
-    risk_estimator: RiskOpt = "reference",
+    risk_estimator: RiskOpt = "auto",
     seed: SeedOpt = 0,
     patch: PatchOpt = 96,
     batch: BatchOpt = 8,
@@ -556,7 +562,7 @@ def run(
     preset: PresetOpt = "small",
     steps: StepsOpt = 3000,
     norm: NormOpt = "adaptive",
-    risk_estimator: RiskOpt = "reference",
+    risk_estimator: RiskOpt = "auto",
     seed: SeedOpt = 0,
     patch: PatchOpt = 96,
     batch: BatchOpt = 8,

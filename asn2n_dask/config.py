@@ -30,7 +30,7 @@ __all__ = [
 NormMode = Literal["adaptive", "local", "global", "dataset"]
 BlendMode = Literal["gaussian", "uniform", "none"]
 InferOn = Literal["twins", "raw"]
-RiskEstimator = Literal["reference", "noise-aware"]
+RiskEstimator = Literal["auto", "reference", "noise-aware"]
 LossKind = Literal["l1", "l2"]
 Preset = Literal["tiny", "small", "paper"]
 Precision = Literal["fp32", "bf16"]
@@ -88,6 +88,15 @@ class RiskThresholds:
     background sits well above the noise-driven minimum): the scale starts at the
     ``floor_percentile`` percentile, and ``std`` is the signal's, the patch variance
     minus its noise variance (estimated from the 2x2 diagonal differences).
+
+    ``"auto"`` (the default) picks one of the two per channel from the data: the
+    reference rule, unless the channel's pixel noise alone, measured on the reference
+    scale (the lower quartile over patches of the diagonal-difference estimate),
+    exceeds ``bg_std``.  Such a channel has no patch the reference rule could call weak
+    background, whatever it shows, so the noise-aware estimator is used instead
+    (:func:`asn2n_dask.risk.resolve_estimator`).  Training resolves it once per channel
+    and the model keeps the choice, so inference uses the estimator the network was
+    trained with.
     """
 
     patch: int = 64
@@ -100,7 +109,7 @@ class RiskThresholds:
     sb_std: float = 0.075
     sb_skew: float = 3.0
     dataset_ratio: float = 0.10
-    estimator: RiskEstimator = "reference"
+    estimator: RiskEstimator = "auto"
     floor_percentile: float = 1.0
 
     def __post_init__(self) -> None:

@@ -368,7 +368,7 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     model, fns, dev = _model(spec)
     mc = spec.channel_map[c]
     out, risk = denoise_window(region, wp, plan.frame_shape, fns[mc], stats=ChannelStats.from_dict(spec.stats[c]),
-                               norm=model.train.norm, infer=plan.infer, device=dev, multiple=model.multiple,
+                               norm=model.norm(mc), infer=plan.infer, device=dev, multiple=model.multiple,
                                dataset_mode=model.channels[mc].dataset_mode)
     data = cast_output(out, plan.source.dtype) if spec.dtype == "input" else out
     labels = risk.astype(np.uint8)
@@ -780,7 +780,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                  "complete.")
         prov = {"input_missing_chunks": list(gaps) if gaps else None,
                 "package": "asn2n-dask", "version": __version__, "input": source.path, "model": str(model_dir),
-                "model_sha256": msha, "norm": model.train.norm.to_dict(), "infer": options.infer.to_dict(),
+                "model_sha256": msha, "norm": model.train.norm.to_dict(),
+                "risk_estimators": [ch.risk_estimator for ch in model.channels], "infer": options.infer.to_dict(),
                 "stats": [s.to_dict() for s in stats], "channel_map": list(channel_map), **(extra or {})}
         summary.resumed = _prepare_output(out, plan, parts, options, prov)
         if summary.resumed and (prev or {}).get("status") == "complete":

@@ -6,8 +6,8 @@ calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,11 +18,11 @@ from .blend import WindowTiles, blend_tiles, blend_window, check_tile, window_ti
 from .config import InferConfig, NormConfig
 from .normalize import fields_at, interp_weights, patch_ranges, patch_ranges_torch, resolve_mode
 from .pairs import make_twins_torch
-from .risk import assess_risk, assess_risk_torch
+from .risk import assess_risk, assess_risk_torch, noise_level, resolve_estimator
 from .stats import ChannelStats, channel_stats
 
 __all__ = ["resolve_device", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
-           "patch_span", "window_fields", "denoise_window", "denoise_frame"]
+           "patch_span", "window_fields", "resolved_norm", "denoise_window", "denoise_frame"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -206,7 +206,7 @@ def window_fields(img: torch.Tensor, frame_shape: tuple[int, int], patches: tupl
     """
     dev = img.device
     patch = norm.risk.patch
-    risk_map = assess_risk_torch(img, stats.risk, norm.risk)
+    risk_map = assess_risk_torch(img, stats.risk_scale(norm.risk), norm.risk)
     mode = resolve_mode(norm, dataset_mode, float((risk_map != 0).double().mean()))
     frac = norm.range_fraction(mode, dataset_mode)
     lo, hi = patch_ranges_torch(img, stats.norm, norm, mode, risk_map, frac)
@@ -216,6 +216,20 @@ def window_fields(img: torch.Tensor, frame_shape: tuple[int, int], patches: tupl
     offset = wy @ lo @ wx.T
     scale = torch.clamp(wy @ hi @ wx.T - offset, min=frac * stats.norm.span)
     return risk_map, offset, scale
+
+
+def resolved_norm(norm: NormConfig, frames: Sequence[NDArray[np.number]], stats: ChannelStats) -> NormConfig:
+    """``norm`` with an ``"auto"`` risk estimator resolved from ``frames`` on the channel's
+    reference risk scale (:func:`asn2n_dask.risk.resolve_estimator`); unchanged otherwise.
+
+    A trained model keeps the estimator it resolved for each channel
+    (:meth:`asn2n_dask.checkpoint.Model.norm`): pass that to classify every chunk alike.
+    """
+    if norm.risk.estimator != "auto":
+        return norm
+    thr = norm.risk
+    scale = stats.risk_scale(replace(thr, estimator="reference"))
+    return replace(norm, risk=resolve_estimator(thr, noise_level(frames, thr.patch, scale)))
 
 
 def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tuple[int, int],
@@ -244,6 +258,8 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
     stats : ChannelStats
         Statistics of the frame's whole channel (:func:`asn2n_dask.stats.channel_stats`).
     norm, infer : NormConfig, InferConfig
+        An ``"auto"`` risk estimator is resolved from this region alone
+        (:func:`resolved_norm`).
     dataset_mode : {"global", "local"}, optional
         The model's dataset decision, for ``norm.mode == "dataset"``.
     engine : {"torch", "numpy"}
@@ -259,6 +275,7 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
     (ry0, ry1), (rx0, rx1) = plan.read
     if region.shape != (ry1 - ry0, rx1 - rx0):
         raise ValueError(f"region has shape {region.shape}; the plan reads {(ry1 - ry0, rx1 - rx0)}")
+    norm = resolved_norm(norm, [region], stats)
     if engine == "numpy":
         return _denoise_window_numpy(region, plan, frame_shape, fn, stats=stats, norm=norm, infer=infer,
                                      device=device, dataset_mode=dataset_mode)
@@ -308,7 +325,7 @@ def _denoise_window_numpy(region: NDArray[np.number], plan: WindowPlan, frame_sh
     (ry0, _), (rx0, _) = plan.read
     patch = norm.risk.patch
     img = np.asarray(region, dtype=np.float64)
-    risk = assess_risk(img, thresholds=norm.risk, stats=stats.risk)
+    risk = assess_risk(img, thresholds=norm.risk, stats=stats.risk_scale(norm.risk))
     mode = resolve_mode(norm, dataset_mode, risk.high_risk_ratio)
     frac = norm.range_fraction(mode, dataset_mode)
     lo, hi = patch_ranges(img, stats.norm, norm, mode, risk.risk_map, frac)

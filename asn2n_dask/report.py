@@ -65,6 +65,7 @@ class _Pair:
     labels: Any = None  # the output's risk label array, when it has one
     attrs: dict[str, Any] = field(default_factory=dict)
     thresholds: Any = None  # RiskThresholds for recomputed risk labels
+    estimators: list[str] | None = None  # the model's risk estimator per channel
 
     def in_index(self, out_index: tuple[int, ...]) -> tuple[int, ...]:
         idx = []
@@ -175,10 +176,18 @@ def _risk_labels(pair: _Pair, ref: FrameRef, raw: NDArray[np.float64], window: t
     the model's risk options when the model is given)."""
     if pair.labels is not None:
         return np.asarray(pair.labels[ref.out_index + window])
-    from .risk import FrameStats, assess_risk
+    from dataclasses import replace
+
+    from .risk import assess_risk
+    from .stats import ChannelStats
 
     thr = pair.thresholds
-    st = FrameStats.from_dict(pair.stats[ref.channel]["risk"]) if pair.stats else None
+    if thr.estimator == "auto" and pair.estimators:  # the estimator the model resolved for this channel
+        thr = replace(thr, estimator=pair.estimators[min(ref.channel, len(pair.estimators) - 1)])
+    st = None
+    if pair.stats:
+        cs = ChannelStats.from_dict(pair.stats[ref.channel])
+        st = cs.risk_scale(thr) if thr.estimator != "auto" else cs.risk
     rmap = assess_risk(raw, thresholds=thr, stats=st).risk_map
     p = thr.patch
     return rmap[np.arange(raw.shape[0])[:, None] // p, np.arange(raw.shape[1])[None, :] // p]
@@ -416,6 +425,7 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
 
         try:
             pair.thresholds = TrainConfig.from_dict(doc["train"]).norm.risk
+            pair.estimators = [str(ch.get("risk_estimator", "reference")) for ch in doc["channels"]]
         except Exception:  # an older or foreign model.json: keep the default thresholds
             pass
     refs = choose_frames(pair, channels=channels, times=times, frames=frames)

@@ -9,7 +9,8 @@ they have.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ __all__ = [
     "assess_risk_torch",
     "patch_noise_var",
     "patch_noise_var_torch",
+    "noise_level",
+    "resolve_estimator",
 ]
 
 SAFE, WEAK_BACKGROUND, SPARSE_BRIGHT = 0, 1, 2
@@ -142,6 +145,64 @@ def patch_noise_var(scaled: NDArray[np.floating], patch: int) -> NDArray[np.floa
     return np.where(n > 0, np.nansum(d2, axis=-1) / np.maximum(n, 1), 0.0)
 
 
+def noise_level(frames: Iterable[NDArray[np.number]], patch: int, scale: FrameStats | None = None,
+                clip_percentile: float = 99.99, quantile: float = 0.25) -> float:
+    """Pixel-noise standard deviation of the quieter patches of frames, on the reference
+    [0, 1] risk scale.
+
+    Parameters
+    ----------
+    frames : iterable of ndarray (H, W)
+        Frames (or windows of frames) of one channel, in input units.
+    patch : int
+        Risk patch side in pixels.
+    scale : FrameStats, optional
+        The channel's reference risk scale (minimum to clip percentile); by default
+        each frame's own.
+    clip_percentile : float
+        The clip percentile of a frame's own scale.
+    quantile : float
+        Which patches speak: the default, the lower quartile, is the noise of the
+        quieter patches (background, where the weak-background test applies); fine
+        texture in bright patches, which the diagonal differences cannot tell from
+        noise, does not move it.
+
+    Returns
+    -------
+    float
+        The square root of the ``quantile`` quantile, over all patches of all frames,
+        of the noise variance from the 2x2 diagonal differences
+        (:func:`patch_noise_var`); 0 for no frames.
+    """
+    variances = []
+    for f in frames:
+        img = np.asarray(f, dtype=np.float64)
+        s = scale if scale is not None else frame_stats(img, low=0.0, high=clip_percentile)
+        variances.append(patch_noise_var((img - s.lo) / s.span, patch).ravel())
+    return float(np.sqrt(np.quantile(np.concatenate(variances), quantile))) if variances else 0.0
+
+
+def resolve_estimator(thresholds: RiskThresholds, noise_sd: float) -> RiskThresholds:
+    """The thresholds with ``estimator="auto"`` replaced by the estimator the data needs.
+
+    ``"noise-aware"`` when the pixel noise (``noise_sd``, from :func:`noise_level`)
+    exceeds ``bg_std``: no patch of such data can pass the reference rule's
+    weak-background test, whatever it shows.  ``"reference"`` otherwise.  Thresholds
+    with a set estimator are returned unchanged.
+
+    Examples
+    --------
+    >>> from asn2n_dask.config import RiskThresholds
+    >>> resolve_estimator(RiskThresholds(), 0.09).estimator
+    'noise-aware'
+    >>> resolve_estimator(RiskThresholds(), 0.002).estimator
+    'reference'
+    """
+    if thresholds.estimator != "auto":
+        return thresholds
+    return replace(thresholds, estimator="noise-aware" if noise_sd > thresholds.bg_std else "reference")
+
+
 def classify(mean: NDArray[np.floating], std: NDArray[np.floating], skew: NDArray[np.floating],
              thresholds: RiskThresholds = RiskThresholds()) -> NDArray[np.int8]:
     """Risk class of each patch from its moments (0 safe, 1 weak background, 2 sparse bright)."""
@@ -213,7 +274,9 @@ def assess_risk(image: NDArray[np.number], *, thresholds: RiskThresholds = RiskT
     image : ndarray, shape (H, W)
         One frame in input units.
     thresholds : RiskThresholds
-        Patch size, clip percentile and class thresholds.
+        Patch size, clip percentile and class thresholds.  The ``"auto"`` estimator is
+        resolved from this frame alone (:func:`resolve_estimator`); pass thresholds
+        resolved for the whole channel to classify its frames alike.
     stats : FrameStats, optional
         The range defining the [0, 1] scale.  By default the frame's minimum (or, for
         the noise-aware estimator, its ``floor_percentile`` percentile) and its
@@ -234,6 +297,9 @@ def assess_risk(image: NDArray[np.number], *, thresholds: RiskThresholds = RiskT
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
         raise ValueError(f"assess_risk takes one 2-D frame; got shape {img.shape}")
+    if thresholds.estimator == "auto":
+        scale = stats if stats is not None else frame_stats(img, low=0.0, high=thresholds.clip_percentile)
+        thresholds = resolve_estimator(thresholds, noise_level([img], thresholds.patch, scale))
     aware = thresholds.estimator == "noise-aware"
     if stats is None:
         stats = frame_stats(img, low=thresholds.floor_percentile if aware else 0.0, high=thresholds.clip_percentile)
@@ -286,7 +352,13 @@ def classify_torch(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor,
 
 def assess_risk_torch(image: torch.Tensor, stats: FrameStats,
                       thresholds: RiskThresholds = RiskThresholds()) -> torch.Tensor:
-    """Risk classes of every patch of a 2-D tensor, as :func:`assess_risk` (int8, on its device)."""
+    """Risk classes of every patch of a 2-D tensor, as :func:`assess_risk` (int8, on its device).
+
+    ``thresholds.estimator`` must be resolved (:func:`resolve_estimator`): a piece of a
+    frame cannot choose it for the whole channel.
+    """
+    if thresholds.estimator == "auto":
+        raise ValueError("resolve the risk estimator for the channel first (risk.resolve_estimator)")
     scaled = (torch.clamp(image, stats.lo, stats.hi) - stats.lo) / stats.span
     mean, std, skew = patch_moments_torch(scaled, thresholds.patch)
     if thresholds.estimator == "noise-aware":

@@ -19,18 +19,20 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .config import NormConfig
+from .config import NormConfig, RiskThresholds
 from .predict import normalised_views, patch_span, window_fields
+from .risk import noise_level, resolve_estimator
 from .stats import ChannelStats
 
-__all__ = ["PlaneReader", "ArrayPlanes", "SourcePlanes", "Region", "RegionSampler", "BatchStream", "region_side"]
+__all__ = ["PlaneReader", "ArrayPlanes", "SourcePlanes", "Region", "RegionSampler", "BatchStream", "region_side",
+           "channel_noise"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,26 @@ def _unit(seed: int, *key: int) -> float:
     return int.from_bytes(h, "little") / 2.0**64
 
 
+def channel_noise(readers: Sequence[PlaneReader], stats: ChannelStats, thresholds: RiskThresholds,
+                  frames: int = 8, side: int = 1024) -> float:
+    """Pixel noise of a channel on its reference risk scale (:func:`asn2n_dask.risk.noise_level`).
+
+    Measured on at most ``frames`` planes spread evenly over the channel, each through
+    its central window of at most ``side`` x ``side`` pixels: enough for a median over
+    hundreds of patches, and cheap on a dataset of any size.
+    """
+    planes = [(r, p) for r in readers for p in range(r.n_planes)]
+    picks = sorted(set(np.linspace(0, len(planes) - 1, min(frames, len(planes))).round().astype(int)))
+    windows = []
+    for i in picks:
+        r, p = planes[i]
+        (h, w), sy, sx = r.frame_shape, min(side, r.frame_shape[0]), min(side, r.frame_shape[1])
+        y0, x0 = (h - sy) // 2, (w - sx) // 2
+        windows.append(np.asarray(r.read(p, (y0, y0 + sy), (x0, x0 + sx))))
+    return noise_level(windows, thresholds.patch, stats.risk_scale(replace(thresholds, estimator="reference")))
+
+
+
 class RegionSampler:
     """Regions of a channel, split by position into training and validation, and the
     per-block loading of their pixels, fields and risk classes.
@@ -166,6 +188,9 @@ class RegionSampler:
     stats : ChannelStats
         The channel's statistics (the reduction pass the pipeline makes).
     norm : NormConfig
+        An ``"auto"`` risk estimator is resolved here, once for the channel
+        (:func:`channel_noise`); ``self.norm`` holds the result and
+        ``self.risk_noise`` the noise that decided it (NaN when the estimator was set).
     dataset_mode : {"global", "local"}, optional
         The ``dataset`` decision, for ``norm.mode == "dataset"``.
     patch : int
@@ -178,6 +203,10 @@ class RegionSampler:
     def __init__(self, readers: Sequence[PlaneReader], stats: ChannelStats, norm: NormConfig,
                  dataset_mode: str | None, patch: int, seed: int, val_fraction: float) -> None:
         self.readers, self.stats, self.norm = list(readers), stats, norm
+        self.risk_noise = float("nan")
+        if norm.risk.estimator == "auto":
+            self.risk_noise = channel_noise(self.readers, stats, norm.risk)
+            self.norm = replace(norm, risk=resolve_estimator(norm.risk, self.risk_noise))
         self.dataset_mode, self.patch, self.seed = dataset_mode, patch, seed
         self.grids: list[tuple[list[tuple[int, int]], list[tuple[int, int]]]] = []
         counts = []

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import NormConfig
+from .config import NormConfig, RiskThresholds
 from .errors import InputError
 from .risk import FrameStats
 
@@ -40,14 +40,17 @@ class ChannelStats:
     norm : FrameStats
         Normalisation range (``NormConfig`` low and high percentiles), input units.
     risk : FrameStats
-        Risk scale: the minimum (noise-aware estimator: the ``floor_percentile``
-        percentile) and the ``clip_percentile`` percentile.
+        Risk scale of the estimator the statistics were computed for: the minimum
+        (noise-aware estimator: the ``floor_percentile`` percentile) and the
+        ``clip_percentile`` percentile.  :meth:`risk_scale` gives either estimator's.
     minimum, maximum : float
         Data range.
     count : int
         Pixels reduced.
     digest : str
         SHA-256 of the channel's histogram: changes when the data does, almost surely.
+    floor, clip : float, optional
+        The ``floor_percentile`` and ``clip_percentile`` percentiles.
     """
 
     norm: FrameStats
@@ -56,16 +59,28 @@ class ChannelStats:
     maximum: float
     count: int
     digest: str = ""
+    floor: float | None = None
+    clip: float | None = None
+
+    def risk_scale(self, thresholds: RiskThresholds) -> FrameStats:
+        """The risk scale for ``thresholds``' estimator (resolved: not ``"auto"``)."""
+        if self.floor is None or self.clip is None:  # statistics from before both were kept
+            return self.risk
+        lo = self.floor if thresholds.estimator == "noise-aware" and thresholds.floor_percentile > 0 else self.minimum
+        return FrameStats(lo=lo, hi=self.clip if self.clip > lo else self.maximum)
 
     def to_dict(self) -> dict[str, Any]:
         return {"norm": self.norm.to_dict(), "risk": self.risk.to_dict(), "minimum": self.minimum,
-                "maximum": self.maximum, "count": self.count, "digest": self.digest}
+                "maximum": self.maximum, "count": self.count, "digest": self.digest, "floor": self.floor,
+                "clip": self.clip}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChannelStats:
         return cls(norm=FrameStats.from_dict(d["norm"]), risk=FrameStats.from_dict(d["risk"]),
                    minimum=float(d["minimum"]), maximum=float(d["maximum"]), count=int(d["count"]),
-                   digest=str(d.get("digest", "")))
+                   digest=str(d.get("digest", "")),
+                   floor=None if d.get("floor") is None else float(d["floor"]),
+                   clip=None if d.get("clip") is None else float(d["clip"]))
 
 
 def _small_int(dtype: Any) -> bool:
@@ -235,5 +250,5 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
         digest = hashlib.sha256(np.ascontiguousarray(counts, np.int64).tobytes() + edges.tobytes()).hexdigest()
         out.append(ChannelStats(norm=FrameStats(lo=lo_q if norm.low_percentile > 0 else mn, hi=hi_q),
                                 risk=FrameStats(lo=risk_lo, hi=clip_q), minimum=mn, maximum=mx, count=n,
-                                digest=digest))
+                                digest=digest, floor=floor_q, clip=vals[2]))
     return out

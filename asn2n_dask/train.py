@@ -66,6 +66,8 @@ class TrainResult:
     high_risk_ratio: float
     steps: int
     patch: int
+    risk_estimator: str = "reference"
+    risk_noise: float = float("nan")
     best_step: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -189,7 +191,8 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, fused=True if cuda else None)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps, eta_min=config.lr * 0.05)
-    result = TrainResult(net=net, stats=stats.norm, dataset_mode=decision, high_risk_ratio=ratio, steps=0,
+    result = TrainResult(net=net, stats=stats.norm, dataset_mode=decision, high_risk_ratio=ratio,
+                         risk_estimator=sampler.norm.risk.estimator, risk_noise=sampler.risk_noise, steps=0,
                          patch=patch, val_patches=val_raw)
     best_loss, best_state, bad = float("inf"), None, 0
     running, n_running, risky_seen, seen, waited = 0.0, 0, 0, 0, 0.0

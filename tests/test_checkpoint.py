@@ -78,3 +78,26 @@ def test_round_trip_gives_identical_denoising(model_dir, tiny_model, frame):
     cfg = InferConfig(tile=32)
     np.testing.assert_array_equal(denoise(frame[0], load_model(model_dir), config=cfg),
                                   denoise(frame[0], tiny_model, config=cfg))
+
+
+def test_the_risk_estimator_resolved_in_training_is_kept_per_channel(model_dir, tiny_model):
+    from asn2n_dask import RiskThresholds
+
+    ch = tiny_model.channels[0]
+    assert tiny_model.train.norm.risk.estimator == "auto"
+    noise = ch.extra["risk_noise_sd"]  # the low-photon frame's pixel noise on the risk scale
+    assert ch.risk_estimator == ("noise-aware" if noise > RiskThresholds().bg_std else "reference")
+    loaded = load_model(model_dir)
+    assert loaded.channels[0].risk_estimator == ch.risk_estimator
+    assert loaded.norm(0).risk.estimator == ch.risk_estimator
+    assert loaded.norm(0).risk.patch == tiny_model.train.norm.risk.patch
+    # a model written before the choice was kept per channel uses the reference rule
+    path = model_dir / "model.json"
+    doc = json.loads(path.read_text())
+    del doc["channels"][0]["risk_estimator"]
+    path.write_text(json.dumps(doc))
+    assert load_model(model_dir).channels[0].risk_estimator == "reference"
+    doc["channels"][0]["risk_estimator"] = "guess"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="unknown risk estimator"):
+        load_model(model_dir)

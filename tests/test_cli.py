@@ -75,6 +75,15 @@ def test_risk_json(work):
     doc = json.loads(r.stdout)
     assert doc["channels"][0]["dataset_decision"] in ("global", "local")
     assert 0 <= doc["channels"][0]["high_risk"] <= 1
+    # the default estimator is resolved from the data and reported with the noise that decided it
+    ch = doc["channels"][0]
+    assert ch["risk_estimator"] == ("noise-aware" if ch["noise_sd"] > 0.028 else "reference")
+    forced = json.loads(invoke("risk", work / "noisy.tif", "--json", "--risk-estimator", "reference").stdout)
+    assert forced["channels"][0]["risk_estimator"] == "reference"
+    table = invoke("risk", work / "noisy.tif")
+    assert table.exit_code == 0 and ch["risk_estimator"] in table.stdout
+    bad = invoke("risk", work / "noisy.tif", "--risk-estimator", "magic")
+    assert bad.exit_code == 2 and "risk estimator" in bad.output
 
 
 def test_every_command_has_help_with_an_example():

@@ -68,10 +68,33 @@ def test_noise_aware_estimator_finds_the_dark_background_of_a_raw_low_photon_fra
     photons = np.zeros((256, 256))
     photons[96:160, 96:160] = 8.0 * np.exp(-((np.mgrid[:64, :64] - 32) ** 2).sum(0) / 200.0)  # one blob
     raw = camera(photons, seed=0)
-    ref = assess_risk(raw)
+    ref = assess_risk(raw, thresholds=RiskThresholds(estimator="reference"))
     aware = assess_risk(raw, thresholds=RiskThresholds(estimator="noise-aware"))
     assert ref.high_risk_ratio < 0.1  # camera noise alone makes the published rule call it safe
     assert aware.risk_map[0, 0] != 0 and aware.risk_map[3, 3] != 0 and aware.high_risk_ratio > 0.5
+    # the default picks the noise-aware estimator for such a frame
+    np.testing.assert_array_equal(assess_risk(raw).risk_map, aware.risk_map)
+
+
+def test_auto_estimator_is_the_reference_rule_on_data_whose_noise_it_can_see():
+    from asn2n_dask import RiskThresholds
+    from asn2n_dask.risk import noise_level, resolve_estimator
+
+    rng = np.random.default_rng(3)
+    clean = np.zeros((256, 256))
+    clean[64:192, 64:192] = 1000.0 * rng.random((128, 128)) ** 4  # bright sparse structure, dark background
+    quiet = clean + rng.normal(0, 2.0, clean.shape)  # noise 0.2% of the range
+    loud = clean + rng.normal(0, 80.0, clean.shape)  # noise 8% of the range: above bg_std (2.8%)
+    assert noise_level([quiet], 64) < 0.028 < noise_level([loud], 64)
+    auto = RiskThresholds()
+    assert auto.estimator == "auto"
+    assert resolve_estimator(auto, noise_level([quiet], 64)).estimator == "reference"
+    assert resolve_estimator(auto, noise_level([loud], 64)).estimator == "noise-aware"
+    for img, est in ((quiet, "reference"), (loud, "noise-aware")):
+        np.testing.assert_array_equal(assess_risk(img).risk_map,
+                                      assess_risk(img, thresholds=RiskThresholds(estimator=est)).risk_map)
+    # a set estimator is never changed
+    assert resolve_estimator(RiskThresholds(estimator="reference"), 1.0).estimator == "reference"
 
 
 def test_noise_variance_is_estimated_without_the_signal():

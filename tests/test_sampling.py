@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asn2n_dask import TrainConfig
-from asn2n_dask.config import NormConfig
+from asn2n_dask.config import NormConfig, RiskThresholds
 from asn2n_dask.sampling import ArrayPlanes, BatchPlan, BatchStream, RegionSampler, SourcePlanes, region_side
 from asn2n_dask.stats import channel_stats
 
@@ -63,7 +63,7 @@ def test_region_fields_equal_the_fields_of_the_whole_frame():
     h, w = frame.shape
     whole = torch.from_numpy(frame.astype(np.float64))
     patches = (patch_span(h, 0, h - 1, 64), patch_span(w, 0, w - 1, 64))
-    _, off, scale = window_fields(whole, (h, w), patches, np.arange(h), np.arange(w), stats=s.stats, norm=norm,
+    _, off, scale = window_fields(whole, (h, w), patches, np.arange(h), np.arange(w), stats=s.stats, norm=s.norm,
                                   dataset_mode=None)
     for k in range(s.n_regions):
         reg = s.load(k)
@@ -176,7 +176,8 @@ def test_sampling_reads_only_the_chunks_under_its_regions(tmp_path):
     arr[...] = data
     src = _Src(zarr.open_array(str(tmp_path / "d.zarr"), mode="r"))
     reader = SourcePlanes(src, (tuple(range(30)), (1,)))
-    norm = NormConfig()
+    # a set estimator: "auto" would also read the central windows its noise measure needs, once
+    norm = NormConfig(risk=RiskThresholds(estimator="reference"))
     stats = channel_stats(data[:, 1][None], norm)[0]
     s = RegionSampler([reader], stats, norm, None, 32, 0, 0.1)
     stream = BatchStream(s, BatchPlan(batch=8, regions_per_block=2, batches_per_block=4))
