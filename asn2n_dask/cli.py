@@ -349,10 +349,20 @@ def fit(
             old.unlink()
     with _distributed(device) as (dev, rank):
         with progress_bar(not state["quiet"] and rank == 0) as bar:
-            fit_fn([str(p) for p in inputs], axes=axes, config=cfg, device=dev, progress=bar, model_dir=model_dir,
-                   channels=picked, time=time, resume=resume, workers=loader_workers)
+            model = fit_fn([str(p) for p in inputs], axes=axes, config=cfg, device=dev, progress=bar,
+                           model_dir=model_dir, channels=picked, time=time, resume=resume, workers=loader_workers)
     if rank == 0:
+        for ch in model.channels:
+            typer.echo(_channel_line(ch))
         typer.echo(f"model written to {model_dir} (training curves and montages beside it)")
+
+
+def _channel_line(ch: Any) -> str:
+    """What training decided for one channel, in one line."""
+    noise = ch.extra.get("risk_noise_sd")
+    why = f" (pixel noise {noise:.3f} of the range)" if noise is not None else ""
+    return (f"channel {ch.name}: risk estimator {ch.risk_estimator}{why}, {ch.high_risk_ratio:.0%} of patches "
+            f"high-risk, dataset decision {ch.dataset_mode}")
 
 
 @contextlib.contextmanager
@@ -639,8 +649,10 @@ def run(
     if zarr_out:
         if model is None:
             with progress_bar(not state["quiet"]) as bar:
-                fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device, progress=bar,
-                       model_dir=mdir)
+                model = fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device,
+                               progress=bar, model_dir=mdir)
+            for ch in model.channels:
+                typer.echo(_channel_line(ch))
             (mdir / "run.json").write_text(json.dumps(job, indent=2))
         _pipeline(input, output, mdir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=False, scheduler=scheduler,
@@ -654,6 +666,8 @@ def run(
     with progress_bar(not state["quiet"]) as bar:
         model = fit_fn(data, axes=meta.axes, config=cfg, channel_names=_channel_names(meta, n_ch),
                        device=device, progress=bar, model_dir=mdir)
+    for ch in model.channels:
+        typer.echo(_channel_line(ch))
     _denoise_to(input, output, model, data, meta, infer, dtype, overwrite,
                 {"model": str(mdir), "train": cfg.to_dict()})
     typer.echo(f"model kept in {mdir}")

@@ -33,6 +33,7 @@ def work(tmp_path_factory, frame):
                      metadata={"axes": "CYX"})
     r = invoke("fit", d / "noisy.tif", "-o", d / "model", *FAST)
     assert r.exit_code == 0, r.output
+    assert "channel 0: risk estimator " in r.stdout  # what training decided, per channel
     return d
 
 
