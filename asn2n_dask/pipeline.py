@@ -420,12 +420,41 @@ def compute_stats(plan: Plan, norm: Any, client: Any = None) -> list[ChannelStat
     return selection_stats([plan.source], [plan.selection], norm, client)
 
 
-def selection_array(source: Source, selection: Selection) -> Any:
+#: Target size of one read block of the statistics pass.  Storage chunks are often small
+#: (512² of uint16: 0.5 MB); one task per chunk made the pass on a cluster mostly
+#: scheduling.  Blocks of whole frames, and of several planes of small frames, read the
+#: same chunks in a sixteenth of the tasks or fewer.
+STATS_BLOCK_BYTES = 16 << 20
+
+
+def stats_blocks(shape: Sequence[int], chunks: Sequence[int], axes: str, itemsize: int,
+                 target: int = STATS_BLOCK_BYTES) -> tuple[int, ...]:
+    """Read blocks for the statistics pass: whole storage chunks, grouped into whole
+    frames when a frame fits in ``target`` bytes, then into several planes (Z, then T;
+    never channels) up to ``target``.  Frames larger than ``target`` keep the storage
+    chunks."""
+    out = list(chunks)
+    per = shape[-2] * shape[-1] * itemsize
+    if per > target:
+        return tuple(out)
+    out[-2], out[-1] = shape[-2], shape[-1]
+    for i in range(len(axes) - 3, -1, -1):  # the leading axes, innermost first
+        if axes[i] == "C":
+            continue
+        out[i] = min(shape[i], max(1, target // per // chunks[i]) * chunks[i])
+        per *= out[i]
+        if out[i] < shape[i]:
+            break
+    return tuple(out)
+
+
+def selection_array(source: Source, selection: Selection, blocks: tuple[int, ...] | None = None) -> Any:
     """The selected channels of a source over all time points, as a lazy dask array
-    with the channel axis first (``(C, ..., Y, X)``)."""
+    with the channel axis first (``(C, ..., Y, X)``); ``blocks`` as
+    :meth:`asn2n_dask.source.Source.to_xarray`'s ``chunks``."""
     import dask.array as da
 
-    xa = source.to_xarray()
+    xa = source.to_xarray(blocks)
     idx = replace(selection, time=None).indices(source)
     arr = xa.isel({d: i for d, i in zip(xa.dims, idx)}).data
     c = source.axes.find("C")
@@ -439,7 +468,8 @@ def selection_stats(sources: Sequence[Source], selections: Sequence[Selection], 
     import dask
     import dask.array as da
 
-    parts = [selection_array(s, sel) for s, sel in zip(sources, selections)]
+    parts = [selection_array(s, sel, stats_blocks(s.shape, s.chunks, s.axes, np.dtype(s.dtype).itemsize))
+             for s, sel in zip(sources, selections)]
     arr = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=1)
     with dask.config.set(scheduler="synchronous" if client in (None, "sync") else client):
         try:

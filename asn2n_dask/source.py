@@ -55,13 +55,18 @@ class Source:
         """The array, read-only (``zarr.Array``); cached per process."""
         return open_array(self.path, self.kind, self.array_path)
 
-    def to_xarray(self) -> Any:
-        """A dask-backed ``xarray.DataArray`` with dims named by lower-case axis letters."""
+    def to_xarray(self, chunks: tuple[int, ...] | None = None) -> Any:
+        """A dask-backed ``xarray.DataArray`` with dims named by lower-case axis letters.
+
+        ``chunks``: the dask blocks (default: the storage chunks); blocks made of whole
+        storage chunks read each of them once.
+        """
         import dask.array as da
         import xarray as xr
 
-        arr = da.from_array(_Reader(self), chunks=self.chunks, asarray=True, fancy=False,
-                            name=f"read-{self.path}-{self.array_path}")
+        blocks = tuple(chunks) if chunks is not None else self.chunks
+        name = f"read-{self.path}-{self.array_path}" + ("" if blocks == tuple(self.chunks) else f"-{blocks}")
+        arr = da.from_array(_Reader(self), chunks=blocks, asarray=True, fancy=False, name=name)
         coords: dict[str, Any] = {}
         if "C" in self.axes and self.meta.channel_names and len(self.meta.channel_names) == arr.shape[
                 self.axes.index("C")]:

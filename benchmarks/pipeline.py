@@ -338,7 +338,12 @@ def report(rows: dict) -> None:
                   "and `--memory-frames`.", ""]
     st = [(k, r) for k, r in rows.items() if k.startswith("stats")]
     if st:
-        lines += ["## Statistics pass (`--stage stats`)", "", "| run | shape | seconds | MB/s |", "|---|---|---|---|"]
+        lines += ["## Statistics pass (`--stage stats`)", "",
+                  "The pass reads blocks of whole frames, several planes of small frames, up to 16 MiB "
+                  "(`pipeline.stats_blocks`), not one task per storage chunk. With one task per 512x512 chunk the "
+                  "same data took 2.6 s in process, 6.0 s on a fresh and 5.0 s on a warm cluster (today, before "
+                  "the change), most of it scheduling. The two-pass row keeps the storage chunks.", "",
+                  "| run | shape | seconds | MB/s |", "|---|---|---|---|"]
         lines += [f"| {k} | {tuple(r['shape'])} | {r['seconds']:.2f} | {r['mb_s']:.0f} |" for k, r in st]
         lines.append("")
     mem = [(k, r) for k, r in rows.items() if k.startswith("memory")]

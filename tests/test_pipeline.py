@@ -420,3 +420,34 @@ def test_worker_processes_get_the_allocator_setting_back_and_compute_the_same(da
         assert all(cl.run(relax_malloc_trim).values())  # glibc took the thresholds there
     run(d, "procs-ref.zarr")  # the same job in this process
     np.testing.assert_array_equal(output(d / "procs.zarr")[0], output(d / "procs-ref.zarr")[0])
+
+
+@pytest.mark.parametrize("shape, chunks, axes, itemsize", [
+    ((16, 2, 2048, 2048), (1, 1, 512, 512), "TCYX", 2),
+    ((240, 2, 1024, 1024), (1, 1, 512, 512), "TCYX", 2),
+    ((3, 2, 5, 256, 256), (1, 1, 1, 64, 64), "TCZYX", 2),
+    ((100, 300, 300), (7, 64, 64), "TYX", 4),
+    ((4, 2, 8192, 8192), (1, 1, 1024, 1024), "TCYX", 2),  # frames larger than a block keep the chunks
+])
+def test_statistics_blocks_are_whole_chunks_of_one_channel_and_bounded(shape, chunks, axes, itemsize):
+    from asn2n_dask.pipeline import STATS_BLOCK_BYTES, stats_blocks
+
+    b = stats_blocks(shape, chunks, axes, itemsize)
+    for n, c, k in zip(shape, chunks, b):
+        assert k == n or k % c == 0  # whole storage chunks, or the whole axis
+    if "C" in axes:
+        assert b[axes.index("C")] == chunks[axes.index("C")]
+    frame = shape[-2] * shape[-1] * itemsize
+    assert int(np.prod(b)) * itemsize <= max(STATS_BLOCK_BYTES, int(np.prod(chunks)) * itemsize)
+    assert b == tuple(chunks) if frame > STATS_BLOCK_BYTES else b[-2:] == shape[-2:]
+
+
+def test_statistics_do_not_depend_on_the_read_blocks(data):
+    from asn2n_dask import NormConfig
+    from asn2n_dask.pipeline import selection_stats
+    from asn2n_dask.stats import channel_stats
+
+    d, frames, _ = data
+    got = selection_stats([open_source(d / "in.zarr")], [Selection()], NormConfig(), client="sync")
+    want = channel_stats(np.moveaxis(frames, 1, 0), NormConfig())
+    assert [g.to_dict() for g in got] == [w.to_dict() for w in want]
