@@ -7,6 +7,7 @@ own network.  These functions are what the command line calls.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time as _time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,8 @@ from .checkpoint import ChannelModel, Model, save_model
 from .config import InferConfig, TrainConfig
 from .errors import InputError, ModelError
 from .predict import denoise_frame, network_fn, resolve_device
-from .risk import RiskReport, assess_risk, noise_level, resolve_estimator
+from .risk import RiskReport, assess_risk, resolve_estimator
+from .sampling import ArrayPlanes, channel_noise
 from .stats import channel_stats
 from .train import TrainResult, train_channel
 
@@ -187,7 +189,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
 
     def as_channel(name: str, r: TrainResult) -> ChannelModel:
         extra = {"risk_share_seen": r.risk_share, "data_wait_fraction": r.data_wait, "stopped_early": r.stopped_early}
-        if r.risk_noise == r.risk_noise:  # measured: the estimator was "auto"
+        if not math.isnan(r.risk_noise):  # measured: the estimator was "auto"
             extra["risk_noise_sd"] = r.risk_noise
         return ChannelModel(name=name, net=r.net, stats=r.stats, dataset_mode=r.dataset_mode,
                             high_risk_ratio=r.high_risk_ratio, risk_estimator=r.risk_estimator, steps=r.steps,
@@ -425,11 +427,10 @@ def risk_summary(data: NDArray[np.number], *, axes: str | None = None,
     ax = parse_axes(axes, np.ndim(data))
     planes = to_planes(np.asarray(data), ax)
     out = []
+    stats = channel_stats(planes, config.norm)
     for c in range(planes.shape[0]):
-        # one estimator per channel: "auto" decided by the pixel noise of up to 8 frames spread over it
-        picks = np.unique(np.linspace(0, planes.shape[1] - 1, min(8, planes.shape[1])).round().astype(int))
-        noise = noise_level([planes[c, i] for i in picks], config.norm.risk.patch,
-                            clip_percentile=config.norm.risk.clip_percentile)
+        # one estimator per channel, decided as training decides it
+        noise = channel_noise([ArrayPlanes(planes[c])], stats[c], config.norm.risk)
         thr = resolve_estimator(config.norm.risk, noise)
         reports: list[RiskReport] = [assess_risk(f, thresholds=thr) for f in planes[c]]
         maps = np.concatenate([r.risk_map.ravel() for r in reports])

@@ -228,8 +228,7 @@ def resolved_norm(norm: NormConfig, frames: Sequence[NDArray[np.number]], stats:
     if norm.risk.estimator != "auto":
         return norm
     thr = norm.risk
-    scale = stats.risk_scale(replace(thr, estimator="reference"))
-    return replace(norm, risk=resolve_estimator(thr, noise_level(frames, thr.patch, scale)))
+    return replace(norm, risk=resolve_estimator(thr, noise_level(frames, thr.patch, stats.risk_scale(thr))))
 
 
 def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tuple[int, int],

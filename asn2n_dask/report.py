@@ -29,7 +29,7 @@ from ._version import __version__
 from .checks import STRUCTURE_THRESHOLD, foreground_objects, otsu_mask, residual_checks, score_pair, skeleton_stats
 from .errors import InputError, OutputError
 from .plots import pyplot, save_figure
-from .source import Source, open_source
+from .source import Source, open_source, spread
 
 __all__ = ["MAX_SIDE", "FrameRef", "make_report", "choose_frames"]
 
@@ -127,7 +127,7 @@ def choose_frames(pair: _Pair, *, channels: Sequence[str] | None = None, times: 
     nt = den.shape[ax.index("T")] if "T" in ax else 1
     nc = den.shape[ax.index("C")] if "C" in ax else 1
     if times is None:
-        ts = sorted({int(round(v)) for v in np.linspace(0, nt - 1, min(max(frames, 1), nt))})
+        ts = spread(nt, max(frames, 1))
     else:
         ts = []
         for t in times:
@@ -184,10 +184,7 @@ def _risk_labels(pair: _Pair, ref: FrameRef, raw: NDArray[np.float64], window: t
     thr = pair.thresholds
     if thr.estimator == "auto" and pair.estimators:  # the estimator the model resolved for this channel
         thr = replace(thr, estimator=pair.estimators[min(ref.channel, len(pair.estimators) - 1)])
-    st = None
-    if pair.stats:
-        cs = ChannelStats.from_dict(pair.stats[ref.channel])
-        st = cs.risk_scale(thr) if thr.estimator != "auto" else cs.risk
+    st = ChannelStats.from_dict(pair.stats[ref.channel]).risk_scale(thr) if pair.stats else None
     rmap = assess_risk(raw, thresholds=thr, stats=st).risk_map
     p = thr.patch
     return rmap[np.arange(raw.shape[0])[:, None] // p, np.arange(raw.shape[1])[None, :] // p]
@@ -434,7 +431,7 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
     window = _window(den_src.frame_shape)
     ax = den_src.axes[:-2]
     nt = den_src.shape[ax.index("T")] if "T" in ax else 1
-    curve_ts = sorted({int(round(v)) for v in np.linspace(0, nt - 1, min(curve_points, nt))})
+    curve_ts = spread(nt, curve_points)
     n_chan = den_src.shape[ax.index("C")] if "C" in ax else 1
     total, done = len(refs) + len(curve_ts) * n_chan, 0
 

@@ -145,8 +145,8 @@ def patch_noise_var(scaled: NDArray[np.floating], patch: int) -> NDArray[np.floa
     return np.where(n > 0, np.nansum(d2, axis=-1) / np.maximum(n, 1), 0.0)
 
 
-def noise_level(frames: Iterable[NDArray[np.number]], patch: int, scale: FrameStats | None = None,
-                clip_percentile: float = 99.99, quantile: float = 0.25) -> float:
+def noise_level(frames: Iterable[NDArray[np.number]], patch: int, scale: FrameStats,
+                quantile: float = 0.25) -> float:
     """Pixel-noise standard deviation of the quieter patches of frames, on the reference
     [0, 1] risk scale.
 
@@ -156,11 +156,9 @@ def noise_level(frames: Iterable[NDArray[np.number]], patch: int, scale: FrameSt
         Frames (or windows of frames) of one channel, in input units.
     patch : int
         Risk patch side in pixels.
-    scale : FrameStats, optional
-        The channel's reference risk scale (minimum to clip percentile); by default
-        each frame's own.
-    clip_percentile : float
-        The clip percentile of a frame's own scale.
+    scale : FrameStats
+        The reference risk scale (minimum to clip percentile) of the channel, or of the
+        one frame given.
     quantile : float
         Which patches speak: the default, the lower quartile, is the noise of the
         quieter patches (background, where the weak-background test applies); fine
@@ -174,11 +172,8 @@ def noise_level(frames: Iterable[NDArray[np.number]], patch: int, scale: FrameSt
         of the noise variance from the 2x2 diagonal differences
         (:func:`patch_noise_var`); 0 for no frames.
     """
-    variances = []
-    for f in frames:
-        img = np.asarray(f, dtype=np.float64)
-        s = scale if scale is not None else frame_stats(img, low=0.0, high=clip_percentile)
-        variances.append(patch_noise_var((img - s.lo) / s.span, patch).ravel())
+    variances = [patch_noise_var((np.asarray(f, dtype=np.float64) - scale.lo) / scale.span, patch).ravel()
+                 for f in frames]
     return float(np.sqrt(np.quantile(np.concatenate(variances), quantile))) if variances else 0.0
 
 

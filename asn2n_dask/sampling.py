@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from .config import NormConfig, RiskThresholds
 from .predict import normalised_views, patch_span, window_fields
 from .risk import noise_level, resolve_estimator
+from .source import spread
 from .stats import ChannelStats
 
 __all__ = ["PlaneReader", "ArrayPlanes", "SourcePlanes", "Region", "RegionSampler", "BatchStream", "region_side",
@@ -162,18 +163,18 @@ def channel_noise(readers: Sequence[PlaneReader], stats: ChannelStats, threshold
     """Pixel noise of a channel on its reference risk scale (:func:`asn2n_dask.risk.noise_level`).
 
     Measured on at most ``frames`` planes spread evenly over the channel, each through
-    its central window of at most ``side`` x ``side`` pixels: enough for a median over
-    hundreds of patches, and cheap on a dataset of any size.
+    its central window of at most ``side`` x ``side`` pixels: hundreds of patches, and
+    cheap on a dataset of any size.
     """
     planes = [(r, p) for r in readers for p in range(r.n_planes)]
-    picks = sorted(set(np.linspace(0, len(planes) - 1, min(frames, len(planes))).round().astype(int)))
+    picks = spread(len(planes), frames)
     windows = []
     for i in picks:
         r, p = planes[i]
         (h, w), sy, sx = r.frame_shape, min(side, r.frame_shape[0]), min(side, r.frame_shape[1])
         y0, x0 = (h - sy) // 2, (w - sx) // 2
         windows.append(np.asarray(r.read(p, (y0, y0 + sy), (x0, x0 + sx))))
-    return noise_level(windows, thresholds.patch, stats.risk_scale(replace(thresholds, estimator="reference")))
+    return noise_level(windows, thresholds.patch, stats.risk_scale(thresholds))
 
 
 

@@ -21,7 +21,7 @@ from .axes import parse_axes
 from .errors import InputError
 from .io import TIFF_SUFFIXES, ImageMeta, _is_zarr, _read_zarr
 
-__all__ = ["Source", "open_source", "Selection", "parse_time", "open_array"]
+__all__ = ["Source", "open_source", "Selection", "parse_time", "open_array", "spread"]
 
 
 @dataclass(frozen=True)
@@ -258,6 +258,11 @@ class Selection:
                 "time": list(self.time) if self.time is not None else None}
 
 
+def spread(n: int, k: int) -> list[int]:
+    """Up to ``k`` distinct indices of ``range(n)``, evenly spread from the first to the last."""
+    return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(k, n))}) if n > 0 else []
+
+
 def sample_planes(source: Source, selection: Selection, k: int) -> tuple[np.ndarray, list[str]]:
     """Read up to ``k`` evenly spaced frames of every selected channel (only those frames).
 
@@ -275,7 +280,7 @@ def sample_planes(source: Source, selection: Selection, k: int) -> tuple[np.ndar
     others = [i for i, _ in enumerate(non_yx) if i != c_ax]
     sizes = [len(idx[i]) for i in others]
     total = int(np.prod(sizes)) if sizes else 1
-    pick = list(range(total)) if total <= k else [int(round(v)) for v in np.linspace(0, total - 1, k)]
+    pick = spread(total, k)
     arr = source.open()
     out = np.empty((len(chans), len(pick)) + source.frame_shape, dtype=np.dtype(source.dtype))
     for pi, flat in enumerate(pick):

@@ -15,7 +15,7 @@ the wanted percentiles are refined by a third, fine histogram pass.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,10 @@ class ChannelStats:
     clip: float | None = None
 
     def risk_scale(self, thresholds: RiskThresholds) -> FrameStats:
-        """The risk scale for ``thresholds``' estimator (resolved: not ``"auto"``)."""
+        """The risk scale for ``thresholds``' estimator: from the ``floor_percentile``
+        percentile for ``"noise-aware"``, else (``"reference"``, and ``"auto"`` before it
+        is resolved) from the minimum; up to the clip percentile, or the maximum when
+        that is not above the start."""
         if self.floor is None or self.clip is None:  # statistics from before both were kept
             return self.risk
         lo = self.floor if thresholds.estimator == "noise-aware" and thresholds.floor_percentile > 0 else self.minimum
@@ -242,13 +245,11 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
                 pair.append(v)
             vals.append(float(pair[0] + f * (pair[1] - pair[0])))
         lo_q, hi_q, clip_q, floor_q = vals
-        risk_lo = floor_q if norm.risk.estimator == "noise-aware" and norm.risk.floor_percentile > 0 else mn
         if hi_q <= lo_q:  # almost every pixel has one value: keep the few others in range
             hi_q = mx
-        if clip_q <= risk_lo:
-            clip_q = mx
         digest = hashlib.sha256(np.ascontiguousarray(counts, np.int64).tobytes() + edges.tobytes()).hexdigest()
-        out.append(ChannelStats(norm=FrameStats(lo=lo_q if norm.low_percentile > 0 else mn, hi=hi_q),
-                                risk=FrameStats(lo=risk_lo, hi=clip_q), minimum=mn, maximum=mx, count=n,
-                                digest=digest, floor=floor_q, clip=vals[2]))
+        cs = ChannelStats(norm=FrameStats(lo=lo_q if norm.low_percentile > 0 else mn, hi=hi_q),
+                          risk=FrameStats(mn, mx), minimum=mn, maximum=mx, count=n, digest=digest, floor=floor_q,
+                          clip=clip_q)
+        out.append(replace(cs, risk=cs.risk_scale(norm.risk)))
     return out

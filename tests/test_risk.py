@@ -78,18 +78,21 @@ def test_noise_aware_estimator_finds_the_dark_background_of_a_raw_low_photon_fra
 
 def test_auto_estimator_is_the_reference_rule_on_data_whose_noise_it_can_see():
     from asn2n_dask import RiskThresholds
-    from asn2n_dask.risk import noise_level, resolve_estimator
+    from asn2n_dask.risk import frame_stats, noise_level, resolve_estimator
 
     rng = np.random.default_rng(3)
     clean = np.zeros((256, 256))
     clean[64:192, 64:192] = 1000.0 * rng.random((128, 128)) ** 4  # bright sparse structure, dark background
     quiet = clean + rng.normal(0, 2.0, clean.shape)  # noise 0.2% of the range
     loud = clean + rng.normal(0, 80.0, clean.shape)  # noise 8% of the range: above bg_std (2.8%)
-    assert noise_level([quiet], 64) < 0.028 < noise_level([loud], 64)
+    def noise(img):
+        return noise_level([img], 64, frame_stats(img))
+
+    assert noise(quiet) < 0.028 < noise(loud)
     auto = RiskThresholds()
     assert auto.estimator == "auto"
-    assert resolve_estimator(auto, noise_level([quiet], 64)).estimator == "reference"
-    assert resolve_estimator(auto, noise_level([loud], 64)).estimator == "noise-aware"
+    assert resolve_estimator(auto, noise(quiet)).estimator == "reference"
+    assert resolve_estimator(auto, noise(loud)).estimator == "noise-aware"
     for img, est in ((quiet, "reference"), (loud, "noise-aware")):
         np.testing.assert_array_equal(assess_risk(img).risk_map,
                                       assess_risk(img, thresholds=RiskThresholds(estimator=est)).risk_map)
