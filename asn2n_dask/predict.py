@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from .blend import WindowTiles, blend_tiles, blend_window, check_tile, window_tiles
 from .config import InferConfig, NormConfig
+from .model import channels_last
 from .normalize import fields_at, interp_weights, patch_ranges, patch_ranges_torch, resolve_mode
 from .pairs import make_twins_torch
 from .risk import assess_risk, assess_risk_torch, noise_level, resolve_estimator
@@ -38,8 +39,9 @@ def resolve_device(device: str) -> torch.device:
 
 def network_fn(net: torch.nn.Module, device: torch.device | str, precision: str = "bf16",
                compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Wrap a network for batched inference: no autograd; on CUDA channels-last memory,
-    bf16 autocast with ``precision="bf16"``, and with ``compile=True`` the network
+    """Wrap a network for batched inference: no autograd; channels-last memory where it
+    is faster (:func:`asn2n_dask.model.channels_last`); on CUDA bf16 autocast with
+    ``precision="bf16"``, and with ``compile=True`` the network
     compiled by ``torch.compile`` (fused kernels: about twice as fast on a GPU, after a
     compilation of a minute or so per process).  The CPU always computes in fp32, eagerly.
 
@@ -49,7 +51,8 @@ def network_fn(net: torch.nn.Module, device: torch.device | str, precision: str 
     device = torch.device(device)
     cuda = device.type == "cuda"
     net = net.to(device).eval()
-    if cuda:
+    nhwc = channels_last(device)
+    if nhwc:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     run: Callable[[torch.Tensor], torch.Tensor] = net
     compiled = compile and cuda
@@ -64,7 +67,7 @@ def network_fn(net: torch.nn.Module, device: torch.device | str, precision: str 
             longest = max(longest, n)
             if n < longest:
                 x = torch.cat([x, x.new_zeros((longest - n, *x.shape[1:]))])
-        if cuda:
+        if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                     enabled=cuda and precision == "bf16"):

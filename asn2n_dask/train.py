@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from .config import PRESETS, TrainConfig
 from .errors import InputError
-from .model import UNet, build_unet
+from .model import UNet, build_unet, channels_last
 from .risk import FrameStats
 from .sampling import ArrayPlanes, BatchPlan, BatchStream, PlaneReader, RegionSampler, validation_batch
 from .stats import ChannelStats, channel_stats
@@ -187,7 +187,8 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
     cuda = dev.type == "cuda"
     torch.manual_seed(config.seed)
     net = build_unet(config.preset).to(dev)
-    if cuda:
+    nhwc = channels_last(dev)
+    if nhwc:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, fused=True if cuda else None)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps, eta_min=config.lr * 0.05)
@@ -247,10 +248,9 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
         assert i == step - 1, (i, step)
         model.train()
         if cuda:
-            ta = ta.pin_memory().to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            tb = tb.pin_memory().to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        else:
-            ta, tb = ta.to(dev), tb.to(dev)
+            ta, tb = ta.pin_memory().to(dev, non_blocking=True), tb.pin_memory().to(dev, non_blocking=True)
+        if nhwc:
+            ta, tb = ta.contiguous(memory_format=torch.channels_last), tb.contiguous(memory_format=torch.channels_last)
         loss = loss_of(model, ta, tb)
         opt.zero_grad(set_to_none=True)
         loss.backward()

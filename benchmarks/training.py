@@ -5,6 +5,7 @@ Stages::
 
     python benchmarks/training.py --stage sampler    # patches/s and peak RSS, 1 GB vs 10 GB Zarr
     python benchmarks/training.py --stage quality    # psnr against steps and wall time, sim2d 5 photons
+    python benchmarks/training.py --stage layout     # CPU network speed, default vs channels-last layout
     python benchmarks/training.py --stage report
 
 Data: ``../shared/bench/simulate.py timelapse --no-gt`` (dual-colour uint16, chunks
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -184,9 +186,66 @@ def stage_quality(steps: int, evals: list[int], crop: int, stop_after: int = 0) 
             "stopped_after": stop_after, "best_step": best}
 
 
+def _train_step(net: Any, opt: Any, a: Any, b: Any) -> None:
+    loss = ((net(a) - b) ** 2).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def stage_layout(presets: list[str], threads: list[int], repeat: int) -> list[dict]:
+    """Network speed on this CPU in the default (NCHW) and the channels-last memory
+    layout, with the defaults' shapes: inference on one batch of tiles (16 tiles of 128²,
+    twins: 32 network inputs) and a training step (8 patches of 96², twins: 16 inputs;
+    forward, loss, backward, Adam).  Every configuration once per round, rounds
+    interleaved, the best kept; the two layouts' outputs are compared on the same weights."""
+    import torch
+
+    from asn2n_dask.model import build_unet
+
+    rows = []
+    for preset in presets:
+        torch.manual_seed(0)
+        base = build_unet(preset).eval()
+        x = torch.rand(32, 1, 128, 128)
+        xt, yt = torch.rand(16, 1, 96, 96), torch.rand(16, 1, 96, 96)
+        for n in threads:
+            torch.set_num_threads(n)
+            times: dict[tuple[str, bool], list[float]] = {}
+            outs = {}
+            for _ in range(repeat):
+                for nhwc in (False, True):
+                    fmt = torch.channels_last if nhwc else torch.contiguous_format
+                    net = build_unet(preset)
+                    net.load_state_dict(base.state_dict())
+                    net = net.to(memory_format=fmt).eval()
+                    xi = x.contiguous(memory_format=fmt)
+                    with torch.inference_mode():
+                        outs[nhwc] = net(xi)
+                        t0 = time.perf_counter()
+                        net(xi)
+                    times.setdefault(("inference", nhwc), []).append(time.perf_counter() - t0)
+                    net.train()
+                    opt = torch.optim.Adam(net.parameters(), 1e-4)
+                    a, b = xt.contiguous(memory_format=fmt), yt.contiguous(memory_format=fmt)
+                    _train_step(net, opt, a, b)  # the first step allocates the optimiser's state
+                    t0 = time.perf_counter()
+                    _train_step(net, opt, a, b)
+                    times.setdefault(("training step", nhwc), []).append(time.perf_counter() - t0)
+            diff = float((outs[True] - outs[False]).abs().max() / outs[False].abs().max())
+            for what in ("inference", "training step"):
+                nchw, nhwc_s = min(times[(what, False)]), min(times[(what, True)])
+                rows.append({"preset": preset, "what": what, "threads": n, "nchw_s": nchw, "nhwc_s": nhwc_s,
+                             "speedup": nchw / nhwc_s, "max_rel_diff": diff if what == "inference" else None,
+                             "rounds": repeat})
+                print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stage", nargs="+", default=["sampler", "quality"], choices=["sampler", "quality", "report"])
+    ap.add_argument("--stage", nargs="+", default=["sampler", "quality"],
+                    choices=["sampler", "quality", "layout", "report"])
     ap.add_argument("--frames", type=int, nargs="+", default=[240, 2400],
                     help="time points of the dual-colour 1024x1024 time-lapses (240: 1 GB, 2400: 10 GB)")
     ap.add_argument("--batches", type=int, default=400)
@@ -195,6 +254,9 @@ def main() -> None:
     ap.add_argument("--evals", type=int, nargs="+", default=[250, 500, 1000, 1500, 2000, 2500])
     ap.add_argument("--crop", type=int, default=1024)
     ap.add_argument("--stop-after", type=int, default=0, help="stop training after this many steps (A/B probes)")
+    ap.add_argument("--layout-presets", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--layout-threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=5, help="layout stage: interleaved rounds, the best kept")
     ap.add_argument("--key", default="quality", help="where the quality stage's result is kept in training.json")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -204,6 +266,9 @@ def main() -> None:
     if "sampler" in args.stage:
         results["sampler"] = stage_sampler(args.frames, args.batches, args.workers)
         path.write_text(json.dumps(results, indent=1))
+    if "layout" in args.stage:
+        results["layout"] = stage_layout(args.layout_presets, args.layout_threads, args.repeat)
+        path.write_text(json.dumps(results, indent=1))
     if "quality" in args.stage:
         results[args.key] = stage_quality(args.steps, args.evals, args.crop, args.stop_after)
         path.write_text(json.dumps(results, indent=1))
@@ -212,8 +277,8 @@ def main() -> None:
 
 def report(r: dict) -> None:
     lines = ["# Training benchmarks", "",
-             "Command: `python benchmarks/training.py` (stages sampler, quality). CPU only, this machine (2 cores, "
-             "no GPU).", ""]
+             "Command: `python benchmarks/training.py` (stages sampler, quality, layout). CPU only, this machine "
+             "(2 cores, no GPU).", ""]
     if r.get("sampler"):
         lines += ["## Lazy patch sampling from a Zarr time-lapse", "",
                   "Dual-colour uint16 (T, 2, 1024, 1024), chunks (1, 1, 512, 512), channel 0. The statistics pass "
@@ -260,8 +325,23 @@ def report(r: dict) -> None:
                     lines.append(f"| {v.get('label', k)} | {row['step']} | {row['psnr']:.2f} | {row['psnr_raw']:.2f} | "
                                  f"{row['ssim']:.3f} |")
         lines.append("")
-    lines += ["## GPU", "", "Not measured: no GPU was available to this work. `--precision bf16`, channels_last, "
-              "the fused Adam and `--compile` are in place for CUDA but untimed.", ""]
+    if r.get("layout"):
+        lines += ["## Network memory layout on the CPU", "",
+                  "`--stage layout`: the network alone, untrained weights, with the defaults' shapes: inference on "
+                  "one batch (16 tiles of 128², twins: 32 inputs) and one training step (8 patches of 96², twins: "
+                  "16 inputs; forward, loss, backward, Adam). Default layout (NCHW) against channels-last (NHWC, "
+                  "oneDNN), which training and inference use on such CPUs (`asn2n_dask.model.channels_last`). "
+                  f"Best of {r['layout'][0]['rounds']} interleaved rounds. *Difference*: largest difference of "
+                  "the two layouts' outputs on the same weights, over the largest output.", "",
+                  "| preset | work | torch threads | NCHW ms | NHWC ms | speed-up | difference |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in r["layout"]:
+            diff = "" if row["max_rel_diff"] is None else f"{row['max_rel_diff']:.1e}"
+            lines.append(f"| {row['preset']} | {row['what']} | {row['threads']} | {row['nchw_s'] * 1e3:.0f} | "
+                         f"{row['nhwc_s'] * 1e3:.0f} | {row['speedup']:.2f} | {diff} |")
+        lines.append("")
+    lines += ["## GPU", "", "Training on a GPU (bf16, channels-last, fused Adam, `--compile`): "
+              "`benchmarks/results/gpu.md`.", ""]
     (RESULTS / "training.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'training.md'}")
 

@@ -116,3 +116,25 @@ def test_test_time_augmentation_turns_every_copy_back():
     out = tile_fn(biased, "raw", tta=4)(tiles)
     turned = sum(torch.rot90(ramp.expand(16, 16), -k, dims=(-2, -1)) for k in range(4)) / 4
     torch.testing.assert_close(out, tiles[:, :1].float() + turned)
+
+
+def test_the_cpu_network_runs_channels_last_and_computes_what_the_plain_layout_does():
+    import torch
+
+    from asn2n_dask.model import build_unet, channels_last
+
+    torch.manual_seed(0)
+    ref = build_unet("tiny").eval()
+    net = build_unet("tiny")
+    net.load_state_dict(ref.state_dict())
+    x = torch.rand(5, 1, 64, 48)
+    fn = network_fn(net, "cpu")
+    out = fn(x)
+    with torch.no_grad():
+        want = ref(x)
+    assert channels_last("cpu") == torch.backends.mkldnn.is_available()
+    if channels_last("cpu"):
+        assert net.down[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert not net.down[1][0].weight.is_contiguous()
+    assert out.is_contiguous() and out.shape == want.shape
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
