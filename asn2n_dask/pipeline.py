@@ -108,8 +108,10 @@ class Plan:
         Output shape and chunk shape (1 along every axis but Y and X).
     plane_shape : tuple of int
         Output sizes of the axes other than Y and X (planes = their product).
-    plane_sources : tuple of tuple of int
-        Per non-YX axis, the source index of each output index.
+    plane_sources : tuple of sequences of int
+        Per non-YX axis, the source index of each output index (a ``range`` where the
+        selection is evenly spaced, so the plan every task carries stays a few hundred
+        bytes for any number of time points).
     channel_axis : int or None
         Position of ``C`` among the non-YX axes.
     grid : (int, int)
@@ -130,7 +132,7 @@ class Plan:
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
     plane_shape: tuple[int, ...]
-    plane_sources: tuple[tuple[int, ...], ...]
+    plane_sources: tuple[Sequence[int], ...]
     channel_axis: int | None
     grid: tuple[int, int]
     windows: tuple[tuple[int, int, int, int], ...]
@@ -226,6 +228,17 @@ class Plan:
                 "selection": self.selection.to_dict()}
 
 
+def _compact(index: Any) -> Sequence[int]:
+    """Source indices as a ``range`` when evenly spaced (a time range, one channel), else a tuple."""
+    v = [int(i) for i in np.asarray(index).ravel()]
+    if len(v) == 1:
+        return range(v[0], v[0] + 1)
+    step = v[1] - v[0] if len(v) > 1 else 0
+    if step and all(b - a == step for a, b in zip(v, v[1:])):
+        return range(v[0], v[-1] + step, step)
+    return tuple(v)
+
+
 def _default_chunk(src_chunk: int, n: int) -> int:
     return int(min(n, max(1024, min(2048, src_chunk))))
 
@@ -264,7 +277,7 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
             windows.append(win)
     non_yx = source.axes[:-2]
     return Plan(source=source, selection=selection, axes=source.axes, shape=shape, chunks=chunks,
-                plane_shape=shape[:-2], plane_sources=tuple(tuple(int(v) for v in i) for i in idx[:-2]),
+                plane_shape=shape[:-2], plane_sources=tuple(_compact(i) for i in idx[:-2]),
                 channel_axis=non_yx.index("C") if "C" in non_yx else None, grid=grid, windows=tuple(windows),
                 infer=options.infer, patch=patch, itemsize=np.dtype(source.dtype).itemsize,
                 out_itemsize=out_itemsize)
@@ -885,11 +898,14 @@ def _execute(spec: RunSpec, client: Any, progress: Callable[[str, int, int], Non
             return np.asarray(graph.compute())
     from distributed import as_completed, futures_of
 
-    persisted = client.persist(graph)
-    futures = futures_of(persisted)
-    n = 0
-    for _ in as_completed(futures):
-        n += 1
+    # Each chunk's future is held only until its status arrives: the scheduler and the
+    # worker then forget the task (and the copy of the spec it carried), so their memory
+    # does not grow with the number of chunks.
+    status = np.zeros(tuple(len(c) for c in graph.chunks), np.int8)
+    pending = as_completed(futures_of(client.persist(graph)), with_results=True)
+    for n, (future, value) in enumerate(pending, 1):
+        _, p, iy, ix = future.key
+        status[p, iy, ix] = np.asarray(value).flat[0]
         if progress is not None:
             progress("denoising", n, total)
-    return np.asarray(client.compute(persisted).result())
+    return status

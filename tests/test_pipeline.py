@@ -451,3 +451,50 @@ def test_statistics_do_not_depend_on_the_read_blocks(data):
     got = selection_stats([open_source(d / "in.zarr")], [Selection()], NormConfig(), client="sync")
     want = channel_stats(np.moveaxis(frames, 1, 0), NormConfig())
     assert [g.to_dict() for g in got] == [w.to_dict() for w in want]
+
+
+def test_the_plan_every_task_carries_does_not_grow_with_the_time_points(tmp_path):
+    """Every task carries the plan; a per-time-point table in it made each task's copy
+    grow with the dataset (and a worker held one copy per finished task)."""
+    import pickle
+
+    sizes = []
+    for t in (3, 30000):
+        zarr.create_array(str(tmp_path / f"t{t}.zarr"), shape=(t, 2, 64, 64), chunks=(1, 1, 64, 64), dtype="uint16",
+                          dimension_names=["t", "c", "y", "x"])  # metadata only
+        src = open_source(tmp_path / f"t{t}.zarr")
+        plan = make_plan(src, Selection.parse(src, None, f"1:{t}"), options=RunOptions(infer=INFER))
+        sizes.append(len(pickle.dumps(plan)))
+        out, source, c = plan.plane_index(2 * (t - 1) - 1)  # the last plane: t - 1, channel 1
+        assert out == (t - 2, 1) and source == (t - 1, 1) and c == 1
+    assert abs(sizes[1] - sizes[0]) < 64, sizes
+    src = open_source(tmp_path / "t3.zarr")
+    plan = make_plan(src, Selection.parse(src, ["1", "0"], None), options=RunOptions(infer=INFER))
+    assert [plan.plane_index(p)[1] for p in range(6)] == [(0, 1), (0, 0), (1, 1), (1, 0), (2, 1), (2, 0)]
+
+
+def test_finished_chunks_are_forgotten_by_the_cluster_while_the_run_goes_on(data):
+    """The client holds a chunk's future only until its status arrives, so the scheduler
+    and the workers do not keep every finished task of a long run."""
+    from distributed import Client, LocalCluster
+
+    d, _, _ = data
+    seen: list[tuple[int, int]] = []
+
+    def held(dask_scheduler) -> int:
+        return sum(1 for k in dask_scheduler.tasks if "asn2n-chunk" in str(k))
+
+    def progress(stage: str, n: int, total: int) -> None:
+        if stage == "denoising" and n == total // 2:
+            deadline = time.monotonic() + 10
+            while (h := cl.run_on_scheduler(held)) > total - n and time.monotonic() < deadline:
+                time.sleep(0.05)  # releases reach the scheduler a moment later
+            seen.append((h, total - n))
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as c, \
+            Client(c) as cl:
+        s = run(d, "forget.zarr", client=cl, chunks=(64, 64), progress=progress)
+    assert s.computed == s.tasks == 36
+    assert len(seen) == 1 and seen[0][0] <= seen[0][1] + 1, seen  # + the future just reported
+    run(d, "forget-ref.zarr", chunks=(64, 64))  # the same job in this process
+    np.testing.assert_array_equal(output(d / "forget.zarr")[0], output(d / "forget-ref.zarr")[0])
