@@ -231,10 +231,8 @@ class Plan:
 def _compact(index: Any) -> Sequence[int]:
     """Source indices as a ``range`` when evenly spaced (a time range, one channel), else a tuple."""
     v = [int(i) for i in np.asarray(index).ravel()]
-    if len(v) == 1:
-        return range(v[0], v[0] + 1)
-    step = v[1] - v[0] if len(v) > 1 else 0
-    if step and all(b - a == step for a, b in zip(v, v[1:])):
+    step = v[1] - v[0] if len(v) > 1 else 1
+    if v and step and all(b - a == step for a, b in zip(v, v[1:])):
         return range(v[0], v[-1] + step, step)
     return tuple(v)
 

@@ -351,7 +351,7 @@ def report(rows: dict) -> None:
         lines += ["## Memory (all processes: client, scheduler, workers)", "",
                   "`--stage memory`: one worker process, the same chunks for both sizes. Inference `fast` (the "
                   "raw frame, 256 px tiles, no overlap: one tiny-network pass a pixel) so that the larger dataset "
-                  "takes half an hour, not hours, on 2 cores; memory per task is set by the chunk and tile sizes, "
+                  "takes under an hour on 2 cores; memory per task is set by the chunk and tile sizes, "
                   "not the dataset's. Data: `--memory-source`, a (2400, 2, 1024, 1024) uint16 time-lapse (10 GB; "
                   "`simulate.py timelapse --shape 2400 2 1024 1024 --chunks 1 1 512 512 --no-gt`), its first T "
                   "time points (`--time 0:T`); the statistics pass reads every time point in both runs, as the "
