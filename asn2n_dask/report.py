@@ -7,17 +7,24 @@ page, its PNGs and a JSON summary.
 Only the chosen frames are read (and, for the time series, up to ``curve_points``
 frames, each through a window of at most :data:`MAX_SIDE` pixels a side), so a
 time-lapse of any size is reported in seconds.
+
+The report is written into a temporary folder beside the one asked for and renamed
+into place when complete: a failed or interrupted report leaves nothing under the
+requested name, and an earlier report there is replaced only by a finished one.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
+import errno
 import html
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +38,13 @@ from .errors import InputError, OutputError
 from .plots import pyplot, save_figure
 from .source import Source, open_source, spread
 
-__all__ = ["MAX_SIDE", "FrameRef", "make_report", "choose_frames"]
+__all__ = ["MAX_SIDE", "REPORT_MARKER", "FrameRef", "make_report", "choose_frames"]
 
 #: Frames larger than this (pixels a side) are checked on their central window of this side.
 MAX_SIDE = 2048
+#: The file that marks a folder as a report written by :func:`make_report`: ``overwrite``
+#: replaces no other folder.
+REPORT_MARKER = ".asn2n-report"
 _CLASS_NAMES = {1: "weak background", 2: "sparse bright"}
 _CLASS_RGBA = {1: (0.0, 0.47, 1.0, 0.45), 2: (1.0, 0.59, 0.0, 0.55)}  # as in the output's label metadata
 
@@ -346,7 +356,21 @@ def _fig_time(series: dict[str, Any], names: list[str], path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- the report
+def _is_report(folder: Path) -> bool:
+    """Whether ``folder`` is a report of ours: it carries :data:`REPORT_MARKER`, or (a
+    report from before the marker) our page and a summary that names this package."""
+    if (folder / REPORT_MARKER).is_file():
+        return True
+    try:
+        doc = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "asn2n_version" in doc and (folder / "report.html").is_file()
+
+
 def _check_out_dir(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    """Refuse a report folder that overlaps an input, is a file, holds files without
+    ``overwrite``, holds anything but a report of ours, or cannot be written."""
     from .io import paths_overlap
 
     out = out.absolute()
@@ -359,9 +383,75 @@ def _check_out_dir(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
         if not overwrite:
             raise OutputError(f"{out} already holds files; pass --overwrite to replace the report there or choose "
                               "another directory.")
-        if not (out / "summary.json").is_file():
-            raise OutputError(f"{out} holds files that are not an asn2n report; choose another directory.")
-        shutil.rmtree(out)
+        if not _is_report(out):
+            raise OutputError(f"{out} holds files that are not an asn2n report, so --overwrite does not replace "
+                              "it; choose another directory.")
+    parent = next(p for p in out.parents if p.exists())  # the report is made beside ``out``, then renamed
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write the report to {out}: {parent} is not a writable folder; choose another "
+                          "place.")
+
+
+def _write_error(final: Path, e: OSError) -> OutputError:
+    return OutputError(f"cannot write the report to {final}: {e.strerror or e}; choose a writable place with "
+                       "free space.")
+
+
+@contextlib.contextmanager
+def _staged(final: Path) -> Iterator[Path]:
+    """A new temporary folder beside ``final`` to write the report into.
+
+    When the block ends without error the folder gets :data:`REPORT_MARKER` and is
+    renamed to ``final`` (an earlier report there, checked by :func:`_check_out_dir`,
+    is removed only then); otherwise it is removed, with any parent folders made for
+    it, and nothing is left under ``final``.  Failures to write become one
+    :class:`~asn2n_dask.errors.OutputError`.
+    """
+    made = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    except OSError as e:
+        _remove_empty(made)
+        raise _write_error(final, e) from None
+    try:
+        yield tmp
+        (tmp / REPORT_MARKER).write_text(json.dumps({"package": "asn2n-dask", "version": __version__,
+                                                     "kind": "report"}) + "\n")
+        _rename_into_place(tmp, final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
+        if isinstance(e, OSError) and (e.filename is None and e.errno in _WRITE_ERRNOS
+                                       or e.filename is not None and Path(os.fsdecode(e.filename)).is_relative_to(tmp)):
+            raise _write_error(final, e) from None
+        raise
+
+
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders made for a report that failed, innermost first, if empty."""
+    for d in folders:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _rename_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished report ``tmp`` to ``final``, replacing what is there (an empty
+    folder or an earlier report) only once the new one is in place."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = tmp.with_suffix(".old")
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)  # the earlier report stays
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
@@ -376,6 +466,10 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
     input, denoised : path
         The noisy input and the denoised output made from it (TIFF, Zarr or OME-Zarr;
         an asn2n OME-Zarr output brings its risk labels and channel selection).
+    out_dir : path
+        The report folder: new, empty, or (``overwrite``) an earlier report; never inside
+        or around an input, the denoised image, the ground truth or the model.  The
+        report is made in a temporary folder beside it and renamed when complete.
     gt : path, optional
         Ground truth with the input's (or the output's) shape: adds the scores.
     model_dir : path, optional
@@ -390,7 +484,8 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
     axes : str, optional
         Axis letters for files that do not name them (both images).
     overwrite : bool
-        Replace an earlier report in ``out_dir``.
+        Replace an earlier report in ``out_dir``: only a folder that a report of ours
+        made (:data:`REPORT_MARKER`), and only once the new report is complete.
     progress : callable, optional
         ``progress(what, done, total)``.
 
@@ -399,8 +494,8 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
     dict
         The summary also written to ``summary.json``.
     """
-    out = Path(out_dir)
-    paths = [Path(input), Path(denoised)] + ([Path(gt)] if gt is not None else [])
+    final = Path(out_dir).absolute()
+    paths = [Path(p) for p in (input, denoised, gt, model_dir) if p is not None]
     raw_src, den_src = open_source(input, axes), open_source(denoised, axes)
     pair = _pair(raw_src, den_src)
     gt_src = open_source(gt, axes) if gt is not None else None
@@ -426,121 +521,122 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
         except Exception:  # an older or foreign model.json: keep the default thresholds
             pass
     refs = choose_frames(pair, channels=channels, times=times, frames=frames)
-    _check_out_dir(out, paths, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    window = _window(den_src.frame_shape)
-    ax = den_src.axes[:-2]
-    nt = den_src.shape[ax.index("T")] if "T" in ax else 1
-    curve_ts = spread(nt, curve_points)
-    n_chan = den_src.shape[ax.index("C")] if "C" in ax else 1
-    total, done = len(refs) + len(curve_ts) * n_chan, 0
+    _check_out_dir(final, paths, overwrite)
+    with _staged(final) as out:  # renamed to ``final`` when complete
+        window = _window(den_src.frame_shape)
+        ax = den_src.axes[:-2]
+        nt = den_src.shape[ax.index("T")] if "T" in ax else 1
+        curve_ts = spread(nt, curve_points)
+        n_chan = den_src.shape[ax.index("C")] if "C" in ax else 1
+        total, done = len(refs) + len(curve_ts) * n_chan, 0
 
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress("report", done, total)
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress("report", done, total)
 
-    from skimage.morphology import skeletonize
+        from skimage.morphology import skeletonize
 
-    frames_out: list[dict[str, Any]] = []
-    for i, ref in enumerate(refs):
-        raw = _plane(raw_src, ref.in_index, window)
-        den = _plane(den_src, ref.out_index, window)
-        truth = None
-        if gt_src is not None:
-            truth = _plane(gt_src, ref.out_index if gt_by_output else ref.in_index, window)
-        labels = _risk_labels(pair, ref, raw, window)
-        shares = {n: float(np.mean(labels == v)) for v, n in _CLASS_NAMES.items()}
-        res_summary, structure = residual_checks(raw, den)
-        masks = {"input": otsu_mask(raw), "denoised": otsu_mask(den)}
-        if truth is not None:
-            masks["ground truth"] = otsu_mask(truth)
-        skeletons = {name: skeletonize(m) for name, m in masks.items()}
-        if truth is not None:
-            from scipy import ndimage as ndi
-
-            background = ~ndi.binary_dilation(masks["ground truth"], iterations=3)
-            bg_name = "true background (farther than 3 px from the truth's Otsu foreground)"
-        elif (labels == 1).any():
-            background = labels == 1
-            bg_name = "weak-background risk patches"
-        else:
-            background = None
-            bg_name = "none: no weak-background patches in this frame, so objects in background are not counted"
-        down = {name: {**foreground_objects(m, background), **skeleton_stats(m, skeletons[name])}
-                for name, m in masks.items()}
-        tag = f"f{i}"
-        box = _zoom_box(den, zoom)
-        figs = {
-            "montage": _fig_montage(raw, den, truth, box, f"{ref.label}: input, denoised"
-                                    + (", ground truth" if truth is not None else "") + " (one intensity scale)",
-                                    out / f"{tag}-montage.png"),
-            "risk": _fig_risk(raw, labels, shares, f"{ref.label}: risk classes on the input", out / f"{tag}-risk.png"),
-            "residual": _fig_residual(raw - den, structure, res_summary, f"{ref.label}: what was removed",
-                                      out / f"{tag}-residual.png"),
-            "downstream": _fig_downstream(masks, skeletons, background, down, ref.label,
-                                          out / f"{tag}-downstream.png"),
-        }
-        row: dict[str, Any] = {"frame": ref.label, "output_index": list(ref.out_index),
-                               "input_index": list(ref.in_index),
-                               "window": [[w.start, w.stop] for w in window], "risk_share": shares,
-                               "residual": res_summary, "downstream": down, "background": bg_name,
-                               "zoom": {"y": box[0], "x": box[1], "side": box[2]},
-                               "figures": {k: p.name for k, p in figs.items()}}
-        if truth is not None:
-            row["scores"] = {"input": score_pair(raw, truth), "denoised": score_pair(den, truth)}
-        frames_out.append(row)
-        tick()
-
-    series: dict[str, Any] = {}
-    for c in range(n_chan):
-        name = pair.names[c]
-        s: dict[str, Any] = {"time": [], "raw_mean": [], "denoised_mean": [],
-                             "risk_share": {n: [] for n in _CLASS_NAMES.values()}}
-        for t in curve_ts:
-            idx = _out_index(den_src, t, c)
-            ref = FrameRef("", idx, pair.in_index(idx), c, t)
+        frames_out: list[dict[str, Any]] = []
+        for i, ref in enumerate(refs):
             raw = _plane(raw_src, ref.in_index, window)
-            s["time"].append(t)
-            s["raw_mean"].append(float(raw.mean()))
-            s["denoised_mean"].append(float(_plane(den_src, idx, window).mean()))
+            den = _plane(den_src, ref.out_index, window)
+            truth = None
+            if gt_src is not None:
+                truth = _plane(gt_src, ref.out_index if gt_by_output else ref.in_index, window)
             labels = _risk_labels(pair, ref, raw, window)
-            for v, n in _CLASS_NAMES.items():
-                s["risk_share"][n].append(float(np.mean(labels == v)))
+            shares = {n: float(np.mean(labels == v)) for v, n in _CLASS_NAMES.items()}
+            res_summary, structure = residual_checks(raw, den)
+            masks = {"input": otsu_mask(raw), "denoised": otsu_mask(den)}
+            if truth is not None:
+                masks["ground truth"] = otsu_mask(truth)
+            skeletons = {name: skeletonize(m) for name, m in masks.items()}
+            if truth is not None:
+                from scipy import ndimage as ndi
+
+                background = ~ndi.binary_dilation(masks["ground truth"], iterations=3)
+                bg_name = "true background (farther than 3 px from the truth's Otsu foreground)"
+            elif (labels == 1).any():
+                background = labels == 1
+                bg_name = "weak-background risk patches"
+            else:
+                background = None
+                bg_name = "none: no weak-background patches in this frame, so objects in background are not counted"
+            down = {name: {**foreground_objects(m, background), **skeleton_stats(m, skeletons[name])}
+                    for name, m in masks.items()}
+            tag = f"f{i}"
+            box = _zoom_box(den, zoom)
+            figs = {
+                "montage": _fig_montage(raw, den, truth, box, f"{ref.label}: input, denoised"
+                                        + (", ground truth" if truth is not None else "") + " (one intensity scale)",
+                                        out / f"{tag}-montage.png"),
+                "risk": _fig_risk(raw, labels, shares, f"{ref.label}: risk classes on the input",
+                                  out / f"{tag}-risk.png"),
+                "residual": _fig_residual(raw - den, structure, res_summary, f"{ref.label}: what was removed",
+                                          out / f"{tag}-residual.png"),
+                "downstream": _fig_downstream(masks, skeletons, background, down, ref.label,
+                                              out / f"{tag}-downstream.png"),
+            }
+            row: dict[str, Any] = {"frame": ref.label, "output_index": list(ref.out_index),
+                                   "input_index": list(ref.in_index),
+                                   "window": [[w.start, w.stop] for w in window], "risk_share": shares,
+                                   "residual": res_summary, "downstream": down, "background": bg_name,
+                                   "zoom": {"y": box[0], "x": box[1], "side": box[2]},
+                                   "figures": {k: p.name for k, p in figs.items()}}
+            if truth is not None:
+                row["scores"] = {"input": score_pair(raw, truth), "denoised": score_pair(den, truth)}
+            frames_out.append(row)
             tick()
-        series[name] = s
-    time_fig = _fig_time(series, pair.names, out / "time-series.png")
 
-    training: dict[str, Any] | None = None
-    curve_files: list[str] = []
-    if model_dir is not None and doc is not None:
-        mdir = Path(model_dir)
-        training = {"train": doc.get("train"), "channels": [
-            {k: ch.get(k) for k in ("name", "dataset_mode", "training") if k in ch} for ch in doc.get("channels", [])]}
-        for f in sorted(mdir.glob("curves-*.png")) + sorted(mdir.glob("montage-*.png")):
-            shutil.copyfile(f, out / f"model-{f.name}")
-            curve_files.append(f"model-{f.name}")
+        series: dict[str, Any] = {}
+        for c in range(n_chan):
+            name = pair.names[c]
+            s: dict[str, Any] = {"time": [], "raw_mean": [], "denoised_mean": [],
+                                 "risk_share": {n: [] for n in _CLASS_NAMES.values()}}
+            for t in curve_ts:
+                idx = _out_index(den_src, t, c)
+                ref = FrameRef("", idx, pair.in_index(idx), c, t)
+                raw = _plane(raw_src, ref.in_index, window)
+                s["time"].append(t)
+                s["raw_mean"].append(float(raw.mean()))
+                s["denoised_mean"].append(float(_plane(den_src, idx, window).mean()))
+                labels = _risk_labels(pair, ref, raw, window)
+                for v, n in _CLASS_NAMES.items():
+                    s["risk_share"][n].append(float(np.mean(labels == v)))
+                tick()
+            series[name] = s
+        time_fig = _fig_time(series, pair.names, out / "time-series.png")
 
-    summary = {
-        "asn2n_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "input": {"path": raw_src.path, "axes": raw_src.axes, "shape": list(raw_src.shape), "dtype": raw_src.dtype},
-        "denoised": {"path": den_src.path, "axes": den_src.axes, "shape": list(den_src.shape),
-                     "dtype": den_src.dtype, "risk_labels": "from the output" if pair.labels is not None
-                     else "computed from the input"},
-        "ground_truth": gt_src.path if gt_src is not None else None,
-        "channels": pair.names,
-        "frames": frames_out,
-        "time_series": series,
-        "time_series_figure": time_fig.name,
-        "training": training,
-        "training_figures": curve_files,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(_html(summary, out))
-    os.replace(tmp, out / "report.html")  # last: the page exists only when everything it shows does
+        training: dict[str, Any] | None = None
+        curve_files: list[str] = []
+        if model_dir is not None and doc is not None:
+            mdir = Path(model_dir)
+            training = {"train": doc.get("train"), "channels": [
+                {k: ch.get(k) for k in ("name", "dataset_mode", "training") if k in ch}
+                for ch in doc.get("channels", [])]}
+            for f in sorted(mdir.glob("curves-*.png")) + sorted(mdir.glob("montage-*.png")):
+                shutil.copyfile(f, out / f"model-{f.name}")
+                curve_files.append(f"model-{f.name}")
+
+        summary = {
+            "asn2n_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "input": {"path": raw_src.path, "axes": raw_src.axes, "shape": list(raw_src.shape),
+                      "dtype": raw_src.dtype},
+            "denoised": {"path": den_src.path, "axes": den_src.axes, "shape": list(den_src.shape),
+                         "dtype": den_src.dtype, "risk_labels": "from the output" if pair.labels is not None
+                         else "computed from the input"},
+            "ground_truth": gt_src.path if gt_src is not None else None,
+            "channels": pair.names,
+            "frames": frames_out,
+            "time_series": series,
+            "time_series_figure": time_fig.name,
+            "training": training,
+            "training_figures": curve_files,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+        (out / "report.html").write_text(_html(summary, out))
     return summary
 
 

@@ -160,6 +160,95 @@ def test_the_command_with_ground_truth_and_its_errors(tmp_path, tiny_model, fram
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_failed_report_leaves_nothing_and_keeps_the_earlier_one(zarr_run, tmp_path, monkeypatch):
+    d, _ = zarr_run
+    out = tmp_path / "deep" / "r"
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    with monkeypatch.context() as m:
+        m.setattr("asn2n_dask.report._fig_time", boom)  # after every per-frame figure was written
+        with pytest.raises(RuntimeError, match="figure failed"):
+            make_report(d / "in.zarr", d / "out.zarr", out, frames=1, curve_points=2)
+    assert _leftovers(tmp_path) == []  # no half report, no staging folder, not even the parent it made
+    make_report(d / "in.zarr", d / "out.zarr", out, frames=1, curve_points=2)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "report.html" in before and ".asn2n-report" in before
+    with monkeypatch.context() as m:
+        m.setattr("asn2n_dask.report._fig_time", boom)
+        with pytest.raises(RuntimeError, match="figure failed"):
+            make_report(d / "in.zarr", d / "out.zarr", out, frames=2, curve_points=2, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier report is untouched
+    assert _leftovers(out.parent) == ["r"]
+
+
+def test_an_unwritable_report_folder_is_one_sentence(zarr_run, tmp_path, monkeypatch):
+    d, _ = zarr_run
+
+    def denied(fig, path, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))  # what a read-only folder raises
+
+    monkeypatch.setattr("asn2n_dask.report.save_figure", denied)
+    args = ["report", str(d / "in.zarr"), str(d / "out.zarr"), "-o", str(tmp_path / "r"), "--frames", "1",
+            "--curve-points", "2"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: cannot write the report to ") and "Permission denied" in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in r.output
+    assert _leftovers(tmp_path) == []
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: access(p, mode, **k) and Path(p) != tmp_path)  # read-only
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "is not a writable folder" in r.stderr and "Traceback" not in r.output
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_read_only_folder_is_refused_in_one_sentence(zarr_run, tmp_path):
+    d, _ = zarr_run
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        try:
+            (ro / "probe").mkdir()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("folder permissions do not bind this user (root)")
+        r = CliRunner().invoke(app, ["report", str(d / "in.zarr"), str(d / "out.zarr"), "-o", str(ro / "r")])
+    finally:
+        ro.chmod(0o755)
+    assert r.exit_code == 2 and "Traceback" not in r.output and len(r.stderr.strip().splitlines()) == 1
+    assert _leftovers(ro) == []
+
+
+def test_a_report_is_never_written_into_its_inputs_and_overwrites_only_reports(zarr_run, tmp_path):
+    d, _ = zarr_run
+    for inside in (d / "in.zarr" / "report", d / "out.zarr", d / "model" / "report", d / "in.zarr"):
+        with pytest.raises(OutputError, match="would be inside or around"):
+            make_report(d / "in.zarr", d / "out.zarr", inside, model_dir=d / "model", overwrite=True)
+    assert not (d / "in.zarr" / "report").exists() and not (d / "model" / "report").exists()
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "summary.json").write_text('{"mine": 1}')  # someone else's summary
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="not an asn2n report"):
+        make_report(d / "in.zarr", d / "out.zarr", foreign, overwrite=True)
+    assert _leftovers(foreign) == ["notes.txt", "summary.json"]
+    assert _leftovers(tmp_path) == ["results"]
+    ours = tmp_path / "ours"
+    make_report(d / "in.zarr", d / "out.zarr", ours, frames=1, curve_points=2)
+    (ours / ".asn2n-report").unlink()  # a report from before the marker: our page and summary
+    make_report(d / "in.zarr", d / "out.zarr", ours, frames=1, curve_points=2, overwrite=True)
+    assert (ours / ".asn2n-report").is_file() and (ours / "report.html").is_file()
+
+
 def test_the_page_loads_in_a_real_browser_with_every_image(zarr_run, tmp_path):
     if chromium() is None:
         pytest.skip("no Chromium on this machine (.ci/run installs Debian's package)")
