@@ -7,10 +7,12 @@ A profile is a small YAML file (see ``cluster/*.yaml``)::
                            # CUDA_VISIBLE_DEVICES)
     min_jobs: 1            # adaptive scaling between these (``--jobs N`` sets max_jobs)
     max_jobs: 8
+    security: auto         # TLS between scheduler, workers and client (see below)
     cluster:               # keyword arguments of dask_jobqueue.SLURMCluster / PBSCluster / LSFCluster
       queue: gpu
       account: my-lab
-      cores: 8
+      cores: 4             # Dask threads per job: chunks in flight
+      job_cpu: 8           # CPU cores booked per job (SLURM; PBS: ncpus= in resource_spec; LSF: ncpus)
       memory: 64GB
       walltime: "04:00:00"
       job_extra_directives: ["--gres=gpu:1"]
@@ -25,6 +27,23 @@ only where the shell expands it (``local_directory``, ``python``, ``interface``)
 profile that breaks this is refused with one clear sentence, so nothing can be
 injected into a job script.  Prologue lines are the administrator's shell set-up and
 are taken as written (one command per item).
+
+``security`` protects the cluster, whose scheduler listens on the network for the
+worker jobs: ``auto`` (the default) makes a temporary certificate authority for the
+run (distributed's ``Security.temporary()``, which needs ``cryptography``), so that
+only this run's workers and client can connect and all traffic is TLS; the worker
+jobs read their key from ``shared_temp_directory`` (default ``$HOME/.asn2n/tls``, a
+directory that the nodes must see, created with mode 0700; the key files are mode 0600
+and removed at the end).  A mapping ``{ca_file: ..., cert: ..., key: ...}`` uses the
+site's certificates instead (paths every node sees), and ``none`` switches TLS off
+(anyone who can reach the scheduler can run code in the workers: only on a trusted
+network).
+
+Each worker's network uses ``booked cores / (processes x threads)`` torch threads
+(:func:`worker_torch_threads`), where the booked cores are the job's CPUs (``job_cpu``
+on SLURM, ``ncpus=`` in ``resource_spec`` on PBS, ``ncpus`` on LSF; ``cores`` when not
+given) and ``cores / processes`` are the Dask threads of each worker process (the
+chunks in flight), so the threads of a job never exceed its cores.
 """
 
 from __future__ import annotations
@@ -39,7 +58,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Profile", "load_profile", "make_cluster", "jobqueue_client"]
+__all__ = ["Profile", "load_profile", "make_cluster", "jobqueue_client", "worker_torch_threads", "TLS_DIRECTORY"]
 
 KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:@%+=,~-]+$")
@@ -53,7 +72,11 @@ _SHEBANG = re.compile(r"^#![A-Za-z0-9_./ -]+$")
 _SCALARS = {"queue", "account", "project", "walltime", "memory", "log_directory", "job_name", "name", "protocol",
             "resource_spec", "job_cpu", "job_mem", "ncpus", "mem", "death_timeout", "lsf_units", "cores",
             "processes", "nanny", "use_stdin"}
-_SCALARS_WITH_VARS = {"local_directory", "python", "interface"}
+_SCALARS_WITH_VARS = {"local_directory", "python", "interface", "shared_temp_directory"}
+#: Where ``security: auto`` writes each run's worker key and certificates for the jobs to
+#: read (expanded here and by the job's shell): a directory every node sees.
+TLS_DIRECTORY = "$HOME/.asn2n/tls"
+_PROFILE_KEYS = {"kind", "gpu", "min_jobs", "max_jobs", "security", "cluster"}
 _LISTS = {"job_extra_directives", "worker_extra_args", "job_directives_skip"}
 _LINES = {"job_script_prologue"}
 
@@ -73,6 +96,9 @@ class Profile:
         Adaptive scaling bounds.
     path : str
         Where the profile was read from.
+    security : "auto", "none" or dict
+        TLS: a temporary certificate authority for the run, none, or the site's
+        certificates (``{"ca_file": ..., "cert": ..., "key": ...}``, absolute paths).
     """
 
     kind: str
@@ -81,6 +107,7 @@ class Profile:
     min_jobs: int = 1
     max_jobs: int = 4
     path: str = ""
+    security: str | dict[str, str] = "auto"
 
 
 def _check_option(where: str, key: str, value: Any) -> None:
@@ -117,14 +144,24 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
 
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"cluster profile {p} does not exist; see cluster/README.md for examples.")
+        raise ConfigError(f"cluster profile {p} does not exist or is not a file; see cluster/README.md for "
+                          "examples.")
     try:
-        doc = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"cluster profile {p} is not a text file; give a YAML profile such as "
+                          "cluster/slurm.yaml.") from None
+    except OSError as e:
+        raise ConfigError(f"cluster profile {p} cannot be read ({e.strerror}); check the path and its "
+                          "permissions.") from None
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"cluster profile {p} is not valid YAML ({str(e).splitlines()[0]}).") from None
     if not isinstance(doc, dict):
-        raise ConfigError(f"cluster profile {p} must be a mapping with kind: and cluster: keys.")
-    unknown = set(doc) - {"kind", "gpu", "min_jobs", "max_jobs", "cluster"}
+        raise ConfigError(f"cluster profile {p} must be a YAML mapping with kind: and cluster: keys (see "
+                          f"cluster/slurm.yaml); got {type(doc).__name__}.")
+    unknown = set(doc) - _PROFILE_KEYS
     if unknown:
         raise ConfigError(f"cluster profile {p}: unknown key(s) {', '.join(sorted(unknown))}.")
     kind = str(doc.get("kind", "")).lower()
@@ -144,40 +181,210 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
     gpu = bool(doc.get("gpu", False))
     if gpu:
         opts = {**opts, "processes": 1}  # one worker per job: the job's GPU
-    return Profile(kind=kind, options=dict(opts), gpu=gpu, min_jobs=min_jobs, max_jobs=max_jobs, path=str(p))
+    for key in ("cores", "processes", "job_cpu", "ncpus"):
+        value = opts.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"cluster profile {p}: {key} must be a whole number of at least 1; got {value!r}.")
+    security = _check_security(p, doc.get("security", "auto"))
+    return Profile(kind=kind, options=dict(opts), gpu=gpu, min_jobs=min_jobs, max_jobs=max_jobs, path=str(p),
+                   security=security)
 
 
-def make_cluster(profile: Profile, **overrides: Any) -> Any:
-    """The dask-jobqueue cluster of a profile (its scheduler starts in this process)."""
+def _check_security(p: Path, value: Any) -> str | dict[str, str]:
+    """The profile's ``security``: "auto", "none", or certificate paths made absolute."""
+    if value is None or value is False:
+        value = "none"
+    if isinstance(value, str) and value.lower() in ("auto", "none"):
+        return value.lower()
+    if not isinstance(value, dict):
+        raise ConfigError(f"cluster profile {p}: security must be auto, none or a mapping of ca_file, cert and key "
+                          f"paths; got {value!r}.")
+    unknown = set(value) - {"ca_file", "cert", "key"}
+    if unknown or "ca_file" not in value or "cert" not in value:
+        raise ConfigError(f"cluster profile {p}: security needs ca_file and cert (and key unless the cert file holds "
+                          f"it), nothing else; got {', '.join(sorted(map(str, value))) or 'nothing'}.")
+    paths: dict[str, str] = {}
+    for key, given in value.items():
+        if not isinstance(given, str) or not given:
+            raise ConfigError(f"cluster profile {p}: security {key} must be a path; got {given!r}.")
+        full = Path(os.path.expanduser(given)).absolute()
+        if not _PLAIN.match(str(full)):
+            raise ConfigError(f"cluster profile {p}: security {key} {str(full)!r} has spaces or shell characters "
+                              "that a job script would use unquoted; move the file to a plain path.")
+        if not full.is_file() or not os.access(full, os.R_OK):
+            raise ConfigError(f"cluster profile {p}: security {key} {full} is not a readable file; give the path "
+                              "of the PEM file, which every node must see at the same path.")
+        paths[key] = str(full)
+    return paths
+
+
+def _security(profile: Profile) -> Any:
+    """The ``distributed.security.Security`` of a profile, or None for ``security: none``."""
+    from distributed.security import Security
+
+    if profile.security == "none":
+        return None
+    if profile.security == "auto":
+        try:
+            return Security.temporary()  # require_encryption=True
+        except ImportError:
+            raise ConfigError(f"cluster profile {profile.path}: security: auto (the default) needs the cryptography "
+                              "package; pip install 'asn2n-dask[hpc]' (or pip install cryptography), or set "
+                              "security: none in the profile on a trusted network.") from None
+    sec = profile.security
+    assert isinstance(sec, dict)
+    cert, key = sec["cert"], sec.get("key")
+    return Security(tls_ca_file=sec["ca_file"], tls_client_cert=cert, tls_client_key=key,
+                    tls_scheduler_cert=cert, tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key,
+                    require_encryption=True)
+
+
+def _setting(profile: Profile, key: str) -> Any:
+    """A cluster option of the profile, else dask-jobqueue's configured default."""
+    value = profile.options.get(key)
+    if value is None:
+        import dask
+
+        value = dask.config.get(f"jobqueue.{profile.kind}.{key.replace('_', '-')}", None)
+    return value
+
+
+def worker_torch_threads(profile: Profile) -> int:
+    """Torch threads for the network of each chunk task on this profile's workers.
+
+    A job books some CPU cores and runs ``processes`` worker processes with
+    ``cores // processes`` Dask threads each, every thread one chunk in flight; the
+    booked cores are divided between all of these, so a job never runs more threads
+    than it has cores (at least one each).
+    """
+    cores = int(_setting(profile, "cores") or 1)
+    processes = _setting(profile, "processes")
+    if processes is None:
+        from distributed.deploy.utils import nprocesses_nthreads
+
+        processes = nprocesses_nthreads(cores)[0]
+    processes = max(1, int(processes))
+    threads = max(1, cores // processes)
+    booked: Any = None
+    if profile.kind == "slurm":
+        booked = _setting(profile, "job_cpu")
+    elif profile.kind == "lsf":
+        booked = _setting(profile, "ncpus")
+    else:
+        found = re.search(r"(?:^|:)ncpus=(\d+)", str(_setting(profile, "resource_spec") or ""))
+        booked = int(found.group(1)) if found else None
+    return max(1, int(booked or cores) // (processes * threads))
+
+
+def make_cluster(profile: Profile, dashboard_address: str | None = None, **overrides: Any) -> Any:
+    """The dask-jobqueue cluster of a profile (its scheduler starts in this process).
+
+    Parameters
+    ----------
+    profile : Profile
+    dashboard_address : str, optional
+        Where the scheduler's dashboard listens (``HOST:PORT``); default
+        ``127.0.0.1:0``, a free port reached from elsewhere through an SSH tunnel.
+    **overrides
+        More keyword arguments of the dask-jobqueue cluster class.
+
+    Raises
+    ------
+    ConfigError
+        dask-jobqueue or cryptography missing, or the cluster fails to start (one
+        sentence).
+    """
     try:
         import dask_jobqueue
     except ImportError:
         raise ConfigError("cluster profiles need dask-jobqueue: pip install 'asn2n-dask[hpc]'.") from None
+    import dask
+
+    from .cluster import DEFAULT_DASHBOARD, check_dashboard_address
+
     cls = getattr(dask_jobqueue, KINDS[profile.kind])
+    scheduler_options = dict(dask.config.get(f"jobqueue.{profile.kind}.scheduler-options", None) or {})
+    scheduler_options["dashboard_address"] = check_dashboard_address(
+        dashboard_address or scheduler_options.get("dashboard_address") or DEFAULT_DASHBOARD)
+    kwargs: dict[str, Any] = {"job_name": "asn2n", **profile.options, "scheduler_options": scheduler_options}
+    security = _security(profile)
+    if security is not None and profile.security == "auto":  # in-memory keys, written out for the jobs
+        tls_dir = str(kwargs.setdefault("shared_temp_directory", TLS_DIRECTORY))
+        local = Path(os.path.expanduser(os.path.expandvars(tls_dir)))
+        try:
+            local.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cluster profile {profile.path}: cannot create {local} for the workers' TLS key "
+                              f"({e.strerror}); set shared_temp_directory to a directory every node sees.") from None
+    if security is not None:
+        kwargs.update(security=security, protocol="tls://")
+    kwargs.update(overrides)
     try:
-        return cls(**{"job_name": "asn2n", **profile.options, **overrides})
-    except TypeError as e:
-        raise ConfigError(f"cluster profile {profile.path}: {e}.") from None
+        return cls(**kwargs)
+    except Exception as e:  # noqa: BLE001 - dask-jobqueue's errors reach the user as one sentence
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"cluster profile {profile.path}: the {KINDS[profile.kind]} could not start "
+                          f"({type(e).__name__}{': ' + first if first else ''}); check the profile's cluster: "
+                          "options against dask-jobqueue's documentation.") from None
+
+
+def _remove_worker_keys(cluster: Any) -> None:
+    """Delete the worker key and certificates that dask-jobqueue wrote for the jobs
+    (``security: auto``), now rather than when the cluster object is collected."""
+    for key in ("ca_file", "cert", "key"):
+        handle = getattr(cluster, f"_job_{key}", None)
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+
+
+def _dashboard_link(client: Any, dashboard_address: str | None) -> str:
+    """The dashboard link as reachable: distributed names the scheduler's host even when
+    the dashboard listens on loopback only."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from .cluster import DEFAULT_DASHBOARD
+
+    link = str(client.dashboard_link)
+    host = (dashboard_address or DEFAULT_DASHBOARD).rsplit(":", 1)[0]
+    parts = urlsplit(link)
+    if host and host not in ("0.0.0.0", "[::]") and parts.port is not None:
+        return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}"))
+    return link
 
 
 @contextlib.contextmanager
 def jobqueue_client(path: str | os.PathLike[str], jobs: int | None = None,
-                    echo: Callable[[str], None] = print) -> Iterator[Any]:
+                    echo: Callable[[str], None] = print, dashboard_address: str | None = None) -> Iterator[Any]:
     """A client on a batch-system cluster that adapts between the profile's min and max
     jobs (``jobs`` overrides the max), and cancels every job at the end, on error or
-    Ctrl-C included."""
+    Ctrl-C included.  ``dashboard_address``: see :func:`make_cluster`."""
+    from dataclasses import replace
+
     from distributed import Client
+
+    from .errors import Asn2nError
 
     profile = load_profile(path)
     if jobs is not None:
         if jobs < 1:
             raise ConfigError(f"--jobs must be at least 1; got {jobs}.")
-        profile = Profile(profile.kind, profile.options, profile.gpu, min(profile.min_jobs, jobs), jobs,
-                          profile.path)
+        profile = replace(profile, min_jobs=min(profile.min_jobs, jobs), max_jobs=jobs)
     with contextlib.ExitStack() as stack:
-        cluster = stack.enter_context(make_cluster(profile))
-        cluster.adapt(minimum_jobs=profile.min_jobs, maximum_jobs=profile.max_jobs)
-        client = stack.enter_context(Client(cluster))
-        echo(f"{profile.kind} cluster from {profile.path}: {profile.min_jobs} to {profile.max_jobs} job(s); "
-             f"dashboard: {client.dashboard_link}")
+        cluster = make_cluster(profile, dashboard_address)
+        stack.callback(_remove_worker_keys, cluster)  # after the cluster has closed
+        stack.enter_context(cluster)
+        try:
+            cluster.adapt(minimum_jobs=profile.min_jobs, maximum_jobs=profile.max_jobs)
+            client = stack.enter_context(Client(cluster))
+        except Asn2nError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Dask's start-up errors reach the user as one sentence
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ConfigError(f"cluster profile {profile.path}: the cluster started but its client could not "
+                              f"connect ({type(e).__name__}{': ' + first if first else ''}); check the profile's "
+                              "interface and security settings.") from None
+        tls = "TLS" if cluster.security is not None and cluster.security.require_encryption else "no TLS"
+        echo(f"{profile.kind} cluster from {profile.path}: {profile.min_jobs} to {profile.max_jobs} job(s), {tls}; "
+             f"dashboard: {_dashboard_link(client, dashboard_address)}")
         yield client

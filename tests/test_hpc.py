@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +15,25 @@ import pytest
 import zarr
 
 from asn2n_dask.errors import ConfigError
-from asn2n_dask.hpc import jobqueue_client, load_profile, make_cluster
+from asn2n_dask.hpc import jobqueue_client, load_profile, make_cluster, worker_torch_threads
 from tests.conftest import ROOT
 
 pytest.importorskip("dask_jobqueue")
 PROFILES = sorted((ROOT / "cluster").glob("*.yaml"))
 
 
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A home directory of the test's own: ``security: auto`` writes the workers' TLS key
+    under ``$HOME/.asn2n/tls``."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("HOME", str(h))
+    return h
+
+
 @pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
-def test_every_shipped_profile_renders_a_job_script(path):
+def test_every_shipped_profile_renders_a_job_script(path, home):
     prof = load_profile(path)
     with make_cluster(prof) as cluster:
         script = cluster.job_script()
@@ -35,7 +47,7 @@ def test_every_shipped_profile_renders_a_job_script(path):
         assert "--nworkers" not in script  # one worker per job, one GPU each
 
 
-def test_slurm_gpu_directives_are_the_profiles(tmp_path):
+def test_slurm_gpu_directives_are_the_profiles(tmp_path, home):
     with make_cluster(load_profile(ROOT / "cluster" / "slurm-gpu.yaml")) as cluster:
         lines = cluster.job_script().splitlines()
     for want in ("#SBATCH -J asn2n", "#SBATCH -p gpu", "#SBATCH -A my-lab", "#SBATCH -t 04:00:00",
@@ -63,6 +75,13 @@ def _profile(tmp_path, text):
     ("kind: condor\n", "kind must be one of"),
     ("kind: [slurm\n", "not valid YAML"),
     ("kind: slurm\nmin_jobs: 5\nmax_jobs: 2\n", "min_jobs <= max_jobs"),
+    ("kind: slurm\ncluster:\n  cores: 0\n", "whole number"),
+    ("kind: slurm\ncluster:\n  job_cpu: '16'\n", "whole number"),
+    ("kind: slurm\nsecurity: tls\n", "security must be auto, none"),
+    ("kind: slurm\nsecurity: {ca_file: /nonexistent/ca.pem, cert: /nonexistent/c.pem}\n", "not a readable file"),
+    ("kind: slurm\nsecurity: {cert: /nonexistent/c.pem}\n", "needs ca_file and cert"),
+    ("kind: slurm\ncluster:\n  shared_temp_directory: /shared/my dir\n", "shell characters"),
+    ("- a\n- list\n", "must be a YAML mapping"),
 ])
 def test_unsafe_or_malformed_profiles_are_refused(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -80,7 +99,131 @@ def test_the_cli_refuses_a_bad_profile_in_one_sentence(tmp_path, frame):
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_the_batch_cluster_is_closed_on_error(tmp_path):
+def test_a_profile_that_is_not_text_is_one_sentence(tmp_path):
+    p = tmp_path / "binary.yaml"
+    p.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_profile(p)
+
+
+# ---------------------------------------------------------------- threads: no oversubscription
+def _job_threads(script: str, kind: str) -> tuple[int, int, int]:
+    """(CPU cores booked, worker processes, Dask threads per process) of a job script."""
+    booked = {"slurm": r"#SBATCH --cpus-per-task=(\d+)", "pbs": r"#PBS -l select=\d+:ncpus=(\d+)",
+              "lsf": r"#BSUB -n (\d+)"}[kind]
+    nworkers = re.search(r"--nworkers (\d+)", script)
+    return (int(re.search(booked, script).group(1)), int(nworkers.group(1)) if nworkers else 1,
+            int(re.search(r"--nthreads (\d+)", script).group(1)))
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+def test_shipped_profiles_run_as_many_threads_as_their_jobs_have_cores(path, home):
+    """Each chunk task's network gets booked / (processes x threads) torch threads: all the
+    job's cores are used and none is oversubscribed.  A CPU job keeps one chunk in flight
+    (memory at one task's peak), its network on every core."""
+    prof = load_profile(path)
+    with make_cluster(prof) as cluster:
+        booked, processes, threads = _job_threads(cluster.job_script(), prof.kind)
+    torch_threads = worker_torch_threads(prof)
+    assert torch_threads * processes * threads == booked, (torch_threads, processes, threads, booked)
+    if not prof.gpu:
+        assert (processes, threads, torch_threads) == (1, 1, booked)
+
+
+@pytest.mark.parametrize("cluster,want", [
+    ("cores: 16\n  processes: 1", 1),  # 16 chunks in flight: one torch thread each
+    ("cores: 16\n  processes: 4", 1),
+    ("cores: 1\n  job_cpu: 16", 16),
+    ("cores: 2\n  job_cpu: 16", 8),
+    ("cores: 4\n  processes: 2\n  job_cpu: 16", 4),
+])
+def test_torch_threads_come_from_the_profile(tmp_path, cluster, want):
+    assert worker_torch_threads(load_profile(_profile(tmp_path, f"kind: slurm\ncluster:\n  {cluster}\n"))) == want
+
+
+def test_the_pipeline_gives_batch_workers_the_profiles_torch_threads(tmp_path, home):
+    from asn2n_dask.pipeline import _client_for
+
+    p = _profile(tmp_path, "kind: slurm\nmin_jobs: 0\nmax_jobs: 1\ncluster:\n  cores: 2\n  job_cpu: 8\n"
+                           "  memory: 1GB\n")
+    with _client_for(None, None, None, None, None, lambda m: None, "cpu", p, 1) as (client, torch_threads):
+        assert client.cluster.job_script()
+    assert torch_threads == 4
+
+
+# ---------------------------------------------------------------- TLS between scheduler, workers and client
+def test_shipped_profiles_use_tls_with_a_certificate_made_for_the_run(home):
+    for path in PROFILES:
+        assert "security: auto" in path.read_text(), path
+    messages: list[str] = []
+    with jobqueue_client(ROOT / "cluster" / "slurm.yaml", jobs=1, echo=messages.append) as client:
+        cluster = client.cluster
+        script = cluster.job_script()
+        assert cluster.scheduler_address.startswith("tls://") and client.scheduler.address.startswith("tls://")
+        assert cluster.security.require_encryption
+        for flag in ("--protocol tls://", "--tls-ca-file $HOME/.asn2n/tls/", "--tls-cert $HOME/.asn2n/tls/",
+                     "--tls-key $HOME/.asn2n/tls/"):
+            assert flag in script, flag
+        keys = list((home / ".asn2n" / "tls").iterdir())
+        assert len(keys) == 3 and all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+        assert stat.S_IMODE((home / ".asn2n" / "tls").stat().st_mode) == 0o700
+        key = next(k for k in keys if ".key." in k.name)
+        assert f"--tls-key $HOME/.asn2n/tls/{key.name}" in script
+        # the dashboard (HTTP, no authentication) listens on this machine only
+        assert "TLS; dashboard: http://127.0.0.1:" in messages[0]
+    assert not list((home / ".asn2n" / "tls").iterdir())  # the workers' key is removed at the end
+
+
+def test_a_plain_tcp_client_cannot_join_a_tls_cluster(home, tmp_path):
+    from distributed import Client
+
+    with jobqueue_client(_profile(tmp_path, "kind: slurm\nmin_jobs: 0\ncluster:\n  cores: 1\n  memory: 1GB\n"),
+                         echo=lambda m: None) as client:
+        address = client.scheduler.address.replace("tls://", "tcp://")
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address, timeout="3s")
+
+
+def test_security_none_and_site_certificates(tmp_path, home):
+    from distributed.security import Security
+
+    plain = load_profile(_profile(tmp_path, "kind: pbs\nsecurity: none\ncluster:\n  cores: 1\n  memory: 1GB\n"))
+    with make_cluster(plain) as cluster:
+        script = cluster.job_script()
+    assert "--tls" not in script and "tls://" not in script and not cluster.security.require_encryption
+
+    made = Security.temporary()  # stands in for the site's certificate authority
+    (tmp_path / "ca.pem").write_text(made.tls_ca_file)
+    (tmp_path / "cert.pem").write_text(made.tls_worker_cert)
+    (tmp_path / "key.pem").write_text(made.tls_worker_key)
+    site = load_profile(_profile(tmp_path, f"kind: lsf\nsecurity:\n  ca_file: {tmp_path}/ca.pem\n"
+                                           f"  cert: {tmp_path}/cert.pem\n  key: {tmp_path}/key.pem\n"
+                                           "cluster:\n  cores: 1\n  memory: 1GB\n"))
+    with make_cluster(site) as cluster:
+        script = cluster.job_script()
+        assert cluster.security.require_encryption and cluster.scheduler_address.startswith("tls://")
+    assert (f"--protocol tls:// --tls-ca-file {tmp_path}/ca.pem --tls-cert {tmp_path}/cert.pem "
+            f"--tls-key {tmp_path}/key.pem") in script
+    assert not (home / ".asn2n").exists()  # nothing written for the site's own certificates
+
+
+def test_auto_security_without_cryptography_says_how_to_install_it(tmp_path, home, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cryptography", None)  # as where it is not installed
+    prof = load_profile(_profile(tmp_path, "kind: slurm\ncluster:\n  cores: 1\n  memory: 1GB\n"))
+    with pytest.raises(ConfigError, match=r"needs the cryptography package; pip install .*security: none"):
+        make_cluster(prof)
+
+
+def test_errors_of_dask_jobqueue_at_start_up_are_one_sentence(tmp_path, home):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    prof = load_profile(_profile(tmp_path, f"kind: slurm\nsecurity: none\ncluster:\n  cores: 1\n  memory: 1GB\n"
+                                           f"  log_directory: {blocker}/logs\n"))
+    with pytest.raises(ConfigError, match=r"SLURMCluster could not start \((FileExistsError|NotADirectoryError)"):
+        make_cluster(prof)
+
+
+def test_the_batch_cluster_is_closed_on_error(tmp_path, home):
     p = _profile(tmp_path, "kind: slurm\nmin_jobs: 0\nmax_jobs: 2\ncluster:\n  cores: 1\n  memory: 1GB\n")
     seen = {}
     with pytest.raises(RuntimeError, match="boom"):
