@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 NormMode = Literal["adaptive", "local", "global", "dataset"]
+AdaptiveWeight = Literal["signal", "class"]
 BlendMode = Literal["gaussian", "uniform", "none"]
 InferOn = Literal["twins", "raw"]
 RiskEstimator = Literal["auto", "reference", "noise-aware"]
@@ -138,33 +139,45 @@ class NormConfig:
     ----------
     mode
         ``adaptive`` (default): high-risk patches use the image-wise global scale, safe
-        patches their own local scale, blended smoothly.  ``local``: every patch its own
-        scale.  ``global``: one scale for the image.  ``dataset``: ``global`` when more
-        than ``risk.dataset_ratio`` of all patches are high-risk, else ``local``.
+        patches move towards their own local scale by ``adaptive_weight``, blended
+        smoothly.  ``local``: every patch its own scale.  ``global``: one scale for the
+        image.  ``dataset``: ``global`` when more than ``risk.dataset_ratio`` of all
+        patches are high-risk, else ``local``.
     low_percentile, high_percentile
         Percentiles of the image (global scale) or patch (local scale) mapped to 0 and 1.
     min_range_fraction
         A local scale is never narrower than this fraction of the global range, so that
         flat patches are not stretched onto their noise.
+    adaptive_weight
+        How far a safe patch moves from the global range towards its own under
+        ``adaptive``: ``signal`` (default), by the share of the patch's variance that is
+        signal, ``1 - noise variance / variance`` in [0, 1] (noise from the 2x2 diagonal
+        differences, :func:`asn2n_dask.risk.patch_noise_var`), so a patch whose local
+        range is set by its noise stays near the global range and a clean structured
+        patch takes its own; ``class``: all the way (the published rule).  High-risk
+        patches take the global range either way.
     adaptive_floor
         ``adaptive`` on data the dataset rule calls high-risk (more than
-        ``risk.dataset_ratio`` of its patches at risk, e.g. sparse objects on a dark
-        background): the safe patches' local scale is never narrower than this fraction
-        of the global range, so their local normalisation shifts but does not stretch,
-        and the network sees one noise scale across the frame.  (On such a frame,
-        stretching the few safe patches cost 4.6 dB against ``global``; with the floor
-        at 1 the gap is 0.2 dB.)  Data the rule calls low-risk is not affected.
+        ``risk.dataset_ratio`` of its patches at risk): the safe patches' local scale is
+        never narrower than this fraction of the global range.  At 1 (the default before
+        ``adaptive_weight``) every safe patch's range becomes the global one, and
+        ``adaptive`` equals ``global`` on such data; the default now is
+        ``min_range_fraction`` (no extra floor).  Models saved without
+        ``adaptive_weight`` load with ``class`` and their own floor, as they were trained.
     """
 
     mode: NormMode = "adaptive"
     low_percentile: float = 0.0
     high_percentile: float = 99.99
     min_range_fraction: float = 0.05
-    adaptive_floor: float = 1.0
+    adaptive_floor: float = 0.05
+    adaptive_weight: AdaptiveWeight = "signal"
     risk: RiskThresholds = field(default_factory=RiskThresholds)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_choice(self.mode, NormMode, "normalisation mode"))
+        object.__setattr__(self, "adaptive_weight",
+                           parse_choice(self.adaptive_weight, AdaptiveWeight, "adaptive weight"))
         _check(0.0 <= self.low_percentile < self.high_percentile <= 100.0,
                "normalisation percentiles must satisfy 0 <= low < high <= 100; "
                f"got {self.low_percentile}, {self.high_percentile}.")
@@ -186,6 +199,8 @@ class NormConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NormConfig:
+        if "adaptive_weight" not in data:  # saved before the option: the rule it was trained with
+            data = {"adaptive_weight": "class", "adaptive_floor": 1.0, **data}
         return _from_dict(cls, data)
 
 

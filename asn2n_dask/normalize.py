@@ -8,7 +8,10 @@ back to the input's units with ``x = y * scale + offset``.
 * ``local``: each patch its own range (patch minimum and maximum, clipped to the global
   range, never narrower than ``min_range_fraction`` of it).
 * ``adaptive``: high-risk patches (weak background, sparse bright) take the global
-  range, safe patches keep their local one.
+  range; a safe patch moves from the global range towards its local one by a weight
+  in [0, 1], with ``adaptive_weight="signal"`` (the default) the share of its variance
+  that is signal, ``1 - noise variance / variance`` (so noise-dominated ranges stay
+  near the global one), with ``"class"`` all the way (the published rule).
 * ``dataset``: ``global`` or ``local`` for every frame, as decided once for the dataset
   (see :func:`asn2n_dask.risk.dataset_decision`).
 
@@ -25,10 +28,21 @@ import torch
 from numpy.typing import NDArray
 
 from .config import NormConfig
-from .risk import SAFE, FrameStats, RiskReport, assess_risk, frame_stats, patch_view
+from .risk import (
+    SAFE,
+    FrameStats,
+    RiskReport,
+    assess_risk,
+    frame_stats,
+    patch_moments,
+    patch_moments_torch,
+    patch_noise_var,
+    patch_noise_var_torch,
+    patch_view,
+)
 
 __all__ = ["NormParams", "norm_params", "normalize", "denormalize", "interp_matrix", "interp_weights",
-           "resolve_mode", "patch_ranges", "patch_ranges_torch", "fields_at"]
+           "resolve_mode", "patch_ranges", "patch_ranges_torch", "local_weight", "local_weight_torch", "fields_at"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,52 @@ def resolve_mode(config: NormConfig, dataset_mode: str | None, high_risk_ratio: 
     return "global" if high_risk_ratio > config.risk.dataset_ratio else "local"
 
 
+#: Patch variance (relative to the squared global range) below which a patch counts as flat.
+_FLAT = 1e-20
+
+
+def local_weight(region: NDArray[np.floating], stats: FrameStats, config: NormConfig,
+                 risk_map: NDArray[np.int8]) -> NDArray[np.float64]:
+    """How far each patch of a region moves from the global range towards its local one
+    under ``adaptive`` (0: global range, 1: its own).
+
+    High-risk patches 0; safe ones 1 with ``config.adaptive_weight == "class"``, else
+    the share of the patch's variance that is signal, ``1 - noise / variance`` clipped
+    to [0, 1] (variance with ddof 1, noise from the 2x2 diagonal differences, both on
+    the pixels in input units relative to the global range; 0 for a flat patch, one of
+    variance under 1e-20).
+
+    Returns
+    -------
+    ndarray, shape of ``risk_map``, float64
+    """
+    safe = (np.asarray(risk_map) == SAFE).astype(np.float64)
+    if config.adaptive_weight == "class":
+        return safe
+    x = (np.asarray(region, np.float64) - stats.lo) / stats.span
+    _, std, _ = patch_moments(x, config.risk.patch)
+    var = std * std
+    noise = patch_noise_var(x, config.risk.patch)
+    live = var > _FLAT  # a flat patch (rounding aside) is all noise-free background: weight 0
+    share = np.where(live, 1.0 - noise / np.where(live, var, 1.0), 0.0)
+    return safe * np.clip(share, 0.0, 1.0)
+
+
+def local_weight_torch(region: torch.Tensor, stats: FrameStats, config: NormConfig,
+                       risk_map: torch.Tensor) -> torch.Tensor:
+    """:func:`local_weight` in torch (float64 advised), on the region's device."""
+    safe = (risk_map == SAFE).to(region.dtype)
+    if config.adaptive_weight == "class":
+        return safe
+    x = (region - stats.lo) / stats.span
+    _, std, _ = patch_moments_torch(x, config.risk.patch)
+    var = std * std
+    noise = patch_noise_var_torch(x, config.risk.patch)
+    live = var > _FLAT
+    share = torch.where(live, 1.0 - noise / torch.where(live, var, torch.ones_like(var)), torch.zeros_like(var))
+    return safe * torch.clamp(share, 0.0, 1.0)
+
+
 def patch_ranges(region: NDArray[np.floating], stats: FrameStats, config: NormConfig, mode: str,
                  risk_map: NDArray[np.int8] | None,
                  min_fraction: float | None = None) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -142,9 +202,9 @@ def patch_ranges(region: NDArray[np.floating], stats: FrameStats, config: NormCo
     if mode == "adaptive":
         if risk_map is None:
             raise ValueError("adaptive normalisation needs the risk map")
-        risky = risk_map != SAFE
-        lo = np.where(risky, stats.lo, lo)
-        hi = np.where(risky, stats.lo + stats.span, hi)
+        wt = local_weight(region, stats, config, risk_map)
+        lo = stats.lo + wt * (lo - stats.lo)
+        hi = (stats.lo + stats.span) + wt * (hi - (stats.lo + stats.span))
     return lo, hi
 
 
@@ -174,9 +234,9 @@ def patch_ranges_torch(region: torch.Tensor, stats: FrameStats, config: NormConf
     if mode == "adaptive":
         if risk_map is None:
             raise ValueError("adaptive normalisation needs the risk map")
-        risky = risk_map != SAFE
-        lo = torch.where(risky, stats.lo, lo)
-        hi = torch.where(risky, stats.lo + stats.span, hi)
+        wt = local_weight_torch(region, stats, config, risk_map)
+        lo = stats.lo + wt * (lo - stats.lo)
+        hi = (stats.lo + stats.span) + wt * (hi - (stats.lo + stats.span))
     return lo, hi
 
 

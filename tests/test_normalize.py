@@ -1,12 +1,21 @@
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from asn2n_dask import NormConfig
-from asn2n_dask.normalize import denormalize, interp_matrix, norm_params, normalize
-from asn2n_dask.risk import assess_risk
+from asn2n_dask import NormConfig, RiskThresholds
+from asn2n_dask.normalize import (
+    denormalize,
+    interp_matrix,
+    local_weight,
+    norm_params,
+    normalize,
+    patch_ranges,
+    patch_ranges_torch,
+)
+from asn2n_dask.risk import assess_risk, frame_stats
 
 MODES = ["adaptive", "local", "global", "dataset"]
 
@@ -34,21 +43,99 @@ def scene() -> np.ndarray:
     return img
 
 
-def test_adaptive_uses_the_global_scale_on_risky_patches_and_local_on_safe():
+def test_each_mode_has_its_defining_property():
     img = scene()
-    cfg = NormConfig(mode="adaptive")
     risk = assess_risk(img)
-    assert (risk.risk_map[:, 0] != 0).all() and (risk.risk_map[:, 2] == 0).all()
-    ad = norm_params(img, config=cfg, risk=risk)
+    stats = frame_stats(img, low=0.0, high=99.99)
     gl = norm_params(img, config=NormConfig(mode="global"))
-    lo = norm_params(img, config=NormConfig(mode="local"))
+    # global: one offset and one scale for the frame, its percentile range
+    assert np.ptp(gl.offset) == 0 and np.ptp(gl.scale) == 0
+    np.testing.assert_allclose(gl.offset[0, 0], stats.lo)
+    np.testing.assert_allclose(gl.scale[0, 0], stats.span)
+    # local: every patch its own range (its minimum and maximum)
+    loc = norm_params(img, config=NormConfig(mode="local"))
+    lo_l, hi_l = patch_ranges(img, stats, NormConfig(), "local", None)
+    v = np.clip(img, stats.lo, stats.hi).reshape(3, 64, 3, 64)
+    pmin, pmax = v.min(axis=(1, 3)), v.max(axis=(1, 3))
+    wide = pmax - pmin >= 0.05 * stats.span  # narrower ones are widened to min_range_fraction about their centre
+    assert wide.any() and (~wide).any()
+    np.testing.assert_allclose(lo_l[wide], pmin[wide])
+    np.testing.assert_allclose(hi_l[wide], pmax[wide])
+    np.testing.assert_allclose((hi_l - lo_l)[~wide], 0.05 * stats.span)
+    assert ((lo_l <= pmin) & (hi_l >= pmax))[~wide].all()
+    assert len(np.unique(np.round(hi_l - lo_l, 6))) > 3
+    np.testing.assert_allclose(loc.offset[0, 0], lo_l[0, 0])  # pixels outside the centres take the nearest
+    np.testing.assert_allclose(loc.scale[-1, -1], hi_l[-1, -1] - lo_l[-1, -1])
+    # adaptive: risky patches the global range, safe ones move towards their own
+    lo_a, hi_a = patch_ranges(img, stats, NormConfig(), "adaptive", risk.risk_map)
+    risky = risk.risk_map != 0
+    assert risky.any() and (~risky).any()
+    np.testing.assert_allclose(lo_a[risky], stats.lo)
+    np.testing.assert_allclose(hi_a[risky], stats.hi)
+    assert (np.abs(lo_a - stats.lo)[~risky] > 0.1 * stats.span).all()
+    assert (np.abs(hi_a - hi_l)[~risky] < 0.01 * stats.span).all()  # clean texture: nearly all its own
+    # dataset: global or local for the whole frame, by its high-risk ratio against the threshold
+    for ratio_threshold, expect in ((risk.high_risk_ratio - 0.01, gl), (risk.high_risk_ratio + 0.01, loc)):
+        cfg = NormConfig(mode="dataset", risk=RiskThresholds(dataset_ratio=ratio_threshold))
+        d = norm_params(img, config=cfg, risk=risk)
+        assert d.mode == expect.mode
+        np.testing.assert_allclose(d.offset, expect.offset)
+        np.testing.assert_allclose(d.scale, expect.scale)
+
+
+def test_adaptive_mixes_where_a_frame_holds_both_kinds_of_patch():
+    img = scene()
+    risk = assess_risk(img)
+    ad = norm_params(img, config=NormConfig(mode="adaptive"), risk=risk)
+    gl = norm_params(img, config=NormConfig(mode="global"))
+    loc = norm_params(img, config=NormConfig(mode="local"))
+    # neither the global nor the local field
+    span = gl.scale[0, 0]
+    assert np.abs(ad.offset - gl.offset).max() > 0.1 * span  # safe patches: their own placement
+    assert np.abs(ad.scale - loc.scale).max() > 0.1 * span  # risky patches: not their own stretch
     # deep inside the risky region the adaptive transform is the global one
     np.testing.assert_allclose(ad.scale[:96, :32], gl.scale[:96, :32])
     np.testing.assert_allclose(ad.offset[:96, :32], gl.offset[:96, :32])
-    # inside the safe region it is the local one
-    np.testing.assert_allclose(ad.scale[:, 160:], lo.scale[:, 160:])
+    # the clean structured patches (signal far above noise) take nearly their local range
+    w = local_weight(img, frame_stats(img, low=0.0, high=99.99), NormConfig(), risk.risk_map)
+    assert (w[risk.risk_map != 0] == 0).all() and (w[:, 2] > 0.99).all()
+    np.testing.assert_allclose(ad.scale[:, 160:], loc.scale[:, 160:], rtol=0.01)
     # local mode stretches the dark background far more than adaptive does
-    assert normalize(img, lo)[:, :64].std() > 5 * normalize(img, ad)[:, :64].std()
+    assert normalize(img, loc)[:, :64].std() > 5 * normalize(img, ad)[:, :64].std()
+    # the published rule (weight by class only) is the local field on safe patches
+    cl = norm_params(img, config=NormConfig(mode="adaptive", adaptive_weight="class"), risk=risk)
+    np.testing.assert_allclose(cl.scale[:, 160:], loc.scale[:, 160:])
+    np.testing.assert_allclose(cl.offset[:96, :32], gl.offset[:96, :32])
+
+
+def test_a_noise_dominated_safe_patch_stays_near_the_global_range():
+    # a safe patch whose range is mostly its noise moves towards its local range only by
+    # the share of its variance that is signal
+    rng = np.random.default_rng(1)
+    img = rng.normal(100, 10, (128, 128))
+    img[:, 64:] += 10 * np.sin(np.arange(64) / 3.0)  # texture of half the noise's variance
+    stats = frame_stats(img, low=0.0, high=99.99)
+    safe = np.zeros((2, 2), np.int8)
+    w = local_weight(img, stats, NormConfig(), safe)
+    assert (w[:, 0] < 0.06).all() and (0.2 < w[:, 1]).all() and (w[:, 1] < 0.5).all()
+    lo_l, hi_l = patch_ranges(img, stats, NormConfig(), "local", None)
+    lo_a, hi_a = patch_ranges(img, stats, NormConfig(), "adaptive", safe)
+    np.testing.assert_allclose(lo_a, stats.lo + w * (lo_l - stats.lo))
+    np.testing.assert_allclose(hi_a, stats.hi + w * (hi_l - stats.hi))
+
+
+@given(images, st.sampled_from(["signal", "class"]), st.integers(0, 2**31 - 1))
+@settings(max_examples=30, deadline=None)
+def test_numpy_and_torch_ranges_are_equal(img, weight, seed):
+    cfg = NormConfig(mode="adaptive", adaptive_weight=weight, risk=RiskThresholds(patch=16))
+    stats = frame_stats(img, low=0.0, high=99.99)
+    ny, nx = -(-img.shape[0] // 16), -(-img.shape[1] // 16)
+    risk_map = np.random.default_rng(seed).integers(0, 3, (ny, nx)).astype(np.int8)
+    lo, hi = patch_ranges(img, stats, cfg, "adaptive", risk_map)
+    lo_t, hi_t = patch_ranges_torch(torch.from_numpy(img), stats, cfg, "adaptive", torch.from_numpy(risk_map))
+    tol = 1e-9 * max(1.0, stats.span)
+    np.testing.assert_allclose(lo_t.numpy(), lo, atol=tol)
+    np.testing.assert_allclose(hi_t.numpy(), hi, atol=tol)
 
 
 def test_the_transform_is_smooth_without_block_edges():
@@ -74,17 +161,30 @@ def test_dataset_mode_follows_the_given_decision():
     assert np.ptp(g.scale) == 0 and np.ptp(l_.scale) > 0
 
 
-def test_on_high_risk_data_adaptive_shifts_safe_patches_but_never_stretches_them():
+def test_the_adaptive_floor_on_high_risk_data():
     img = scene()
-    cfg = NormConfig(mode="adaptive")
     risk = assess_risk(img)
     span = norm_params(img, config=NormConfig(mode="global")).scale[0, 0]
-    low = norm_params(img, config=cfg, risk=risk, dataset_mode="local")  # data the dataset rule calls low-risk
-    high = norm_params(img, config=cfg, risk=risk, dataset_mode="global")  # ... and high-risk
-    assert low.scale[:, 160:].min() < 0.9 * span  # safe patches keep their local stretch
-    assert high.scale.min() >= span * (1 - 1e-12)  # never narrower than the global range
-    assert np.abs(high.offset[:, 160:] - low.offset[:, 160:]).max() > 1.0  # but their own placement
-    np.testing.assert_allclose(denormalize(normalize(img, high), high), img, atol=1e-6 * np.abs(img).max())
-    np.testing.assert_array_equal(norm_params(img, config=cfg, risk=risk).scale, low.scale)
+    gl = norm_params(img, config=NormConfig(mode="global"))
+    default = NormConfig(mode="adaptive")
+    low = norm_params(img, config=default, risk=risk, dataset_mode="local")  # data the dataset rule calls low-risk
+    high = norm_params(img, config=default, risk=risk, dataset_mode="global")  # ... and high-risk
+    # by default the dataset decision does not change adaptive: safe patches keep their own range
+    np.testing.assert_allclose(high.scale, low.scale)
+    np.testing.assert_allclose(high.offset, low.offset)
+    assert low.scale[:, 160:].min() < 0.9 * span
+    assert np.abs(high.offset[:, 160:] - gl.offset[:, 160:]).min() > 0.1 * span  # not the global placement
+    # a floor of 1 (the old default) gives every safe patch the global range: adaptive == global there
+    one = norm_params(img, config=NormConfig(mode="adaptive", adaptive_floor=1.0), risk=risk, dataset_mode="global")
+    np.testing.assert_allclose(one.scale, gl.scale)
+    np.testing.assert_allclose(one.offset, gl.offset)
     half = norm_params(img, config=NormConfig(mode="adaptive", adaptive_floor=0.5), risk=risk, dataset_mode="global")
     assert span * 0.5 * (1 - 1e-12) <= half.scale.min() < 0.9 * span
+    np.testing.assert_allclose(denormalize(normalize(img, half), half), img, atol=1e-6 * np.abs(img).max())
+
+
+def test_models_saved_before_the_weight_option_keep_their_rule():
+    old = NormConfig.from_dict({"mode": "adaptive", "low_percentile": 0.0, "high_percentile": 99.99,
+                                "min_range_fraction": 0.05, "adaptive_floor": 1.0, "risk": {}})
+    assert old.adaptive_weight == "class" and old.adaptive_floor == 1.0
+    assert NormConfig.from_dict(NormConfig().to_dict()) == NormConfig()
