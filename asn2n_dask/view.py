@@ -2,22 +2,32 @@
 
 :func:`napari_layers` builds them without napari (lazy dask arrays, names, scales,
 contrast limits, label colours), so the viewer code that remains is a loop of
-``viewer.add_image`` / ``viewer.add_labels``.
+``viewer.add_image`` / ``viewer.add_labels``.  :func:`require_napari` makes sure
+napari can open a window here before one is asked for: without napari, a Qt binding
+or a display, Qt would end the process or napari raise deep in its start-up.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .source import Source, open_source
 
-__all__ = ["Layer", "napari_layers"]
+__all__ = ["Layer", "napari_layers", "require_napari", "show"]
+
+log = logging.getLogger(__name__)
+
+#: Run in a child process: Qt aborts the process it cannot start a window in.
+_QT_PROBE = "from qtpy.QtWidgets import QApplication; QApplication([])"
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ def _image(src: Source, name: str, names: list[str], limits: list[tuple[float, f
            selection: dict[str, Any] | None = None) -> Layer:
     import dask.array as da
 
-    data = da.from_zarr(src.open()) if src.kind != "tiff" else da.from_array(src.open())
+    data = src.to_xarray().data  # lazy, in storage chunks, whatever array type the source opens as
     sel = selection or {}
     if sel.get("channels") is not None and "C" in src.axes:
         data = da.take(data, list(sel["channels"]), axis=src.axes.index("C"))
@@ -107,3 +117,71 @@ def napari_layers(output: str | os.PathLike[str], input: str | os.PathLike[str] 
         layers.append(Layer("labels", data, {"name": f"risk {n}", "scale": _scale(den),
                                              "opacity": 0.4, "visible": False}))
     return layers
+
+
+def require_napari(output: str | os.PathLike[str], timeout: float = 60.0) -> Any:
+    """The ``napari`` module, once it is known to be able to open a window here.
+
+    Checks that napari and a Qt binding import, then starts a Qt application in a
+    child process (Qt ends a process whose display or platform plugin fails, which no
+    exception handler can catch).
+
+    Parameters
+    ----------
+    output : path
+        The image to view, named in the advice.
+    timeout : float
+        Seconds the child process may take.
+
+    Raises
+    ------
+    ConfigError
+        napari or a Qt binding is missing, or Qt cannot open a window (no display, a
+        bad ``QT_QPA_PLATFORM``, a missing system library).
+    """
+    try:
+        import napari  # type: ignore[import-not-found]
+        import qtpy  # noqa: F401  napari's windows: PyQt5/6 or PySide2/6
+    except ImportError:
+        raise _no_napari(output) from None
+    try:
+        probe = subprocess.run([sys.executable, "-c", _QT_PROBE], capture_output=True, text=True, timeout=timeout)
+        ok, said = probe.returncode == 0, probe.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        ok, said = False, str(e)
+    if not ok:
+        log.info("Qt could not start: %s", said or "no message")
+        platform = os.environ.get("QT_QPA_PLATFORM")
+        if platform:
+            why = f"QT_QPA_PLATFORM is {platform!r}"
+        elif sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            why = "no display: DISPLAY is not set"
+        else:
+            why = "its platform plugin did not start"
+        raise ConfigError(f"Qt cannot open a window here ({why}); run asn2n view in a desktop session or over "
+                          f"ssh -X, or open {output} in any OME-Zarr viewer (-v shows Qt's message).")
+    return napari
+
+
+def _no_napari(output: str | os.PathLike[str]) -> ConfigError:
+    return ConfigError("napari and a Qt binding are needed to view an output; install them with 'pip install "
+                       f"asn2n-dask[view]', or open {output} in any OME-Zarr viewer.")
+
+
+def show(output: str | os.PathLike[str], layers: list[Layer]) -> None:
+    """Open ``layers`` (:func:`napari_layers` of ``output``) in a napari window and
+    return when it is closed.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`require_napari`.
+    """
+    napari = require_napari(output)
+    try:
+        viewer = napari.Viewer(title=f"asn2n: {Path(output).name}")
+        for layer in layers:
+            getattr(viewer, f"add_{layer.kind}")(layer.data, **layer.kwargs)
+        napari.run()
+    except ImportError:  # a part of napari's Qt layer the checks did not reach
+        raise _no_napari(output) from None

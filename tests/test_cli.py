@@ -87,10 +87,94 @@ def test_risk_json(work):
     assert bad.exit_code == 2 and "risk estimator" in bad.output
 
 
+def test_risk_classifies_sampled_frames_on_the_channel_statistics_as_denoising_does(work, monkeypatch):
+    import zarr
+
+    from asn2n_dask.config import InferConfig
+    from asn2n_dask.pipeline import RunOptions, run_pipeline
+    from asn2n_dask.source import Selection, open_source
+    from asn2n_dask.synthetic import camera, noisy_frame
+
+    # a dark frame (noise only) and three with structure: on its own scale the dark frame
+    # looks like any other; on the channel's it is weak background
+    stack = np.stack([camera(np.zeros((96, 128)), seed=5)]
+                     + [noisy_frame((96, 128), photons=p, seed=i)[0] for i, p in enumerate((20.0, 60.0, 120.0))])
+    z = zarr.create_array(str(work / "stack.zarr"), shape=stack.shape, chunks=(1, 48, 64), dtype=stack.dtype,
+                          dimension_names=["t", "y", "x"])
+    z[...] = stack
+    run_pipeline(open_source(work / "stack.zarr"), work / "stack-dn.zarr", work / "model", selection=Selection(),
+                 options=RunOptions(infer=InferConfig(tile=32)), client="sync")
+    labels = zarr.open_group(str(work / "stack-dn.zarr"), mode="r")["labels/risk/0"][...][:, ::64, ::64]
+    estimator = json.loads((work / "model" / "model.json").read_text())["channels"][0]["risk_estimator"]
+
+    def whole_image(*args, **kwargs):
+        raise AssertionError("asn2n risk read the whole image")
+
+    monkeypatch.setattr("asn2n_dask.io.read_image", whole_image)
+    r = invoke("risk", work / "stack.zarr", "--json", "--risk-estimator", estimator)
+    assert r.exit_code == 0, r.output
+    ch = json.loads(r.stdout)["channels"][0]
+    assert ch["weak_background"] == pytest.approx(np.mean(labels == 1)) and np.mean(labels == 1) >= 0.25
+    assert ch["sparse_bright"] == pytest.approx(np.mean(labels == 2))
+    assert (ch["frames"], ch["frames_total"], ch["patches"]) == (4, 4, 16)
+    two = invoke("risk", work / "stack.zarr", "--frames", "2", "--time", "1:4")
+    assert two.exit_code == 0 and " 2/3 " in two.stdout, two.output  # sampled frames of the selected ones
+    for args, needle in ((["--frames", "0"], "--frames must be at least 1"), (["--time", "7:9"], "--time '7:9'"),
+                         (["--channel", "2"], "has no channel axis")):
+        bad = invoke("risk", work / "stack.zarr", *args)
+        assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and needle in bad.stderr, bad.output
+        assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_every_command_has_help_with_an_example():
     for cmd in ("risk", "fit", "denoise", "run", "demo"):
         r = runner.invoke(app, [cmd, "--help"])
         assert r.exit_code == 0 and "Example" in r.output and "asn2n " + cmd in r.output, cmd
+
+
+def test_demo_writes_only_into_a_new_folder_or_its_own_and_q_prints_nothing(tmp_path):
+    demo = ["demo", "--size", "64", "--steps", "2"]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "noisy.tif").write_bytes(b"keep me")
+    r = invoke(*demo, "--out", foreign)
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and "did not write" in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert sorted(p.name for p in foreign.iterdir()) == ["noisy.tif"]
+    assert (foreign / "noisy.tif").read_bytes() == b"keep me"
+
+    out = tmp_path / "new" / "demo"
+    r = invoke(*demo, "--out", out)  # invoke passes -q: nothing but errors
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "" and r.stderr == ""
+    assert {"noisy.tif", "denoised.tif", "model", "report", ".asn2n-demo"} <= {p.name for p in out.iterdir()}
+    assert (out / "report" / "report.html").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "model" / "stale.txt").write_text("from the earlier demo")
+    again = invoke(*demo, "--out", out)  # the demo's own folder: its files are replaced, nothing else touched
+    assert again.exit_code == 0, again.output
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "model" / "stale.txt").exists()
+    rep = invoke("report", out / "noisy.tif", out / "denoised.tif", "-o", tmp_path / "rep")
+    assert rep.exit_code == 0 and rep.stdout == "" and rep.stderr == "", rep.output
+    loud = runner.invoke(app, ["report", str(out / "noisy.tif"), str(out / "denoised.tif"), "-o",
+                               str(tmp_path / "rep"), "--overwrite"])
+    assert loud.exit_code == 0 and "report: " in loud.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--size", "8"], "--size must be between 32 and 4096"),
+    (["--size", "100000"], "--size must be between 32 and 4096"),
+    (["--steps", "0"], "--steps must be between 1 and 100000"),
+    (["--steps", "10000000"], "--steps must be between 1 and 100000"),
+    (["--photons", "0"], "--photons must be above 0"),
+    (["--photons", "nan"], "--photons must be above 0"),
+    (["--photons", "inf"], "--photons must be above 0"),
+])
+def test_demo_arguments_are_checked_before_anything_is_written(tmp_path, args, needle):
+    r = invoke("demo", "--out", tmp_path / "demo", *args)
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "demo").exists()
 
 
 def bad_cases(work: Path, frame) -> dict[str, tuple[list[str], str]]:

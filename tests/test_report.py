@@ -297,6 +297,26 @@ def test_view_without_napari_says_how_to_get_it(zarr_run, monkeypatch):
     assert r.exit_code == 2 and "pip install asn2n-dask[view]" in r.output and "Traceback" not in r.output
 
 
+def test_view_without_a_qt_binding_or_a_display_is_one_sentence(zarr_run, monkeypatch):
+    import sys
+    import types
+
+    out = str(zarr_run[0] / "out.zarr")
+    monkeypatch.setitem(sys.modules, "qtpy", None)  # napari installed, no PyQt/PySide (napari's own default)
+    r = CliRunner().invoke(app, ["view", out])
+    assert r.exit_code == 2, r.output
+    assert "a Qt binding" in r.stderr and "pip install asn2n-dask[view]" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+    # a binding that imports, but Qt cannot start a window: no display, or a platform plugin that does not load
+    monkeypatch.setitem(sys.modules, "qtpy", types.ModuleType("qtpy"))
+    monkeypatch.setenv("QT_QPA_PLATFORM", "no-such-platform")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    r = CliRunner().invoke(app, ["view", out])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: Qt cannot open a window here (QT_QPA_PLATFORM is 'no-such-platform')")
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
 def test_the_output_opens_in_napari_with_channel_names_scale_and_risk_labels(zarr_run):
     """Through napari-ome-zarr (the OME metadata alone) and through asn2n view's layers."""
     import warnings
