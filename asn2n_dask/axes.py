@@ -12,7 +12,10 @@ from numpy.typing import NDArray
 
 from .errors import InputError
 
-__all__ = ["parse_axes", "default_axes", "to_planes", "from_planes"]
+__all__ = ["parse_axes", "default_axes", "merge_axes", "NAMED_AXES", "to_planes", "from_planes"]
+
+#: Axes the package acts on; where a file names one of them, that name stands.
+NAMED_AXES = "TCZYX"
 
 
 def default_axes(ndim: int) -> str:
@@ -45,6 +48,32 @@ def parse_axes(axes: str | None, ndim: int) -> str:
     if "S" in a:
         raise InputError("RGB (sample) images are not supported: save each colour as a channel (C axis).")
     return a
+
+
+def merge_axes(file_axes: str | None, given: str | None, ndim: int, *, source: str = "the file") -> str:
+    """The axes of a file: its own, with ``given`` (``--axes``) naming what it leaves unnamed.
+
+    A file's own ``T``, ``C``, ``Z``, ``Y`` and ``X`` stand; ``given`` may rename only
+    axes the file names with a generic letter (tifffile's ``Q``, ImageJ's ``I``, a
+    dimension name the package does not know), or all of them when the file names none
+    (``file_axes`` None).
+
+    Raises
+    ------
+    InputError
+        ``given`` contradicts an axis the file names, or does not fit the array.
+    """
+    if given is None:
+        return parse_axes(file_axes, ndim)
+    ax = parse_axes(given, ndim)
+    if file_axes is None:
+        return ax
+    own = str(file_axes).upper()
+    clash = [f"{b} for its {a}" for a, b in zip(own, ax) if a in NAMED_AXES and a != b]
+    if clash and len(own) == len(ax):
+        raise InputError(f"--axes {given} names {', '.join(clash)}, but {source} names its axes {own}; leave --axes "
+                         "out (a file's own axes are used) or rename only the axes it leaves unnamed.")
+    return ax
 
 
 def to_planes(data: NDArray[np.generic], axes: str) -> NDArray[np.generic]:

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from .config import InferConfig
 
 __all__ = ["TileGrid", "tile_grid", "blend_window", "reflect_index", "WindowTiles", "window_tiles", "blend_tiles",
-           "check_tile", "predict_tiled"]
+           "check_tile", "check_tile_frame", "predict_tiled"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,23 @@ def check_tile(config: InferConfig, multiple: int) -> None:
         from .errors import ConfigError
 
         raise ConfigError(f"tile must be a multiple of {multiple} for this network; got {config.tile}.")
+
+
+def check_tile_frame(config: InferConfig, frame_shape: tuple[int, int]) -> None:
+    """Refuse a tile far larger than the frame: past twice the frame's longer side (and
+    the default 128 pixels), a tile holds only mirror images of the frame.
+
+    Raises
+    ------
+    ConfigError
+    """
+    limit = max(128, 2 * max(int(v) for v in frame_shape))
+    if config.tile > limit:
+        from .errors import ConfigError
+
+        h, w = frame_shape
+        raise ConfigError(f"tile {config.tile} px is more than twice the {h}x{w} frame; use --tile {limit} or less "
+                          "(beyond the frame a tile holds only its mirror images).")
 
 
 def predict_tiled(image: NDArray[np.floating], fn: Callable[[torch.Tensor], torch.Tensor], *,

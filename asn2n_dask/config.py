@@ -8,7 +8,9 @@ unknown keys when read back from JSON (:meth:`from_dict`), and round-trips throu
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any, Literal, TypeVar, get_args
 
 from .errors import ConfigError
@@ -43,6 +45,16 @@ PRESETS: dict[str, tuple[int, ...]] = {
     "paper": (64, 128, 256, 512, 512),
 }
 
+#: Upper bounds of sizes (pixels, patches, tiles): beyond them a run would exhaust memory
+#: or time long before it finished, so they are refused on construction.
+MAX_TILE = 4096
+MAX_PATCH = 1024
+MAX_BATCH = 4096
+MAX_OVERLAP = 0.9
+#: Smallest distance between tile origins, in pixels (every pixel is computed about
+#: ``(tile / stride)**2`` times).
+MIN_STRIDE = 2
+
 T = TypeVar("T")
 
 
@@ -72,6 +84,35 @@ def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _types(obj: Any, ints: tuple[str, ...] = (), reals: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> None:
+    """Refuse fields of the wrong type (an option read back from JSON may be anything):
+    ``ints`` whole numbers, ``reals`` finite numbers (None allowed where the default is
+    None), ``flags`` booleans."""
+    def what(v: Any) -> str:
+        text = repr(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    for name in ints:
+        v = getattr(obj, name)
+        _check(isinstance(v, Integral) and not isinstance(v, bool), f"{name} must be a whole number; got {what(v)}.")
+    for name in reals:
+        v = getattr(obj, name)
+        if v is None and getattr(type(obj), name, 0) is None:
+            continue
+        _check(isinstance(v, Real) and not isinstance(v, bool) and _finite(v),
+               f"{name} must be a finite number; got {what(v)}.")
+    for name in flags:
+        v = getattr(obj, name)
+        _check(isinstance(v, bool), f"{name} must be true or false; got {what(v)}.")
 
 
 @dataclass(frozen=True)
@@ -114,6 +155,8 @@ class RiskThresholds:
     floor_percentile: float = 1.0
 
     def __post_init__(self) -> None:
+        _types(self, ints=("patch",), reals=("clip_percentile", "bg_mean", "bg_std", "bg_skew", "bg_std_skew",
+                                             "sb_mean", "sb_std", "sb_skew", "dataset_ratio", "floor_percentile"))
         _check(self.patch >= 4, f"risk patch size must be at least 4 pixels; got {self.patch}.")
         _check(50.0 < self.clip_percentile <= 100.0,
                f"clip percentile must be in (50, 100]; got {self.clip_percentile}.")
@@ -175,6 +218,7 @@ class NormConfig:
     risk: RiskThresholds = field(default_factory=RiskThresholds)
 
     def __post_init__(self) -> None:
+        _types(self, reals=("low_percentile", "high_percentile", "min_range_fraction", "adaptive_floor"))
         object.__setattr__(self, "mode", parse_choice(self.mode, NormMode, "normalisation mode"))
         object.__setattr__(self, "adaptive_weight",
                            parse_choice(self.adaptive_weight, AdaptiveWeight, "adaptive weight"))
@@ -186,6 +230,7 @@ class NormConfig:
         _check(0.0 < self.adaptive_floor <= 1.0, f"adaptive_floor must be in (0, 1]; got {self.adaptive_floor}.")
         if isinstance(self.risk, dict):
             object.__setattr__(self, "risk", RiskThresholds.from_dict(self.risk))
+        _check(isinstance(self.risk, RiskThresholds), f"risk must be risk thresholds; got {self.risk!r:.40}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,7 +258,8 @@ class TrainConfig:
     preset
         Network size: ``tiny`` (tests), ``small`` (CPU), ``paper`` (GPU).
     steps, patch, batch, lr
-        Optimiser steps, training patch side, patches per step, Adam learning rate
+        Optimiser steps, training patch side (at most 1024), patches per step (at most
+        4096), Adam learning rate
         (cosine-decayed to 5% of it).
     loss, consistency
         ``l1`` or ``l2`` twin-to-twin loss, and the weight of ``|f(A) - f(B)|``.
@@ -256,12 +302,16 @@ class TrainConfig:
         object.__setattr__(self, "loss", parse_choice(self.loss, LossKind, "loss"))
         if isinstance(self.norm, dict):
             object.__setattr__(self, "norm", NormConfig.from_dict(self.norm))
+        _check(isinstance(self.norm, NormConfig), f"norm must be normalisation options; got {self.norm!r:.40}.")
+        _types(self, ints=("steps", "patch", "batch", "val_every", "checkpoint_every", "patience", "seed"),
+               reals=("lr", "consistency", "val_fraction", "risk_share"), flags=("compile",))
         _check(self.steps >= 1, f"steps must be at least 1; got {self.steps}.")
         depth = len(PRESETS[self.preset]) - 1
         _check(self.patch >= 2 ** depth * 4 and self.patch % 2 ** depth == 0,
                f"training patch must be a multiple of {2 ** depth} and at least "
                f"{2 ** depth * 4} for preset {self.preset}; got {self.patch}.")
-        _check(self.batch >= 1, f"batch must be at least 1; got {self.batch}.")
+        _check(self.patch <= MAX_PATCH, f"training patch must be at most {MAX_PATCH} pixels; got {self.patch}.")
+        _check(1 <= self.batch <= MAX_BATCH, f"batch must be between 1 and {MAX_BATCH}; got {self.batch}.")
         object.__setattr__(self, "precision", parse_choice(self.precision, Precision, "precision"))
         _check(self.patience >= 0, f"patience must be >= 0; got {self.patience}.")
         _check(self.seed >= 0, f"seed must be >= 0; got {self.seed}.")
@@ -289,9 +339,10 @@ class InferConfig:
     Attributes
     ----------
     tile
-        Tile side in pixels.  Tiles are anchored to the frame origin.
+        Tile side in pixels, 8 to 4096.  Tiles are anchored to the frame origin.
     overlap
-        Fraction of a tile shared with its neighbour, in [0, 1).
+        Fraction of a tile shared with its neighbour, in [0, 0.9]; neighbouring tiles
+        stay at least 2 pixels apart.
     blend
         ``gaussian`` (2-D Gaussian weights), ``uniform`` (plain average) or ``none``
         (each pixel from the one tile whose core holds it).
@@ -306,7 +357,8 @@ class InferConfig:
         Test-time augmentation: the network is applied to 1, 2, 4 or 8 flipped/rotated
         copies of each view and the results, turned back, are averaged.
     batch
-        Tiles per forward pass (each tile is two network inputs with ``infer_on="twins"``).
+        Tiles per forward pass (each tile is two network inputs with ``infer_on="twins"``),
+        at most 4096.
     device
         ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     precision
@@ -334,11 +386,17 @@ class InferConfig:
         object.__setattr__(self, "blend", parse_choice(self.blend, BlendMode, "blend"))
         object.__setattr__(self, "infer_on", parse_choice(self.infer_on, InferOn, "infer-on"))
         object.__setattr__(self, "precision", parse_choice(self.precision, Precision, "precision"))
-        _check(self.tile >= 8, f"tile must be at least 8 pixels; got {self.tile}.")
-        _check(0.0 <= self.overlap < 1.0, f"overlap must be in [0, 1); got {self.overlap}.")
+        _types(self, ints=("tile", "tta", "batch"), reals=("overlap", "sigma_fraction", "weight_floor"),
+               flags=("compile",))
+        _check(isinstance(self.device, str), f"device must be auto, cpu or cuda[:N]; got {self.device!r:.40}.")
+        _check(8 <= self.tile <= MAX_TILE, f"tile must be between 8 and {MAX_TILE} pixels; got {self.tile}.")
+        _check(0.0 <= self.overlap <= MAX_OVERLAP, f"overlap must be in [0, {MAX_OVERLAP}]; got {self.overlap}.")
+        _check(self.stride >= MIN_STRIDE,
+               f"tiles {self.tile} px wide at {self.overlap} overlap are {self.stride} px apart, fewer than "
+               f"{MIN_STRIDE}; use a lower overlap or a larger tile.")
         _check(self.sigma_fraction > 0, f"sigma fraction must be positive; got {self.sigma_fraction}.")
         _check(0.0 < self.weight_floor <= 1.0, f"weight floor must be in (0, 1]; got {self.weight_floor}.")
-        _check(self.batch >= 1, f"batch must be at least 1; got {self.batch}.")
+        _check(1 <= self.batch <= MAX_BATCH, f"tile batch must be between 1 and {MAX_BATCH}; got {self.batch}.")
         _check(self.tta in (1, 2, 4, 8), f"tta must be 1, 2, 4 or 8; got {self.tta}.")
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                f"device must be auto, cpu or cuda[:N]; got {self.device!r}.")

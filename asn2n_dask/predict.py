@@ -23,7 +23,7 @@ from .risk import assess_risk, assess_risk_torch, noise_level, resolve_estimator
 from .stats import ChannelStats, channel_stats
 
 __all__ = ["resolve_device", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
-           "patch_span", "window_fields", "resolved_norm", "denoise_window", "denoise_frame"]
+           "patch_span", "axis_reads", "window_fields", "resolved_norm", "denoise_window", "denoise_frame"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -171,13 +171,75 @@ def window_plan(frame_shape: tuple[int, int], window: tuple[int, int, int, int],
 
 def patch_span(n: int, r0: int, r1: int, patch: int) -> tuple[int, int]:
     """Risk patches ``[p0, p1)`` along an axis of ``n`` pixels that the normalisation
-    fields at pixels ``r0..r1`` (inclusive) depend on: their own patches and the ones
-    whose centres bracket them (the fields are interpolated between patch centres)."""
+    fields at pixels ``r0..r1`` (inclusive, inside the axis) depend on: their own
+    patches and the ones whose centres bracket them (the fields are interpolated
+    between patch centres).  Arithmetic only: O(1) for an axis of any length."""
+    p0, p1 = _patch_spans(n, np.asarray(r0, np.int64), np.asarray(r1, np.int64), patch)
+    return int(p0), int(p1)
+
+
+def _patch_spans(n: int, r0: NDArray[np.int64], r1: NDArray[np.int64],
+                 patch: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """:func:`patch_span` for arrays of ``r0`` and ``r1``.
+
+    Patch ``k``'s centre is ``min(k * patch + (patch - 1) / 2, n - 1)``; in halves of a
+    pixel, ``2 k patch + patch - 1``, so every count below is integer arithmetic.
+    """
     m = -(-n // patch)
-    centres = np.minimum(np.arange(m) * patch + (patch - 1) / 2.0, n - 1)
-    p0 = min(max(0, int(np.searchsorted(centres, r0, side="right")) - 1), r0 // patch)
-    p1 = max(min(m - 1, int(np.searchsorted(centres, r1, side="left"))), r1 // patch) + 1
+    le = np.clip((2 * r0 - patch + 1) // (2 * patch) + 1, 0, m)  # centres <= r0
+    le = np.where(r0 >= n - 1, m, le)
+    lt = np.clip(-((-(2 * r1 - patch + 1)) // (2 * patch)), 0, m)  # centres < r1 (r1 <= n - 1)
+    p0 = np.minimum(np.maximum(0, le - 1), r0 // patch)
+    p1 = np.maximum(np.minimum(m - 1, lt), r1 // patch) + 1
     return p0, p1
+
+
+def _reflect_bounds(n: int, x: NDArray[np.int64], y: NDArray[np.int64]) -> tuple[NDArray[np.int64],
+                                                                                NDArray[np.int64]]:
+    """Smallest and largest frame pixel that positions ``x..y`` (inclusive) hold once
+    mirrored at the edges (:func:`asn2n_dask.blend.reflect_index`), without listing them:
+    the mirror is a tent, so an extreme is its 0 or ``n - 1`` when the range holds one,
+    else one of the range's ends."""
+    if n == 1:
+        return np.zeros_like(x), np.zeros_like(y)
+    period = 2 * (n - 1)
+
+    def mirror(j: NDArray[np.int64]) -> NDArray[np.int64]:
+        j = np.mod(j, period)
+        return np.where(j < n, j, period - j)
+
+    a, b = mirror(x), mirror(y)
+    whole = y - x + 1 >= period
+    lo = np.where(whole | (np.mod(-x, period) <= y - x), 0, np.minimum(a, b))
+    hi = np.where(whole | (np.mod(n - 1 - x, period) <= y - x), n - 1, np.maximum(a, b))
+    return lo, hi
+
+
+def axis_reads(n: int, start: NDArray[np.int64], stop: NDArray[np.int64], tile: int, stride: int,
+               patch: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """What windows ``[start, stop)`` of an axis of ``n`` pixels read, by arithmetic
+    alone (the same numbers as :func:`window_plan`, for any number of windows and any
+    axis length, without listing pixels).
+
+    Returns
+    -------
+    read0, read1 : ndarray of int64
+        The rows (or columns) ``[read0, read1)`` each window reads.
+    tiles : ndarray of int64
+        Tiles covering each window.
+    span : ndarray of int64
+        Extent of those tiles, in pixels.
+    """
+    start, stop = np.asarray(start, np.int64), np.asarray(stop, np.int64)
+    margin = (tile - stride) // 2
+    count = max(1, -(-n // stride))
+    k0 = np.maximum(0, -((-(start + margin - tile + 1)) // stride))
+    k1 = np.minimum(count - 1, (stop - 1 + margin) // stride)
+    first = k0 * stride - margin
+    end = k1 * stride - margin + tile
+    lo, hi = _reflect_bounds(n, first, end - 1)
+    p0, p1 = _patch_spans(n, lo, hi, patch)
+    return p0 * patch, np.minimum(p1 * patch, n), k1 - k0 + 1, end - first
 
 
 def window_fields(img: torch.Tensor, frame_shape: tuple[int, int], patches: tuple[tuple[int, int], tuple[int, int]],

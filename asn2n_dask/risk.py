@@ -55,7 +55,9 @@ class FrameStats:
 
     @property
     def span(self) -> float:
-        return max(self.hi - self.lo, np.finfo(np.float32).eps * max(1.0, abs(self.hi)))
+        """``hi - lo``, never narrower than float32 resolves at these values (relative:
+        data in units of 1e-9 keeps its own scale)."""
+        return max(self.hi - self.lo, float(np.finfo(np.float32).eps) * max(abs(self.hi), abs(self.lo), 1e-30))
 
     def to_dict(self) -> dict[str, float]:
         return {"lo": self.lo, "hi": self.hi}
