@@ -11,19 +11,21 @@ import math
 import os
 import time as _time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .axes import from_planes, parse_axes, to_planes
+from .blend import check_tile_frame
 from .checkpoint import ChannelModel, Model, save_model
 from .config import InferConfig, TrainConfig
 from .errors import InputError, ModelError
 from .predict import denoise_frame, network_fn, resolve_device
 from .risk import RiskReport, assess_risk, resolve_estimator
 from .sampling import ArrayPlanes, channel_noise
-from .stats import channel_stats
+from .stats import ChannelStats, channel_stats
 from .train import TrainResult, train_channel
 
 __all__ = ["fit", "denoise", "denoise_with_risk", "risk_summary", "check_image", "MIN_FRAME_SIDE", "Progress"]
@@ -58,7 +60,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         channel_names: Sequence[str] | None = None, device: str = "auto",
         progress: Progress | None = None, model_dir: str | os.PathLike[str] | None = None,
         channels: Sequence[str] | None = None, time: str | None = None, resume: bool = False,
-        workers: int = 0, client: Any = None) -> Model:
+        workers: int = 0, client: Any = None, series: int | None = None) -> Model:
     """Train one Adaptive-SN2N network per colour channel on noisy data itself.
 
     Patches are cut lazily (:mod:`asn2n_dask.sampling`), so a file of any size trains
@@ -97,6 +99,8 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         DataLoader worker processes cutting patches (0: in this process).
     client : distributed.Client or "sync", optional
         Files: where the statistics pass runs (default: in this process).
+    series : int, optional
+        TIFF files holding several image series: the one to read.
 
     Returns
     -------
@@ -122,7 +126,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         from .source import Selection, open_source
 
         paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-        sources = [open_source(p, axes) for p in paths]
+        sources = [open_source(p, axes, series=series) for p in paths]
         first = sources[0]
         sels = [Selection.parse(s, list(channels) if channels else None, time) for s in sources]
         def n_ch(s: Any, sel: Any) -> int:
@@ -144,12 +148,16 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
                                            if ax not in "TCYX"):
                 raise InputError(f"{s.path} has axes {s.axes} {s.shape}, unlike {first.path} ({first.axes} "
                                  f"{first.shape}); train on inputs with the same axes.")
-        stats_all = selection_stats(sources, sels, config.norm, client)
         c_idx = sels[0].indices(first)[first.axes.find("C")] if "C" in first.axes else np.array([0])
         names = list(first.meta.channel_names or [])
+        order = [_channel_order(first, sels[0], s, sel) for s, sel in zip(sources, sels)]
+        if any(o != list(range(len(o))) for o in order):  # every file's channels in the first file's order
+            sels = [replace(sel, channels=tuple(int(sel.indices(s)[s.axes.index("C")][k]) for k in o))
+                    for s, sel, o in zip(sources, sels, order)]
+        stats_all = selection_stats(sources, sels, config.norm, client)
         for j, c in enumerate(c_idx):
             name = names[int(c)] if len(names) > int(c) else str(int(c))
-            # the j-th selected channel of each file (files may order their channels differently)
+            # the channel of the same name in every file (by position where files name none)
             readers = [SourcePlanes.of(s, sel, int(sel.indices(s)[s.axes.index("C")][j]) if "C" in s.axes else 0)
                        for s, sel in zip(sources, sels)]
             items.append((name, readers, stats_all[j]))
@@ -172,7 +180,9 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
     done: list[ChannelModel] = []
     state: TrainState | None = None
     first_channel = 0
-    job = {"config": config.to_dict(), "data": [st.digest for _, _, st in items], "channels": [n for n, _, _ in items]}
+    # the data's histogram and content digests: a resumed training never mixes in changed or reordered data
+    job = {"config": config.to_dict(), "data": [[st.digest, st.content] for _, _, st in items],
+           "channels": [n for n, _, _ in items]}
     if resume and model_dir is not None:
         from .checkpoint import load_model, load_train_state
 
@@ -184,7 +194,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
                 raise InputError(f"the checkpoint in {model_dir} was made with other data or options; start "
                                  "again with --overwrite, or resume with the same command.")
             first_channel, state = saved[1], saved[2]
-            done = load_model(model_dir).channels[:first_channel]
+            done = load_model(model_dir, allow_unfinished=True).channels[:first_channel]
     t_start = _time.perf_counter()
 
     def as_channel(name: str, r: TrainResult) -> ChannelModel:
@@ -233,6 +243,27 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         save_model(model, model_dir)
         clear_train_state(model_dir)
     return model
+
+
+def _channel_order(first: Any, first_sel: Any, other: Any, sel: Any) -> list[int]:
+    """For each selected channel of the first training file, the position of the channel
+    of the same name among ``other``'s selected channels; by position where either file
+    names no channels."""
+    def selected_names(s: Any, se: Any) -> list[str]:
+        names = list(s.meta.channel_names or [])
+        if "C" not in s.axes or not names:
+            return []
+        return [names[int(i)] for i in se.indices(s)[s.axes.index("C")]]
+
+    a, b = selected_names(first, first_sel), selected_names(other, sel)
+    n = len(first_sel.indices(first)[first.axes.index("C")]) if "C" in first.axes else 1
+    if not a or not b:
+        return list(range(n))
+    missing = [x for x in a if x not in b]
+    if missing or len(set(b)) != len(b):
+        raise InputError(f"{other.path} has channels {', '.join(b)} but {first.path} has {', '.join(a)}; train on "
+                         "files with the same channel names (or select them with --channels).")
+    return [b.index(x) for x in a]
 
 
 def _rank() -> int:
@@ -329,7 +360,7 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
         Path form: :class:`asn2n_dask.pipeline.RunOptions` fields (``chunks``,
         ``dtype``, ``ome``, ``pyramid``, ``overwrite``) and the cluster (``scheduler``,
         ``workers``, ``threads``, ``memory_limit``; or ``cluster="slurm.yaml"``, ``jobs=8``
-        for batch jobs).
+        for batch jobs), and ``series`` (the series of a multi-series TIFF file).
 
     Returns
     -------
@@ -360,7 +391,7 @@ def _denoise_path(data: str | os.PathLike[str], output: Any, *, model: Any, conf
                   progress: Progress | None, client: Any, channels: Sequence[str] | None, time: str | None,
                   axes: str | None, scheduler: str | None = None, workers: int | None = None,
                   threads: int | None = None, memory_limit: str | None = None, cluster: Any = None,
-                  jobs: int | None = None, **opts: Any) -> Any:
+                  jobs: int | None = None, series: int | None = None, **opts: Any) -> Any:
     from .pipeline import RunOptions, run_pipeline
     from .source import Selection, open_source
 
@@ -372,7 +403,7 @@ def _denoise_path(data: str | os.PathLike[str], output: Any, *, model: Any, conf
         model_dir = str(output).rstrip("/") + ".model"
         save_model(model, model_dir)
         model = model_dir
-    src = open_source(data, axes)
+    src = open_source(data, axes, series=series)
     sel = Selection.parse(src, list(channels) if channels else None, time)
     return run_pipeline(src, output, model, selection=sel, options=RunOptions(infer=config, **opts), client=client,
                         scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
@@ -380,29 +411,48 @@ def _denoise_path(data: str | os.PathLike[str], output: Any, *, model: Any, conf
 
 
 def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | None = None,
-                      config: InferConfig = InferConfig(), progress: Progress | None = None
+                      config: InferConfig = InferConfig(), progress: Progress | None = None,
+                      stats: Sequence[ChannelStats] | None = None, channel_map: Sequence[int] | None = None
                       ) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
     """As :func:`denoise`, also returning the per-pixel risk classes (int8, same shape).
 
     Every frame of a channel is normalised with the statistics of the whole channel
     (:func:`asn2n_dask.stats.channel_stats`), as the chunked pipeline does.
+
+    Parameters
+    ----------
+    stats : sequence of ChannelStats, optional
+        One per channel of ``data``: statistics of more data than ``data`` holds (a file's
+        whole channel when ``data`` is a selection of its time points; see
+        :func:`asn2n_dask.pipeline.selection_stats`).  Default: ``data``'s own.
+    channel_map : sequence of int, optional
+        The model network for each channel of ``data``
+        (:func:`asn2n_dask.pipeline.channel_map`).  Default: by position, and the model
+        must have as many networks as ``data`` channels.
     """
     check_image(data)
     arr = np.asarray(data)
     ax = parse_axes(axes, arr.ndim)
     planes = to_planes(arr, ax)
-    if planes.shape[0] != model.n_channels:
-        raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has "
-                         f"{planes.shape[0]}; train a model on data with the same channels.")
+    check_tile_frame(config, planes.shape[-2:])
+    if channel_map is None:
+        if planes.shape[0] != model.n_channels:
+            raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has "
+                             f"{planes.shape[0]}; train a model on data with the same channels.")
+        channel_map = range(model.n_channels)
+    if len(channel_map) != planes.shape[0] or (stats is not None and len(stats) != planes.shape[0]):
+        raise ModelError(f"{planes.shape[0]} channel(s) to denoise but {len(channel_map)} networks and "
+                         f"{len(stats) if stats is not None else planes.shape[0]} statistics were given.")
     dev = resolve_device(config.device)
     out = np.empty(planes.shape, np.float32)
     risk = np.empty(planes.shape, np.int8)
     total, done = planes.shape[0] * planes.shape[1], 0
-    all_stats = channel_stats(planes, model.train.norm)
-    for c, ch in enumerate(model.channels):
+    all_stats = list(stats) if stats is not None else channel_stats(planes, model.train.norm)
+    for c, mc in enumerate(channel_map):
+        ch = model.channels[mc]
         fn = network_fn(ch.net, dev, config.precision, config.compile)
         for p in range(planes.shape[1]):
-            out[c, p], risk[c, p] = denoise_frame(planes[c, p], fn, stats=all_stats[c], norm=model.norm(c),
+            out[c, p], risk[c, p] = denoise_frame(planes[c, p], fn, stats=all_stats[c], norm=model.norm(mc),
                                                   infer=config, device=dev, multiple=model.multiple,
                                                   dataset_mode=ch.dataset_mode)
             done += 1
@@ -411,39 +461,107 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
     return from_planes(out, ax, arr.shape), from_planes(risk, ax, arr.shape)  # type: ignore[return-value]
 
 
-def risk_summary(data: NDArray[np.number], *, axes: str | None = None,
-                 config: TrainConfig = TrainConfig()) -> dict[str, object]:
-    """Risk classes of every frame, per channel, and the decision ``dataset`` mode takes.
+def risk_summary(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig(),
+                 channels: Sequence[str] | None = None, time: str | None = None, frames: int = 16,
+                 client: Any = None, series: int | None = None) -> dict[str, object]:
+    """Risk classes of sampled frames, per channel, as training and denoising classify
+    them, and the decision ``dataset`` mode takes.
+
+    Each channel's frames are classified on the channel's risk scale, from its
+    statistics over all its frames (the reduction pass denoising makes:
+    :func:`asn2n_dask.pipeline.selection_stats` for files), with the risk estimator
+    resolved once for the channel (:func:`asn2n_dask.sampling.channel_noise`), as
+    :func:`asn2n_dask.predict.denoise_window` does.  A file is read lazily: the
+    statistics pass streams over it, and only ``frames`` frames per channel are read
+    whole.
+
+    Parameters
+    ----------
+    data : ndarray or path
+        A frame or a stack named by ``axes`` in memory, or a TIFF / Zarr / OME-Zarr file.
+    axes : str, optional
+        As for :func:`fit` (files name their own unless given).
+    config : TrainConfig
+        Its ``norm`` (patch side, thresholds, estimator, percentiles) is used.
+    channels, time : optional
+        Files: channel names or indices (default all) and a time range ``"A:B"`` to
+        sample from; the statistics cover every time point, as denoising's do.
+    frames : int
+        Frames classified per channel, evenly spaced over its time points and planes.
+    client : distributed.Client or "sync", optional
+        Files: where the statistics pass runs (default: in this process).
+    series : int, optional
+        A TIFF file holding several image series: the one to read.
 
     Returns
     -------
     dict
-        ``{"channels": [{"weak_background", "sparse_bright", "high_risk", "patches",
-        "dataset_decision", "risk_estimator", "noise_sd"}...], "patch": int}`` with
-        ratios in [0, 1]; ``noise_sd`` is the pixel noise on the reference risk scale
-        that resolves the ``"auto"`` estimator (:func:`asn2n_dask.risk.resolve_estimator`).
+        ``{"axes", "patch", "dataset_ratio", "channels": [{"channel", "name", "frames",
+        "frames_total", "patches", "weak_background", "sparse_bright", "high_risk",
+        "dataset_decision", "risk_estimator", "noise_sd", "risk_scale"}...]}`` with
+        ratios in [0, 1] over the classified frames' patches; ``noise_sd`` is the pixel
+        noise on the reference risk scale that resolves the ``"auto"`` estimator
+        (:func:`asn2n_dask.risk.resolve_estimator`), ``risk_scale`` the channel's
+        ``[lo, hi]`` in input units mapped to [0, 1].
     """
-    check_image(data)
-    ax = parse_axes(axes, np.ndim(data))
-    planes = to_planes(np.asarray(data), ax)
+    from .risk import dataset_decision
+    from .sampling import PlaneReader, SourcePlanes
+    from .source import spread
+
+    if frames < 1:
+        raise InputError(f"frames must be at least 1; got {frames}.")
+    thr0 = config.norm.risk
+    # per channel: index, name, statistics, its frames as readers, the frames to classify
+    items: list[tuple[int, str, ChannelStats, list[PlaneReader], NDArray[Any]]] = []
+    if isinstance(data, (str, os.PathLike)):
+        from .pipeline import selection_stats
+        from .source import Selection, open_source, sample_planes
+
+        src = open_source(data, axes, series=series)
+        if np.dtype(src.dtype).kind not in "uif":
+            raise InputError(f"{src.path} has dtype {src.dtype}, which is not supported; convert it to an integer "
+                             "or float type.")
+        if min(src.frame_shape) < MIN_FRAME_SIDE:
+            raise InputError(f"{src.path} frames are {src.frame_shape}; frames must be at least {MIN_FRAME_SIDE}x"
+                             f"{MIN_FRAME_SIDE} pixels.")
+        sel = Selection.parse(src, list(channels) if channels else None, time)
+        stats = selection_stats([src], [sel], config.norm, client)
+        ax = src.axes
+        picked = [int(c) for c in sel.indices(src)[ax.index("C")]] if "C" in ax else [0]
+        for j, c in enumerate(picked):
+            one = Selection(channels=(c,), time=sel.time) if "C" in ax else sel
+            sampled, names = sample_planes(src, one, frames)  # only these frames are read whole
+            items.append((c, names[0], stats[j], [SourcePlanes.of(src, sel, c)], sampled[0]))
+    else:
+        if channels or time is not None:
+            raise InputError("channel and time selections apply to file inputs only; index the array instead.")
+        check_image(data)
+        ax = parse_axes(axes, np.ndim(data))
+        planes = to_planes(np.asarray(data), ax)
+        stats = channel_stats(planes, config.norm)
+        for c in range(planes.shape[0]):
+            items.append((c, str(c), stats[c], [ArrayPlanes(planes[c])],
+                          planes[c][spread(planes.shape[1], frames)]))
     out = []
-    stats = channel_stats(planes, config.norm)
-    for c in range(planes.shape[0]):
-        # one estimator per channel, decided as training decides it
-        noise = channel_noise([ArrayPlanes(planes[c])], stats[c], config.norm.risk)
-        thr = resolve_estimator(config.norm.risk, noise)
-        reports: list[RiskReport] = [assess_risk(f, thresholds=thr) for f in planes[c]]
+    for c, name, st, readers, sampled in items:
+        # one estimator per channel and the channel's risk scale, as training and denoising decide them
+        noise = channel_noise(readers, st, thr0)
+        thr = resolve_estimator(thr0, noise)
+        scale = st.risk_scale(thr)
+        reports: list[RiskReport] = [assess_risk(f, thresholds=thr, stats=scale) for f in sampled]
         maps = np.concatenate([r.risk_map.ravel() for r in reports])
         out.append({
             "channel": c,
+            "name": name,
             "risk_estimator": thr.estimator,
             "noise_sd": noise,
+            "risk_scale": [scale.lo, scale.hi],
             "frames": len(reports),
+            "frames_total": sum(r.n_planes for r in readers),
             "patches": int(maps.size),
             "weak_background": float(np.mean(maps == 1)),
             "sparse_bright": float(np.mean(maps == 2)),
             "high_risk": float(np.mean(maps != 0)),
-            "dataset_decision": "global" if np.mean(maps != 0) > thr.dataset_ratio else "local",
+            "dataset_decision": dataset_decision(reports, thr),
         })
-    thr = config.norm.risk
-    return {"patch": thr.patch, "dataset_ratio": thr.dataset_ratio, "channels": out}
+    return {"axes": ax, "patch": thr0.patch, "dataset_ratio": thr0.dataset_ratio, "channels": out}

@@ -149,19 +149,44 @@ def save_model(model: Model, directory: str | os.PathLike[str], *, complete: boo
     return path
 
 
+def _marked_unfinished(path: Path) -> bool:
+    """Whether a readable model.json says its training has not finished (a malformed one
+    is left to the full check)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("complete", True) is False
+
+
+def _progress_of(directory: Path) -> str:
+    """How far an unfinished training got, in words."""
+    try:
+        doc = json.loads((directory / "model.json").read_text())
+        total = int(doc["train"]["steps"])
+        chans = doc["channels"]
+        last = chans[-1]
+        where = f" in channel {len(chans)}" if len(chans) > 1 else ""
+        return f"step {int(last.get('steps', 0))} of {total}{where}, {len(chans) - 1} channel(s) finished before it"
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return "its progress is unreadable"
+
+
 def model_is_complete(directory: str | os.PathLike[str]) -> bool:
     """Whether a model directory holds a finished model (not a training checkpoint)."""
     try:
         return bool(json.loads((Path(directory) / "model.json").read_text()).get("complete", True))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError, AttributeError):
         return False
 
 
-def load_model(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Model:
+def load_model(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+               allow_unfinished: bool = False) -> Model:
     """Read a model directory written by :func:`save_model`.
 
     Weights are read with safetensors (no code is ever unpickled) and checked against
-    the SHA-256 recorded in ``model.json``.
+    the SHA-256 recorded in ``model.json``.  A checkpoint of a training that has not
+    finished is refused unless ``allow_unfinished``.
 
     Raises
     ------
@@ -172,30 +197,14 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
     path = d / "model.json"
     if not path.is_file():
         raise ModelError(f"no model at {d}: model.json is missing; train one with 'asn2n fit'.")
-    try:
-        doc = json.loads(path.read_text())
-        if doc.get("format") != MODEL_FORMAT:
-            raise ModelError(f"{path} is not an asn2n-dask model (format {doc.get('format')!r}).")
-        if int(doc.get("format_version", -1)) > FORMAT_VERSION:
-            raise ModelError(f"{path} was written by a newer asn2n-dask (format {doc['format_version']}); "
-                             "upgrade the package.")
-        train = TrainConfig.from_dict(doc["train"])
-        entries = doc["channels"]
-        if not isinstance(entries, list) or not entries:
-            raise ModelError(f"{path} lists no channel networks.")
-        # models from before the choice was kept per channel used the configured estimator
-        default_estimator = train.norm.risk.estimator if train.norm.risk.estimator != "auto" else "reference"
-        for e in entries:
-            if e.get("risk_estimator", default_estimator) not in ("reference", "noise-aware"):
-                raise ModelError(f"{path} names an unknown risk estimator {e.get('risk_estimator')!r}.")
-    except ModelError:
-        raise
-    except (KeyError, TypeError, ValueError, ConfigError) as err:
-        raise ModelError(f"{path} is malformed ({err}); re-train the model with 'asn2n fit'.") from None
+    if not allow_unfinished and _marked_unfinished(path):
+        raise ModelError(f"the model in {d} is a checkpoint of a training that did not finish ({_progress_of(d)}); "
+                         "finish it with 'asn2n fit ... --resume', or pass --allow-unfinished to use it as it is.")
+    doc, train, fields = _read_model_json(path)
     channels: list[ChannelModel] = []
-    for e in entries:
+    for e, f in zip(doc["channels"], fields):
         try:
-            wpath = d / Path(str(e["weights"])).name
+            wpath = d / Path(e["weights"]).name
             if not wpath.is_file():
                 raise ModelError(f"weights {wpath} listed in {path} are missing.")
             if _sha256(wpath) != e["sha256"]:
@@ -206,15 +215,117 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
         except ModelError:
             raise
         except Exception as exc:  # safetensors / torch errors on a bad file
-            raise ModelError(f"cannot load weights from {d} ({type(exc).__name__}: {exc}).") from None
-        channels.append(ChannelModel(
-            name=str(e.get("name", len(channels))), net=net.to(device).eval(),
-            stats=FrameStats.from_dict(e["stats"]), dataset_mode=str(e.get("dataset_mode", "local")),
-            high_risk_ratio=float(e.get("high_risk_ratio", 0.0)),
-            risk_estimator=str(e.get("risk_estimator", default_estimator)), steps=int(e.get("steps", 0)),
-            best_step=e.get("best_step"), seconds=float(e.get("seconds", 0.0)),
-            history=list(e.get("history", [])), extra=dict(e.get("training") or {})))
+            why = " ".join(str(exc).split())
+            why = why if len(why) <= 200 else why[:197] + "..."
+            raise ModelError(f"cannot load weights from {d} ({type(exc).__name__}: {why}); re-train the model with "
+                             "'asn2n fit' or restore it.") from None
+        channels.append(ChannelModel(net=net.to(device).eval(), **f))
     return Model(train=train, channels=channels, info=dict(doc.get("provenance") or {}))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_model_json(path: Path) -> tuple[dict[str, Any], TrainConfig, list[dict[str, Any]]]:
+    """``model.json`` read and every field checked: the document, the training options
+    and, per channel, the :class:`ChannelModel` fields besides the network.
+
+    Raises
+    ------
+    ModelError
+        Naming the field that is missing, of the wrong type or out of range.
+    """
+    import math
+    from numbers import Integral, Real
+
+    def bad(field: str, expected: str, got: Any) -> ModelError:
+        return ModelError(f"{path}: {field} must be {expected}, not {_short(got)}; re-train the model with 'asn2n "
+                          "fit' or restore its model.json.")
+
+    def integer(field: str, v: Any, low: int = 0) -> int:
+        if not isinstance(v, Integral) or isinstance(v, bool) or v < low:
+            raise bad(field, f"an integer >= {low}", v)
+        return int(v)
+
+    def real(field: str, v: Any, low: float = 0.0, high: float = math.inf) -> float:
+        try:
+            ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and low <= float(v) <= high
+        except OverflowError:  # an integer too large for a float
+            ok = False
+        if not ok:
+            raise bad(field, f"a number in [{low}, {high}]", v)
+        return float(v)
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelError(f"{path} cannot be read ({type(err).__name__}); restore the model or re-train it with "
+                         "'asn2n fit'.") from None
+    except (ValueError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else "not valid JSON"
+        raise ModelError(f"{path} is {why}; restore the model or re-train it with 'asn2n fit'.") from None
+    if not isinstance(doc, dict):
+        raise ModelError(f"{path} must hold a JSON object, not {type(doc).__name__}; restore the model or re-train "
+                         "it with 'asn2n fit'.")
+    if doc.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path} is not an asn2n-dask model (format {_short(doc.get('format'))}).")
+    version = integer("format_version", doc.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise ModelError(f"{path} was written by a newer asn2n-dask (format {version}); upgrade the package.")
+    if not isinstance(doc.get("train"), dict):
+        raise bad("train", "an object of training options", doc.get("train"))
+    try:
+        train = TrainConfig.from_dict(doc["train"])
+    except (ConfigError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise ModelError(f"{path}: field train is not valid ({' '.join(str(err).split()).rstrip('.')}); re-train "
+                         "the model with 'asn2n fit' or restore its model.json.") from None
+    entries = doc.get("channels")
+    if not isinstance(entries, list) or not entries:
+        raise bad("channels", "a non-empty list of channel networks", entries)
+    if not isinstance(doc.get("provenance", {}), (dict, type(None))):
+        raise bad("provenance", "an object", doc.get("provenance"))
+    # models from before the choice was kept per channel used the configured estimator
+    default_estimator = train.norm.risk.estimator if train.norm.risk.estimator != "auto" else "reference"
+    fields = []
+    for i, e in enumerate(entries):
+        at = f"channels[{i}]"
+        if not isinstance(e, dict):
+            raise bad(at, "an object", e)
+        name = e.get("name", str(i))
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise bad(f"{at}.name", "a string", name)
+        for key in ("weights", "sha256"):
+            if not isinstance(e.get(key), str) or not e[key]:
+                raise bad(f"{at}.{key}", "a string", e.get(key))
+        stats = e.get("stats")
+        if not isinstance(stats, dict):
+            raise bad(f"{at}.stats", "an object with lo and hi", stats)
+        lo, hi = (real(f"{at}.stats.{k}", stats.get(k), -math.inf) for k in ("lo", "hi"))
+        if hi < lo:
+            raise bad(f"{at}.stats", "lo <= hi", stats)
+        mode = e.get("dataset_mode", "local")
+        if mode not in ("local", "global"):
+            raise bad(f"{at}.dataset_mode", "local or global", mode)
+        estimator = e.get("risk_estimator", default_estimator)
+        if estimator not in ("reference", "noise-aware"):
+            raise ModelError(f"{path} names an unknown risk estimator {_short(estimator)} ({at}.risk_estimator); "
+                             "re-train the model with 'asn2n fit'.")
+        best = e.get("best_step")
+        history = e.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise bad(f"{at}.history", "a list of objects", history)
+        extra = e.get("training") or {}
+        if not isinstance(extra, dict):
+            raise bad(f"{at}.training", "an object", extra)
+        fields.append({
+            "name": str(name), "stats": FrameStats(lo=lo, hi=hi), "dataset_mode": mode,
+            "high_risk_ratio": real(f"{at}.high_risk_ratio", e.get("high_risk_ratio", 0.0), 0.0, 1.0),
+            "risk_estimator": estimator, "steps": integer(f"{at}.steps", e.get("steps", 0)),
+            "best_step": None if best is None else integer(f"{at}.best_step", best),
+            "seconds": real(f"{at}.seconds", e.get("seconds", 0.0)), "history": list(history), "extra": dict(extra)})
+    return doc, train, fields
 
 
 STATE_JSON = "train-state.json"

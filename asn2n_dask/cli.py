@@ -7,9 +7,11 @@ exit status 2; nothing is written and the input is never touched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -44,16 +46,63 @@ def friendly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import click
+
         try:
             return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+            raise
         except Asn2nError as e:
             _fail(str(e))
-        except KeyboardInterrupt:
-            typer.echo("interrupted. A .tif output was not written; a .zarr run keeps its finished chunks: run "
-                       "the same command again to resume.", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:
+            what = "terminated" if isinstance(e, Terminated) else "interrupted"
+            typer.echo(f"{what}. A .tif output was not written; a .zarr run keeps its finished chunks: run the same "
+                       "command again to resume.", err=True)
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+        except PermissionError as e:
+            _fail(f"permission denied on {e.filename or e}; choose a path you can write to (the input is never "
+                  "written).")
+        except MemoryError:
+            _fail("out of memory; write a .zarr output (computed chunk by chunk), or use smaller --chunks or "
+                  "--tile-batch.")
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                _fail(f"the disk is full ({e.filename or e.strerror}); free space and run the same command again.")
+            _unexpected(e)
+        except Exception as e:  # not one of ours: one sentence, the traceback in a file
+            _unexpected(e)
 
     return wrapper  # type: ignore[return-value]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit) received: stop as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _unexpected(e: BaseException) -> None:
+    """An error the package did not raise on purpose: one sentence on stderr (exit status
+    1), the traceback in a log file for the bug report; ``-vv`` shows it instead."""
+    import tempfile
+    import traceback
+
+    if state.get("verbose", 0) >= 2:
+        raise e
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    try:
+        fd, name = tempfile.mkstemp(prefix="asn2n-error-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"asn2n-dask {__version__}\n{' '.join(sys.argv)}\n\n{text}")
+        where = f"the details are in {name}"
+    except OSError:
+        where = "run again with -vv for the details"
+    first = str(e).splitlines()[0][:300] if str(e) else ""
+    typer.echo(f"error: unexpected {type(e).__name__}{': ' + first if first else ''}; {where}. This is a bug or an "
+               "input this version cannot handle: please report it with that file.", err=True)
+    raise typer.Exit(1)
 
 
 @contextlib.contextmanager
@@ -86,7 +135,10 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
 @app.callback()
 def main(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors; no progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and what a command is asked "
+                                        "for (asn2n risk's table or JSON, a --dry-run plan): no progress bars, "
+                                        "warnings, notes, hints or result lines; the exit status tells success "
+                                        "(0) from failure.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     """Adaptive-SN2N denoising. Run 'asn2n COMMAND --help' for a command's options and examples."""
@@ -102,6 +154,16 @@ def main(
         pkg.addHandler(h)
     logging.getLogger("distributed").setLevel(logging.ERROR if verbose < 2 else logging.INFO)
     state["quiet"] = quiet
+    if quiet:
+        import warnings
+
+        warnings.simplefilter("ignore")  # libraries' warnings are not errors
+    state["verbose"] = verbose
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # a clean stop on SIGTERM, as on Ctrl-C
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 state: dict[str, Any] = {"quiet": False}
@@ -127,19 +189,22 @@ RiskOpt = Annotated[str, typer.Option("--risk-estimator", help="Risk classes: au
                                       "noise-aware), reference (the published rule) or noise-aware (for raw "
                                       "low-photon camera frames).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (initialisation, sampling, augmentation).")]
-PatchOpt = Annotated[int, typer.Option("--patch", help="Training patch side in pixels.")]
-BatchOpt = Annotated[int, typer.Option("--batch", help="Training patches per step.")]
+PatchOpt = Annotated[int, typer.Option("--patch", help="Training patch side in pixels, at most 1024 (and the "
+                                       "frame).")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Training patches per step, 1 to 4096.")]
 LossOpt = Annotated[str, typer.Option("--loss", help="Twin-to-twin loss: l1 or l2.")]
 LambdaOpt = Annotated[float, typer.Option("--consistency", help="Weight of the consistency term |f(A)-f(B)|.")]
-TileOpt = Annotated[int, typer.Option("--tile", help="Inference tile side in pixels.")]
-TileBatchOpt = Annotated[int, typer.Option("--tile-batch", min=1, help="Tiles per network call when denoising "
-                                           "(larger is faster on a GPU, up to its memory).")]
+TileOpt = Annotated[int, typer.Option("--tile", help="Inference tile side in pixels, 8 to 4096 (and at most twice "
+                                     "the frame's longer side).")]
+TileBatchOpt = Annotated[int, typer.Option("--tile-batch", min=1, help="Tiles per network call when denoising, up "
+                                           "to 4096 (larger is faster on a GPU, up to its memory).")]
 CompileNetOpt = Annotated[bool, typer.Option("--compile", help="On a GPU, compile the network (torch.compile): "
                                              "about twice as fast after a minute of compilation per worker; "
                                              "worth it for long runs.")]
 InferPrecisionOpt = Annotated[str, typer.Option("--infer-precision", help="Network arithmetic when denoising on "
                                                 "a GPU: bf16 or fp32 (the CPU always uses fp32).")]
-OverlapOpt = Annotated[float, typer.Option("--overlap", help="Tile overlap fraction in [0, 1).")]
+OverlapOpt = Annotated[float, typer.Option("--overlap", help="Tile overlap fraction in [0, 0.9], tiles at least "
+                                           "2 pixels apart.")]
 BlendOpt = Annotated[str, typer.Option("--blend", help="Tile blending: gaussian, uniform or none.")]
 InferOnOpt = Annotated[str, typer.Option("--infer-on", help="Apply the network to the frame's twins "
                                           "(averaged; the domain it was trained on) or to the raw frame.")]
@@ -150,27 +215,59 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="Output dtype: float32, o
                                        "dtype (rounded and clipped).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 AxesOpt = Annotated[str | None, typer.Option("--axes", help="Axis letters when the file does not name them, "
-                                             "e.g. TCYX.")]
+                                             "e.g. TCYX (a file's own T, C, Z, Y and X stand: --axes may name only "
+                                             "what it leaves unnamed).")]
+SeriesOpt = Annotated[int | None, typer.Option("--series", help="A TIFF file holding several image series (e.g. a "
+                                               "thumbnail and the stack): the one to use, from 0 (required then).")]
 ChannelOpt = Annotated[list[str] | None, typer.Option("--channel", "-c", help="Channel to process, by name or "
                                                     "index (repeat for several; default all).")]
 TimeOpt = Annotated[str | None, typer.Option("--time", help="Time points to process, as start:stop (e.g. 0:100).")]
 ChunksOpt = Annotated[str | None, typer.Option("--chunks", help="Zarr output: chunk side in Y and X, e.g. 1024 "
-                                              "or 512x1024 (default: the input's, 1024 to 2048). One task per chunk.")]
+                                              "or 512x1024, at least 16 (default: the input's, 1024 to 2048). One "
+                                              "task per chunk.")]
 OmeOpt = Annotated[str, typer.Option("--ome", help="Zarr output: OME-Zarr 0.5 (Zarr v3) or 0.4 (Zarr v2).")]
 PyramidOpt = Annotated[int, typer.Option("--pyramid", min=0, max=10, help="Zarr output: extra downsampled "
-                                         "levels for viewing.")]
+                                         "levels for viewing (none smaller than 16 pixels).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (chunks, halo, tasks, bytes, memory) "
                                          "and exit.")]
-SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Zarr output: address (tcp://host:8786) or "
-                                                  "scheduler file of a running Dask cluster (default: start a "
-                                                  "local one).")]
+def _checked(check: str, default: Any = None) -> Callable[[Any], Any]:
+    """An option callback that runs ``asn2n_dask.<module>.<function>`` (``check``) on a
+    given value other than ``default``, so that a bad cluster option is refused in one
+    sentence before any work (training included) starts."""
+
+    def callback(value: Any) -> Any:
+        if value is not None and value != default:
+            import importlib
+
+            module, function = check.rsplit(".", 1)
+            try:
+                getattr(importlib.import_module(f"asn2n_dask.{module}"), function)(value)
+            except Asn2nError as e:
+                _fail(str(e))
+        return value
+
+    return callback
+
+
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", callback=_checked("cluster.check_scheduler"),
+                                                  help="Zarr output: address (tcp://host:8786) or scheduler file "
+                                                  "(written by 'dask scheduler --scheduler-file FILE.json') of a "
+                                                  "running Dask cluster (default: start a local one).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", min=1, help="Local cluster: worker processes.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Local cluster: threads per worker.")]
-ClusterOpt = Annotated[Path | None, typer.Option("--cluster", help="Zarr output: a SLURM/PBS/LSF profile (YAML, "
-                                                  "see cluster/) to run on batch jobs.")]
+ClusterOpt = Annotated[Path | None, typer.Option("--cluster", callback=_checked("hpc.load_profile"),
+                                                  help="Zarr output: a SLURM/PBS/LSF profile (YAML, see cluster/) "
+                                                  "to run on batch jobs.")]
 JobsOpt = Annotated[int | None, typer.Option("--jobs", min=1, help="With --cluster: at most this many batch jobs.")]
-MemoryOpt = Annotated[str | None, typer.Option("--memory-limit", help="Local cluster: memory per worker, e.g. "
-                                               "4GiB.")]
+MemoryOpt = Annotated[str | None, typer.Option("--memory-limit", callback=_checked("cluster.check_memory_limit"),
+                                               help="Local cluster: memory per worker, e.g. 4GiB (at least "
+                                               "256MiB).")]
+DashboardOpt = Annotated[str, typer.Option("--dashboard-address",
+                                           callback=_checked("cluster.check_dashboard_address", "127.0.0.1:0"),
+                                           help="Local cluster or --cluster: where the Dask dashboard listens, "
+                                           "HOST:PORT (default: a free port on this machine only, reached through "
+                                           "an SSH tunnel; :8787 exposes it to the network). The scheduler of a "
+                                           "local cluster always listens on this machine only.")]
 
 
 def _train_config(preset: str, steps: int, norm: str, seed: int, patch: int, batch: int, loss: str,
@@ -192,16 +289,10 @@ def _infer_config(tile: int, overlap: float, blend: str, infer_on: str, device: 
                        compile=compile_net)
 
 
-def _read(path: Path, axes: str | None) -> tuple[np.ndarray, Any]:
-    from dataclasses import replace
-
-    from .axes import parse_axes
+def _read(path: Path, axes: str | None, series: int | None = None) -> tuple[np.ndarray, Any]:
     from .io import read_image
 
-    data, meta = read_image(path)
-    if axes is not None:
-        meta = replace(meta, axes=parse_axes(axes, data.ndim))
-    return data, meta
+    return read_image(path, series=series, axes=axes)
 
 
 def _check_model_dir(path: Path, overwrite: bool) -> None:
@@ -216,45 +307,53 @@ def _provenance(kind: str, **fields: Any) -> dict[str, Any]:
     return {"package": "asn2n-dask", "version": __version__, "command": kind, **fields}
 
 
-def _channel_names(meta: Any, n: int) -> list[str]:
-    return list(meta.channel_names) if meta.channel_names and len(meta.channel_names) == n else \
-        [str(i) for i in range(n)]
-
-
 # ---------------------------------------------------------------- commands
 @app.command()
 @friendly
 def risk(
-    input: Annotated[Path, typer.Argument(help="TIFF or Zarr image.", show_default=False)],
+    input: Annotated[Path, typer.Argument(help="TIFF or Zarr image (read lazily).", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     patch: Annotated[int, typer.Option("--patch", help="Risk patch side in pixels.")] = 64,
     risk_estimator: RiskOpt = "auto",
+    frames: Annotated[int, typer.Option("--frames", help="Frames classified per channel, evenly spaced over its "
+                                        "time points and planes (only these are read whole).")] = 16,
+    channel: ChannelOpt = None,
+    time: TimeOpt = None,
     axes: AxesOpt = None,
+    series: SeriesOpt = None,
 ) -> None:
     """Summarise the risk classes of an image's patches, per channel.
 
-    Prints the share of weak-background and sparse-bright patches, the normalisation
-    the 'dataset' mode would choose, and the risk estimator used for each channel
-    with the pixel noise that decided it ('auto').
+    Classifies up to --frames evenly spaced frames per channel as training and
+    denoising do: on the channel's risk scale, from its statistics over all its frames
+    (the pass denoising makes), with one risk estimator per channel.  Prints the share
+    of weak-background and sparse-bright patches, the normalisation the 'dataset' mode
+    would choose, how many frames were classified, and the risk estimator with the
+    pixel noise that decided it ('auto').
 
-    Example: asn2n risk cells.tif --json
+    Example: asn2n risk movie.zarr --channel mito --time 0:100 --frames 32 --json
     """
     from .api import risk_summary
     from .config import NormConfig, RiskThresholds, TrainConfig
 
-    data, meta = _read(input, axes)
-    summary = risk_summary(data, axes=meta.axes,
+    if frames < 1:
+        raise ConfigError(f"--frames must be at least 1; got {frames}.")
+    if not input.exists():
+        raise InputError(f"input {input} does not exist.")
+    summary = risk_summary(input, axes=axes, channels=channel, time=time, frames=frames, series=series,
                            config=TrainConfig(norm=NormConfig(risk=RiskThresholds(
                                patch=patch, estimator=risk_estimator))))  # type: ignore[arg-type]
     if as_json:
-        typer.echo(json.dumps({"input": str(input), "axes": meta.axes, **summary}, indent=2))
+        typer.echo(json.dumps({"input": str(input), **summary}, indent=2))
         return
-    typer.echo(f"{input}: axes {meta.axes}, {patch}x{patch} patches")
-    typer.echo(f"{'channel':>8} {'frames':>7} {'patches':>8} {'weak bg':>8} {'sparse':>8} {'high-risk':>10}  "
+    typer.echo(f"{input}: axes {summary['axes']}, {patch}x{patch} patches, classified on each channel's statistics "
+               "(frames: classified / in the channel)")
+    typer.echo(f"{'channel':>8} {'frames':>11} {'patches':>8} {'weak bg':>8} {'sparse':>8} {'high-risk':>10}  "
                f"{'dataset mode':<13} {'estimator':<12} noise sd")
     channels: list[dict[str, Any]] = summary["channels"]  # type: ignore[assignment]
     for c in channels:
-        typer.echo(f"{c['channel']:>8} {c['frames']:>7} {c['patches']:>8} {c['weak_background']:>8.1%} "
+        seen = f"{c['frames']}/{c['frames_total']}"
+        typer.echo(f"{c['name']:>8} {seen:>11} {c['patches']:>8} {c['weak_background']:>8.1%} "
                    f"{c['sparse_bright']:>8.1%} {c['high_risk']:>10.1%}  {c['dataset_decision']:<13} "
                    f"{c['risk_estimator']:<12} {c['noise_sd']:.4f}")
 
@@ -296,6 +395,7 @@ def fit(
                                               "are slow).")] = False,
     device: DeviceOpt = "auto",
     axes: AxesOpt = None,
+    series: SeriesOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train one network per colour channel on the noisy data itself (no clean images needed).
@@ -319,7 +419,6 @@ def fit(
     import os
     from dataclasses import replace
 
-    from .api import fit as fit_fn
     from .checkpoint import model_is_complete
 
     cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency, risk_estimator)
@@ -341,6 +440,24 @@ def fit(
     for p in inputs:
         if not p.exists():
             raise InputError(f"input {p} does not exist.")
+    _check_model_out(model_dir, inputs)
+    with contextlib.ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) == 0:  # one lock for a data-parallel run: rank 0 writes the model
+            from .io import output_lock
+
+            stack.enter_context(output_lock(model_dir))
+        _fit_locked(inputs, model_dir, cfg, picked, time=time, resume=resume, overwrite=overwrite, device=device,
+                    axes=axes, loader_workers=loader_workers, series=series)
+
+
+def _fit_locked(inputs: list[Path], model_dir: Path, cfg: Any, picked: list[str] | None, *, time: str | None,
+                resume: bool, overwrite: bool, device: str, axes: str | None, loader_workers: int,
+                series: int | None = None) -> None:
+    """'asn2n fit' once the model directory is locked."""
+    import os
+
+    from .api import fit as fit_fn
+
     if overwrite and not resume and model_dir.is_dir() and int(os.environ.get("RANK", "0")) == 0:
         from .checkpoint import clear_train_state
 
@@ -350,11 +467,12 @@ def fit(
     with _distributed(device) as (dev, rank):
         with progress_bar(not state["quiet"] and rank == 0) as bar:
             model = fit_fn([str(p) for p in inputs], axes=axes, config=cfg, device=dev, progress=bar,
-                           model_dir=model_dir, channels=picked, time=time, resume=resume, workers=loader_workers)
+                           model_dir=model_dir, channels=picked, time=time, resume=resume, workers=loader_workers,
+                           series=series)
     if rank == 0:
         for ch in model.channels:
-            typer.echo(_channel_line(ch))
-        typer.echo(f"model written to {model_dir} (training curves and montages beside it)")
+            _info(_channel_line(ch))
+        _info(f"model written to {model_dir} (training curves and montages beside it)")
 
 
 def _channel_line(ch: Any) -> str:
@@ -414,73 +532,116 @@ def _is_zarr_out(output: Path) -> bool:
     return True
 
 
-def _select_array(data: np.ndarray, meta: Any, channel: list[str] | None, time: str | None) -> tuple[np.ndarray, Any]:
-    """Apply --channel/--time to an in-memory image (TIFF output route)."""
+def _open_selection(input: Path, axes: str | None, channel: list[str] | None, time: str | None,
+                    series: int | None = None) -> tuple[Any, Any]:
+    """The input described (not read) and the --channel/--time selection, as every route takes them."""
+    from .pipeline import check_source
+    from .source import Selection, open_source
+
+    src = open_source(input, axes, series=series)
+    check_source(src)
+    return src, Selection.parse(src, channel, time)
+
+
+def _denoise_to(input: Path, output: Path, model: Any, src: Any, sel: Any, infer: Any, dtype: str,
+                overwrite: bool, extra: dict[str, Any]) -> None:
+    """The ``.tif`` output route: the selection in memory, with the ``.zarr`` route's rules.
+
+    The network of each channel (:func:`asn2n_dask.pipeline.channel_map`) and the
+    channel statistics (over all time points, :func:`asn2n_dask.pipeline.selection_stats`)
+    are decided as the chunked pipeline decides them, so both routes give the same numbers.
+    """
     from dataclasses import replace
 
-    from .source import Selection, Source
-
-    if not channel and time is None:
-        return data, meta
-    src = Source(meta.source, meta.format, "", meta.axes, data.shape, data.shape, str(data.dtype), meta)
-    sel = Selection.parse(src, channel, time)
-    idx = sel.indices(src)
-    out = data[np.ix_(*idx)]
-    names = meta.channel_names
-    if names and sel.channels is not None:
-        meta = replace(meta, channel_names=tuple(names[i] for i in sel.channels))
-    return out, meta
-
-
-def _denoise_to(input: Path, output: Path, model: Any, data: np.ndarray, meta: Any, infer: Any, dtype: str,
-                overwrite: bool, extra: dict[str, Any]) -> None:
-    from .api import denoise as denoise_fn
-    from .io import cast_output, write_image
+    from .api import denoise_with_risk
+    from .io import cast_output, output_lock, write_image
+    from .pipeline import channel_map, missing_note, selection_stats
+    from .source import read_selection
 
     if dtype not in ("input", "float32"):
         raise InputError(f"--dtype must be float32 or input; got {dtype!r}.")
-    with progress_bar(not state["quiet"]) as bar:
-        out = denoise_fn(data, model, axes=meta.axes, config=infer, progress=bar)
-    if dtype == "input":
-        out = cast_output(out, data.dtype)
-    prov = _provenance("denoise", input=str(input), infer=infer.to_dict(), **extra)
-    write_image(output, out, meta, overwrite=overwrite, attrs=prov)
-    typer.echo(f"denoised {input} -> {output}")
+    cmap = channel_map(src, sel, model)  # before reading any pixel
+    with output_lock(output):
+        note, gaps = missing_note(src)
+        if note:
+            _info(note, err=True)
+        data = read_selection(src, sel)
+        with progress_bar(not state["quiet"]) as bar:
+            bar("statistics", 0, 1)
+            stats = selection_stats([src], [sel], model.train.norm)
+            bar("statistics", 1, 1)
+            out = denoise_with_risk(data, model, axes=src.axes, config=infer, progress=bar, stats=stats,
+                                    channel_map=cmap)[0]
+        if dtype == "input":
+            out = cast_output(out, data.dtype)
+        names = src.meta.channel_names
+        meta = src.meta
+        if names and sel.channels is not None:
+            meta = replace(meta, channel_names=tuple(names[i] for i in sel.channels))
+        prov = _provenance("denoise", input=str(input), infer=infer.to_dict(), selection=sel.to_dict(),
+                           channel_map=list(cmap), stats=[s.to_dict() for s in stats], input_missing_chunks=gaps,
+                           **extra)
+        write_image(output, out, meta, overwrite=overwrite, attrs=prov)
+    _info(f"denoised {input} -> {output}")
     _report_hint(input, output)
+
+
+def _check_model_out(model_dir: Path, inputs: list[Path]) -> None:
+    """Refuse a model directory that is, holds or lies inside an input."""
+    from .io import paths_overlap
+
+    for p in inputs:
+        if paths_overlap(model_dir, p):
+            raise OutputError(f"model directory {model_dir} is, contains or lies inside the input {p}; choose "
+                              "another directory (the input is never written).")
+
+
+def _info(message: str, *, err: bool = False) -> None:
+    """Print an informational line (a result, a note, a hint) on stdout (``err``: stderr),
+    unless -q was given.
+
+    What a command is asked to print (``asn2n risk``'s table or JSON, a ``--dry-run``
+    plan, ``--version``) goes through ``typer.echo`` directly, and errors through
+    :func:`friendly`: -q silences neither.
+    """
+    if not state["quiet"]:
+        typer.echo(message, err=err)
 
 
 def _report_hint(input: Path, output: Path) -> None:
     report_dir = output.with_name(output.stem + "-report")
-    typer.echo(f"to check the result: asn2n report {input} {output} -o {report_dir}", err=True)
+    _info(f"to check the result: asn2n report {input} {output} -o {report_dir}", err=True)
 
 
 def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, channel: list[str] | None,
               time: str | None, infer: Any, chunks: str | None, dtype: str, ome: str, pyramid: int,
               overwrite: bool, dry_run: bool, scheduler: str | None, workers: int | None, threads: int | None,
               memory_limit: str | None, extra: dict[str, Any], cluster: Path | None = None,
-              jobs: int | None = None) -> None:
+              jobs: int | None = None, dashboard_address: str | None = None, allow_unfinished: bool = False,
+              series: int | None = None) -> None:
     """Chunked, resumable denoising into OME-Zarr on a Dask cluster."""
     from .checkpoint import load_model
     from .pipeline import RunOptions, make_plan, run_pipeline
     from .source import Selection, open_source
 
-    src = open_source(input, axes)
+    src = open_source(input, axes, series=series)
     sel = Selection.parse(src, channel, time)
     opts = RunOptions(infer=infer, chunks=_parse_chunks(chunks), dtype=dtype, ome=ome, pyramid=pyramid,
-                      overwrite=overwrite)
+                      overwrite=overwrite, allow_unfinished=allow_unfinished)
     if dry_run:
-        model = load_model(model_dir)
+        model = load_model(model_dir, allow_unfinished=allow_unfinished)
         typer.echo(make_plan(src, sel, options=opts, patch=model.train.norm.risk.patch).describe(model.train.preset))
         return
     with progress_bar(not state["quiet"]) as bar:
         summary = run_pipeline(src, output, model_dir, selection=sel, options=opts, scheduler=scheduler,
                                workers=workers, threads=threads, memory_limit=memory_limit, progress=bar,
-                               echo=lambda m: typer.echo(m, err=True), extra=extra, cluster=cluster, jobs=jobs)
+                               echo=lambda m: _info(m, err=True), extra=extra, cluster=cluster, jobs=jobs,
+                               dashboard_address=dashboard_address)
     if summary.already_complete:
-        typer.echo(f"{output} was already complete; nothing was recomputed.")
+        _info(f"{output} was already complete; nothing was recomputed.")
         return
     note = f" ({summary.skipped} chunks were already done)" if summary.skipped else ""
-    typer.echo(f"denoised {input} -> {output}: {summary.computed} chunks in {summary.seconds:.1f} s{note}")
+    _info(f"denoised {input} -> {output}: {summary.computed} chunks in {summary.seconds:.1f} s{note}")
     _report_hint(input, output)
 
 
@@ -502,6 +663,7 @@ def denoise(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     axes: AxesOpt = None,
+    series: SeriesOpt = None,
     channel: ChannelOpt = None,
     time: TimeOpt = None,
     chunks: ChunksOpt = None,
@@ -514,6 +676,9 @@ def denoise(
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     memory_limit: MemoryOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
+    allow_unfinished: Annotated[bool, typer.Option("--allow-unfinished", help="Use a model whose training did not "
+                                                   "finish (a checkpoint) instead of refusing it.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Denoise an image with a trained model; the output keeps the input's shape, axes and units.
@@ -541,16 +706,17 @@ def denoise(
         _pipeline(input, output, model_dir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=dry_run, scheduler=scheduler,
                   workers=workers, threads=threads, memory_limit=memory_limit,
-                  extra={"command": "denoise", "model": str(model_dir)}, cluster=cluster, jobs=jobs)
+                  extra={"command": "denoise", "model": str(model_dir)}, cluster=cluster, jobs=jobs,
+                  dashboard_address=dashboard_address, allow_unfinished=allow_unfinished, series=series)
         return
     check_out(output, input, overwrite)
-    model = load_model(model_dir)
-    data, meta = _read(input, axes)
-    data, meta = _select_array(data, meta, channel, time)
+    model = load_model(model_dir, allow_unfinished=allow_unfinished)
+    src, sel = _open_selection(input, axes, channel, time, series)
     if dry_run:
-        typer.echo(f"would denoise {input} ({meta.axes}, {data.shape}) in memory into {output}")
+        shape = tuple(len(i) for i in sel.indices(src))
+        typer.echo(f"would denoise {input} ({src.axes}, {shape} of {src.shape}) in memory into {output}")
         return
-    _denoise_to(input, output, model, data, meta, infer, dtype, overwrite,
+    _denoise_to(input, output, model, src, sel, infer, dtype, overwrite,
                 {"model": str(model_dir), "train": model.train.to_dict()})
 
 
@@ -589,6 +755,7 @@ def run(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     axes: AxesOpt = None,
+    series: SeriesOpt = None,
     channel: ChannelOpt = None,
     time: TimeOpt = None,
     chunks: ChunksOpt = None,
@@ -600,6 +767,7 @@ def run(
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     memory_limit: MemoryOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit a model on the input itself, then denoise it: the one command to try first.
@@ -615,8 +783,6 @@ def run(
 
       asn2n run movie.zarr -o movie-denoised.zarr --channel 1 --time 0:50
     """
-    from .api import fit as fit_fn
-    from .checkpoint import load_model
 
     cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency, risk_estimator)
     infer = _infer_config(tile, overlap, blend, infer_on, device, tta, tile_batch, infer_precision, compile_net)
@@ -629,9 +795,31 @@ def run(
         from .pipeline import check_output_path
 
         check_output_path(input, output)  # before training, not after
+    from .io import output_lock
+
     mdir = model_dir or output.with_name(output.name + ".model")
+    _check_model_out(mdir, [input])
+    src, sel = _open_selection(input, axes, channel, time, series)  # a bad selection is said before training
+    with output_lock(output), output_lock(mdir):
+        _run_locked(input, output, mdir, src, sel, cfg, infer, zarr_out, overwrite, axes=axes, channel=channel,
+                    time=time, device=device, chunks=chunks, dtype=dtype, ome=ome, pyramid=pyramid,
+                    scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit, cluster=cluster,
+                    jobs=jobs, dashboard_address=dashboard_address, series=series)
+    _info(f"model kept in {mdir}")
+
+
+def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: Any, infer: Any, zarr_out: bool,
+                overwrite: bool, *, axes: str | None, channel: list[str] | None, time: str | None, device: str,
+                chunks: str | None, dtype: str, ome: str, pyramid: int, scheduler: str | None, workers: int | None,
+                threads: int | None, memory_limit: str | None, cluster: Path | None, jobs: int | None,
+                dashboard_address: str | None = None, series: int | None = None) -> None:
+    """'asn2n run' once the output and the model directory are locked: fit (or reuse), then denoise."""
+    from .api import fit as fit_fn
+    from .checkpoint import load_model
+
     model = None
-    job = {"input": str(input.absolute()), "axes": axes, "channel": channel, "time": time, "train": cfg.to_dict()}
+    job = {"input": str(input.absolute()), "axes": axes, "channel": channel, "time": time, "train": cfg.to_dict(),
+           **({"series": series} if series is not None else {})}
     if zarr_out and (mdir / "model.json").is_file() and not overwrite:
         from .checkpoint import model_is_complete
 
@@ -643,34 +831,29 @@ def run(
             raise OutputError(f"a model already exists in {mdir} that is unfinished or was trained on other data "
                               "or options; pass --overwrite to train again or choose another --model-dir.")
         model = load_model(mdir)
-        typer.echo(f"reusing the model in {mdir} (trained by the same command)", err=True)
+        _info(f"reusing the model in {mdir} (trained by the same command)", err=True)
     else:
         _check_model_dir(mdir, overwrite)
     if zarr_out:
         if model is None:
             with progress_bar(not state["quiet"]) as bar:
                 model = fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device,
-                               progress=bar, model_dir=mdir)
+                               progress=bar, model_dir=mdir, series=series)
             for ch in model.channels:
-                typer.echo(_channel_line(ch))
+                _info(_channel_line(ch))
             (mdir / "run.json").write_text(json.dumps(job, indent=2))
         _pipeline(input, output, mdir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=False, scheduler=scheduler,
                   workers=workers, threads=threads, memory_limit=memory_limit,
-                  extra={"command": "run", "model": str(mdir), "train": cfg.to_dict()}, cluster=cluster, jobs=jobs)
-        typer.echo(f"model kept in {mdir}")
+                  extra={"command": "run", "model": str(mdir), "train": cfg.to_dict()}, cluster=cluster, jobs=jobs,
+                  dashboard_address=dashboard_address, series=series)
         return
-    data, meta = _read(input, axes)
-    data, meta = _select_array(data, meta, channel, time)
-    n_ch = data.shape[meta.axes.index("C")] if "C" in meta.axes else 1
-    with progress_bar(not state["quiet"]) as bar:
-        model = fit_fn(data, axes=meta.axes, config=cfg, channel_names=_channel_names(meta, n_ch),
-                       device=device, progress=bar, model_dir=mdir)
+    with progress_bar(not state["quiet"]) as bar:  # trained as 'asn2n fit' does: the same file route
+        model = fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device,
+                       progress=bar, model_dir=mdir, series=series)
     for ch in model.channels:
-        typer.echo(_channel_line(ch))
-    _denoise_to(input, output, model, data, meta, infer, dtype, overwrite,
-                {"model": str(mdir), "train": cfg.to_dict()})
-    typer.echo(f"model kept in {mdir}")
+        _info(_channel_line(ch))
+    _denoise_to(input, output, model, src, sel, infer, dtype, overwrite, {"model": str(mdir), "train": cfg.to_dict()})
 
 
 @app.command()
@@ -685,20 +868,22 @@ def report(
     channel: ChannelOpt = None,
     time_points: Annotated[str | None, typer.Option("--time-points", help="Output time points to show, e.g. "
                                                     "0,50,99 (default: --frames evenly spaced).")] = None,
-    frames: Annotated[int, typer.Option("--frames", min=1, help="Time points shown per channel.")] = 3,
-    curve_points: Annotated[int, typer.Option("--curve-points", min=2, help="Time points sampled for the time "
-                                              "series.")] = 60,
+    frames: Annotated[int, typer.Option("--frames", help="Time points shown per channel.")] = 3,
+    curve_points: Annotated[int, typer.Option("--curve-points", help="Time points sampled for the time "
+                                              "series (at least 2).")] = 60,
     zoom: Annotated[str | None, typer.Option("--zoom", help="Zoom crop as Y,X,SIDE (centre and side, pixels; "
                                              "default: where the denoised frame varies most).")] = None,
     axes: AxesOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier report.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier report there (only a folder "
+                                            "that 'asn2n report' made, once the new report is complete).")] = False,
 ) -> None:
     """Write an HTML report on a denoised result: can it be trusted?
 
     Before/after montages with zoom and line profiles, risk maps, the residual and where
     it holds structure, Otsu objects in the background and skeleton continuity, the
     intensity time series and (with --gt) the scores; report.html is self-contained,
-    with its PNGs and summary.json beside it.  Only the frames shown are read.
+    with its PNGs and summary.json beside it.  Only the frames shown are read.  The
+    report is made in a temporary folder beside OUTPUT and renamed when complete.
 
     Examples:
 
@@ -714,6 +899,9 @@ def report(
         except ValueError:
             raise ConfigError(f"{what} must be integers separated by commas; got {text!r}.") from None
 
+    if frames < 1 or curve_points < 2:
+        raise ConfigError(f"--frames must be at least 1 and --curve-points at least 2; got {frames} and "
+                          f"{curve_points}.")
     box = None
     if zoom is not None:
         vals = ints(zoom, "--zoom")
@@ -727,7 +915,7 @@ def report(
     with progress_bar(not state["quiet"]) as bar:
         make_report(input, denoised, out, gt=gt, model_dir=model_dir, channels=channel, times=times, frames=frames,
                     curve_points=curve_points, zoom=box, axes=axes, overwrite=overwrite, progress=bar)
-    typer.echo(f"report: {out / 'report.html'}")
+    _info(f"report: {out / 'report.html'}")
 
 
 @app.command()
@@ -739,53 +927,85 @@ def view(
 ) -> None:
     """Open a denoised OME-Zarr in napari: input, denoised and risk labels as layers.
 
-    Needs napari ('pip install asn2n-dask[view]'); without it, open the output with
-    napari-ome-zarr or any OME-Zarr viewer.
+    Needs napari with a Qt binding ('pip install asn2n-dask[view]') and a display;
+    without them, open the output with napari-ome-zarr or any OME-Zarr viewer.
 
     Example: asn2n view movie-dn.zarr
     """
-    from .view import napari_layers
+    from .view import napari_layers, show
 
-    layers = napari_layers(output, input)
+    show(output, napari_layers(output, input))
+
+
+#: The file that marks a folder as the demo's: a later demo replaces the demo's files there.
+DEMO_MARKER = ".asn2n-demo"
+_DEMO_FILES = ("noisy.tif", "ground_truth.tif", "denoised.tif", "before_after.png", "model", "report")
+
+
+def _demo_folder(out: Path) -> None:
+    """Make ``out`` ready for the demo: a new or empty folder gets :data:`DEMO_MARKER`;
+    a folder that carries it has the files of the earlier demo removed (nothing else);
+    any other folder with files in it is refused."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; choose a new or empty folder for the demo's files.")
     try:
-        import napari  # type: ignore[import-not-found]
-    except ImportError:
-        raise ConfigError("napari is not installed; install it with 'pip install asn2n-dask[view]', or open "
-                          f"{output} in any OME-Zarr viewer.") from None
-    viewer = napari.Viewer(title=f"asn2n: {output.name}")
-    for layer in layers:
-        getattr(viewer, f"add_{layer.kind}")(layer.data, **layer.kwargs)
-    napari.run()
+        if out.is_dir() and any(out.iterdir()):
+            if not (out / DEMO_MARKER).is_file():
+                raise OutputError(f"--out {out} already holds files that 'asn2n demo' did not write; choose a new "
+                                  "or empty folder.")
+            for name in _DEMO_FILES:  # the earlier demo's files: a half-replaced demo must not mix with this one
+                old = out / name
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                elif old.exists() or old.is_symlink():
+                    old.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DEMO_MARKER).write_text(json.dumps(_provenance("demo")) + "\n")
+    except OSError as e:
+        raise OutputError(f"cannot write the demo's files to {out}: {e.strerror or e}; choose a writable "
+                          "folder.") from None
 
 
 @app.command()
 @friendly
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path("demo-output"),
-    size: Annotated[int, typer.Option("--size", help="Side of the synthetic frame.")] = 256,
-    steps: Annotated[int, typer.Option("--steps", help="Training steps of the tiny model.")] = 300,
-    photons: Annotated[float, typer.Option("--photons", help="Peak photons of the synthetic signal.")] = 8.0,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files: new, empty, or an earlier "
+                                      "demo's (whose files are replaced).")] = Path("demo-output"),
+    size: Annotated[int, typer.Option("--size", help="Side of the synthetic frame, 32 to 4096 pixels.")] = 256,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps of the tiny model, 1 to 100000.")] = 300,
+    photons: Annotated[float, typer.Option("--photons", help="Peak photons of the synthetic signal, above 0 and "
+                                           "at most 30000.")] = 8.0,
 ) -> None:
     """Make a synthetic noisy frame, fit a tiny model on it, denoise it, save a before/after PNG.
 
+    Writes only into a new or empty folder, or one an earlier demo made (it carries a
+    .asn2n-demo file): the earlier demo's files are replaced, nothing else is touched.
+
     Example: asn2n demo --out demo-output
     """
+    import math
+
     import tifffile
 
     from .api import denoise as denoise_fn
     from .api import fit as fit_fn
     from .config import InferConfig, TrainConfig
     from .plots import before_after_png
+    from .report import make_report
     from .synthetic import noisy_frame
 
-    out.mkdir(parents=True, exist_ok=True)
+    if not 32 <= size <= 4096:
+        raise ConfigError(f"--size must be between 32 and 4096 pixels; got {size}.")
+    if not 1 <= steps <= 100_000:
+        raise ConfigError(f"--steps must be between 1 and 100000; got {steps}.")
+    if not (math.isfinite(photons) and 0 < photons <= 30_000):
+        raise ConfigError(f"--photons must be above 0 and at most 30000 (the 16-bit camera's range); got {photons}.")
+    _demo_folder(out)
     noisy, truth = noisy_frame((size, size), photons=photons, seed=0)
     tifffile.imwrite(out / "noisy.tif", noisy)
     tifffile.imwrite(out / "ground_truth.tif", truth)
     cfg = TrainConfig(preset="tiny", steps=steps, patch=64, batch=8, val_every=max(1, steps // 10),
                       checkpoint_every=steps)
-    if (out / "model").exists():
-        shutil.rmtree(out / "model")
     with progress_bar(not state["quiet"]) as bar:
         model = fit_fn(noisy, config=cfg, progress=bar, model_dir=out / "model")
         den = denoise_fn(noisy, model, config=InferConfig(tile=64), progress=bar)
@@ -793,16 +1013,14 @@ def demo(
     png = before_after_png(noisy, den, out / "before_after.png", truth=truth)
     rmse_in = float(np.sqrt(np.mean((noisy.astype(float) - truth) ** 2)))
     rmse_out = float(np.sqrt(np.mean((den.astype(float) - truth) ** 2)))
-    typer.echo(f"noisy input:  {out / 'noisy.tif'} (RMSE to ground truth {rmse_in:.2f} ADU)")
-    typer.echo(f"denoised:     {out / 'denoised.tif'} (RMSE to ground truth {rmse_out:.2f} ADU)")
-    typer.echo(f"model:        {out / 'model'}")
-    typer.echo(f"before/after: {png}")
-    from .report import make_report
-
+    _info(f"noisy input:  {out / 'noisy.tif'} (RMSE to ground truth {rmse_in:.2f} ADU)")
+    _info(f"denoised:     {out / 'denoised.tif'} (RMSE to ground truth {rmse_out:.2f} ADU)")
+    _info(f"model:        {out / 'model'}")
+    _info(f"before/after: {png}")
     with progress_bar(not state["quiet"]) as bar:
         make_report(out / "noisy.tif", out / "denoised.tif", out / "report", gt=out / "ground_truth.tif",
-                    model_dir=out / "model", overwrite=True, progress=bar)
-    typer.echo(f"report:       {out / 'report' / 'report.html'}")
+                    model_dir=out / "model", progress=bar)
+    _info(f"report:       {out / 'report' / 'report.html'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

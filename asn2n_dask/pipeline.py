@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import threading
@@ -36,7 +38,7 @@ from ._version import __version__
 from .config import InferConfig
 from .errors import ConfigError, InputError, ModelError, OutputError
 from .io import TIFF_SUFFIXES, cast_output
-from .predict import WindowPlan, resolve_device, window_plan
+from .predict import WindowPlan, axis_reads, resolve_device, window_plan
 from .source import Selection, Source
 from .stats import ChannelStats, channel_stats
 
@@ -47,6 +49,14 @@ log = logging.getLogger(__name__)
 
 #: Folder of completion records inside the output store.
 PROGRESS_DIR = ".asn2n-progress"
+#: Most chunk tasks one run schedules (a graph of more would take more memory and
+#: scheduling time than the work itself).
+MAX_TASKS = 1 << 22
+#: Smallest output chunk side, in pixels (or the frame's side, when smaller): every
+#: task reads a halo of tiles and a normalisation patch around its chunk.
+MIN_CHUNK = 16
+#: The smallest level of a ``--pyramid``, in pixels along Y and X.
+MIN_LEVEL = 16
 COMPUTED, SKIPPED = 1, 2
 OME_ORDER = "TCZYX"
 
@@ -73,7 +83,9 @@ class RunOptions:
     overwrite : bool
         Delete an existing output (also an unfinished run of the same job) and start
         again.  Without it, an unfinished run of the same job is resumed and any other
-        existing output is refused.
+        existing output is refused.  Only outputs of this package are ever deleted.
+    allow_unfinished : bool
+        Use a model whose training did not finish (a checkpoint), instead of refusing it.
     """
 
     infer: InferConfig = InferConfig()
@@ -82,6 +94,7 @@ class RunOptions:
     ome: str = "0.5"
     pyramid: int = 0
     overwrite: bool = False
+    allow_unfinished: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "input"):
@@ -116,9 +129,10 @@ class Plan:
         Position of ``C`` among the non-YX axes.
     grid : (int, int)
         Chunks along Y and X.
-    windows : tuple of (int, int, int, int)
+    windows : Windows
         Per chunk position ``iy * grid[1] + ix``: the window ``(y0, y1, x0, x1)`` it
         writes (the same for every plane); :meth:`window_plan` gives the region it reads.
+        A sequence computed on demand: a plan is a few hundred bytes for any frame.
     infer : InferConfig
     patch : int
         Risk/normalisation patch side.
@@ -135,7 +149,7 @@ class Plan:
     plane_sources: tuple[Sequence[int], ...]
     channel_axis: int | None
     grid: tuple[int, int]
-    windows: tuple[tuple[int, int, int, int], ...]
+    windows: Sequence[tuple[int, int, int, int]]
     infer: InferConfig
     patch: int
     itemsize: int
@@ -157,16 +171,31 @@ class Plan:
         """Tiles, patches and region read of chunk position ``k``."""
         return window_plan(self.frame_shape, self.windows[k], self.infer, self.patch)
 
-    def _plans(self) -> list[WindowPlan]:
-        return [self.window_plan(k) for k in range(len(self.windows))]
+    def _reads(self) -> tuple[AxisReads, AxisReads]:
+        """What the windows read, along Y and along X (the region of window ``(iy, ix)``
+        is the product of its row and column ranges, so each axis is summed apart)."""
+        t, s = self.infer.tile, self.infer.stride
+        (h, w), (cy, cx) = self.frame_shape, self.chunks[-2:]
+        return _axis_reads(h, cy, t, s, self.patch), _axis_reads(w, cx, t, s, self.patch)
 
     @property
     def halo(self) -> tuple[int, int]:
         """Largest number of pixels a task reads beyond its window, along Y and X."""
-        plans = self._plans()
-        hy = max(max(w.window[0] - w.read[0][0], w.read[0][1] - w.window[1]) for w in plans)
-        hx = max(max(w.window[2] - w.read[1][0], w.read[1][1] - w.window[3]) for w in plans)
-        return hy, hx
+        ry, rx = self._reads()
+        return ry.halo, rx.halo
+
+    def check_size(self) -> None:
+        """Refuse a run of more chunk tasks than :data:`MAX_TASKS`, before any data is read.
+
+        Raises
+        ------
+        InputError
+        """
+        if self.n_tasks > MAX_TASKS:
+            raise InputError(f"{self.source.path}: the run would be {self.n_tasks} chunk tasks ({self.n_planes} "
+                             f"planes x {self.grid[0]} x {self.grid[1]} chunks), more than the {MAX_TASKS} one run "
+                             "schedules; select fewer time points or channels (--time, --channel), or use larger "
+                             "--chunks.")
 
     def plane_index(self, p: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
         """Output index, source index (non-YX axes) and channel of plane ``p``."""
@@ -176,18 +205,18 @@ class Plan:
         return out, src, c
 
     def bytes_read(self) -> int:
-        per_plane = sum((w.read[0][1] - w.read[0][0]) * (w.read[1][1] - w.read[1][0]) for w in self._plans())
-        return per_plane * self.n_planes * self.itemsize
+        ry, rx = self._reads()
+        return ry.total * rx.total * self.n_planes * self.itemsize
 
     def bytes_written(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * (self.out_itemsize + 1)
 
     def peak_task_bytes(self, widths: tuple[int, ...] = (32, 64, 128)) -> int:
         """Estimated peak memory of one task: region, tile block, tiles, network activations."""
-        w = max(self._plans(), key=lambda v: (v.read[0][1] - v.read[0][0]) * (v.read[1][1] - v.read[1][0]))
-        region = (w.read[0][1] - w.read[0][0]) * (w.read[1][1] - w.read[1][0])
-        span = len(w.tiles[0].source) * len(w.tiles[1].source)
-        n_tiles = w.tiles[0].count * w.tiles[1].count
+        ry, rx = self._reads()  # the window reading the largest region
+        region = ry.largest * rx.largest
+        span = ry.span * rx.span
+        n_tiles = ry.tiles * rx.tiles
         t2 = self.infer.tile**2
         views = 2 if self.infer.infer_on == "twins" else 1
         acts = self.infer.batch * views * t2 * 4 * 3 * sum(c / 4**i for i, c in enumerate(widths))
@@ -228,8 +257,113 @@ class Plan:
                 "selection": self.selection.to_dict()}
 
 
+@dataclass(frozen=True)
+class Windows(Sequence[tuple[int, int, int, int]]):
+    """The windows ``(y0, y1, x0, x1)`` of a frame cut into chunks, row by row, computed
+    on demand (a frame of any size is a few numbers)."""
+
+    frame: tuple[int, int]
+    chunk: tuple[int, int]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        (h, w), (cy, cx) = self.frame, self.chunk
+        return -(-h // cy), -(-w // cx)
+
+    def __len__(self) -> int:
+        gy, gx = self.grid
+        return gy * gx
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        n = len(self)
+        k = int(k) + n if int(k) < 0 else int(k)
+        if not 0 <= k < n:
+            raise IndexError(f"window {k} of {n}")
+        iy, ix = divmod(k, self.grid[1])
+        (h, w), (cy, cx) = self.frame, self.chunk
+        return iy * cy, min(h, (iy + 1) * cy), ix * cx, min(w, (ix + 1) * cx)
+
+
+@dataclass(frozen=True)
+class AxisReads:
+    """What the windows of one axis read (:func:`_axis_reads`).
+
+    Attributes
+    ----------
+    total : int
+        Pixels read along the axis, summed over its windows.
+    halo : int
+        Most pixels a window reads beyond its own, on either side.
+    largest, tiles, span : int
+        Of the window reading the most (the first such): pixels read, tiles covering
+        it and their extent.
+    """
+
+    total: int
+    halo: int
+    largest: int
+    tiles: int
+    span: int
+
+
+#: Windows evaluated at once when summing what an axis's windows read.
+_BLOCK = 1 << 20
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_reads(n: int, c: int, tile: int, stride: int, patch: int) -> AxisReads:
+    """Sum, halo and largest read of the windows ``[k c, (k + 1) c)`` of an axis of
+    ``n`` pixels, in time independent of ``n``.
+
+    Windows near the axis's ends see its mirrored edges and are evaluated one by one;
+    the others read the same extent as the window ``lcm(stride, patch)`` pixels (a
+    whole number of tile strides and normalisation patches) before them, so one period
+    of them is evaluated and repeated.
+    """
+    g = -(-n // c)
+    period_px = math.lcm(stride, patch)
+    period = period_px // math.gcd(period_px, c)  # windows after which the pattern repeats
+    edge = min(g, -(-(tile + 3 * patch + 2 * stride) // c) + 2)
+    inner = max(0, g - 2 * edge)
+    totals, halo, best = 0, 0, (-1, 0, 0)
+
+    def visit(ks: np.ndarray) -> tuple[int, np.ndarray]:
+        nonlocal halo, best
+        a = ks * c
+        b = np.minimum(a + c, n)
+        r0, r1, tiles, span = axis_reads(n, a, b, tile, stride, patch)
+        ext = r1 - r0
+        halo = max(halo, int(np.max(np.maximum(a - r0, r1 - b))))
+        i = int(np.argmax(ext))
+        if int(ext[i]) > best[0]:
+            best = (int(ext[i]), int(tiles[i]), int(span[i]))
+        return int(ext.sum()), ext
+
+    def visit_range(k0: int, k1: int) -> int:
+        total = 0
+        for lo in range(k0, k1, _BLOCK):
+            total += visit(np.arange(lo, min(k1, lo + _BLOCK), dtype=np.int64))[0]
+        return total
+
+    head = min(g, edge)
+    totals += visit_range(0, head)
+    if inner <= 4 * period:
+        totals += visit_range(head, head + inner)
+    else:  # whole periods of identical windows, then the rest of one
+        full, rest = divmod(inner, period)
+        one = visit_range(head, head + period)
+        part = visit_range(head, head + rest)
+        totals += full * one + part
+    totals += visit_range(head + inner, g)
+    return AxisReads(total=totals, halo=halo, largest=best[0], tiles=best[1], span=best[2])
+
+
 def _compact(index: Any) -> Sequence[int]:
     """Source indices as a ``range`` when evenly spaced (a time range, one channel), else a tuple."""
+    if isinstance(index, range):
+        return index
     v = [int(i) for i in np.asarray(index).ravel()]
     step = v[1] - v[0] if len(v) > 1 else 1
     if v and step and all(b - a == step for a, b in zip(v, v[1:])):
@@ -241,6 +375,25 @@ def _default_chunk(src_chunk: int, n: int) -> int:
     return int(min(n, max(1024, min(2048, src_chunk))))
 
 
+def check_source(source: Source) -> None:
+    """Refuse, before reading any pixel, a source the method cannot denoise: a dtype that
+    is not integer or float, frames under 4x4 pixels.
+
+    Raises
+    ------
+    InputError
+    """
+    from .api import MIN_FRAME_SIDE
+
+    if np.dtype(source.dtype).kind not in "uif":
+        raise InputError(f"{source.path} has dtype {source.dtype}, which is not supported; convert it to an "
+                         "integer or float type.")
+    h, w = source.frame_shape
+    if min(h, w) < MIN_FRAME_SIDE:
+        raise InputError(f"{source.path} has frames of {h}x{w}; frames must be at least "
+                         f"{MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} pixels.")
+
+
 def make_plan(source: Source, selection: Selection = Selection(), *, options: RunOptions = RunOptions(),
               patch: int = 64, out_itemsize: int = 4) -> Plan:
     """Plan a run: output chunks and, for each, the region it reads.
@@ -250,33 +403,28 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
     InputError
         Frames smaller than 4x4 pixels.
     """
-    from .api import MIN_FRAME_SIDE
-
-    if np.dtype(source.dtype).kind not in "uif":
-        raise InputError(f"{source.path} has dtype {source.dtype}, which is not supported; convert it to an "
-                         "integer or float type.")
+    check_source(source)
     if not (set(source.axes) <= set(OME_ORDER) and list(source.axes) == sorted(source.axes, key=OME_ORDER.index)):
         raise InputError(f"{source.path} has axes {source.axes}; OME-Zarr output needs axes from T, C, Z, Y, X in "
                          "that order (name them with --axes, or reorder the data).")
     h, w = source.frame_shape
-    if min(h, w) < MIN_FRAME_SIDE:
-        raise InputError(f"{source.path} has frames of {h}x{w}; frames must be at least "
-                         f"{MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} pixels.")
+    from .blend import check_tile_frame
+
+    check_tile_frame(options.infer, (h, w))
+    if options.chunks is not None and (options.chunks[0] < min(MIN_CHUNK, h) or options.chunks[1] < min(MIN_CHUNK, w)):
+        raise ConfigError(f"--chunks {options.chunks[0]}x{options.chunks[1]} is too small: chunks must be at least "
+                          f"{MIN_CHUNK} pixels (or the frame's {h}x{w}) along Y and X, each task reading tiles and a "
+                          "normalisation patch around its chunk; use 1024 or more.")
     idx = selection.indices(source)
     shape = tuple(len(i) for i in idx)
     cy, cx = options.chunks or (_default_chunk(source.chunks[-2], h), _default_chunk(source.chunks[-1], w))
     cy, cx = min(cy, h), min(cx, w)
     chunks = (1,) * (len(shape) - 2) + (cy, cx)
-    grid = (-(-h // cy), -(-w // cx))
-    windows = []
-    for iy in range(grid[0]):
-        for ix in range(grid[1]):
-            win = (iy * cy, min(h, (iy + 1) * cy), ix * cx, min(w, (ix + 1) * cx))
-            windows.append(win)
+    windows = Windows((h, w), (cy, cx))
     non_yx = source.axes[:-2]
     return Plan(source=source, selection=selection, axes=source.axes, shape=shape, chunks=chunks,
                 plane_shape=shape[:-2], plane_sources=tuple(_compact(i) for i in idx[:-2]),
-                channel_axis=non_yx.index("C") if "C" in non_yx else None, grid=grid, windows=tuple(windows),
+                channel_axis=non_yx.index("C") if "C" in non_yx else None, grid=windows.grid, windows=windows,
                 infer=options.infer, patch=patch, itemsize=np.dtype(source.dtype).itemsize,
                 out_itemsize=out_itemsize)
 
@@ -314,7 +462,7 @@ def _model(spec: RunSpec) -> Any:
                 import torch
 
                 torch.set_num_threads(spec.torch_threads)
-            model = load_model(spec.model_dir)
+            model = load_model(spec.model_dir, allow_unfinished=True)  # the client has decided
             if model_sha(spec.model_dir) != spec.model_sha:
                 raise ModelError(f"the model in {spec.model_dir} changed during the run; start again.")
             dev = resolve_device(spec.device)
@@ -403,31 +551,61 @@ def model_sha(model_dir: str | os.PathLike[str]) -> str:
     return hashlib.sha256((Path(model_dir) / "model.json").read_bytes()).hexdigest()
 
 
-def _channel_map(plan: Plan, model: Any) -> tuple[int, ...]:
-    """Model channel for each output channel: by name, by source index, or by position."""
-    src = plan.source
-    n_out = plan.plane_shape[plan.channel_axis] if plan.channel_axis is not None else 1
-    out_src = plan.plane_sources[plan.channel_axis] if plan.channel_axis is not None else (0,)
+def channel_map(source: Source, selection: Selection, model: Any) -> tuple[int, ...]:
+    """Model channel for each selected channel: by name, else by source index, else by
+    position.  The one rule for every route (``.zarr`` and ``.tif`` outputs alike).
+
+    Raises
+    ------
+    ModelError
+        The model names two networks alike, or does not fit the selection.
+    InputError
+        The selected channels of the input share a name (they would share a network).
+    """
+    c_ax = source.axes.find("C")
+    out_src = [int(i) for i in selection.indices(source)[c_ax]] if c_ax >= 0 else [0]
     names = [ch.name for ch in model.channels]
-    src_names = list(src.meta.channel_names or [])
-    if src_names and all(src_names[i] in names for i in out_src):
-        return tuple(names.index(src_names[i]) for i in out_src)
-    n_src = src.shape[src.axes.index("C")] if "C" in src.axes else 1
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelError(f"the model holds {names.count(twice[0])} networks named {twice[0]!r}; each channel needs "
+                         "its own name: train the model again.")
+    src_names = list(source.meta.channel_names or [])
+    picked = [src_names[i] for i in out_src] if src_names else []
+    twice = sorted({n for n in picked if picked.count(n) > 1})
+    if twice:
+        raise InputError(f"{source.path} has {picked.count(twice[0])} selected channels named {twice[0]!r}; they "
+                         "would share one network: rename them in the file or select one with --channel.")
+    if picked and all(n in names for n in picked):
+        return tuple(names.index(n) for n in picked)
+    n_src = source.shape[c_ax] if c_ax >= 0 else 1
     if model.n_channels == n_src:
         return tuple(out_src)
-    if model.n_channels == n_out:
-        return tuple(range(n_out))
-    raise ModelError(f"the model was trained for {model.n_channels} channel(s) but {n_out} are selected from "
-                     f"{src.path} ({n_src} in all); train a model on the same channels or select them with "
+    if model.n_channels == len(out_src):
+        return tuple(range(len(out_src)))
+    raise ModelError(f"the model was trained for {model.n_channels} channel(s) but {len(out_src)} are selected "
+                     f"from {source.path} ({n_src} in all); train a model on the same channels or select them with "
                      "--channel.")
+
+
+def missing_note(source: Source) -> tuple[str | None, list[Any] | None]:
+    """A note for the user when a Zarr input has chunks that are not stored, and the
+    ``(missing, total, fill)`` record for the output's attributes."""
+    gaps = source.missing_chunks()
+    if not gaps or not gaps[0]:
+        return None, list(gaps) if gaps else None
+    return (f"note: {gaps[0]} of {gaps[1]} chunks of {source.path} are not stored; they are read as the fill value "
+            f"{gaps[2]} (zarr's rule for unwritten chunks). If the input was copied, check the copy is complete.",
+            list(gaps))
 
 
 def compute_stats(plan: Plan, norm: Any, client: Any = None) -> list[ChannelStats]:
     """The reduction pass: statistics of every selected channel over all its planes.
 
     All time points count, whatever ``--time`` selects, so that a dataset denoised in
-    time batches gives the same result as in one run.
+    time batches gives the same result as in one run.  A plan of more tasks than one
+    run schedules is refused first (:meth:`Plan.check_size`).
     """
+    plan.check_size()
     return selection_stats([plan.source], [plan.selection], norm, client)
 
 
@@ -485,8 +663,8 @@ def selection_stats(sources: Sequence[Source], selections: Sequence[Selection], 
     with dask.config.set(scheduler="synchronous" if client in (None, "sync") else client):
         try:
             return channel_stats(arr, norm)
-        except InputError as e:
-            raise InputError(f"{sources[0].path}: {e}") from None
+        except InputError as e:  # a message naming its file (a damaged chunk) already says where
+            raise InputError(str(e) if str(e).startswith(sources[0].path) else f"{sources[0].path}: {e}") from None
 
 
 def _ome_axes(axes: str, src_units: Any) -> list[dict[str, Any]]:
@@ -501,9 +679,24 @@ def _ome_axes(axes: str, src_units: Any) -> list[dict[str, Any]]:
 
 
 def _scale(plan: Plan, level: int = 0) -> list[float]:
-    meta = plan.source.meta
-    base = list(meta.scale) if meta.scale and len(meta.scale) == len(plan.axes) else [1.0] * len(plan.axes)
+    from .io import usable_scale
+
+    usable = usable_scale(plan.source.meta.scale, len(plan.axes), plan.source.path)
+    base = list(usable) if usable else [1.0] * len(plan.axes)
     return [v * (2**level if a in "YX" else 1) for v, a in zip(base, plan.axes)]
+
+
+def pyramid_levels(plan: Plan, extra: int) -> int:
+    """Levels written for ``--pyramid extra``: level 0, then halvings while both frame
+    sides stay at least :data:`MIN_LEVEL` pixels (a warning says when that stops it)."""
+    h, w = plan.frame_shape
+    levels = 1
+    while levels <= extra and min(h >> levels, w >> levels) >= MIN_LEVEL:
+        levels += 1
+    if levels <= extra:
+        log.warning("--pyramid %d: %d extra level(s) written; a further halving of the %dx%d frames would be smaller "
+                    "than %d pixels", extra, levels - 1, h, w, MIN_LEVEL)
+    return levels
 
 
 def _ome_body(plan: Plan, levels: int, name: str) -> dict[str, Any]:
@@ -550,8 +743,10 @@ def _existing(output: Path) -> dict[str, Any] | None:
     """The asn2n attributes of an existing output (None if there is none)."""
     import zarr
 
-    if not output.exists():
+    if not output.exists() and not output.is_symlink():
         return None
+    if output.is_symlink() or not output.is_dir():
+        return {}
     try:
         attrs = dict(zarr.open_group(str(output), mode="r").attrs)
     except Exception:
@@ -566,10 +761,10 @@ def _prepare_output(output: Path, plan: Plan, parts: dict[str, Any], options: Ru
 
     fp = _fingerprint(parts)
     prev = _existing(output)
+    if prev == {}:
+        raise OutputError(f"output {output} already exists and was not written by asn2n-dask; --overwrite replaces "
+                          "only outputs of asn2n-dask: move or delete it yourself, or choose another path.")
     if prev is not None and not options.overwrite:
-        if not prev:
-            raise OutputError(f"output {output} already exists and was not written by asn2n; pass --overwrite to "
-                              "replace it or choose another path.")
         if prev.get("fingerprint") == fp:
             return True
         _refuse_other_job(output, prev.get("job", {}), parts, check_stats=True)
@@ -587,7 +782,7 @@ def _refuse_other_job(output: Path, old: dict[str, Any], parts: dict[str, Any], 
     if old.get("input") != parts["input"]:
         why = "the input's path, array, shape, dtype or axes differ"
     elif check_stats and old.get("stats") != parts.get("stats"):
-        why = "the input's content changed since (its statistics differ)"
+        why = "the input's content changed since (its statistics or content digest differ)"
     else:
         changed = sorted(k for k in parts if k != "stats" and old.get(k) != parts[k])
         if not changed:
@@ -623,8 +818,8 @@ def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> Non
     import zarr
 
     root: Any = zarr.open_group(str(output), mode="r+")
-    levels = 1 + options.pyramid
-    if options.pyramid:
+    levels = pyramid_levels(plan, options.pyramid)
+    if levels > 1:
         import dask.array as da
 
         zf = 2 if options.ome == "0.4" else 3
@@ -680,8 +875,9 @@ def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> Non
 @contextlib.contextmanager
 def _client_for(client: Any, scheduler: str | None, workers: int | None, threads: int | None,
                 memory_limit: str | None, echo: Callable[[str], None], device: str = "auto",
-                cluster: str | os.PathLike[str] | None = None,
-                jobs: int | None = None) -> Iterator[tuple[Any, int | None]]:
+                cluster: str | os.PathLike[str] | None = None, jobs: int | None = None,
+                dashboard_address: str | None = None) -> Iterator[tuple[Any, int | None]]:
+    """The run's client and the torch threads of each worker's network (None: unknown)."""
     if client is not None:
         yield client, None
         return
@@ -689,15 +885,17 @@ def _client_for(client: Any, scheduler: str | None, workers: int | None, threads
         if scheduler is not None:
             raise ConfigError("give either --cluster (start a batch-system cluster) or --scheduler (join a running "
                               "one), not both.")
-        from .hpc import jobqueue_client
+        from .hpc import jobqueue_client, load_profile, worker_torch_threads
 
-        with jobqueue_client(cluster, jobs, echo=echo) as c:
-            yield c, None
+        threads_per_task = worker_torch_threads(load_profile(cluster))
+        with jobqueue_client(cluster, jobs, echo=echo, dashboard_address=dashboard_address) as c:
+            yield c, threads_per_task
         return
-    from .cluster import dask_client
+    from .cluster import DEFAULT_DASHBOARD, dask_client
 
     with dask_client(scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
-                     echo=echo, gpu=device != "cpu") as (c, torch_threads):
+                     echo=echo, gpu=device != "cpu",
+                     dashboard_address=dashboard_address or DEFAULT_DASHBOARD) as (c, torch_threads):
         yield c, torch_threads
 
 
@@ -714,6 +912,9 @@ def check_output_path(input: str | os.PathLike[str], output: str | os.PathLike[s
         raise OutputError(f"output {out} must be a .zarr directory for chunked processing.")
     from .io import paths_overlap
 
+    if out.is_symlink():
+        raise OutputError(f"output {out} is a symbolic link; give the real path (a link is never followed to replace "
+                          "what it points at).")
     if paths_overlap(out, input):
         raise OutputError(f"output {out} is, contains or lies inside the input; choose another output path (the "
                           "input is never overwritten).")
@@ -726,7 +927,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                  memory_limit: str | None = None, progress: Callable[[str, int, int], None] | None = None,
                  echo: Callable[[str], None] = log.info, extra: dict[str, Any] | None = None,
                  torch_threads: int | None = None, cluster: str | os.PathLike[str] | None = None,
-                 jobs: int | None = None) -> RunSummary:
+                 jobs: int | None = None, dashboard_address: str | None = None) -> RunSummary:
     """Denoise ``source`` into the OME-Zarr ``output``, chunk by chunk, resumably.
 
     Parameters
@@ -761,27 +962,47 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
         A SLURM/PBS/LSF profile (YAML, :mod:`asn2n_dask.hpc`): batch jobs are started,
         scaled between the profile's min and max jobs (``jobs`` sets the max), and
         cancelled at the end.
+    dashboard_address : str, optional
+        Where the dashboard of a cluster started here listens (``HOST:PORT``); default
+        ``127.0.0.1:0``, a free port on this machine only (``:8787`` exposes it).
 
     Returns
     -------
     RunSummary
     """
+    from .io import output_lock
+
+    out = check_output_path(source.path, output)
+    with output_lock(out):
+        return _run_pipeline(source, out, model_dir, selection=selection, options=options, client=client,
+                             scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
+                             progress=progress, echo=echo, extra=extra, torch_threads=torch_threads, cluster=cluster,
+                             jobs=jobs, dashboard_address=dashboard_address)
+
+
+def _run_pipeline(source: Source, out: Path, model_dir: str | os.PathLike[str], *,
+                 selection: Selection = Selection(), options: RunOptions = RunOptions(), client: Any = None,
+                 scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
+                 memory_limit: str | None = None, progress: Callable[[str, int, int], None] | None = None,
+                 echo: Callable[[str], None] = log.info, extra: dict[str, Any] | None = None,
+                 torch_threads: int | None = None, cluster: str | os.PathLike[str] | None = None,
+                 jobs: int | None = None, dashboard_address: str | None = None) -> RunSummary:
+    """:func:`run_pipeline` once the output's lock is held."""
     from .checkpoint import load_model
 
     t0 = time.perf_counter()
-    out = check_output_path(source.path, output)
-    model = load_model(model_dir)
+    model = load_model(model_dir, allow_unfinished=options.allow_unfinished)
     plan = make_plan(source, selection, options=options, patch=model.train.norm.risk.patch,
                      out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4)
-    channel_map = _channel_map(plan, model)
+    cmap = channel_map(source, selection, model)
     from .blend import check_tile
 
     check_tile(options.infer, model.multiple)
     summary = RunSummary(output=str(out), tasks=plan.n_tasks, plan=plan.to_dict())
     prev = _existing(out)
-    if prev is not None and not options.overwrite and prev == {}:
-        raise OutputError(f"output {out} already exists and was not written by asn2n; pass --overwrite to "
-                          "replace it or choose another path.")
+    if prev == {}:
+        raise OutputError(f"output {out} already exists and was not written by asn2n-dask; --overwrite replaces only "
+                          "outputs of asn2n-dask: move or delete it yourself, or choose another path.")
     msha = model_sha(model_dir)
     parts: dict[str, Any] = {
         "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
@@ -799,7 +1020,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     if prev and not options.overwrite and isinstance(prev.get("job"), dict):
         _refuse_other_job(out, prev["job"], parts, check_stats=False)  # before reading any data
     with _client_for(client, scheduler, workers, threads, memory_limit, echo, options.infer.device, cluster,
-                     jobs) as (
+                     jobs, dashboard_address) as (
             cl, cluster_threads):
         torch_threads = cluster_threads or torch_threads
         if cl not in (None, "sync"):
@@ -814,16 +1035,14 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
         if progress is not None:
             progress("statistics", 1, 1)
         parts["stats"] = [s.to_dict() for s in stats]
-        gaps = source.missing_chunks()
-        if gaps and gaps[0]:
-            echo(f"note: {gaps[0]} of {gaps[1]} chunks of {source.path} are not stored; they are read as the fill "
-                 f"value {gaps[2]} (zarr's rule for unwritten chunks). If the input was copied, check the copy is "
-                 "complete.")
-        prov = {"input_missing_chunks": list(gaps) if gaps else None,
+        note, gaps = missing_note(source)
+        if note:
+            echo(note)
+        prov = {"input_missing_chunks": gaps,
                 "package": "asn2n-dask", "version": __version__, "input": source.path, "model": str(model_dir),
                 "model_sha256": msha, "norm": model.train.norm.to_dict(),
                 "risk_estimators": [ch.risk_estimator for ch in model.channels], "infer": options.infer.to_dict(),
-                "stats": [s.to_dict() for s in stats], "channel_map": list(channel_map), **(extra or {})}
+                "stats": [s.to_dict() for s in stats], "channel_map": list(cmap), **(extra or {})}
         summary.resumed = _prepare_output(out, plan, parts, options, prov)
         if summary.resumed and (prev or {}).get("status") == "complete":
             summary.already_complete = True
@@ -834,7 +1053,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             done = len(list((out / PROGRESS_DIR).glob("*.json")))
             echo(f"resuming the unfinished run in {out}: {done} of {plan.n_tasks} chunks recorded as done.")
         spec = RunSpec(plan=plan, output=str(out), model_dir=str(Path(model_dir).absolute()), model_sha=msha,
-                       channel_map=channel_map, stats=tuple(s.to_dict() for s in stats), dtype=options.dtype,
+                       channel_map=cmap, stats=tuple(s.to_dict() for s in stats), dtype=options.dtype,
                        device=options.infer.device, torch_threads=torch_threads)
         try:
             results = _execute(spec, cl, progress)

@@ -9,7 +9,9 @@ picks channels and a time range by axis name.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,11 +19,25 @@ from typing import Any
 
 import numpy as np
 
-from .axes import parse_axes
+from .axes import merge_axes
 from .errors import InputError
-from .io import TIFF_SUFFIXES, ImageMeta, _is_zarr, _read_zarr
+from .io import (
+    TIFF_SUFFIXES,
+    CheckedArray,
+    ImageMeta,
+    _is_zarr,
+    _read_zarr,
+    open_tiff,
+    quiet_tifffile,
+    tiff_axes,
+    tiff_series,
+)
 
-__all__ = ["Source", "open_source", "Selection", "parse_time", "open_array", "spread"]
+__all__ = ["Source", "open_source", "Selection", "parse_time", "open_array", "spread", "MAX_READ_BLOCKS"]
+
+#: Most blocks one lazy read of a source may have: a dask graph of more would take more
+#: memory and scheduling time than the reading itself.
+MAX_READ_BLOCKS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,8 @@ class Source:
     shape, chunks : tuple of int
     dtype : str
     meta : ImageMeta
+    series : int
+        The series of a TIFF file (0 for a file of one series and for Zarr).
     """
 
     path: str
@@ -50,10 +68,12 @@ class Source:
     chunks: tuple[int, ...]
     dtype: str
     meta: ImageMeta
+    series: int = 0
 
     def open(self) -> Any:
-        """The array, read-only (``zarr.Array``); cached per process."""
-        return open_array(self.path, self.kind, self.array_path)
+        """The array, read-only (a ``zarr.Array`` whose damaged chunks raise
+        :class:`InputError`); cached per process."""
+        return open_array(self.path, self.kind, self.array_path, self.series)
 
     def to_xarray(self, chunks: tuple[int, ...] | None = None) -> Any:
         """A dask-backed ``xarray.DataArray`` with dims named by lower-case axis letters.
@@ -65,6 +85,11 @@ class Source:
         import xarray as xr
 
         blocks = tuple(chunks) if chunks is not None else self.chunks
+        n_blocks = math.prod(-(-int(n) // max(1, int(b))) for n, b in zip(self.shape, blocks))
+        if n_blocks > MAX_READ_BLOCKS:
+            raise InputError(f"{self.path} ({' x '.join(str(v) for v in self.shape)} pixels) would be read in "
+                             f"{n_blocks} blocks of {blocks}, more than the {MAX_READ_BLOCKS} one pass can schedule; "
+                             "store it in larger chunks or process a part of it.")
         name = f"read-{self.path}-{self.array_path}" + ("" if blocks == tuple(self.chunks) else f"-{blocks}")
         arr = da.from_array(_Reader(self), chunks=blocks, asarray=True, fancy=False, name=name)
         coords: dict[str, Any] = {}
@@ -84,9 +109,40 @@ class Source:
             return None
         arr = self.open()
         total = int(arr.nchunks)
-        missing = total - int(arr.nchunks_initialized)
+        missing = total - _stored_chunks(arr)
         fill = arr.fill_value
         return missing, total, fill.item() if hasattr(fill, "item") else fill
+
+
+def _stored_chunks(arr: Any) -> int:
+    """Chunks of a Zarr array that are stored, from one listing of its keys: the time of
+    the listing, whatever the number of chunks the array could hold (zarr's own count
+    walks every possible chunk key)."""
+    from zarr.core.sync import sync
+
+    shape = tuple(int(v) for v in arr.shape)
+    outer = tuple(int(v) for v in (getattr(arr, "shards", None) or arr.chunks))
+    per_shard = math.prod(o // int(c) for o, c in zip(outer, arr.chunks))
+    grid = tuple(-(-n // c) for n, c in zip(shape, outer))
+    meta = arr.metadata
+    enc = getattr(meta, "chunk_key_encoding", None)
+    sep = getattr(enc, "separator", None) or getattr(meta, "dimension_separator", None) or "."
+    lead = ["c"] if getattr(enc, "name", "") == "default" else []
+    path = arr.store_path.path
+    prefix = f"{path}/" if path else ""
+
+    async def keys() -> list[str]:
+        return [k async for k in arr.store_path.store.list_prefix(prefix)]
+
+    stored = 0
+    for key in sync(keys()):
+        parts = key[len(prefix):].split(sep)
+        if parts[: len(lead)] != lead:
+            continue
+        parts = parts[len(lead):]
+        if len(parts) == len(grid) and all(p.isdigit() and int(p) < g for p, g in zip(parts, grid)):
+            stored += 1
+    return stored * per_shard
 
 
 class _Reader:
@@ -103,26 +159,28 @@ class _Reader:
 
 
 @lru_cache(maxsize=16)
-def open_array(path: str, kind: str, array_path: str) -> Any:
-    """Open a source array read-only, once per process."""
+def open_array(path: str, kind: str, array_path: str, series: int = 0) -> Any:
+    """Open a source array read-only, once per process (:class:`asn2n_dask.io.CheckedArray`)."""
     import zarr
+
+    from .io import _checked_store
 
     node: Any
     if kind == "tiff":
         import tifffile
 
-        store = tifffile.imread(path, aszarr=True)
+        store = tifffile.imread(path, aszarr=True, series=series)
         node = zarr.open(store, mode="r")
     else:
-        node = zarr.open(store=path, mode="r")
+        node = zarr.open(store=_checked_store(Path(path)), mode="r")
     if array_path:
         node = node[array_path]
     if isinstance(node, zarr.Group):  # multi-level TIFF: level 0
         node = node["0"]
-    return node
+    return CheckedArray(node, path)
 
 
-def open_source(path: str | os.PathLike[str], axes: str | None = None) -> Source:
+def open_source(path: str | os.PathLike[str], axes: str | None = None, *, series: int | None = None) -> Source:
     """Describe a TIFF or Zarr image without reading its pixels.
 
     Parameters
@@ -130,41 +188,41 @@ def open_source(path: str | os.PathLike[str], axes: str | None = None) -> Source
     path : path
         TIFF file, Zarr array, Zarr group holding one array, or OME-Zarr image.
     axes : str, optional
-        Axis letters when the file does not name them.
+        Axis letters for the axes the file does not name (a file's own axes stand:
+        :func:`asn2n_dask.axes.merge_axes`).
+    series : int, optional
+        The series of a TIFF file that holds several (required then).
 
     Raises
     ------
     InputError
-        Missing path, unknown format, unreadable store, or unusable axes.
+        Missing path, unknown format, unreadable store, several TIFF series and none
+        picked, axes that contradict the file's, or unusable axes.
     """
     p = Path(path).absolute()
     if not p.exists():
         raise InputError(f"input {p} does not exist.")
     if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
-
+        with quiet_tifffile(), open_tiff(p) as tf:
+            s = tiff_series(tf, p, series)
+            letters = s.axes
+            shape = tuple(int(v) for v in s.shape)
+            own = tiff_axes(letters, p, len(shape))
+        number = 0 if series is None else int(series)
         try:
-            with tifffile.TiffFile(p) as tf:
-                s = tf.series[0]
-                letters = s.axes
-                shape = tuple(int(v) for v in s.shape)
-        except (tifffile.TiffFileError, ValueError, OSError) as e:
-            raise InputError(f"{p} is not a readable TIFF file ({e}).") from None
-        letters = letters.replace("I", "T") if "T" not in letters else letters
-        if "S" in letters:
-            raise InputError(f"{p} is an RGB image; save each colour as a channel of a grey-level stack.")
-        try:
-            arr = open_array(str(p), "tiff", "")
+            arr = open_array(str(p), "tiff", "", number)
         except Exception as e:  # tifffile/zarr raise several types for odd files
             raise InputError(f"{p} cannot be read in pieces ({type(e).__name__}: {e}).") from None
-        ax = parse_axes(axes or letters, len(shape))
-        meta = ImageMeta(axes=ax, format="tiff", source=str(p))
-        return Source(str(p), "tiff", "", ax, shape, tuple(arr.chunks), str(arr.dtype), meta)
+        ax = own if axes is None else merge_axes(letters, axes, len(shape), source=str(p))
+        meta = ImageMeta(axes=ax, format="tiff", source=str(p), file_axes=letters)
+        return Source(str(p), "tiff", "", ax, shape, tuple(arr.chunks), str(arr.dtype), meta, number)
     if p.is_dir() and _is_zarr(p):
-        arr, meta = _read_zarr(p)
+        if series is not None:
+            raise InputError(f"--series picks a series of a multi-series TIFF file; {p} is a Zarr store.")
+        arr, meta = _read_zarr(p, axes)
         from dataclasses import replace
 
-        ax = parse_axes(axes, arr.ndim) if axes else meta.axes
+        ax = meta.axes
         root_path = str(getattr(arr, "path", "") or "")
         kind = "ome-zarr" if meta.format == "ome-zarr" else "zarr"
         if ax != meta.axes:
@@ -241,16 +299,17 @@ class Selection:
             t = parse_time(time, source.shape[source.axes.index("T")])
         return cls(chans, t)
 
-    def indices(self, source: Source) -> list[np.ndarray]:
-        """Per source axis, the source indices kept, in output order."""
-        out = []
+    def indices(self, source: Source) -> list[Sequence[int]]:
+        """Per source axis, the source indices kept, in output order (a ``range`` for
+        an axis kept whole or a time range: nothing is allocated per index)."""
+        out: list[Sequence[int]] = []
         for a, n in zip(source.axes, source.shape):
             if a == "C" and self.channels is not None:
-                out.append(np.array(self.channels))
+                out.append(np.array(self.channels))  # type: ignore[arg-type]
             elif a == "T" and self.time is not None:
-                out.append(np.arange(*self.time))
+                out.append(range(*self.time))
             else:
-                out.append(np.arange(n))
+                out.append(range(n))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -288,10 +347,35 @@ def sample_planes(source: Source, selection: Selection, k: int) -> tuple[np.ndar
         for ci, c in enumerate(chans):
             key: list[int] = [0] * len(non_yx)
             for j, ax in enumerate(others):
-                key[ax] = int(idx[ax][pos[j]])
+                key[ax] = int(idx[ax][int(pos[j])])
             if c_ax >= 0:
                 key[c_ax] = int(c)
             out[ci, pi] = arr[tuple(key)]
     names = list(source.meta.channel_names or [])
     labels = [names[int(c)] if len(names) > int(c) else str(int(c)) for c in chans]
     return out, labels
+
+
+def read_selection(source: Source, selection: Selection) -> np.ndarray:
+    """Read the selected channels and time points of a source into memory (only the
+    storage chunks under them), after checking that they fit in the memory available.
+
+    Raises
+    ------
+    InputError
+        The selection would not fit in memory (the remedy, a ``.zarr`` output, is named).
+    """
+    import psutil
+
+    idx = selection.indices(source)
+    need = int(np.prod([len(i) for i in idx], dtype=np.float64)) * np.dtype(source.dtype).itemsize
+    # the input, the float32 output, the risk labels and the per-frame work beside them
+    want = need + int(np.prod([len(i) for i in idx], dtype=np.float64)) * 5
+    free = psutil.virtual_memory().available
+    if want > free:
+        gib = 1024**3
+        raise InputError(f"{source.path}: the selection takes {want / gib:.1f} GiB to denoise in memory but "
+                         f"{free / gib:.1f} GiB are available; write a .zarr output instead (computed chunk by "
+                         "chunk), or select fewer channels or time points.")
+    key = tuple(slice(i.start, i.stop, i.step) if isinstance(i, range) else np.asarray(i) for i in idx)
+    return np.asarray(source.open().oindex[key])

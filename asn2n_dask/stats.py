@@ -15,7 +15,7 @@ the wanted percentiles are refined by a third, fine histogram pass.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,49 @@ __all__ = ["HIST_BINS", "ChannelStats", "channel_stats", "bin_edges"]
 
 #: Histogram bins of the percentile pass.
 HIST_BINS = 1 << 16
+
+#: Integers beyond this magnitude are not all exact in float64, the arithmetic of the
+#: statistics and of the normalisation.
+MAX_EXACT_INT = 2**53
+#: Largest magnitude accepted: results are computed and written as float32 (up to
+#: 3.4e38), with room for the range between a channel's extremes and beyond.
+MAX_MAGNITUDE = float(np.finfo(np.float32).max) / 16
+#: Data no larger than this in magnitude is below what float32 resolves usefully.
+MIN_MAGNITUDE = 1e-30
+#: At a channel's values, float32 must resolve this fraction of the channel's range.
+RESOLUTION = 2.0**-10
+
+
+def check_value_range(minimum: Any, maximum: Any, dtype: Any, what: str = "the data") -> None:
+    """Refuse values the arithmetic cannot hold: integers beyond 2**53 (float64 exact),
+    magnitudes float32 (the results' type) cannot hold or resolve, and large values
+    whose range float32 cannot tell apart (a big offset on a narrow range).
+
+    Raises
+    ------
+    InputError
+        Naming the values and the remedy (an offset, or a rescaling).
+    """
+    dt = np.dtype(dtype)
+    mn, mx = float(minimum), float(maximum)
+    big = max(abs(mn), abs(mx))
+    if dt.kind in "ui" and max(abs(int(minimum)), abs(int(maximum))) > MAX_EXACT_INT:
+        raise InputError(f"{what} holds integers up to {big:.3g} in magnitude, beyond 2**53 ({2.0**53:.3g}), the "
+                         f"largest float64 holds exactly; subtract an offset (e.g. the minimum, {int(minimum)}) or "
+                         "rescale the data first.")
+    if big > MAX_MAGNITUDE:
+        raise InputError(f"{what} holds values up to {big:.3g} in magnitude, more than float32 (up to 3.4e38), in "
+                         "which results are computed and written, holds with room to spare; rescale the data (e.g. "
+                         f"divide it by 1e{int(np.ceil(np.log10(big))) - 6}) first.")
+    if 0 < big < MIN_MAGNITUDE:
+        raise InputError(f"{what} holds values no larger than {big:.3g} in magnitude, too small for float32, in "
+                         "which results are computed and written; rescale the data (e.g. multiply it by "
+                         f"1e{-int(np.floor(np.log10(big)))}) first.")
+    wide = dt.kind in "ui" and dt.itemsize >= 4 or dt.kind == "f" and dt.itemsize > 4
+    if wide and mx > mn and float(np.spacing(np.float32(big))) > (mx - mn) * RESOLUTION:
+        raise InputError(f"{what} holds values around {big:.6g} that span only {mx - mn:.3g}: float32, in which "
+                         f"results are computed and written, cannot resolve them there; subtract an offset (e.g. "
+                         f"the minimum, {mn:.10g}) first.")
 
 
 @dataclass(frozen=True)
@@ -48,7 +91,13 @@ class ChannelStats:
     count : int
         Pixels reduced.
     digest : str
-        SHA-256 of the channel's histogram: changes when the data does, almost surely.
+        SHA-256 of the channel's histogram: the same for data that holds the same values
+        in another order (frames swapped).
+    content : str
+        BLAKE2b of the channel's raw bytes, block by block in storage order, read in the
+        same pass: changes when any pixel does, also when only their order does.  It
+        depends on how the data is stored and read (the blocks), so two statistics are
+        equal whatever their ``content``; a resumed run compares it on the same input.
     floor, clip : float, optional
         The ``floor_percentile`` and ``clip_percentile`` percentiles.
     """
@@ -61,6 +110,7 @@ class ChannelStats:
     digest: str = ""
     floor: float | None = None
     clip: float | None = None
+    content: str = field(default="", compare=False)
 
     def risk_scale(self, thresholds: RiskThresholds) -> FrameStats:
         """The risk scale for ``thresholds``' estimator: from the ``floor_percentile``
@@ -75,7 +125,7 @@ class ChannelStats:
     def to_dict(self) -> dict[str, Any]:
         return {"norm": self.norm.to_dict(), "risk": self.risk.to_dict(), "minimum": self.minimum,
                 "maximum": self.maximum, "count": self.count, "digest": self.digest, "floor": self.floor,
-                "clip": self.clip}
+                "clip": self.clip, "content": self.content}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChannelStats:
@@ -83,7 +133,8 @@ class ChannelStats:
                    minimum=float(d["minimum"]), maximum=float(d["maximum"]), count=int(d["count"]),
                    digest=str(d.get("digest", "")),
                    floor=None if d.get("floor") is None else float(d["floor"]),
-                   clip=None if d.get("clip") is None else float(d["clip"]))
+                   clip=None if d.get("clip") is None else float(d["clip"]),
+                   content=str(d.get("content", "")))
 
 
 def _small_int(dtype: Any) -> bool:
@@ -112,6 +163,26 @@ def _counts_of(plane: Any, xp: Any) -> Any:
     per_block = plane.map_blocks(lambda b: _value_counts(b).reshape((1,) * b.ndim + (n,)), new_axis=plane.ndim,
                                  chunks=(1,) * plane.ndim + (n,), dtype=np.int64)
     return per_block.sum(axis=tuple(range(plane.ndim)))
+
+
+def _block_digest(block: NDArray[Any]) -> NDArray[np.uint8]:
+    """BLAKE2b-128 of one block's raw bytes, shaped to stand in the block's place."""
+    d = hashlib.blake2b(np.ascontiguousarray(block).tobytes(), digest_size=16).digest()
+    return np.frombuffer(d, np.uint8).reshape((1,) * block.ndim + (16,))
+
+
+def _content_of(plane: Any, xp: Any) -> Any:
+    """Per-block digests of a numpy (one block) or dask array, in block order."""
+    if xp is np:
+        return _block_digest(np.asarray(plane))
+    return plane.map_blocks(_block_digest, new_axis=plane.ndim, chunks=(1,) * plane.ndim + (16,), dtype=np.uint8)
+
+
+def _content_digest(blocks: Any, shape: tuple[int, ...], dtype: Any) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((tuple(int(v) for v in shape), str(np.dtype(dtype)))).encode())
+    h.update(np.ascontiguousarray(blocks, np.uint8).tobytes())
+    return h.hexdigest()
 
 
 def _integer_bins(lo: float, hi: float, dtype: Any) -> bool:
@@ -186,10 +257,13 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
         return list(dask.compute(*xs)) if is_dask else list(xs)
 
     nc = planes.shape[0]
+    # the content digests ride on the first pass: every block is read once for both
+    digests = [_content_of(planes[c], xp) for c in range(nc)]
     if _small_int(planes.dtype):  # one pass: counts of every value give the range and the histogram
         first = 0 if planes.dtype.kind == "b" else int(np.iinfo(planes.dtype).min)
         mins, maxs, hists = [], [], []
-        for c, counts in enumerate(compute(*[_counts_of(planes[c], xp) for c in range(nc)])):
+        *all_counts, digests = compute(*[_counts_of(planes[c], xp) for c in range(nc)], digests)
+        for c, counts in enumerate(all_counts):
             seen = np.flatnonzero(np.asarray(counts))
             if seen.size == 0:
                 raise InputError(f"channel {c} holds no pixels.")
@@ -199,11 +273,12 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
         edges_all = [bin_edges(float(mins[c]), float(maxs[c]), planes.dtype) for c in range(nc)]
     else:
         rest = tuple(range(1, planes.ndim))
-        mins, maxs = compute(planes.min(axis=rest), planes.max(axis=rest))
+        mins, maxs, digests = compute(planes.min(axis=rest), planes.max(axis=rest), digests)
         for c in range(nc):
             if not (np.isfinite(mins[c]) and np.isfinite(maxs[c])):
                 raise InputError(f"channel {c} holds NaN or infinite values; replace them (e.g. with the "
                                  "background level) before denoising.")
+            check_value_range(mins[c], maxs[c], planes.dtype, f"channel {c}")
         edges_all = [bin_edges(float(mins[c]), float(maxs[c]), planes.dtype) for c in range(nc)]
         hists = [np.asarray(h) for h in compute(*[xp.histogram(planes[c], bins=edges_all[c])[0]
                                                   for c in range(nc)])]
@@ -250,6 +325,6 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
         digest = hashlib.sha256(np.ascontiguousarray(counts, np.int64).tobytes() + edges.tobytes()).hexdigest()
         cs = ChannelStats(norm=FrameStats(lo=lo_q if norm.low_percentile > 0 else mn, hi=hi_q),
                           risk=FrameStats(mn, mx), minimum=mn, maximum=mx, count=n, digest=digest, floor=floor_q,
-                          clip=clip_q)
+                          clip=clip_q, content=_content_digest(digests[c], planes.shape[1:], planes.dtype))
         out.append(replace(cs, risk=cs.risk_scale(norm.risk)))
     return out

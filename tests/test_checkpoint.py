@@ -101,3 +101,50 @@ def test_the_risk_estimator_resolved_in_training_is_kept_per_channel(model_dir, 
     path.write_text(json.dumps(doc))
     with pytest.raises(ModelError, match="unknown risk estimator"):
         load_model(model_dir)
+
+
+@pytest.mark.parametrize("field, edit", [
+    ("dataset_mode", lambda d: d["channels"][0].update(dataset_mode="sideways")),
+    ("dataset_mode", lambda d: d["channels"][0].update(dataset_mode=3)),
+    ("steps", lambda d: d["channels"][0].update(steps="many")),
+    ("steps", lambda d: d["channels"][0].update(steps=1e400)),
+    ("steps", lambda d: d["channels"][0].update(steps=-3)),
+    ("best_step", lambda d: d["channels"][0].update(best_step="last")),
+    ("high_risk_ratio", lambda d: d["channels"][0].update(high_risk_ratio="x")),
+    ("high_risk_ratio", lambda d: d["channels"][0].update(high_risk_ratio=7.0)),
+    ("seconds", lambda d: d["channels"][0].update(seconds=[1])),
+    ("history", lambda d: d["channels"][0].update(history=5)),
+    ("history", lambda d: d["channels"][0].update(history=[1, 2])),
+    ("training", lambda d: d["channels"][0].update(training="yes")),
+    ("name", lambda d: d["channels"][0].update(name={"a": 1})),
+    ("stats", lambda d: d["channels"][0].update(stats={"lo": "a", "hi": 1})),
+    ("stats", lambda d: d["channels"][0].update(stats={"lo": 5.0, "hi": 1.0})),
+    ("stats", lambda d: d["channels"][0].update(stats=[0, 1])),
+    ("weights", lambda d: d["channels"][0].update(weights=12)),
+    ("sha256", lambda d: d["channels"][0].update(sha256=None)),
+    ("channels", lambda d: d.update(channels=[1])),
+    ("channels", lambda d: d.update(channels={"a": 1})),
+    ("format_version", lambda d: d.update(format_version="two")),
+    ("train", lambda d: d.update(train=[1])),
+    ("train", lambda d: d["train"].update(steps="x")),
+    ("train", lambda d: d["train"].update(steps=1e400)),
+    ("train", lambda d: d["train"]["norm"].update(risk=5)),
+    ("provenance", lambda d: d.update(provenance=[1])),
+    ("model.json", lambda d: d.update(provenance="DEEP")),  # nested 100000 deep
+    ("model.json", lambda d: d.clear() or d.update({"x": 1}) or None),
+])
+def test_every_field_of_model_json_is_checked_on_load(model_dir, field, edit):
+    doc = json.loads((model_dir / "model.json").read_text())
+    edit(doc)
+    text = json.dumps(doc).replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
+    (model_dir / "model.json").write_text(text)
+    with pytest.raises(ModelError, match=field) as e:
+        load_model(model_dir)
+    assert "\n" not in str(e.value) and str(e.value).endswith(".")
+
+
+def test_a_model_json_that_is_not_an_object_is_refused(model_dir):
+    for text in ("[1, 2]", '"model"', "null", "1e400", "[" * 100_000 + "]" * 100_000):
+        (model_dir / "model.json").write_text(text)
+        with pytest.raises(ModelError, match="model.json"):
+            load_model(model_dir)

@@ -31,7 +31,7 @@ def work(tmp_path_factory, frame):
     tifffile.imwrite(d / "noisy.tif", frame[0])
     tifffile.imwrite(d / "two.tif", np.stack([frame[0], frame[0][:, ::-1]]), photometric="minisblack",
                      metadata={"axes": "CYX"})
-    r = invoke("fit", d / "noisy.tif", "-o", d / "model", *FAST)
+    r = runner.invoke(app, list(map(str, ["fit", d / "noisy.tif", "-o", d / "model", *FAST])))  # not -q
     assert r.exit_code == 0, r.output
     assert "channel 0: risk estimator " in r.stdout  # what training decided, per channel
     return d
@@ -57,7 +57,7 @@ def test_fit_denoise_and_run_end_to_end(work):
 def test_zarr_runs_resume_reuse_their_model_and_refuse_other_jobs(work):
     args = ["run", work / "two.tif", "-o", work / "rerun.zarr", *FAST, "--tile", "32", "--workers", "1"]
     assert invoke(*args).exit_code == 0
-    again = invoke(*args)
+    again = runner.invoke(app, list(map(str, args)))  # not -q: the result line is wanted
     assert again.exit_code == 0 and "already complete" in again.stdout
     other = invoke(*[a if a != "3" else "4" for a in args])  # other training steps: another job
     assert other.exit_code == 2 and "model already exists" in other.output

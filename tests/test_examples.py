@@ -24,7 +24,7 @@ def test_demo_command(tmp_path):
 
     from asn2n_dask.cli import app
 
-    r = CliRunner().invoke(app, ["-q", "demo", "--out", str(tmp_path), "--size", "96", "--steps", "5"])
+    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--size", "96", "--steps", "5"])  # not -q: paths
     assert r.exit_code == 0, r.output
     for name in ("noisy.tif", "denoised.tif", "before_after.png", "model/model.json"):
         assert (tmp_path / name).exists(), name
@@ -68,6 +68,7 @@ def test_cluster_slurm_example_renders_the_job_without_slurm(tmp_path, monkeypat
     # as on a machine without SLURM (where SLURM is up, tests/test_hpc.py submits for real)
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "sbatch" else which(name, *a, **k))
     monkeypatch.setattr(sys, "argv", ["cluster_slurm.py", str(tmp_path), "--jobs", "3"])
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the per-run TLS key goes under $HOME/.asn2n/tls
     runpy.run_path(str(ROOT / "examples" / "cluster_slurm.py"), run_name="__main__")
     script = (tmp_path / "worker-job.sh").read_text()
     assert script.startswith("#!/usr/bin/env bash") and "#SBATCH" in script and "dask_worker" in script

@@ -152,3 +152,206 @@ def test_malformed_zarr_and_ome_metadata_is_refused_in_one_sentence(tmp_path, da
         open_source(p)
     r = CliRunner().invoke(app, ["risk", str(p)])
     assert r.exit_code == 2 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+# ------------------------------------------------------------------ hostile files
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from asn2n_dask.cli import app
+
+    return CliRunner().invoke(app, ["-q", *map(str, args)])
+
+
+def _one_sentence(r, code=2):
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    return r.output
+
+
+def _two_series(path):
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(np.zeros((8, 8), np.uint8), photometric="minisblack")  # a thumbnail first
+        tw.write(np.arange(3 * 40 * 48, dtype=np.uint16).reshape(3, 40, 48), photometric="minisblack",
+                 metadata={"axes": "TYX"})
+    return path
+
+
+def test_a_multi_series_tiff_is_refused_unless_a_series_is_picked(tmp_path):
+    from asn2n_dask.source import open_source
+
+    p = _two_series(tmp_path / "two.tif")
+    for read in (read_image, open_source):
+        with pytest.raises(InputError, match=r"series 0: \(8, 8\) YX.*series 1: \(3, 40, 48\) TYX.*--series"):
+            read(p)
+        with pytest.raises(InputError, match="--series 2"):
+            read(p, series=2)
+    data, meta = read_image(p, series=1)
+    assert data.shape == (3, 40, 48) and meta.axes == "TYX" and data[1, 2, 3] == 1 * 40 * 48 + 2 * 48 + 3
+    src = open_source(p, series=1)
+    assert src.shape == (3, 40, 48) and src.axes == "TYX"
+    np.testing.assert_array_equal(np.asarray(src.open()[...]), data)
+    assert read_image(p, series=0)[0].shape == (8, 8)
+    assert "--series" in _one_sentence(_cli("risk", p))
+    assert _cli("risk", p, "--series", "1").exit_code == 0
+    single = tmp_path / "one.tif"
+    tifffile.imwrite(single, np.zeros((16, 16), np.uint8))
+    assert read_image(single, series=0)[0].shape == (16, 16)
+    with pytest.raises(InputError, match="TIFF"):
+        open_source(_ome(tmp_path), series=1)
+
+
+def _claim(path, width, height):
+    """A 16x16 uint8 TIFF whose header claims ``height x width`` pixels."""
+    import struct
+
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint8), photometric="minisblack")
+    with tifffile.TiffFile(path) as tf:
+        tags = tf.pages[0].tags
+        where = {k: (tags[k].valueoffset, tags[k].dtype) for k in ("ImageWidth", "ImageLength", "RowsPerStrip")}
+    b = bytearray(path.read_bytes())
+    for k, v in (("ImageWidth", width), ("ImageLength", height), ("RowsPerStrip", height)):
+        off, dt = where[k]
+        b[off : off + (2 if dt == 3 else 4)] = struct.pack("<H" if dt == 3 else "<I", min(v, 65535) if dt == 3 else v)
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_size_claims_are_checked_before_anything_is_allocated(tmp_path, monkeypatch, tiny_model):
+    import time
+
+    import asn2n_dask.io as io_mod
+    from asn2n_dask import save_model
+    from asn2n_dask.source import open_source
+
+    t0 = time.perf_counter()
+    huge = _claim(tmp_path / "huge.tif", 100000, 100000)
+    with pytest.raises(InputError, match="truncated"):
+        read_image(huge)
+    _one_sentence(_cli("risk", huge))
+    zarr.create_array(str(tmp_path / "big.zarr"), shape=(10**6, 10**6), chunks=(4096, 4096), dtype="uint16",
+                      dimension_names=["y", "x"])
+    with pytest.raises(InputError, match=r"\.zarr output"):
+        read_image(tmp_path / "big.zarr")
+    zarr.create_array(str(tmp_path / "long.zarr"), shape=(10**8, 64, 64), chunks=(1, 64, 64), dtype="uint16",
+                      dimension_names=["t", "y", "x"])
+    with pytest.raises(InputError, match=r"GiB"):
+        read_image(tmp_path / "long.zarr")
+    save_model(tiny_model, tmp_path / "m")  # the .tif output route reads into memory: refused, .zarr suggested
+    assert ".zarr" in _one_sentence(_cli("denoise", tmp_path / "long.zarr", "-o", tmp_path / "o.tif", "-m",
+                                         tmp_path / "m"))
+    assert time.perf_counter() - t0 < 30
+    # what is read into memory is compared to the memory available
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.zeros((64, 64), np.uint16))
+    monkeypatch.setattr(io_mod, "available_memory", lambda: 1000)
+    with pytest.raises(InputError, match=r"\.zarr output"):
+        read_image(small)
+    assert open_source(small).shape == (64, 64)  # a lazy read is not refused
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda c: c.write_bytes(b"\x00" * 100), "damaged"),          # wrong decoded size
+    (lambda c: c.write_bytes(b"garbage" * 10), "damaged"),        # undecodable
+    (lambda c: (c.unlink(), c.symlink_to("/dev/zero")), "not a regular file"),
+])
+def test_damaged_zarr_chunks_are_refused_in_one_sentence(tmp_path, damage, needle):
+    import subprocess
+    import sys
+
+    from asn2n_dask.source import open_source
+
+    for compressed in (False, True):
+        p = tmp_path / f"d{int(compressed)}.zarr"
+        a = zarr.create_array(str(p), shape=(64, 64), chunks=(32, 32), dtype="uint16", dimension_names=["y", "x"],
+                              **({} if compressed else {"compressors": None}))
+        a[...] = 5
+        damage(p / "c" / "0" / "1")
+        with pytest.raises(InputError, match=needle):
+            read_image(p)
+        src = open_source(p)
+        with pytest.raises(InputError, match=needle):
+            np.asarray(src.open()[:, 32:])
+        assert (np.asarray(src.open()[:32, :32]) == 5).all()  # the sound chunks still read
+    r = subprocess.run([sys.executable, "-m", "asn2n_dask", "risk", str(p)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_truncated_tiff_is_refused_in_one_sentence(tmp_path):
+    from asn2n_dask.source import open_source
+
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, np.random.default_rng(0).poisson(20, (4, 64, 64)).astype(np.uint16),
+                     photometric="minisblack")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(InputError, match="truncated"):
+        read_image(cut)
+    with pytest.raises(InputError, match="truncated"):
+        open_source(cut)
+    _one_sentence(_cli("fit", cut, "-o", tmp_path / "m", "--preset", "tiny", "--steps", "2", "--patch", "32"))
+
+
+@pytest.mark.parametrize("transforms", ["scale", ["scale"], [{"type": "scale", "scale": 5}], 7])
+def test_ome_coordinate_transformations_of_the_wrong_type_are_malformed(tmp_path, transforms):
+    p = _ome(tmp_path)
+    _edit_attrs(p, lambda a: a["ome"]["multiscales"][0]["datasets"][0].update(coordinateTransformations=transforms))
+    with pytest.raises(InputError, match="malformed OME-Zarr"):
+        read_image(p)
+    _one_sentence(_cli("risk", p))
+
+
+@pytest.mark.parametrize("scale", [[1.0, "NaN", 0.1], [1.0, 0.1, 0.0], [1.0, -0.1, 0.1], [1.0, 0.1],
+                                   [1.0, "Infinity", 0.1]])
+def test_a_non_finite_or_non_positive_scale_is_dropped_with_a_warning(tmp_path, caplog, scale):
+    import json
+    import math
+
+    p = _ome(tmp_path)
+    doc = json.loads((p / "zarr.json").read_text())
+    doc["attributes"]["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"] = [
+        {"type": "scale", "scale": scale}]
+    (p / "zarr.json").write_text(json.dumps(doc).replace('"NaN"', "NaN").replace('"Infinity"', "Infinity"))
+    with caplog.at_level("WARNING", logger="asn2n_dask"):
+        data, meta = read_image(p)
+    assert meta.scale is None and "scale" in caplog.text
+    # nor is a bad scale given in code ever written into OME metadata
+    bad = ImageMeta(axes="CYX", format="ome-zarr", scale=(1.0, float("nan"), -1.0))
+    out = write_image(tmp_path / "w.zarr", data, bad)
+    written = json.loads((out / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
+    got = written["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert all(math.isfinite(v) and v > 0 for v in got)
+
+
+def test_the_files_own_axes_win_over_contradicting_axes_options(tmp_path):
+    from asn2n_dask.source import open_source
+
+    ij = tmp_path / "ij.tif"
+    stack = np.arange(2 * 3 * 2 * 16 * 16, dtype=np.uint16).reshape(2, 3, 2, 16, 16)
+    tifffile.imwrite(ij, stack, imagej=True, metadata={"axes": "TZCYX"})
+    assert read_image(ij)[1].axes == "TZCYX"
+    with pytest.raises(InputError, match="TZCYX"):
+        open_source(ij, "TCZYX")
+    assert open_source(ij, "TZCYX").axes == "TZCYX"  # agreeing is fine
+    assert "TZCYX" in _one_sentence(_cli("risk", ij, "--axes", "TCZYX"))
+    # a file that names no axes (tifffile's Q, ImageJ's I) takes them from --axes
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.zeros((3, 16, 16), np.uint8), photometric="minisblack")
+    assert open_source(plain, "CYX").axes == "CYX"
+    r = _cli("risk", plain, "--axes", "CYX", "--json")
+    assert r.exit_code == 0 and '"axes": "CYX"' in r.output, r.output
+    zarr.create_array(str(tmp_path / "bare.zarr"), shape=(2, 3, 16, 16), chunks=(1, 1, 16, 16), dtype="uint8")
+    assert open_source(tmp_path / "bare.zarr", "TCYX").axes == "TCYX"
+    zarr.create_array(str(tmp_path / "named.zarr"), shape=(2, 16, 16), dtype="uint8", dimension_names=["c", "y", "x"])
+    with pytest.raises(InputError, match="CYX"):
+        open_source(tmp_path / "named.zarr", "TYX")
+
+
+def test_cast_output_keeps_float_outputs_finite():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = cast_output(np.array([-1e6, 1.0, 70000.0], np.float32), np.float16)
+    assert np.isfinite(got).all() and got.tolist() == [-65504.0, 1.0, 65504.0]

@@ -216,7 +216,7 @@ def _records(out: Path) -> int:
 
 
 def _cli(d: Path, out: str) -> list[str]:
-    return [sys.executable, "-m", "asn2n_dask", "-q", "denoise", str(d / "big.zarr"), "-o", str(d / out),
+    return [sys.executable, "-m", "asn2n_dask", "denoise", str(d / "big.zarr"), "-o", str(d / out),
             "--model", str(d / "model"), "--tile", "32", "--chunks", "32", "--workers", "1"]
 
 
