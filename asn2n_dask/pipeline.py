@@ -579,9 +579,19 @@ def channel_map(source: Source, selection: Selection, model: Any) -> tuple[int, 
         return tuple(names.index(n) for n in picked)
     n_src = source.shape[c_ax] if c_ax >= 0 else 1
     if model.n_channels == n_src:
-        return tuple(out_src)
-    if model.n_channels == len(out_src):
-        return tuple(range(len(out_src)))
+        mapping = tuple(out_src)
+    elif model.n_channels == len(out_src):
+        mapping = tuple(range(len(out_src)))
+    else:
+        mapping = ()
+    if mapping:
+        labels = [src_names[i] if src_names else str(i) for i in out_src]
+        other = [(lab, names[m]) for lab, m in zip(labels, mapping) if names[m] != lab]
+        if other:  # by position: said, since the names do not confirm it
+            log.warning("the model has no network named %s; channel %s goes to network %s by position",
+                        " or ".join(repr(lab) for lab, _ in other), ", ".join(lab for lab, _ in other),
+                        ", ".join(repr(m) for _, m in other))
+        return mapping
     raise ModelError(f"the model was trained for {model.n_channels} channel(s) but {len(out_src)} are selected "
                      f"from {source.path} ({n_src} in all); train a model on the same channels or select them with "
                      "--channel.")
