@@ -123,15 +123,25 @@ _FLAT = 1e-20
 
 
 def local_weight(region: NDArray[np.floating], stats: FrameStats, config: NormConfig,
-                 risk_map: NDArray[np.int8]) -> NDArray[np.float64]:
+                 risk_map: NDArray[np.int8], lo: NDArray[np.float64] | None = None,
+                 hi: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
     """How far each patch of a region moves from the global range towards its local one
     under ``adaptive`` (0: global range, 1: its own).
 
-    High-risk patches 0; safe ones 1 with ``config.adaptive_weight == "class"``, else
-    the share of the patch's variance that is signal, ``1 - noise / variance`` clipped
-    to [0, 1] (variance with ddof 1, noise from the 2x2 diagonal differences, both on
-    the pixels in input units relative to the global range; 0 for a flat patch, one of
-    variance under 1e-20).
+    High-risk patches 0.  Safe ones, by ``config.adaptive_weight``:
+
+    * ``class``: 1 (the published rule).
+    * ``signal``: the share of the patch's variance that is signal, ``1 - noise /
+      variance`` (variance with ddof 1).
+    * ``range`` (default): the share of the patch's local range (``hi - lo``, needed)
+      that its noise does not explain, ``1 - 2 sqrt(2 ln n) noise_sd / (hi - lo)``:
+      ``2 sqrt(2 ln n)`` noise standard deviations is about the range of ``n`` pixels of
+      pure noise, so a patch whose minimum and maximum its noise sets keeps the global
+      range, and only structure well above the noise gets its own.
+
+    Both clipped to [0, 1]; noise from the 2x2 diagonal differences
+    (:func:`asn2n_dask.risk.patch_noise_var`), all on the pixels relative to the global
+    range; 0 for a flat patch (variance or range under 1e-20).
 
     Returns
     -------
@@ -140,27 +150,53 @@ def local_weight(region: NDArray[np.floating], stats: FrameStats, config: NormCo
     safe = (np.asarray(risk_map) == SAFE).astype(np.float64)
     if config.adaptive_weight == "class":
         return safe
+    patch = config.risk.patch
     x = (np.asarray(region, np.float64) - stats.lo) / stats.span
-    _, std, _ = patch_moments(x, config.risk.patch)
-    var = std * std
-    noise = patch_noise_var(x, config.risk.patch)
-    live = var > _FLAT  # a flat patch (rounding aside) is all noise-free background: weight 0
-    share = np.where(live, 1.0 - noise / np.where(live, var, 1.0), 0.0)
+    noise = patch_noise_var(x, patch)
+    if config.adaptive_weight == "range":
+        if lo is None or hi is None:
+            raise ValueError("the range weight needs the patches' local ranges")
+        n = np.sum(~np.isnan(patch_view(x, patch)), axis=-1).astype(np.float64)
+        spread = (np.asarray(hi) - np.asarray(lo)) / stats.span
+        live = spread > _FLAT
+        expect = 2.0 * np.sqrt(2.0 * np.log(np.maximum(n, 2.0))) * np.sqrt(noise)
+        share = np.where(live, 1.0 - expect / np.where(live, spread, 1.0), 0.0)
+    else:
+        _, std, _ = patch_moments(x, patch)
+        var = std * std
+        live = var > _FLAT  # a flat patch (rounding aside) is all noise-free background: weight 0
+        share = np.where(live, 1.0 - noise / np.where(live, var, 1.0), 0.0)
     return safe * np.clip(share, 0.0, 1.0)
 
 
 def local_weight_torch(region: torch.Tensor, stats: FrameStats, config: NormConfig,
-                       risk_map: torch.Tensor) -> torch.Tensor:
+                       risk_map: torch.Tensor, lo: torch.Tensor | None = None,
+                       hi: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`local_weight` in torch (float64 advised), on the region's device."""
     safe = (risk_map == SAFE).to(region.dtype)
     if config.adaptive_weight == "class":
         return safe
+    patch = config.risk.patch
     x = (region - stats.lo) / stats.span
-    _, std, _ = patch_moments_torch(x, config.risk.patch)
-    var = std * std
-    noise = patch_noise_var_torch(x, config.risk.patch)
-    live = var > _FLAT
-    share = torch.where(live, 1.0 - noise / torch.where(live, var, torch.ones_like(var)), torch.zeros_like(var))
+    noise = patch_noise_var_torch(x, patch)
+    one, zero = torch.ones_like(noise), torch.zeros_like(noise)
+    if config.adaptive_weight == "range":
+        if lo is None or hi is None:
+            raise ValueError("the range weight needs the patches' local ranges")
+        h, w = x.shape
+        ny, nx = -(-h // patch), -(-w // patch)
+        rows = torch.clamp(h - torch.arange(ny, device=x.device) * patch, max=patch)
+        cols = torch.clamp(w - torch.arange(nx, device=x.device) * patch, max=patch)
+        n = (rows[:, None] * cols[None, :]).to(x.dtype)
+        spread = (hi - lo) / stats.span
+        live = spread > _FLAT
+        expect = 2.0 * torch.sqrt(2.0 * torch.log(torch.clamp(n, min=2.0))) * torch.sqrt(noise)
+        share = torch.where(live, 1.0 - expect / torch.where(live, spread, one), zero)
+    else:
+        _, std, _ = patch_moments_torch(x, patch)
+        var = std * std
+        live = var > _FLAT
+        share = torch.where(live, 1.0 - noise / torch.where(live, var, one), zero)
     return safe * torch.clamp(share, 0.0, 1.0)
 
 
@@ -202,7 +238,7 @@ def patch_ranges(region: NDArray[np.floating], stats: FrameStats, config: NormCo
     if mode == "adaptive":
         if risk_map is None:
             raise ValueError("adaptive normalisation needs the risk map")
-        wt = local_weight(region, stats, config, risk_map)
+        wt = local_weight(region, stats, config, risk_map, lo, hi)
         lo = stats.lo + wt * (lo - stats.lo)
         hi = (stats.lo + stats.span) + wt * (hi - (stats.lo + stats.span))
     return lo, hi
@@ -234,7 +270,7 @@ def patch_ranges_torch(region: torch.Tensor, stats: FrameStats, config: NormConf
     if mode == "adaptive":
         if risk_map is None:
             raise ValueError("adaptive normalisation needs the risk map")
-        wt = local_weight_torch(region, stats, config, risk_map)
+        wt = local_weight_torch(region, stats, config, risk_map, lo, hi)
         lo = stats.lo + wt * (lo - stats.lo)
         hi = (stats.lo + stats.span) + wt * (hi - (stats.lo + stats.span))
     return lo, hi
