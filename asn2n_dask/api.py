@@ -132,13 +132,10 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         def n_ch(s: Any, sel: Any) -> int:
             return len(sel.indices(s)[s.axes.index("C")]) if "C" in s.axes else 1
 
+        from .pipeline import check_source
+
         for s, sel in zip(sources, sels):
-            if np.dtype(s.dtype).kind not in "uif":
-                raise InputError(f"{s.path} has dtype {s.dtype}, which is not supported; convert it to an integer "
-                                 "or float type.")
-            if min(s.frame_shape) < MIN_FRAME_SIDE:
-                raise InputError(f"{s.path} frames are {s.frame_shape}; frames must be at least {MIN_FRAME_SIDE}x"
-                                 f"{MIN_FRAME_SIDE} pixels.")
+            check_source(s)
             if n_ch(s, sel) != n_ch(first, sels[0]):
                 raise InputError(f"{s.path} has different channels than {first.path}; train on inputs with the "
                                  "same channels.")
@@ -514,16 +511,11 @@ def risk_summary(data: Any, *, axes: str | None = None, config: TrainConfig = Tr
     # per channel: index, name, statistics, its frames as readers, the frames to classify
     items: list[tuple[int, str, ChannelStats, list[PlaneReader], NDArray[Any]]] = []
     if isinstance(data, (str, os.PathLike)):
-        from .pipeline import selection_stats
+        from .pipeline import check_source, selection_stats
         from .source import Selection, open_source, sample_planes
 
         src = open_source(data, axes, series=series)
-        if np.dtype(src.dtype).kind not in "uif":
-            raise InputError(f"{src.path} has dtype {src.dtype}, which is not supported; convert it to an integer "
-                             "or float type.")
-        if min(src.frame_shape) < MIN_FRAME_SIDE:
-            raise InputError(f"{src.path} frames are {src.frame_shape}; frames must be at least {MIN_FRAME_SIDE}x"
-                             f"{MIN_FRAME_SIDE} pixels.")
+        check_source(src)
         sel = Selection.parse(src, list(channels) if channels else None, time)
         stats = selection_stats([src], [sel], config.norm, client)
         ax = src.axes

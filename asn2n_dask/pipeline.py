@@ -984,111 +984,97 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
 
     out = check_output_path(source.path, output)
     with output_lock(out):
-        return _run_pipeline(source, out, model_dir, selection=selection, options=options, client=client,
-                             scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
-                             progress=progress, echo=echo, extra=extra, torch_threads=torch_threads, cluster=cluster,
-                             jobs=jobs, dashboard_address=dashboard_address)
+        from .checkpoint import load_model
 
+        t0 = time.perf_counter()
+        model = load_model(model_dir, allow_unfinished=options.allow_unfinished)
+        plan = make_plan(source, selection, options=options, patch=model.train.norm.risk.patch,
+                         out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4)
+        cmap = channel_map(source, selection, model)
+        from .blend import check_tile
 
-def _run_pipeline(source: Source, out: Path, model_dir: str | os.PathLike[str], *,
-                 selection: Selection = Selection(), options: RunOptions = RunOptions(), client: Any = None,
-                 scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
-                 memory_limit: str | None = None, progress: Callable[[str, int, int], None] | None = None,
-                 echo: Callable[[str], None] = log.info, extra: dict[str, Any] | None = None,
-                 torch_threads: int | None = None, cluster: str | os.PathLike[str] | None = None,
-                 jobs: int | None = None, dashboard_address: str | None = None) -> RunSummary:
-    """:func:`run_pipeline` once the output's lock is held."""
-    from .checkpoint import load_model
+        check_tile(options.infer, model.multiple)
+        summary = RunSummary(output=str(out), tasks=plan.n_tasks, plan=plan.to_dict())
+        prev = _existing(out)
+        if prev == {}:
+            raise OutputError(f"output {out} already exists and was not written by asn2n-dask; --overwrite replaces "
+                              "only outputs of asn2n-dask: move or delete it yourself, or choose another path.")
+        msha = model_sha(model_dir)
+        parts: dict[str, Any] = {
+            "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
+                      "dtype": source.dtype, "axes": source.axes},
+            "selection": selection.to_dict(),
+            "model_sha256": msha,
+            "infer": options.infer.to_dict(),
+            "chunks": list(plan.chunks),
+            "dtype": options.dtype,
+            "ome": options.ome,
+            "pyramid": options.pyramid,
+            "device": resolve_device(options.infer.device).type,
+            "version": __version__,
+        }
+        if prev and not options.overwrite and isinstance(prev.get("job"), dict):
+            _refuse_other_job(out, prev["job"], parts, check_stats=False)  # before reading any data
+        with _client_for(client, scheduler, workers, threads, memory_limit, echo, options.infer.device, cluster,
+                         jobs, dashboard_address) as (
+                cl, cluster_threads):
+            torch_threads = cluster_threads or torch_threads
+            if cl not in (None, "sync"):
+                from .cluster import AllocatorPlugin
 
-    t0 = time.perf_counter()
-    model = load_model(model_dir, allow_unfinished=options.allow_unfinished)
-    plan = make_plan(source, selection, options=options, patch=model.train.norm.risk.patch,
-                     out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4)
-    cmap = channel_map(source, selection, model)
-    from .blend import check_tile
-
-    check_tile(options.infer, model.multiple)
-    summary = RunSummary(output=str(out), tasks=plan.n_tasks, plan=plan.to_dict())
-    prev = _existing(out)
-    if prev == {}:
-        raise OutputError(f"output {out} already exists and was not written by asn2n-dask; --overwrite replaces only "
-                          "outputs of asn2n-dask: move or delete it yourself, or choose another path.")
-    msha = model_sha(model_dir)
-    parts: dict[str, Any] = {
-        "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
-                  "dtype": source.dtype, "axes": source.axes},
-        "selection": selection.to_dict(),
-        "model_sha256": msha,
-        "infer": options.infer.to_dict(),
-        "chunks": list(plan.chunks),
-        "dtype": options.dtype,
-        "ome": options.ome,
-        "pyramid": options.pyramid,
-        "device": resolve_device(options.infer.device).type,
-        "version": __version__,
-    }
-    if prev and not options.overwrite and isinstance(prev.get("job"), dict):
-        _refuse_other_job(out, prev["job"], parts, check_stats=False)  # before reading any data
-    with _client_for(client, scheduler, workers, threads, memory_limit, echo, options.infer.device, cluster,
-                     jobs, dashboard_address) as (
-            cl, cluster_threads):
-        torch_threads = cluster_threads or torch_threads
-        if cl not in (None, "sync"):
-            from .cluster import AllocatorPlugin
-
-            cl.register_plugin(AllocatorPlugin())  # before the statistics pass, on every worker
-        ts = time.perf_counter()
-        if progress is not None:
-            progress("statistics", 0, 1)
-        stats = compute_stats(plan, model.train.norm, cl)
-        summary.stats_seconds = time.perf_counter() - ts
-        if progress is not None:
-            progress("statistics", 1, 1)
-        parts["stats"] = [s.to_dict() for s in stats]
-        note, gaps = missing_note(source)
-        if note:
-            echo(note)
-        prov = {"input_missing_chunks": gaps,
-                "package": "asn2n-dask", "version": __version__, "input": source.path, "model": str(model_dir),
-                "model_sha256": msha, "norm": model.train.norm.to_dict(),
-                "risk_estimators": [ch.risk_estimator for ch in model.channels], "infer": options.infer.to_dict(),
-                "stats": [s.to_dict() for s in stats], "channel_map": list(cmap), **(extra or {})}
-        summary.resumed = _prepare_output(out, plan, parts, options, prov)
-        if summary.resumed and (prev or {}).get("status") == "complete":
-            summary.already_complete = True
-            echo(f"{out} is already complete for this job; nothing to do.")
-            summary.skipped = plan.n_tasks
-            return summary
-        if summary.resumed:
-            done = len(list((out / PROGRESS_DIR).glob("*.json")))
-            echo(f"resuming the unfinished run in {out}: {done} of {plan.n_tasks} chunks recorded as done.")
-        spec = RunSpec(plan=plan, output=str(out), model_dir=str(Path(model_dir).absolute()), model_sha=msha,
-                       channel_map=cmap, stats=tuple(s.to_dict() for s in stats), dtype=options.dtype,
-                       device=options.infer.device, torch_threads=torch_threads)
-        try:
-            results = _execute(spec, cl, progress)
-        except PermissionError as e:
-            raise OutputError(f"cannot write {out}: permission denied ({e.filename}).") from None
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OutputError(f"the disk holding {out} is full ({e.strerror}); free space and run the same "
-                                  "command again: finished chunks are kept and verified.") from None
-            raise
-        except Exception as e:
-            if type(e).__name__ == "KilledWorker":
-                raise OutputError(f"a worker died repeatedly while computing a chunk of {out} (often: out of "
-                                  "memory); use smaller --chunks or a larger --memory-limit, then run the same "
-                                  "command to resume.") from None
-            raise
-        summary.computed = int(np.sum(results == COMPUTED))
-        summary.skipped = int(np.sum(results == SKIPPED))
-        missing = plan.n_tasks - len(list((out / PROGRESS_DIR).glob("*.json")))
-        if missing:
-            raise OutputError(f"{missing} chunk(s) of {out} have no completion record; run the same command again "
-                              "to finish them.")
-        _finalise(out, plan, options, cl)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+                cl.register_plugin(AllocatorPlugin())  # before the statistics pass, on every worker
+            ts = time.perf_counter()
+            if progress is not None:
+                progress("statistics", 0, 1)
+            stats = compute_stats(plan, model.train.norm, cl)
+            summary.stats_seconds = time.perf_counter() - ts
+            if progress is not None:
+                progress("statistics", 1, 1)
+            parts["stats"] = [s.to_dict() for s in stats]
+            note, gaps = missing_note(source)
+            if note:
+                echo(note)
+            prov = {"input_missing_chunks": gaps,
+                    "package": "asn2n-dask", "version": __version__, "input": source.path, "model": str(model_dir),
+                    "model_sha256": msha, "norm": model.train.norm.to_dict(),
+                    "risk_estimators": [ch.risk_estimator for ch in model.channels], "infer": options.infer.to_dict(),
+                    "stats": [s.to_dict() for s in stats], "channel_map": list(cmap), **(extra or {})}
+            summary.resumed = _prepare_output(out, plan, parts, options, prov)
+            if summary.resumed and (prev or {}).get("status") == "complete":
+                summary.already_complete = True
+                echo(f"{out} is already complete for this job; nothing to do.")
+                summary.skipped = plan.n_tasks
+                return summary
+            if summary.resumed:
+                done = len(list((out / PROGRESS_DIR).glob("*.json")))
+                echo(f"resuming the unfinished run in {out}: {done} of {plan.n_tasks} chunks recorded as done.")
+            spec = RunSpec(plan=plan, output=str(out), model_dir=str(Path(model_dir).absolute()), model_sha=msha,
+                           channel_map=cmap, stats=tuple(s.to_dict() for s in stats), dtype=options.dtype,
+                           device=options.infer.device, torch_threads=torch_threads)
+            try:
+                results = _execute(spec, cl, progress)
+            except PermissionError as e:
+                raise OutputError(f"cannot write {out}: permission denied ({e.filename}).") from None
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise OutputError(f"the disk holding {out} is full ({e.strerror}); free space and run the same "
+                                      "command again: finished chunks are kept and verified.") from None
+                raise
+            except Exception as e:
+                if type(e).__name__ == "KilledWorker":
+                    raise OutputError(f"a worker died repeatedly while computing a chunk of {out} (often: out of "
+                                      "memory); use smaller --chunks or a larger --memory-limit, then run the same "
+                                      "command to resume.") from None
+                raise
+            summary.computed = int(np.sum(results == COMPUTED))
+            summary.skipped = int(np.sum(results == SKIPPED))
+            missing = plan.n_tasks - len(list((out / PROGRESS_DIR).glob("*.json")))
+            if missing:
+                raise OutputError(f"{missing} chunk(s) of {out} have no completion record; run the same command again "
+                                  "to finish them.")
+            _finalise(out, plan, options, cl)
+        summary.seconds = time.perf_counter() - t0
+        return summary
 
 
 def task_graph(spec: RunSpec) -> Any:
