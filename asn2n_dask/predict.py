@@ -363,11 +363,25 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
     pred = blend_tiles(block, tile_fn(fn, infer.infer_on, infer.tta), config=infer, window=win)
     y0, y1, x0, x1 = plan.window
     ys, xs = slice(y0 - ty.first, y1 - ty.first), slice(x0 - tx.first, x1 - tx.first)
-    out = (pred[ys, xs].double() * scale[ys, xs] + offset[ys, xs]).float()
+    out = clamp_output((pred[ys, xs].double() * scale[ys, xs] + offset[ys, xs]), stats).float()
     ly = torch.from_numpy((np.arange(y0, y1) - ry0) // patch).to(dev)
     lx = torch.from_numpy((np.arange(x0, x1) - rx0) // patch).to(dev)
     labels = risk_map.index_select(0, ly).index_select(1, lx)
     return _to_host(out), _to_host(labels)  # the one copy out
+
+
+#: How far beyond the channel's data range (as a fraction of it) a denoised value may go.
+OUTPUT_MARGIN = 0.25
+
+
+def clamp_output(out: Any, stats: ChannelStats) -> Any:
+    """Denoised intensities (tensor or array, input units) held within the channel's range
+    widened by :data:`OUTPUT_MARGIN` of it on each side.  Noise removal never moves a
+    value that far; a network applied to data unlike its training data can, and its
+    output must stay in the input's units and range."""
+    span = max(stats.maximum - stats.minimum, 0.0)
+    lo, hi = stats.minimum - OUTPUT_MARGIN * span, stats.maximum + OUTPUT_MARGIN * span
+    return out.clamp(lo, hi) if isinstance(out, torch.Tensor) else np.clip(out, lo, hi)
 
 
 def _to_host(t: torch.Tensor) -> NDArray[Any]:
@@ -404,7 +418,7 @@ def _denoise_window_numpy(region: NDArray[np.number], plan: WindowPlan, frame_sh
                        window=win).double().cpu().numpy()
     y0, y1, x0, x1 = plan.window
     ys, xs = slice(y0 - ty.first, y1 - ty.first), slice(x0 - tx.first, x1 - tx.first)
-    out = pred[ys, xs] * scale[ys, xs] + offset[ys, xs]
+    out = clamp_output(pred[ys, xs] * scale[ys, xs] + offset[ys, xs], stats)
     labels = risk.risk_map[(np.arange(y0, y1) - ry0)[:, None] // patch, (np.arange(x0, x1) - rx0)[None, :] // patch]
     return out.astype(np.float32), labels
 

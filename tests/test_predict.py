@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -138,3 +139,23 @@ def test_the_cpu_network_runs_channels_last_and_computes_what_the_plain_layout_d
         assert not net.down[1][0].weight.is_contiguous()
     assert out.is_contiguous() and out.shape == want.shape
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("engine", ["torch", "numpy"])
+def test_a_network_that_extrapolates_cannot_leave_the_input_range_by_more_than_the_margin(engine):
+    """A network far from its training data may answer anything; the output stays in the
+    channel's units, within OUTPUT_MARGIN of its range, while a sane answer is untouched."""
+    from asn2n_dask.predict import OUTPUT_MARGIN
+
+    frame = np.random.default_rng(0).poisson(30.0, (64, 64)).astype(np.uint16) + 100
+    stats = channel_stats(frame[None])[0]
+    infer = InferConfig(tile=32)
+    plan = window_plan(frame.shape, (0, 64, 0, 64), infer, 64)
+    span = stats.maximum - stats.minimum
+    for value, expect in ((1e6, stats.maximum + OUTPUT_MARGIN * span), (-1e6, stats.minimum - OUTPUT_MARGIN * span)):
+        wild = lambda x, v=value: torch.full_like(x, v)  # noqa: E731
+        out, _ = denoise_window(frame, plan, frame.shape, wild, stats=stats, infer=infer, engine=engine)
+        np.testing.assert_allclose(out, expect, rtol=1e-6)
+    same = lambda x: x  # noqa: E731  (the identity: every value inside the range)
+    out, _ = denoise_window(frame, plan, frame.shape, same, stats=stats, infer=infer, engine=engine)
+    assert stats.minimum - 1 < out.min() and out.max() < stats.maximum + 1
