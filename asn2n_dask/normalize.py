@@ -8,10 +8,11 @@ back to the input's units with ``x = y * scale + offset``.
 * ``local``: each patch its own range (patch minimum and maximum, clipped to the global
   range, never narrower than ``min_range_fraction`` of it).
 * ``adaptive``: high-risk patches (weak background, sparse bright) take the global
-  range; a safe patch moves from the global range towards its local one by a weight
-  in [0, 1], with ``adaptive_weight="signal"`` (the default) the share of its variance
-  that is signal, ``1 - noise variance / variance`` (so noise-dominated ranges stay
-  near the global one), with ``"class"`` all the way (the published rule).
+  range; a safe patch moves from the global range towards its local one by a weight in
+  [0, 1] (:func:`local_weight`): by default (``adaptive_weight="range"``) the share of
+  its local range that its pixel noise does not explain, so noise-set ranges stay
+  global; on data the dataset rule calls high-risk, ``adaptive_floor`` (default 1)
+  gives every patch the global range.
 * ``dataset``: ``global`` or ``local`` for every frame, as decided once for the dataset
   (see :func:`asn2n_dask.risk.dataset_decision`).
 
