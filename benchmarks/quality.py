@@ -396,7 +396,8 @@ def report(rows: dict, args: argparse.Namespace) -> None:
             "infer_mpx_s", "wall_s"]
     lines = ["# Quality benchmark", "",
              "Commands: `python benchmarks/quality.py --stage STAGE --steps 800 --sparse-steps 400` for each "
-             "STAGE in baselines, default, reference, sn2n, modes, sparse, aware, auto (the bm3d stage was not run; "
+             "STAGE in baselines, default, reference, sn2n, modes, sparse, aware, auto, and the mixed and weight "
+             "stages as their sections say (the bm3d stage was not run; "
              "crop 1024, preset small; the "
              "`default` row runs `asn2n run noisy.tif -o out.tif --preset small` with every other option "
              "at its default).", "",
@@ -406,14 +407,14 @@ def report(rows: dict, args: argparse.Namespace) -> None:
              "background pixels / gt range. `seam`: mean |gradient| across tile-grid lines / elsewhere "
              "(1.0 = no seams). Times on this machine (2 CPU cores).", "",
              "| row | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    def table(names: list[str], cols: list[str]) -> None:
+    def table(names: list[str], cols: list[str], big: str = ".1f") -> None:
         for name in names:
             r = rows[name]
             cells = []
             for c in cols:
                 v = r.get(c)
                 cells.append("" if v is None else v if isinstance(v, str) else
-                             (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"))
+                             (f"{v:.3f}" if abs(v) < 10 else format(v, big)))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     table([k for k in rows if not k.startswith("mixed ")], cols)
@@ -436,7 +437,7 @@ def report(rows: dict, args: argparse.Namespace) -> None:
                   "Means over the three frames. Machine: 2 CPU cores shared with other jobs (times vary with "
                   "them).", "",
                   "| row | " + " | ".join(mcols) + " |", "|---|" + "---|" * len(mcols)]
-        table(mixed, mcols)
+        table(mixed, mcols, ".2f")
         lines += ["", "What holds. The published rule (safe patches all the way to their local range, "
                   "`adaptive_weight=\"class\"`; not trained separately, its fields here are `local`'s, checked) "
                   "and `dataset` equal `local` on this scene: the risk rule (noise-aware, as `auto` picks for "
@@ -477,10 +478,11 @@ def report(rows: dict, args: argparse.Namespace) -> None:
               "5-photon crops and on the sparse frame, so `adaptive` and `dataset` (which decides `local`) equal "
               "`local` there; p5 `dataset` was not trained for that reason. The noise-aware estimator flags 89% "
               "of the sparse frame's patches as weak background (the dataset rule then calls the data high-risk) "
-              "and none of the 5-photon crops' (there `adaptive` equals `local` again; the 0.4 dB between those "
+              "and none of the 5-photon crops' (there the earlier `adaptive` rule equals `local` again; the 0.4 dB "
+              "between those "
               "two rows is run-to-run variation of the sampled batches).", "",
-              "Until the `adaptive_weight` rule (below), `adaptive` on high-risk data kept every safe patch at "
-              "the global range (`NormConfig.adaptive_floor` 1, now 0.05), so it equalled `global` there. "
+              "On high-risk data `adaptive` gives every safe patch the global range (`NormConfig.adaptive_floor`, "
+              "default 1), so it equals `global` there. "
               "Without that floor the sparse "
               "noise-aware row scored 38.6 dB: the 11% safe patches, stretched to local ranges of 0.56-1.0 of "
               "the global one, raised the error in the background around them sixfold through the interpolated "
