@@ -135,8 +135,23 @@ def bm3d_gat(noisy: np.ndarray) -> np.ndarray:
     return (inv * GAIN + OFFSET).astype(np.float32)
 
 
+def code_key() -> str:
+    """Digest of the package's source: a cached model is reused only by the code that trained it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "asn2n_dask").glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def trained(key: str, frames: list[np.ndarray], cfg: TrainConfig) -> tuple[object, float]:
-    d = WORK / "models" / key
+    """A model for ``key``, trained once per (key, options, data, package source) and cached."""
+    import hashlib
+
+    data = hashlib.sha256(b"".join(np.ascontiguousarray(f).tobytes() for f in frames)).hexdigest()[:12]
+    opts = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    d = WORK / "models" / f"{key}-{opts}-{data}-{code_key()}"
     if (d / "model.json").is_file():
         m = load_model(d)
         return m, m.channels[0].seconds
