@@ -388,3 +388,41 @@ def jobqueue_client(path: str | os.PathLike[str], jobs: int | None = None,
         echo(f"{profile.kind} cluster from {profile.path}: {profile.min_jobs} to {profile.max_jobs} job(s), {tls}; "
              f"dashboard: {_dashboard_link(client, dashboard_address)}")
         yield client
+
+
+def write_job_tls(directory: str | os.PathLike[str]) -> Path:
+    """Write a temporary certificate authority and one certificate signed by it, for the
+    scheduler, workers and client of one batch allocation (the scripts in
+    ``cluster/examples``): ``ca.pem``, ``cert.pem`` and ``key.pem`` in ``directory``
+    (created with mode 0700; the files 0600).  Whoever lacks them cannot join.
+
+    Run as ``python -m asn2n_dask.hpc tls DIRECTORY``; the scripts then point Dask at the
+    files through its configuration variables and delete the folder at the end.
+    """
+    try:
+        from distributed.security import Security
+
+        sec = Security.temporary()
+    except ImportError:
+        raise ConfigError("TLS between scheduler and workers needs the 'cryptography' package: pip install "
+                          "cryptography.") from None
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d.chmod(0o700)
+    for name, text in (("ca.pem", sec.tls_ca_file), ("cert.pem", sec.tls_scheduler_cert),
+                       ("key.pem", sec.tls_scheduler_key)):
+        fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(str(text))
+    return d
+
+
+if __name__ == "__main__":  # python -m asn2n_dask.hpc tls DIRECTORY
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "tls":
+        sys.exit("usage: python -m asn2n_dask.hpc tls DIRECTORY")
+    try:
+        write_job_tls(sys.argv[2])
+    except (ConfigError, OSError) as err:
+        sys.exit(f"error: {err}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -263,10 +264,13 @@ def test_sbatch_script_runs_a_scheduler_and_two_workers_and_quotes_file_names(sm
     bindir = tmp_path / "bin"
     bindir.mkdir()
     srun = bindir / "srun"
-    srun.write_text('#!/usr/bin/env bash\nwhile [[ "${1:-}" == --* ]]; do shift; done\n"$@" &\n"$@" &\nwait\n')
+    seen = tmp_path / "scheduler-seen.json"  # the scheduler file as the workers get it
+    srun.write_text(f'#!/usr/bin/env bash\ncp "{tmp_path}/asn2n-scheduler-42.json" "{seen}"\n'
+                    'while [[ "${1:-}" == --* ]]; do shift; done\n"$@" &\n"$@" &\nwait\n')
     srun.chmod(0o755)
     env = {**os.environ, "PATH": f"{bindir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "42", "OMP_NUM_THREADS": "1"}
+           "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "42", "OMP_NUM_THREADS": "1",
+           "HOME": str(tmp_path / "home")}
     out = tmp_path / "out.zarr"
     r = subprocess.run(["bash", str(ROOT / "cluster" / "examples" / "denoise.sbatch"), str(odd), str(out),
                         str(d / "model"), "--tile", "32"], cwd=tmp_path, env=env, capture_output=True,
@@ -275,6 +279,8 @@ def test_sbatch_script_runs_a_scheduler_and_two_workers_and_quotes_file_names(sm
     assert r.returncode == 0, errors[:5]
     assert not (tmp_path / "INJECTED.zarr").exists() and not Path("INJECTED.zarr").exists()
     assert not (tmp_path / "asn2n-scheduler-42.json").exists()  # cleaned up with the processes
+    assert json.loads(seen.read_text())["address"].startswith("tls://")  # nobody joins without the job's key
+    assert not (tmp_path / "home" / ".asn2n" / "tls" / "job-42").exists()  # the key is gone with the job
     run_pipeline(open_source(odd), tmp_path / "ref.zarr", d / "model", options=RunOptions(infer=InferConfig(tile=32)),
                  client="sync")
     got = zarr.open_group(str(out), mode="r")
@@ -318,3 +324,15 @@ def test_a_real_slurm_cluster_runs_the_pipeline(small_movie, tmp_path):
                  client="sync")
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "slurm.zarr"))["0"][...],
                                   zarr.open_group(str(tmp_path / "ref.zarr"))["0"][...])
+
+
+def test_the_job_script_key_is_readable_by_its_owner_only(tmp_path):
+    from asn2n_dask.hpc import write_job_tls
+
+    d = write_job_tls(tmp_path / "tls" / "job-1")
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o600
+    assert "PRIVATE KEY" in (d / "key.pem").read_text() and "CERTIFICATE" in (d / "ca.pem").read_text()
+    r = subprocess.run([sys.executable, "-m", "asn2n_dask.hpc", "tls"], capture_output=True, text=True)
+    assert r.returncode != 0 and "usage" in r.stderr
