@@ -77,7 +77,10 @@ def frame_stats(image: NDArray[np.number], *, low: float = 0.0, high: float = 99
     low, high : float
         Percentiles mapped to 0 and 1 (0 is the minimum).
     """
-    lo, hi = np.percentile(np.asarray(image, dtype=np.float64), [low, high])
+    arr = np.asarray(image, dtype=np.float64)
+    lo, hi = np.percentile(arr, [low, high])
+    if hi <= lo:  # almost every pixel has one value: keep the few others in range (as channel_stats does)
+        hi = float(arr.max())
     return FrameStats(lo=float(lo), hi=float(hi))
 
 
