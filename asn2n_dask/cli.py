@@ -568,7 +568,13 @@ def _denoise_to(input: Path, output: Path, model: Any, src: Any, sel: Any, infer
         data = read_selection(src, sel)
         with progress_bar(not state["quiet"]) as bar:
             bar("statistics", 0, 1)
-            stats = selection_stats([src], [sel], model.train.norm)
+            if sel.time is None:  # the selection holds every time point: its statistics are the channels'
+                from .axes import to_planes
+                from .stats import channel_stats
+
+                stats = channel_stats(to_planes(data, src.axes), model.train.norm)
+            else:  # the other time points count too, read lazily as the .zarr route reads them
+                stats = selection_stats([src], [sel], model.train.norm)
             bar("statistics", 1, 1)
             out = denoise_with_risk(data, model, axes=src.axes, config=infer, progress=bar, stats=stats,
                                     channel_map=cmap)[0]

@@ -74,6 +74,12 @@ def test_tif_and_zarr_outputs_pick_the_same_network_and_statistics_for_a_selecti
     np.testing.assert_allclose(tif, zarr_out, rtol=0, atol=1e-4 * float(np.ptp(frames[:, 1])))
     # channel 'b' (around 2000 ADU) went through network 'b' with b's statistics of all 3 time points
     assert abs(float(tif.mean()) - float(frames[1:, 1].mean())) < 0.05 * float(frames[1:, 1].mean())
+    # every time point selected: the .tif route takes the statistics from what it read, in one pass
+    args = ["--model", d / "model", "--tile", "32", "--channel", "b"]
+    assert invoke("denoise", d / "in.zarr", "-o", d / "all.tif", *args).exit_code == 0
+    assert invoke("denoise", d / "in.zarr", "-o", d / "all.zarr", *args, "--workers", "1").exit_code == 0
+    np.testing.assert_allclose(tifffile.imread(d / "all.tif"), zarr.open_group(str(d / "all.zarr"), mode="r")["0"][...],
+                               rtol=0, atol=1e-4 * float(np.ptp(frames[:, 1])))
 
 
 def test_a_changed_order_of_frames_is_caught_when_resuming(named, tmp_path):
