@@ -153,6 +153,10 @@ def main(
         h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         pkg.addHandler(h)
     logging.getLogger("distributed").setLevel(logging.ERROR if verbose < 2 else logging.INFO)
+    # the event loop's own reports (a connection closed while a stopped run shuts its cluster
+    # down) are tracebacks, not messages for the user; -vv shows them
+    for name in ("tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL if verbose < 2 else logging.INFO)
     state["quiet"] = quiet
     if quiet:
         import warnings
