@@ -104,15 +104,16 @@ def available_memory() -> int:
             return 1 << 62
 
 
-def check_fits(path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any) -> None:
-    """Refuse to read ``shape`` pixels of ``dtype`` into memory when they do not fit.
+def check_fits(path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any, *, work_per_pixel: int = 0) -> None:
+    """Refuse to read ``shape`` pixels of ``dtype`` into memory when they do not fit,
+    with ``work_per_pixel`` more bytes a pixel for what is computed beside them.
 
     Raises
     ------
     InputError
         Naming the size, the memory available and the remedy (a ``.zarr`` output).
     """
-    need = math.prod(int(v) for v in shape) * np.dtype(dtype).itemsize
+    need = math.prod(int(v) for v in shape) * (np.dtype(dtype).itemsize + work_per_pixel)
     free = available_memory()
     if need > free:
         dims = " x ".join(str(int(v)) for v in shape)

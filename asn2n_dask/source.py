@@ -365,17 +365,10 @@ def read_selection(source: Source, selection: Selection) -> np.ndarray:
     InputError
         The selection would not fit in memory (the remedy, a ``.zarr`` output, is named).
     """
-    import psutil
+    from .io import check_fits
 
     idx = selection.indices(source)
-    need = int(np.prod([len(i) for i in idx], dtype=np.float64)) * np.dtype(source.dtype).itemsize
-    # the input, the float32 output, the risk labels and the per-frame work beside them
-    want = need + int(np.prod([len(i) for i in idx], dtype=np.float64)) * 5
-    free = psutil.virtual_memory().available
-    if want > free:
-        gib = 1024**3
-        raise InputError(f"{source.path}: the selection takes {want / gib:.1f} GiB to denoise in memory but "
-                         f"{free / gib:.1f} GiB are available; write a .zarr output instead (computed chunk by "
-                         "chunk), or select fewer channels or time points.")
+    # beside the input: the float32 output and the int8 risk labels
+    check_fits(source.path, tuple(len(i) for i in idx), source.dtype, work_per_pixel=5)
     key = tuple(slice(i.start, i.stop, i.step) if isinstance(i, range) else np.asarray(i) for i in idx)
     return np.asarray(source.open().oindex[key])
