@@ -152,11 +152,20 @@ def main(
         h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         pkg.addHandler(h)
-    logging.getLogger("distributed").setLevel(logging.ERROR if verbose < 2 else logging.INFO)
     # the event loop's own reports (a connection closed while a stopped run shuts its cluster
-    # down) are tracebacks, not messages for the user; -vv shows them
-    for name in ("tornado", "asyncio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL if verbose < 2 else logging.INFO)
+    # down) are tracebacks, not messages for the user; -vv shows them.  distributed sets these
+    # loggers' levels from its configuration when it is first imported (later, by a command),
+    # so the levels go into that configuration as well as onto the loggers
+    quiet_loop = "critical" if verbose < 2 else "info"
+    levels = {"distributed": "error" if verbose < 2 else "info", "tornado": quiet_loop,
+              "tornado.application": quiet_loop, "asyncio": quiet_loop}
+    import dask
+
+    site = dask.config.get("distributed.logging", {})
+    if "version" not in site:  # a site's full logging.config dictionary is left as it is
+        dask.config.set({"distributed.logging": {**site, **levels}})
+    for name, lvl in levels.items():
+        logging.getLogger(name).setLevel(lvl.upper())
     state["quiet"] = quiet
     if quiet:
         import warnings

@@ -341,6 +341,24 @@ def test_a_stopped_run_says_one_line_leaves_no_worker_and_resumes_identically(na
     np.testing.assert_array_equal(root["0"][...], uninterrupted)
 
 
+@pytest.mark.parametrize("verbose, quiet_level", [([], "CRITICAL"), (["-vv"], "INFO")])
+def test_the_event_loop_stays_quiet_after_distributed_is_imported(verbose, quiet_level):
+    """distributed sets tornado's loggers from its own configuration when a command first
+    imports it; the CLI's levels must survive that, or a stopped run's shutdown prints a
+    connection traceback (seen once in CI, on Ctrl-C)."""
+    code = ("import logging, sys\n"
+            "from typer.testing import CliRunner\n"
+            "from asn2n_dask.cli import app\n"
+            "assert 'distributed' not in sys.modules\n"
+            f"r = CliRunner().invoke(app, {verbose!r} + ['risk', '--help'])\n"
+            "import distributed\n"
+            "print(*(logging.getLevelName(logging.getLogger(n).getEffectiveLevel())\n"
+            "        for n in ('tornado', 'tornado.application', 'asyncio')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [quiet_level] * 3
+
+
 def test_every_fault_of_the_reliability_record_names_a_test_that_exists():
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "benchmarks"))
