@@ -220,13 +220,13 @@ MIXED_VARIANTS: dict[str, dict] = {
 }
 
 
-def provenance(command: str, seconds: float) -> dict:
+def provenance(command: str, seconds: float | None) -> dict:
     import os
     import platform
 
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    return {"command": command, "commit": commit, "wall_s": seconds,
+    return {"command": command, "commit": commit, "wall_s": seconds, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "machine": f"{platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()})"}
 
 
@@ -239,8 +239,11 @@ def run(args: argparse.Namespace) -> None:
         rows_path = Path(args.rows)
         rows = json.loads(rows_path.read_text()) if rows_path.exists() else {}
 
+    argv = " ".join(["python benchmarks/quality.py", *sys.argv[1:]])
+
     def put(name: str, row: dict) -> None:
-        rows[name] = row
+        # every row says what made it: the stages that carry their own command keep it
+        rows[name] = {**provenance(argv, row.get("wall_s")), **row} if "commit" not in row else row
         rows_path.write_text(json.dumps(rows, indent=1))
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 
@@ -294,11 +297,21 @@ def run(args: argparse.Namespace) -> None:
             put(f"p5 {mode} gaussian twins", {"peak": 5, "train_s": secs, **mean_scores(preds, gt_c)})
     if stages & {"sparse", "all"}:
         noisy, gt = sparse_frame()
-        for mode in ("adaptive", "global", "local", "dataset"):
+        for mode in args.sparse_modes:
             cfg = TrainConfig(**{**base, "steps": args.sparse_steps}, norm=NormConfig(mode=mode, risk=reference))
             m, secs = trained(f"sparse-{mode}-{args.preset}-{args.sparse_steps}", [noisy], cfg)
             pred = denoise(noisy, m)
             put(f"sparse {mode} gaussian twins", {"train_s": secs, **mean_scores([pred], [gt])})
+    if stages & {"sparse-default"}:
+        # every training and inference option at its default except the steps (the frame is small)
+        noisy, gt = sparse_frame()
+        t0 = time.perf_counter()
+        m, secs = trained(f"sparse-default-{args.preset}-{args.sparse_steps}", [noisy],
+                          TrainConfig(**{**base, "steps": args.sparse_steps}))
+        ch = m.channels[0]
+        put("sparse default", {"train_s": secs, "risk_estimator": ch.risk_estimator,
+                               "high_risk_ratio": ch.high_risk_ratio, **mean_scores([denoise(noisy, m)], [gt]),
+                               "wall_s": time.perf_counter() - t0})
     if stages & {"aware"}:
         # the noise-aware risk estimator, on the sparse frame and on the 5-photon crops
         aware = NormConfig(risk=RiskThresholds(estimator="noise-aware"))
@@ -396,20 +409,21 @@ def run(args: argparse.Namespace) -> None:
         out = WORK / "default" / "out.tif"
         out.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "asn2n"), "-q", "run", str(src), "-o", str(out),
-                        "--preset", "small", "--overwrite"], check=True)
+        # this checkout's package (python -m from the repository root), not whichever is installed
+        subprocess.run([sys.executable, "-m", "asn2n_dask", "-q", "run", str(src), "-o", str(out), "--overwrite"],
+                       check=True, cwd=ROOT)
         secs = time.perf_counter() - t0
         pred = tifffile.imread(out)
-        put("p5 `asn2n run --preset small` (defaults, whole 2048x2048 frame 1)", {
-            "peak": 5, "wall_s": secs, "seam": seam_ratio(pred, tile, InferConfig().stride),
-            **mean_scores([pred], [gt])})
+        put("p5 default command (whole 2048x2048 frame 1)", {
+            "peak": 5, "seam": seam_ratio(pred, tile, InferConfig().stride), **mean_scores([pred], [gt]),
+            **provenance(f"asn2n run {src.relative_to(ROOT.parent)} -o out.tif", secs)})
     if not args.rows or stages & {"merge"}:  # a side file's rows reach the tables through merge
         report(rows, args)
 
 
 def report(rows: dict, args: argparse.Namespace) -> None:
     cols = ["psnr", "psnr_raw", "ssim", "false_obj", "false_fg", "fg_dice", "bg_rmse", "seam", "train_s",
-            "infer_mpx_s", "wall_s"]
+            "infer_mpx_s", "wall_s", "commit"]
     lines = ["# Quality benchmark", "",
              "Commands: `python benchmarks/quality.py --stage STAGE --steps 800 --sparse-steps 400` for each "
              "STAGE in baselines, default, reference, sn2n, modes, sparse, aware, auto, and the mixed and weight "
@@ -520,10 +534,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["all"],
                     choices=["all", "baselines", "bm3d", "sn2n", "modes", "sparse", "default", "reference", "aware",
-                             "auto", "mixed", "weight", "merge", "report"])
+                             "auto", "mixed", "weight", "merge", "report", "sparse-default"])
     ap.add_argument("--rows", default=None, help="write rows to this JSON file instead (merge: read it)")
     ap.add_argument("--steps", type=int, default=TrainConfig().steps)
     ap.add_argument("--sparse-steps", type=int, default=600)
+    ap.add_argument("--sparse-modes", nargs="+", default=["adaptive", "global", "local", "dataset"],
+                    choices=["adaptive", "global", "local", "dataset"], help="sparse stage: the modes to train")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--crop", type=int, default=1024, help="central crop side for scoring (0: whole frame)")
     ap.add_argument("--train-full", action="store_true", help="train on whole frames, not the crops")
