@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Render the README's "Measured" section from the benchmark records.
+
+Every figure in that section is read from ``benchmarks/results/*.json`` here, and only
+from rows that say what made them (command, commit, machine, wall time); a row without
+that cannot be quoted.  ``tests/test_readme.py`` fails when the README and this rendering
+differ, so a figure in the README is always the record's.
+
+Usage (from the repository root)::
+
+    python benchmarks/readme.py            # rewrite the section in README.md
+    python benchmarks/readme.py --check    # exit 1 if README.md differs from the records
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+BEGIN = "<!-- measured: rendered by benchmarks/readme.py from benchmarks/results/*.json; do not edit by hand -->"
+END = "<!-- end of measured -->"
+
+#: W2S target of the method issue: best Gaussian per image + 1 dB, at most 2 false objects per Mpx
+W2S_GAIN_DB, W2S_MAX_FALSE_OBJ = 1.0, 2.0
+
+
+class RecordError(ValueError):
+    """A quoted row is missing or does not say what made it."""
+
+
+def load(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def quoted(rows: dict, key: str, record: str) -> dict:
+    """A row that may be quoted: present, with its command, commit, machine and wall time."""
+    if key not in rows:
+        raise RecordError(f"{record}.json has no row {key!r}")
+    r = rows[key]
+    wall = r.get("wall_s", r.get("wall_seconds"))
+    missing = [k for k, v in (("command", r.get("command")), ("commit", r.get("commit")),
+                              ("machine", r.get("machine")), ("wall time", wall)) if v is None]
+    if missing:
+        raise RecordError(f"{record}.json row {key!r} lacks {', '.join(missing)}: it cannot be quoted")
+    return r
+
+
+def commit(r: dict) -> str:
+    c = str(r["commit"])
+    dirty = c.endswith("-dirty") or bool(r.get("dirty"))
+    return f"`{c.removesuffix('-dirty')[:7]}`" + ("+" if dirty else "")
+
+
+def wall(r: dict) -> float:
+    return float(r.get("wall_s", r.get("wall_seconds")))
+
+
+def machine(r: dict) -> str:
+    m = r["machine"]
+    return m if isinstance(m, str) else f"{m.get('cpus')} CPU cores, {m.get('memory_gib')} GiB"
+
+
+def signed(x: float, unit: str = " dB") -> str:
+    return f"{x:+.2f}{unit}"
+
+
+def realdata_section(rows: dict) -> list[str]:
+    out = ["### Real widefield data (W2S)", "",
+           "16 fields x 3 channels of `../shared/data/w2s_dev` (one raw 512x512 exposure, scored against the "
+           "average of 400 with `../shared/bench/score.py`, means over the 16 fields of a channel). `asn2n run` "
+           "is the command with every option at its default on the channel's 16 frames as one stack (`python "
+           "benchmarks/realdata.py`); its wall time includes training. The best Gaussian filter is an oracle: "
+           "its sigma is chosen per image by the psnr against the reference.", "",
+           "| channel | method | psnr | psnr_raw | ssim | false objects /Mpx | wall s | commit |",
+           "|---|---|---|---|---|---|---|---|"]
+    if not rows:
+        return []
+    verdicts = []
+    for c in sorted({r["channel"] for r in rows.values()}):
+        mine = {r["method"]: r for r in rows.values() if r["channel"] == c}
+        for method in ("noisy input", "best Gaussian per image", "asn2n run (defaults)"):
+            if method not in mine:
+                continue
+            r = quoted(rows, f"c{c} {method}", "realdata")
+            m = r["scores"]["mean"]
+            out.append(f"| {c} | {method} | {m['psnr']:.2f} | {m['psnr_raw']:.2f} | {m['ssim']:.3f} | "
+                       f"{m['false_obj']:.2f} | {wall(r):.0f} | {commit(r)} |")
+        if "asn2n run (defaults)" in mine and "best Gaussian per image" in mine:
+            ours, gauss = (mine[k]["scores"]["mean"] for k in ("asn2n run (defaults)", "best Gaussian per image"))
+            gain = ours["psnr"] - gauss["psnr"]
+            met = gain >= W2S_GAIN_DB and ours["false_obj"] <= W2S_MAX_FALSE_OBJ
+            verdicts.append(f"channel {c}: {signed(gain)} over the best Gaussian, {ours['false_obj']:.2f} false "
+                            f"objects per Mpx (Gaussian {gauss['false_obj']:.2f}): target "
+                            f"{'met' if met else 'not met'}")
+    if verdicts:
+        out += ["", f"Against the target (best Gaussian + {W2S_GAIN_DB:g} dB, at most {W2S_MAX_FALSE_OBJ:g} false "
+                f"objects per Mpx): " + "; ".join(verdicts) + "."]
+    missing = [c for c in range(3) if f"c{c} asn2n run (defaults)" not in rows]
+    if missing:
+        out += ["", "Not yet recorded: the default command on channel(s) "
+                + ", ".join(map(str, missing)) + "; N2V at equal compute (`--stage n2v`) on every channel."]
+    elif not any(r["method"].startswith("N2V") for r in rows.values()):
+        out += ["", "Not yet recorded: N2V at equal compute (`python benchmarks/realdata.py --stage n2v`)."]
+    return out
+
+
+def p5_section(rows: dict) -> list[str]:
+    keys = [("noisy input", "p5 noisy input (whole frame 1)"),
+            ("best Gaussian filter (sigma by psnr)", "p5 best Gaussian (whole frame 1)"),
+            ("`asn2n run noisy.tif -o out.tif`", "p5 default command (whole 2048x2048 frame 1)")]
+    present = [(label, k) for label, k in keys if k in rows and rows[k].get("commit")]
+    if not present:
+        return []
+    out = ["### One whole 2048x2048 frame at 5 photons (simulated)", "",
+           "Frame 1 of `simulate.py sim2d` at 5 photons, scored on the whole frame (`python benchmarks/quality.py "
+           "--stage reference default`). The default command runs with no options at all; its wall time covers "
+           "training, the statistics and denoising. `seam`: mean gradient across the tile grid's lines over the "
+           "mean elsewhere (1.0: no seams).", "",
+           "| method | psnr | psnr_raw | ssim | false objects /Mpx | seam | wall s | machine | commit |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for label, k in present:
+        r = quoted(rows, k, "quality")
+        seam = f"{r['seam']:.3f}" if r.get("seam") is not None else ""
+        secs = f"{wall(r):.0f}" if wall(r) > 1 else "<1"
+        out.append(f"| {label} | {r['psnr']:.2f} | {r['psnr_raw']:.2f} | {r['ssim']:.3f} | {r['false_obj']:.2f} | "
+                   f"{seam} | {secs} | {machine(r)} | {commit(r)} |")
+    if len(present) < len(keys):
+        out += ["", "Not yet recorded at a commit: " + ", ".join(label for label, k in keys
+                                                                 if (label, k) not in present) + "."]
+    return out
+
+
+def acts_as_default(row: dict, default: dict) -> bool:
+    """Normalised as today's default would: the same options, or options that differ only in
+    ``adaptive_floor`` on data the dataset rule did not call high-risk (where no floor applies)."""
+    norm = row.get("norm") or {}
+    if norm == default:
+        return True
+    differs = {k for k in set(norm) | set(default) if norm.get(k) != default.get(k)}
+    return differs == {"adaptive_floor"} and row.get("dataset_mode") == "local"
+
+
+def mixed_section(rows: dict) -> list[str]:
+    from asn2n_dask.config import NormConfig
+
+    keys = sorted(k for k in rows if k.startswith("mixed "))
+    if not keys:
+        return []
+    default = NormConfig().to_dict()
+    out = ["### Normalisation modes on a mixed scene (simulated)", "",
+           "Three 512x512 frames of `simulate.py mixed` (8 photons; dense filaments in half of each frame, dark "
+           "background with a few puncta in the other), every row trained with the same frames, seed, 300 steps "
+           "and batches, only the normalisation differing (`python benchmarks/quality.py --stage mixed`; "
+           "`benchmarks/results/quality.md` defines the region scores). `+` after a commit: measured with "
+           "uncommitted changes beside it.", "",
+           "| normalisation | psnr | dense-region psnr | false objects /Mpx, sparse region | wall s | commit |",
+           "|---|---|---|---|---|---|"]
+    best = max(keys, key=lambda k: rows[k]["psnr"])
+    default_keys = [k for k in keys if acts_as_default(rows[k], default)]
+    for k in keys:
+        r = quoted(rows, k, "quality")
+        label = k.removeprefix("mixed ").split(" (")[0] + (" (today's default)" if k in default_keys else "")
+        out.append(f"| {label} | {r['psnr']:.2f} | {r['dense_psnr']:.2f} | {r['sparse_false_obj']:.2f} | "
+                   f"{wall(r):.0f} | {commit(r)} |")
+    if default_keys and "mixed global" in rows:
+        d, g = rows[default_keys[0]], rows["mixed global"]
+        out += ["", f"The default against `global`: {signed(d['psnr'] - g['psnr'])} on the whole frame, "
+                f"{signed(d['dense_psnr'] - g['dense_psnr'])} in the dense region, "
+                f"{d['sparse_false_obj'] - g['sparse_false_obj']:+.2f} false objects per Mpx in the sparse region; "
+                f"best on the whole frame: `{best.removeprefix('mixed ').split(' (')[0]}`."]
+    return out
+
+
+def sparse_section(rows: dict) -> list[str]:
+    keys = [("best Gaussian filter", "sparse best Gaussian"), ("`global`", "sparse global gaussian twins"),
+            ("every option at its default", "sparse default")]
+    present = [(label, k) for label, k in keys if k in rows and rows[k].get("commit")]
+    if not present:
+        return []
+    out = ["### Sparse objects on a dark background (simulated)", "",
+           "Channel 1 of one 1024x1024 `simulate.py timelapse` frame, 400 training steps (`python "
+           "benchmarks/quality.py --stage baselines`, `--stage sparse --sparse-modes global --sparse-steps 400`, "
+           "`--stage sparse-default --sparse-steps 400`).", "",
+           "| method | psnr | psnr_raw | ssim | false objects /Mpx | wall s | commit |",
+           "|---|---|---|---|---|---|---|"]
+    for label, k in present:
+        r = quoted(rows, k, "quality")
+        secs = f"{wall(r):.0f}" if wall(r) > 1 else "<1"
+        out.append(f"| {label} | {r['psnr']:.2f} | {r['psnr_raw']:.2f} | {r['ssim']:.3f} | {r['false_obj']:.2f} | "
+                   f"{secs} | {commit(r)} |")
+    return out
+
+
+def render() -> str:
+    quality, realdata = load("quality"), load("realdata")
+    parts = [["Every figure in this section is rendered from the records in `benchmarks/results/` by `python "
+              "benchmarks/readme.py`, and only from rows that record their command, commit, machine and wall "
+              "time; a test fails when the two differ. Machine: 2 CPU cores unless a row says otherwise."]]
+    parts += [s for s in (realdata_section(realdata), p5_section(quality), sparse_section(quality),
+                          mixed_section(quality)) if s]
+    parts.append(["### Not quoted here", "",
+                  "GPU throughput (`benchmarks/results/gpu.md`), pipeline overhead, graph size and memory "
+                  "(`pipeline.md`), training speed (`training.md`) and the older quality rows (`quality.md`) were "
+                  "recorded before every row carried its commit, command and machine; they are quoted here again "
+                  "once regenerated."])
+    return "\n\n".join("\n".join(p) for p in parts)
+
+
+def readme_block(text: str) -> str:
+    """The section between the markers in ``text`` (without them)."""
+    if BEGIN not in text or END not in text:
+        raise RecordError("README.md lacks the measured section's markers")
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md differs from the records")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    text = README.read_text()
+    block = render()
+    if args.check:
+        same = readme_block(text) == block
+        print("README.md matches the records" if same else "README.md differs from the records: run "
+              "python benchmarks/readme.py")
+        return 0 if same else 1
+    head, rest = text.split(BEGIN, 1)
+    README.write_text(head + BEGIN + "\n" + block + "\n" + END + rest.split(END, 1)[1])
+    print("README.md: measured section rendered")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

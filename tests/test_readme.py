@@ -1,0 +1,62 @@
+"""The README's figures are the records': its measured section is rendered from
+benchmarks/results/*.json, and no measured figure stands anywhere else in it."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def readme_mod():
+    spec = importlib.util.spec_from_file_location("bench_readme", ROOT / "benchmarks" / "readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_measured_section_is_what_the_records_render(readme_mod):
+    text = (ROOT / "README.md").read_text()
+    assert readme_mod.readme_block(text) == readme_mod.render(), "run: python benchmarks/readme.py"
+
+
+def test_no_measured_figure_stands_outside_the_rendered_section(readme_mod):
+    text = (ROOT / "README.md").read_text()
+    outside = text.split(readme_mod.BEGIN)[0] + text.split(readme_mod.END)[1]
+    figures = re.findall(r"\d[\d.]*\s*(?:dB|Mpx/s|GiB|MB/s|patches/s|minutes|hours|s a step)\b", outside)
+    assert not figures, figures
+
+
+def test_a_row_without_its_provenance_cannot_be_quoted(readme_mod):
+    rows = {"sparse default": {"psnr": 40.0, "commit": "abc1234", "machine": "m", "wall_s": 3.0}}
+    with pytest.raises(readme_mod.RecordError, match="lacks command"):
+        readme_mod.quoted(rows, "sparse default", "quality")
+    with pytest.raises(readme_mod.RecordError, match="has no row"):
+        readme_mod.quoted(rows, "sparse global gaussian twins", "quality")
+    rows["sparse default"]["command"] = "python benchmarks/quality.py --stage sparse-default"
+    assert readme_mod.quoted(rows, "sparse default", "quality")["psnr"] == 40.0
+
+
+def test_a_figure_changed_in_a_record_changes_the_rendering(readme_mod, monkeypatch):
+    rows = {"mixed global": {"psnr": 33.6, "dense_psnr": 27.45, "sparse_false_obj": 0.0, "norm": {"mode": "global"},
+                             "command": "c", "commit": "635dfcf", "machine": "m", "wall_s": 811.0}}
+    first = "\n".join(readme_mod.mixed_section(rows))
+    rows["mixed global"]["psnr"] = 31.25
+    second = "\n".join(readme_mod.mixed_section(rows))
+    assert "33.60" in first and "31.25" in second and "33.60" not in second
+
+
+def test_the_default_is_recognised_where_its_floor_cannot_apply(readme_mod):
+    from asn2n_dask.config import NormConfig
+
+    default = NormConfig().to_dict()
+    other_floor = {**default, "adaptive_floor": 0.05}
+    assert readme_mod.acts_as_default({"norm": default}, default)
+    assert readme_mod.acts_as_default({"norm": other_floor, "dataset_mode": "local"}, default)
+    assert not readme_mod.acts_as_default({"norm": other_floor, "dataset_mode": "global"}, default)
+    assert not readme_mod.acts_as_default({"norm": {**default, "mode": "global"}, "dataset_mode": "local"}, default)
