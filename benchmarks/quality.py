@@ -417,6 +417,24 @@ def run(args: argparse.Namespace) -> None:
         put("p5 default command (whole 2048x2048 frame 1)", {
             "peak": 5, "seam": seam_ratio(pred, tile, InferConfig().stride), **mean_scores([pred], [gt]),
             **provenance(f"asn2n run {src.relative_to(ROOT.parent)} -o out.tif", secs)})
+    if stages & {"blend"}:
+        # where the blending weights matter: the default command's model (the default stage
+        # trains it) on the central crop of the same frame, each blend at several tile sides
+        model_dir = WORK / "default" / "out.tif.model"
+        if not (model_dir / "model.json").is_file():
+            raise SystemExit("the blend stage needs the default stage's model: run --stage default first")
+        m = load_model(model_dir)
+        noisy = crop(tifffile.imread(DATA / "sim2d" / "p5" / "noisy" / "1.tif"), args.blend_crop)
+        gt = crop(tifffile.imread(DATA / "sim2d" / "p5" / "gt" / "1.tif"), args.blend_crop)
+        for side in args.blend_tiles:
+            for blend in ("gaussian", "uniform", "none"):
+                cfg = InferConfig(tile=side, blend=blend)
+                t0 = time.perf_counter()
+                pred = denoise(noisy, m, config=cfg)
+                secs = time.perf_counter() - t0
+                put(f"p5 blend {blend} tile {side}", {
+                    "peak": 5, "tile": side, "blend": blend, "crop": args.blend_crop,
+                    "seam": seam_ratio(pred, side, cfg.stride), **mean_scores([pred], [gt]), "wall_s": secs})
     if not args.rows or stages & {"merge"}:  # a side file's rows reach the tables through merge
         report(rows, args)
 
@@ -534,7 +552,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["all"],
                     choices=["all", "baselines", "bm3d", "sn2n", "modes", "sparse", "default", "reference", "aware",
-                             "auto", "mixed", "weight", "merge", "report", "sparse-default"])
+                             "auto", "mixed", "weight", "merge", "report", "sparse-default", "blend"])
     ap.add_argument("--rows", default=None, help="write rows to this JSON file instead (merge: read it)")
     ap.add_argument("--steps", type=int, default=TrainConfig().steps)
     ap.add_argument("--sparse-steps", type=int, default=600)
@@ -547,6 +565,8 @@ def main() -> None:
     ap.add_argument("--adaptive-weight", default="signal", choices=["range", "signal", "class"],
                     help="weight stage: the adaptive weight")
     ap.add_argument("--weight-rows", nargs="+", default=["sparse", "p5"], choices=["sparse", "p5"])
+    ap.add_argument("--blend-tiles", type=int, nargs="+", default=[32, 64, 128, 256], help="blend stage: tile sides")
+    ap.add_argument("--blend-crop", type=int, default=512, help="blend stage: central crop side")
     ap.add_argument("--mixed-size", type=int, default=512, help="mixed stage: frame side")
     ap.add_argument("--mixed-steps", type=int, default=300, help="mixed stage: training steps")
     ap.add_argument("--mixed-variants", nargs="+", default=list(MIXED_VARIANTS), choices=list(MIXED_VARIANTS))

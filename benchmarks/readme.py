@@ -197,13 +197,39 @@ def sparse_section(rows: dict) -> list[str]:
     return out
 
 
+def blend_section(rows: dict) -> list[str]:
+    keys = [k for k in rows if k.startswith("p5 blend ") and rows[k].get("commit")]
+    if not keys:
+        return []
+    sides = sorted({rows[k]["tile"] for k in keys})
+    blends = ("gaussian", "uniform", "none")
+    first = quoted(rows, keys[0], "quality")
+    out = ["### Blending tiles", "",
+           f"The default command's model on the central {first['crop']}x{first['crop']} crop of that frame, denoised "
+           "with tiles of each side at 50% overlap and each blend (`python benchmarks/quality.py --stage blend`). "
+           "`none` takes each pixel from the one tile whose core holds it; `seam` as above (1.0: no seams). Each "
+           "cell: psnr / seam.", "",
+           "| tile side | " + " | ".join(f"`{b}`" for b in blends) + " | commit |",
+           "|---|" + "---|" * (len(blends) + 1)]
+    for side in sides:
+        cells, mine = [], [k for k in keys if rows[k]["tile"] == side]
+        for b in blends:
+            k = f"p5 blend {b} tile {side}"
+            cells.append(f"{rows[k]['psnr']:.2f} / {rows[k]['seam']:.3f}" if k in keys else "")
+        out.append(f"| {side} | " + " | ".join(cells) + f" | {commit(quoted(rows, mine[0], 'quality'))} |")
+    worst = {b: max((rows[k]["seam"] for k in keys if rows[k]["blend"] == b), default=float("nan")) for b in blends}
+    out += ["", "Largest seam ratio over these tile sides: " + ", ".join(f"`{b}` {worst[b]:.3f}" for b in blends)
+            + "."]
+    return out
+
+
 def render() -> str:
     quality, realdata = load("quality"), load("realdata")
     parts = [["Every figure in this section is rendered from the records in `benchmarks/results/` by `python "
               "benchmarks/readme.py`, and only from rows that record their command, commit, machine and wall "
               "time; a test fails when the two differ. Machine: 2 CPU cores unless a row says otherwise."]]
-    parts += [s for s in (realdata_section(realdata), p5_section(quality), sparse_section(quality),
-                          mixed_section(quality)) if s]
+    parts += [s for s in (realdata_section(realdata), p5_section(quality), blend_section(quality),
+                          sparse_section(quality), mixed_section(quality)) if s]
     parts.append(["### Not quoted here", "",
                   "GPU throughput (`benchmarks/results/gpu.md`), pipeline overhead, graph size and memory "
                   "(`pipeline.md`), training speed (`training.md`) and the older quality rows (`quality.md`) were "
