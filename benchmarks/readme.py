@@ -84,9 +84,8 @@ def realdata_section(rows: dict) -> list[str]:
     verdicts = []
     for c in sorted({r["channel"] for r in rows.values()}):
         mine = {r["method"]: r for r in rows.values() if r["channel"] == c}
-        for method in ("noisy input", "best Gaussian per image", "asn2n run (defaults)"):
-            if method not in mine:
-                continue
+        order = {"noisy input": 0, "best Gaussian per image": 1, "asn2n run (defaults)": 3}
+        for method in sorted(mine, key=lambda name: (order.get(name, 2 if name.startswith("N2V") else 4), name)):
             r = quoted(rows, f"c{c} {method}", "realdata")
             m = r["scores"]["mean"]
             out.append(f"| {c} | {method} | {m['psnr']:.2f} | {m['psnr_raw']:.2f} | {m['ssim']:.3f} | "

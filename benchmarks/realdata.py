@@ -125,9 +125,10 @@ def n2v(noisy: np.ndarray, *, steps: int, batch: int, patch: int, preset: str, s
     return out[:, :h, :w] * std + mean
 
 
-def default_command(noisy: np.ndarray, channel: int, steps: int | None) -> tuple[np.ndarray, float, str]:
-    """``asn2n run stack.tif -o out.tif`` on the channel's frames; the wall time of the command."""
-    d = WORK / f"c{channel}"
+def default_command(noisy: np.ndarray, channel: int, steps: int | None,
+                    options: tuple[str, ...] = ()) -> tuple[np.ndarray, float, str]:
+    """``asn2n run stack.tif -o out.tif [OPTIONS]`` on the channel's frames; the command's wall time."""
+    d = WORK / f"c{channel}" / ("-".join(o.strip("-") for o in options) or "default")
     d.mkdir(parents=True, exist_ok=True)
     stack = d / "noisy.tif"
     tifffile.imwrite(stack, noisy, photometric="minisblack", metadata={"axes": "TYX"})
@@ -135,6 +136,7 @@ def default_command(noisy: np.ndarray, channel: int, steps: int | None) -> tuple
     cmd = ["asn2n", "-q", "run", str(stack.relative_to(ROOT)), "-o", str(out.relative_to(ROOT)), "--overwrite"]
     if steps is not None:
         cmd += ["--steps", str(steps)]
+    cmd += list(options)
     exe = [sys.executable, "-m", "asn2n_dask", *cmd[1:]]
     t0 = time.perf_counter()
     subprocess.run(exe, cwd=ROOT, check=True)
@@ -180,6 +182,8 @@ def main() -> None:
     ap.add_argument("--stage", nargs="+", default=["noisy", "gaussian", "n2v", "default"],
                     choices=["noisy", "gaussian", "n2v", "default"])
     ap.add_argument("--channels", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--run-options", default="",
+                    help="default stage: options added to the command, e.g. '--norm global' (one row each)")
     ap.add_argument("--steps", type=int, default=None,
                     help="training steps of both networks (default: the default command's)")
     args = ap.parse_args()
@@ -204,8 +208,11 @@ def main() -> None:
                 pred = n2v(noisy, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset)
                 method, command = f"N2V ({cfg.preset}, {steps} steps)", argv
             else:
-                pred, wall, command = default_command(noisy, c, args.steps)
+                opts = tuple(args.run_options.split())
+                pred, wall, command = default_command(noisy, c, args.steps, opts)
                 method = "asn2n run (defaults)" if args.steps is None else f"asn2n run --steps {args.steps}"
+                if opts:
+                    method = f"asn2n run {args.run_options}" + ("" if args.steps is None else f" --steps {args.steps}")
             wall = time.perf_counter() - t0
             row = {"channel": c, "method": method, "fields": names, "scores": scores(pred, gt),
                    **provenance(command, wall), **extra}
