@@ -426,6 +426,7 @@ def tiff_meta(tf: Any, s: Any, index: int, axes: str, path: Path) -> ImageMeta:
         log.warning("%s: its %s metadata cannot be read (%s); pixel sizes, time step and channel names are not "
                     "used.", where, "ImageJ" if flavour == "imagej" else "OME", _reason(e))
         phys, names = {}, None
+    phys = {a: (v, u) for a, (v, u) in phys.items() if v != 1.0 or u}  # 1 pixel without a unit says nothing
     scale = tuple(phys[a][0] if a in phys else 1.0 for a in axes) if phys else None
     units = tuple(phys[a][1] if a in phys else None for a in axes) if phys else None
     return ImageMeta(axes=axes, format="tiff", scale=scale, units=units, channel_names=names, source=where,

@@ -360,3 +360,12 @@ def test_what_imagej_or_ome_cannot_hold_is_written_as_a_plain_tiff_with_a_warnin
     with tifffile.TiffFile(out) as tf:
         assert tf.is_shaped and not tf.is_imagej and not tf.is_ome and tf.series[0].axes == axes
         np.testing.assert_array_equal(tf.asarray(), data)
+
+
+def test_an_uncalibrated_imagej_file_says_nothing_about_sizes(tmp_path):
+    """As ImageJ writes a plain image: a slice label, resolution 1 per inch, no unit."""
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint16), imagej=True, resolution=(1.0, 1.0), resolutionunit="INCH",
+                     metadata={"axes": "YX", "Labels": "avg400_016_1.tif"})
+    meta = read_image(path)[1]
+    assert meta.tiff_flavour == "imagej" and meta.scale is None and meta.units is None and meta.channel_names is None
