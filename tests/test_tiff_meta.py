@@ -369,3 +369,11 @@ def test_an_uncalibrated_imagej_file_says_nothing_about_sizes(tmp_path):
                      metadata={"axes": "YX", "Labels": "avg400_016_1.tif"})
     meta = read_image(path)[1]
     assert meta.tiff_flavour == "imagej" and meta.scale is None and meta.units is None and meta.channel_names is None
+
+
+@pytest.mark.parametrize("flavour", ["imagej", "ome"])
+def test_channel_names_beyond_ascii_or_with_xml_characters_survive(tmp_path, flavour):
+    names = ("Ca²⁺", 'a<&"b>')
+    meta = ImageMeta(axes="CYX", format="tiff", channel_names=names, tiff_flavour=flavour)
+    out = write_image(tmp_path / "n.tif", np.zeros((2, 16, 16), np.float32), meta, attrs={"input": "café.tif"})
+    assert read_image(out)[1].channel_names == names
