@@ -704,7 +704,9 @@ def denoise(
 
     A .zarr output is written chunk by chunk on a Dask cluster (an embedded one unless
     --scheduler is given) as OME-Zarr with a 'labels/risk' image; a run that stopped is
-    resumed by running the same command again.  A .tif output is computed in memory.
+    resumed by running the same command again.  A .tif output is computed in memory, as a
+    TIFF of the input's kind (ImageJ hyperstack, OME-TIFF or plain) with its pixel sizes,
+    time step and channel names.
 
     Examples:
 

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import stat
 import threading
@@ -50,17 +51,22 @@ class ImageMeta:
     format : str
         ``tiff``, ``zarr`` or ``ome-zarr``.
     scale : tuple of float, optional
-        Physical pixel size per axis (OME-Zarr), else None.
+        Physical size per axis: pixel size in Y, X and Z, time between frames in T
+        (1 where the file says nothing); None when the file says nothing at all.
     units : tuple of str or None, optional
-        Unit per axis (OME-Zarr).
+        Unit per axis in OME-NGFF words (``micrometer``, ``second``), None where unknown.
     channel_names : tuple of str, optional
-        Names of the ``C`` axis entries (OME-Zarr ``omero`` metadata).
+        Names of the ``C`` axis entries (OME-Zarr ``omero`` labels, OME-TIFF channel
+        names, ImageJ slice labels that name the channels).
     source : str
         The path read.
     file_axes : str, optional
         The axes as the file names them (generic letters such as ``Q`` or ``I`` for
         axes it leaves unnamed); None when it names none.  ``--axes`` may rename only
         what the file leaves unnamed (:func:`asn2n_dask.axes.merge_axes`).
+    tiff_flavour : {"plain", "imagej", "ome"}, optional
+        The kind of TIFF file read (None for Zarr); a ``.tif`` output is written in the
+        same kind, with the same metadata (:func:`write_image`).
     """
 
     axes: str
@@ -71,6 +77,7 @@ class ImageMeta:
     source: str = ""
     attrs: dict[str, Any] = field(default_factory=dict)
     file_axes: str | None = None
+    tiff_flavour: str | None = None
 
 
 def _letters(names: list[str]) -> str:
@@ -199,6 +206,233 @@ def tiff_axes(letters: str, path: Path, ndim: int) -> str:
     return parse_axes(axes, ndim)
 
 
+# ------------------------------------------------------------------ TIFF metadata
+#: OME-NGFF words for the length units ImageJ and OME-TIFF files write (keys in lower case).
+LENGTH_UNITS: dict[str, str] = {
+    **dict.fromkeys(("å", "angstrom", "angstroms"), "angstrom"),
+    **dict.fromkeys(("pm", "picometer", "picometers", "picometre", "picometres"), "picometer"),
+    **dict.fromkeys(("nm", "nanometer", "nanometers", "nanometre", "nanometres"), "nanometer"),
+    **dict.fromkeys(("µm", "μm", "um", "micron", "microns", "micrometer", "micrometers", "micrometre",
+                     "micrometres"), "micrometer"),
+    **dict.fromkeys(("mm", "millimeter", "millimeters", "millimetre", "millimetres"), "millimeter"),
+    **dict.fromkeys(("cm", "centimeter", "centimeters", "centimetre", "centimetres"), "centimeter"),
+    **dict.fromkeys(("m", "meter", "meters", "metre", "metres"), "meter"),
+    **dict.fromkeys(("in", "inch", "inches"), "inch"),
+}
+#: OME-NGFF words for the time units ImageJ (``tunit``) and OME-TIFF files write.
+TIME_UNITS: dict[str, str] = {
+    **dict.fromkeys(("ns", "nsec", "nanosecond", "nanoseconds"), "nanosecond"),
+    **dict.fromkeys(("µs", "μs", "us", "usec", "microsecond", "microseconds"), "microsecond"),
+    **dict.fromkeys(("ms", "msec", "millisecond", "milliseconds"), "millisecond"),
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), "second"),
+    **dict.fromkeys(("min", "mins", "minute", "minutes"), "minute"),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), "hour"),
+    **dict.fromkeys(("d", "day", "days"), "day"),
+}
+#: The OME-XML symbol of each unit (``PhysicalSizeXUnit``, ``TimeIncrementUnit``).
+OME_SYMBOLS: dict[str, str] = {
+    "angstrom": "Å", "picometer": "pm", "nanometer": "nm", "micrometer": "µm", "millimeter": "mm",
+    "centimeter": "cm", "meter": "m", "inch": "in", "nanosecond": "ns", "microsecond": "µs", "millisecond": "ms",
+    "second": "s", "minute": "min", "hour": "h", "day": "d",
+}
+#: Largest pixel data written as a classic TIFF; larger data are written as BigTIFF
+#: (tifffile's own rule: 4 GiB less 32 MiB for the metadata).
+BIGTIFF_BYTES = 2**32 - 2**25
+
+_Physical = dict[str, tuple[float, str | None]]  # axis letter -> (size, unit or None)
+
+
+def _unescape(text: str) -> str:
+    r"""ImageJ writes characters beyond ASCII as ``\uXXXX`` (``\u00B5m`` for µm)."""
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def _unit(text: Any, table: dict[str, str], what: str, where: str) -> str | None:
+    """The OME-NGFF word for a unit a file writes; None for none (or ImageJ's ``pixel``),
+    and for one not in ``table``, with a warning."""
+    if text is None:
+        return None
+    word = _unescape(str(text)).strip()
+    if word.lower() in ("", "pixel", "pixels", "px"):
+        return None
+    unit = table.get(word.lower())
+    if unit is None:
+        log.warning("%s: the unit %r of its %s is not one asn2n-dask knows; the unit is not used (the sizes are "
+                    "kept without one).", where, word, what)
+    return unit
+
+
+def _size(value: Any, what: str, where: str) -> float | None:
+    """A size or time step a file writes, when it is a positive finite number; else None,
+    with a warning."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        v = float(value)
+        if math.isfinite(v) and v > 0:
+            return v
+    log.warning("%s: its %s (%r) is not a positive finite number; it is not used.", where, what, value)
+    return None
+
+
+def _channel_names(found: list[str], n: int, where: str) -> tuple[str, ...] | None:
+    """``found`` when they are ``n`` distinct, non-empty names; else None, with a warning."""
+    names = [str(v).strip() for v in found]
+    if len(names) != n:
+        log.warning("%s: it holds %d channel names for %d channels; the names are not used.", where, len(names), n)
+        return None
+    if not all(names):
+        log.warning("%s: some of its channels have no name; the channel names are not used.", where)
+        return None
+    twice = sorted({v for v in names if names.count(v) > 1})
+    if twice:
+        log.warning("%s: several of its channels are named %r; the channel names are not used (each channel needs "
+                    "its own name).", where, twice[0])
+        return None
+    return tuple(names)
+
+
+def _imagej_labels(labels: Any, shape: tuple[int, ...], axes: str, where: str) -> tuple[str, ...] | None:
+    """Channel names from ImageJ slice labels: one label per channel, or one per plane
+    with every plane of a channel labelled alike."""
+    if labels is None or "C" not in axes:
+        return None
+    found = [labels] if isinstance(labels, str) else list(labels)
+    found = [str(v).split("\n")[0].strip() for v in found]  # ImageJ shows a label's first line
+    c_ax = axes.index("C")
+    n = int(shape[c_ax])
+    stack = tuple(int(v) for v in shape[:-2])
+    if len(found) == math.prod(stack) and len(found) != n:
+        of_plane = [int(c) for c in np.unravel_index(np.arange(len(found)), stack)[c_ax]]
+        first: dict[int, str] = {}
+        for label, c in zip(found, of_plane):
+            first.setdefault(c, label)
+        if any(label != first[c] for label, c in zip(found, of_plane)):
+            log.warning("%s: its ImageJ slice labels differ between planes of one channel; they are not used as "
+                        "channel names.", where)
+            return None
+        found = [first[c] for c in range(n)]
+    return _channel_names(found, n, where)
+
+
+def _imagej_physical(tf: Any, s: Any, axes: str, where: str) -> tuple[_Physical, tuple[str, ...] | None]:
+    """Pixel sizes (resolution tags, ``spacing``, ``unit``/``yunit``/``zunit``), frame
+    interval (``finterval``, ``tunit``) and channel names (slice ``Labels``) of an ImageJ
+    hyperstack, as ImageJ reads them: a calibrated file's pixels are 1 unit unless it
+    says otherwise."""
+    md: dict[str, Any] = tf.imagej_metadata or {}
+    page = s.keyframe
+    phys: _Physical = {}
+    unit = _unit(md.get("unit"), LENGTH_UNITS, "pixel size", where)
+    own = {"X": unit, **{a: (_unit(md[key], LENGTH_UNITS, f"{a} pixel size", where) if key in md else unit)
+                         for a, key in (("Y", "yunit"), ("Z", "zunit"))}}
+    for i, (a, tag) in enumerate((("X", 282), ("Y", 283))):
+        if a not in axes:
+            continue
+        if page.tags.get(tag) is None:
+            if own[a]:
+                phys[a] = (1.0, own[a])
+            continue
+        res = float(page.resolution[i])
+        size = _size(1.0 / res if res > 0 else math.inf, f"pixel {'width' if a == 'X' else 'height'} "
+                     f"(1/{a}Resolution)", where)
+        if size is not None:
+            phys[a] = (size, own[a])
+    if "Z" in axes:
+        if "spacing" in md:
+            size = _size(md["spacing"], "Z spacing", where)
+            if size is not None:
+                phys["Z"] = (size, own["Z"])
+        elif own["Z"]:
+            phys["Z"] = (1.0, own["Z"])
+    if "T" in axes and "finterval" in md:
+        size = _size(md["finterval"], "frame interval (finterval)", where)
+        if size is not None:
+            phys["T"] = (size, _unit(md.get("tunit", "sec"), TIME_UNITS, "frame interval", where))
+    return phys, _imagej_labels(md.get("Labels"), tuple(s.shape), axes, where)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def _ome_image(tf: Any, s: Any, index: int) -> dict[str, Any] | None:
+    """The OME ``Image`` element (as :func:`tifffile.xml2dict` gives it) of a series."""
+    import tifffile
+
+    xml = tf.ome_metadata
+    if not xml:
+        return None
+    ome = tifffile.xml2dict(xml, sep="").get("OME") or {}
+    images = [im for im in _as_list(ome.get("Image")) if isinstance(im, dict)]
+    if len(images) == len(tf.series):
+        return images[index]
+    named = [im for im in images if s.name is not None and str(im.get("Name")) == str(s.name)]
+    return named[0] if len(named) == 1 else None
+
+
+def _ome_text(value: Any) -> str:
+    """An attribute as its text (:func:`tifffile.xml2dict` reads ``488`` as a number)."""
+    return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _ome_physical(tf: Any, s: Any, index: int, axes: str, where: str) -> tuple[_Physical, tuple[str, ...] | None]:
+    """``PhysicalSizeX/Y/Z`` (default unit µm), ``TimeIncrement`` (default unit s) and
+    channel ``Name``s of the OME ``Pixels`` of a series."""
+    image = _ome_image(tf, s, index)
+    if image is None:
+        log.warning("%s: its OME metadata does not say which image is series %d; pixel sizes, time step and channel "
+                    "names are not used.", where, index)
+        return {}, None
+    px = image.get("Pixels")
+    px = (_as_list(px) or [{}])[0]
+    if not isinstance(px, dict):
+        return {}, None
+    phys: _Physical = {}
+    for a, key, default, table in (("X", "PhysicalSizeX", "µm", LENGTH_UNITS),
+                                   ("Y", "PhysicalSizeY", "µm", LENGTH_UNITS),
+                                   ("Z", "PhysicalSizeZ", "µm", LENGTH_UNITS),
+                                   ("T", "TimeIncrement", "s", TIME_UNITS)):
+        if a in axes and key in px:
+            size = _size(px[key], key, where)
+            if size is not None:
+                phys[a] = (size, _unit(_ome_text(px.get(key + "Unit", default)), table, key, where))
+    names = None
+    if "C" in axes:
+        given = [c.get("Name") if isinstance(c, dict) else None for c in _as_list(px.get("Channel"))]
+        if any(v is not None for v in given):
+            names = _channel_names([_ome_text(v) for v in given], int(s.shape[axes.index("C")]), where)
+    return phys, names
+
+
+def tiff_meta(tf: Any, s: Any, index: int, axes: str, path: Path) -> ImageMeta:
+    """What a TIFF series says besides its pixels: its kind (plain, ImageJ hyperstack or
+    OME-TIFF), and for the last two the physical size of each axis with its unit
+    (OME-NGFF words) and the channel names, from tifffile's parsed metadata
+    (``TiffFile.imagej_metadata`` and resolution tags; ``TiffFile.ome_metadata`` through
+    :func:`tifffile.xml2dict`).  Sizes are mapped onto ``axes`` (the axes as used, after
+    ``--axes``).  What is odd (not a positive finite size, an unknown unit, channel
+    names that do not fit the channels) is left out with a warning.
+    """
+    kind = str(getattr(s, "kind", "")).lower()
+    flavour = kind if kind in ("imagej", "ome") else "plain"
+    where = str(path)
+    phys: _Physical = {}
+    names: tuple[str, ...] | None = None
+    try:
+        if flavour == "imagej":
+            phys, names = _imagej_physical(tf, s, axes, where)
+        elif flavour == "ome":
+            phys, names = _ome_physical(tf, s, index, axes, where)
+    except Exception as e:  # tifffile raises many types on damaged metadata; the pixels are still good
+        log.warning("%s: its %s metadata cannot be read (%s); pixel sizes, time step and channel names are not "
+                    "used.", where, "ImageJ" if flavour == "imagej" else "OME", _reason(e))
+        phys, names = {}, None
+    phys = {a: (v, u) for a, (v, u) in phys.items() if v != 1.0 or u}  # 1 pixel without a unit says nothing
+    scale = tuple(phys[a][0] if a in phys else 1.0 for a in axes) if phys else None
+    units = tuple(phys[a][1] if a in phys else None for a in axes) if phys else None
+    return ImageMeta(axes=axes, format="tiff", scale=scale, units=units, channel_names=names, source=where,
+                     file_axes=s.axes, tiff_flavour=flavour)
+
+
 def _read_tiff(path: Path, series: int | None = None, axes: str | None = None) -> tuple[NDArray[Any], ImageMeta]:
     with quiet_tifffile(), open_tiff(path) as tf:
         s = tiff_series(tf, path, series)
@@ -210,7 +444,8 @@ def _read_tiff(path: Path, series: int | None = None, axes: str | None = None) -
         except Exception as e:  # damaged strips or tiles, a truncated compressed file
             raise InputError(f"{path} is truncated or damaged: its pixels cannot be read ({_reason(e)}); restore "
                              "or re-copy it.") from None
-    return data, ImageMeta(axes=axes, format="tiff", source=str(path), file_axes=s.axes)
+        meta = tiff_meta(tf, s, series or 0, axes, path)
+    return data, meta
 
 
 def _checked_store(path: Path) -> Any:
@@ -501,9 +736,109 @@ def _ome_attrs(meta: ImageMeta, version: str, extra: dict[str, Any]) -> dict[str
     return {"ome": {"version": version, **body}, "asn2n": extra}
 
 
-def _ome_order(axes: str) -> bool:
-    order = "TCZYX"
+def _in_order(axes: str, order: str) -> bool:
     return set(axes) <= set(order) and list(axes) == sorted(axes, key=order.index)
+
+
+def _ome_order(axes: str) -> bool:
+    return _in_order(axes, "TCZYX")
+
+
+def _known_sizes(meta: ImageMeta) -> _Physical:
+    """The sizes of ``meta`` worth writing: T, Z, Y and X axes whose size is not 1 or
+    has a unit."""
+    usable = usable_scale(meta.scale, len(meta.axes), meta.source or "the image") if meta.scale else None
+    if usable is None:
+        return {}
+    units = tuple(meta.units or ())
+    units = units + (None,) * (len(meta.axes) - len(units))
+    return {a: (v, u) for a, v, u in zip(meta.axes, usable, units) if a in "TZYX" and (v != 1.0 or u)}
+
+
+def _imagej_word(unit: str) -> str:
+    r"""How an ImageJ description writes a unit: its own words for µm and s, else the OME
+    symbol, beyond ASCII as ``\uXXXX`` (as ImageJ escapes)."""
+    word = {"micrometer": "micron", "second": "sec"}.get(unit) or OME_SYMBOLS.get(unit, unit)
+    return "".join(c if ord(c) < 128 else f"\\u{ord(c):04X}" for c in word)
+
+
+def _imagej_options(meta: ImageMeta, shape: tuple[int, ...], names: list[str] | None,
+                    provenance: str) -> dict[str, Any]:
+    """``tifffile.imwrite`` options for an ImageJ hyperstack: resolution tags (pixels
+    per unit), ``unit``/``yunit``/``zunit``, ``spacing``, ``finterval``/``tunit`` and one
+    slice label per plane (its channel's name)."""
+    sizes = _known_sizes(meta)
+    md: dict[str, Any] = {"axes": meta.axes}
+    options: dict[str, Any] = {"imagej": True, "photometric": "minisblack", "metadata": md}
+    if "X" in sizes or "Y" in sizes:
+        options["resolution"] = tuple(1.0 / sizes[a][0] if a in sizes else 1.0 for a in "XY")
+    unit = next((u for a in "XYZ" if a in sizes and (u := sizes[a][1])), None)
+    if unit:
+        md["unit"] = _imagej_word(unit)
+    for a, key in (("Y", "yunit"), ("Z", "zunit")):
+        own = sizes[a][1] if a in sizes else None
+        if own and own != unit:
+            md[key] = _imagej_word(own)
+    if "Z" in sizes:
+        md["spacing"] = sizes["Z"][0]
+    if "T" in sizes:
+        md["finterval"] = sizes["T"][0]
+        if sizes["T"][1] and sizes["T"][1] != "second":
+            md["tunit"] = _imagej_word(sizes["T"][1])
+    if names:
+        stack = shape[:-2]
+        of_plane = np.unravel_index(np.arange(math.prod(stack)), stack)[meta.axes.index("C")]
+        md["Labels"] = [names[int(c)] for c in of_plane]
+    md["asn2n"] = provenance
+    return options
+
+
+def _ome_options(meta: ImageMeta, names: list[str] | None, provenance: str) -> dict[str, Any]:
+    """``tifffile.imwrite`` options for an OME-TIFF: ``PhysicalSizeX/Y/Z`` and
+    ``TimeIncrement`` with their units, channel names, and the provenance as a map
+    annotation.  A size without a unit is left out (OME would read it as µm or s)."""
+    sizes = _known_sizes(meta)
+    md: dict[str, Any] = {"axes": meta.axes}
+    for a, key in (("X", "PhysicalSizeX"), ("Y", "PhysicalSizeY"), ("Z", "PhysicalSizeZ"), ("T", "TimeIncrement")):
+        if a in sizes and sizes[a][1] in OME_SYMBOLS:
+            md[key] = sizes[a][0]
+            md[key + "Unit"] = OME_SYMBOLS[str(sizes[a][1])]
+    if names:
+        md["Channel"] = {"Name": names}
+    md["MapAnnotation"] = {"Namespace": "asn2n-dask", "asn2n": provenance}
+    return {"ome": True, "photometric": "minisblack", "metadata": md}
+
+
+def _write_tiff(tmp: Path, out: Path, data: NDArray[Any], meta: ImageMeta, extra: dict[str, Any]) -> None:
+    """Write a TIFF in the kind of the input (``meta.tiff_flavour``): an ImageJ hyperstack,
+    an OME-TIFF, or a plain TIFF with the axes and provenance as JSON.  Plain and
+    OME-TIFF files of more than :data:`BIGTIFF_BYTES` are BigTIFF; an ImageJ hyperstack
+    that large is written as ImageJ writes it (one IFD, the pixels after it)."""
+    import tifffile
+
+    flavour = meta.tiff_flavour or "plain"
+    why = ""
+    if flavour == "imagej" and not _in_order(meta.axes, "TZCYX"):
+        why = f"its axes {meta.axes} are not in ImageJ's order TZCYX"
+    elif flavour == "imagej" and data.dtype.char not in "BHhf":
+        why = f"ImageJ cannot hold {data.dtype} pixels"
+    elif flavour == "ome" and not set(meta.axes) <= set("TZCYX"):
+        why = f"OME-TIFF names only the axes T, Z, C, Y and X, not all of {meta.axes}"
+    if why:
+        log.warning("%s is written as a plain TIFF, without pixel sizes, time step or channel names: %s.", out, why)
+        flavour = "plain"
+    provenance = json.dumps(extra)
+    c = meta.axes.find("C")
+    names = list(meta.channel_names) if meta.channel_names and c >= 0 and len(
+        meta.channel_names) == data.shape[c] else None
+    bigtiff = data.nbytes > BIGTIFF_BYTES
+    if flavour == "imagej":  # ImageJ reads no BigTIFF: one IFD, all pixels after it, as ImageJ writes large stacks
+        tifffile.imwrite(tmp, data, truncate=bigtiff, **_imagej_options(meta, data.shape, names, provenance))
+    elif flavour == "ome":
+        tifffile.imwrite(tmp, data, bigtiff=bigtiff, **_ome_options(meta, names, provenance))
+    else:
+        tifffile.imwrite(tmp, data, bigtiff=bigtiff, photometric="minisblack",
+                         metadata={"axes": meta.axes, "asn2n": provenance})
 
 
 def write_image(path: str | os.PathLike[str], data: NDArray[Any], meta: ImageMeta, *,
@@ -512,10 +847,13 @@ def write_image(path: str | os.PathLike[str], data: NDArray[Any], meta: ImageMet
     """Write ``data`` (axes ``meta.axes``) to a TIFF or Zarr path, atomically.
 
     ``.zarr`` outputs are OME-Zarr 0.5 (Zarr v3) when the axes are a subset of ``TCZYX``
-    in that order, else a plain Zarr v3 array with ``dimension_names``.  ``attrs``
-    (provenance) go into the OME-Zarr attributes or the TIFF description.
+    in that order, else a plain Zarr v3 array with ``dimension_names``.  TIFF outputs
+    are of the input's kind (``meta.tiff_flavour``): an ImageJ hyperstack or an OME-TIFF
+    with the pixel sizes, time step and channel names of ``meta``, else a plain TIFF;
+    BigTIFF when the pixels need it.  ``attrs`` (provenance) go into the OME-Zarr
+    attributes, the TIFF description (plain: JSON; ImageJ: an ``asn2n`` entry) or an
+    OME map annotation.
     """
-    import tifffile
     import zarr
 
     out = Path(path)
@@ -524,8 +862,7 @@ def write_image(path: str | os.PathLike[str], data: NDArray[Any], meta: ImageMet
     extra = attrs or {}
     try:
         if out.suffix.lower() in TIFF_SUFFIXES:
-            tifffile.imwrite(tmp, data, photometric="minisblack",
-                             metadata={"axes": meta.axes, "asn2n": json.dumps(extra)})
+            _write_tiff(tmp, out, data, meta, extra)
         else:
             frame_chunks = chunks or tuple(1 if a not in "YX" else min(s, 1024) for a, s in zip(meta.axes, data.shape))
             if _ome_order(meta.axes):

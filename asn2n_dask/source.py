@@ -30,6 +30,7 @@ from .io import (
     open_tiff,
     quiet_tifffile,
     tiff_axes,
+    tiff_meta,
     tiff_series,
 )
 
@@ -203,18 +204,18 @@ def open_source(path: str | os.PathLike[str], axes: str | None = None, *, series
     if not p.exists():
         raise InputError(f"input {p} does not exist.")
     if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES:
+        number = 0 if series is None else int(series)
         with quiet_tifffile(), open_tiff(p) as tf:
             s = tiff_series(tf, p, series)
             letters = s.axes
             shape = tuple(int(v) for v in s.shape)
             own = tiff_axes(letters, p, len(shape))
-        number = 0 if series is None else int(series)
+            ax = own if axes is None else merge_axes(letters, axes, len(shape), source=str(p))
+            meta = tiff_meta(tf, s, number, ax, p)
         try:
             arr = open_array(str(p), "tiff", "", number)
         except Exception as e:  # tifffile/zarr raise several types for odd files
             raise InputError(f"{p} cannot be read in pieces ({type(e).__name__}: {e}).") from None
-        ax = own if axes is None else merge_axes(letters, axes, len(shape), source=str(p))
-        meta = ImageMeta(axes=ax, format="tiff", source=str(p), file_axes=letters)
         return Source(str(p), "tiff", "", ax, shape, tuple(arr.chunks), str(arr.dtype), meta, number)
     if p.is_dir() and _is_zarr(p):
         if series is not None:
