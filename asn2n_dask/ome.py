@@ -152,7 +152,9 @@ def image_attrs(version: str, axes: str, *, levels: int = 1, scale: Sequence[flo
     levels, scale, units, name
         As :func:`multiscale`.
     channels : sequence of dict, optional
-        One ``omero`` channel entry per ``C`` index.
+        One ``omero`` channel entry per ``C`` index.  OME-Zarr 0.4 requires a
+        ``color`` and a ``window`` in each: without them there, no ``omero`` is
+        written (it is transitional metadata for viewers).
 
     Returns
     -------
@@ -161,7 +163,7 @@ def image_attrs(version: str, axes: str, *, levels: int = 1, scale: Sequence[flo
     """
     body: dict[str, Any] = {"multiscales": [multiscale(axes, levels=levels, scale=scale, units=units, name=name,
                                                        downsampling="mean")]}
-    if channels:
+    if channels and (version != "0.4" or all("color" in c and "window" in c for c in channels)):
         body["omero"] = {"channels": [dict(c) for c in channels]}
     return _wrap(version, body)
 
