@@ -29,7 +29,6 @@ from numpy.typing import NDArray
 from . import ome
 from .axes import merge_axes, parse_axes
 from .errors import InputError, OutputError
-from .ome import valid_scale
 
 __all__ = ["ImageMeta", "read_image", "check_output", "paths_overlap", "write_image", "cast_output", "TIFF_SUFFIXES",
            "output_lock", "lock_path", "available_memory", "CheckedArray", "usable_scale"]
@@ -388,7 +387,7 @@ def usable_scale(scale: Any, ndim: int, where: str) -> tuple[float, ...] | None:
     missing value or the wrong count are not); else None, with a warning."""
     if scale is None:
         return None
-    vals = valid_scale(scale, ndim)
+    vals = ome.valid_scale(scale, ndim)
     if vals is None:
         shown = list(scale) if isinstance(scale, (list, tuple)) else scale
         log.warning("%s: the pixel scale %r is not one positive finite number per axis; it is not used (pixels are "
