@@ -240,7 +240,8 @@ ChunksOpt = Annotated[str | None, typer.Option("--chunks", help="Zarr output: ch
                                               "task per chunk.")]
 OmeOpt = Annotated[str, typer.Option("--ome", help="Zarr output: OME-Zarr 0.5 (Zarr v3) or 0.4 (Zarr v2).")]
 PyramidOpt = Annotated[int, typer.Option("--pyramid", min=0, max=10, help="Zarr output: extra downsampled "
-                                         "levels for viewing (none smaller than 16 pixels).")]
+                                         "levels for viewing, of the image (2x2 mean) and of the risk labels "
+                                         "(2x2 most frequent value), none smaller than 16 pixels.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (chunks, halo, tasks, bytes, memory) "
                                          "and exit.")]
 def _checked(check: str, default: Any = None) -> Callable[[Any], Any]:

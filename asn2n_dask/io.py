@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from . import ome
 from .axes import merge_axes, parse_axes
 from .errors import InputError, OutputError
 
@@ -574,8 +575,9 @@ def _read_zarr(path: Path, axes: str | None = None) -> tuple[Any, ImageMeta]:
                 if not isinstance(ms["axes"], list):
                     raise TypeError("axes must be a list")
                 names = [a["name"] if isinstance(a, dict) else str(a) for a in ms["axes"]]
-                units = tuple(a.get("unit") if isinstance(a, dict) else None for a in ms["axes"])
-                scale = None
+                units = tuple(a.get("unit") if isinstance(a, dict) and isinstance(a.get("unit"), str) else None
+                              for a in ms["axes"])
+                raw_scale: Any = None
                 transforms = level0.get("coordinateTransformations", [])
                 if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
                     raise TypeError("coordinateTransformations must be a list of objects")
@@ -583,7 +585,7 @@ def _read_zarr(path: Path, axes: str | None = None) -> tuple[Any, ImageMeta]:
                     if t.get("type") == "scale":
                         if not isinstance(t["scale"], list):
                             raise TypeError("a scale must be a list of numbers")
-                        scale = tuple(float(s) for s in t["scale"])
+                        raw_scale = t["scale"]  # its values are checked by usable_scale
             except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as e:
                 raise InputError(f"{path} has malformed OME-Zarr multiscales metadata ({_reason(e)}).") from None
             try:  # channel names are a courtesy: unreadable ones are ignored, not fatal
@@ -594,7 +596,7 @@ def _read_zarr(path: Path, axes: str | None = None) -> tuple[Any, ImageMeta]:
             own = _letters(names)
             if len(own) != arr.ndim:
                 raise InputError(f"{path} names {len(own)} axes for a {arr.ndim}-D array.")
-            scale = usable_scale(scale, arr.ndim, str(path))
+            scale = usable_scale(raw_scale, arr.ndim, str(path))
             return CheckedArray(arr, str(path)), ImageMeta(
                 axes=merge_axes(own, axes, arr.ndim, source=str(path)), format="ome-zarr", scale=scale, units=units,
                 channel_names=chans, source=str(path), attrs=attrs, file_axes=own)
@@ -615,15 +617,17 @@ def _read_zarr(path: Path, axes: str | None = None) -> tuple[Any, ImageMeta]:
 
 
 def usable_scale(scale: Any, ndim: int, where: str) -> tuple[float, ...] | None:
-    """``scale`` when it is one positive finite number per axis; else None, with a warning."""
+    """``scale`` as floats when it is one positive finite number per axis
+    (:func:`asn2n_dask.ome.valid_scale`: NaN, infinite, zero, negative, a string, a
+    missing value or the wrong count are not); else None, with a warning."""
     if scale is None:
         return None
-    vals = tuple(float(v) for v in scale)
-    if len(vals) == ndim and all(math.isfinite(v) and v > 0 for v in vals):
-        return vals
-    log.warning("%s: the pixel scale %s is not one positive finite number per axis; it is not used (pixels are "
-                "given a size of 1).", where, list(vals))
-    return None
+    vals = ome.valid_scale(scale, ndim)
+    if vals is None:
+        shown = list(scale) if isinstance(scale, (list, tuple)) else scale
+        log.warning("%s: the pixel scale %r is not one positive finite number per axis; it is not used (pixels are "
+                    "given a size of 1).", where, shown)
+    return vals
 
 
 def read_image(path: str | os.PathLike[str], *, series: int | None = None,
@@ -713,27 +717,6 @@ def cast_output(data: NDArray[np.floating], dtype: np.dtype[Any] | str) -> NDArr
         fi = np.finfo(dt)
         return np.clip(data, float(fi.min), float(fi.max)).astype(dt)
     return data.astype(dt)
-
-
-def _ome_attrs(meta: ImageMeta, version: str, extra: dict[str, Any]) -> dict[str, Any]:
-    types = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
-    axes = []
-    for i, a in enumerate(meta.axes):
-        ax: dict[str, Any] = {"name": a.lower(), "type": types[a]}
-        if meta.units and i < len(meta.units) and meta.units[i]:
-            ax["unit"] = meta.units[i]
-        axes.append(ax)
-    usable = usable_scale(meta.scale, len(meta.axes), meta.source or "the image")
-    scale = list(usable) if usable else [1.0] * len(meta.axes)
-    ms: dict[str, Any] = {"axes": axes, "name": "denoised",
-                          "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}
-    body: dict[str, Any] = {"multiscales": [ms]}
-    if meta.channel_names:
-        body["omero"] = {"channels": [{"label": n} for n in meta.channel_names]}
-    if version == "0.4":
-        ms["version"] = "0.4"
-        return {**body, "asn2n": extra}
-    return {"ome": {"version": version, **body}, "asn2n": extra}
 
 
 def _in_order(axes: str, order: str) -> bool:
@@ -867,9 +850,12 @@ def write_image(path: str | os.PathLike[str], data: NDArray[Any], meta: ImageMet
             frame_chunks = chunks or tuple(1 if a not in "YX" else min(s, 1024) for a, s in zip(meta.axes, data.shape))
             if _ome_order(meta.axes):
                 root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-                root.attrs.update(_ome_attrs(meta, "0.5", extra))
+                scale = usable_scale(meta.scale, len(meta.axes), meta.source or "the image")
+                channels = [{"label": n} for n in meta.channel_names or ()]
+                root.attrs.update({**ome.image_attrs("0.5", meta.axes, scale=scale, units=meta.units, name="denoised",
+                                                     channels=channels), "asn2n": extra})
                 arr = root.create_array("0", shape=data.shape, chunks=frame_chunks, dtype=data.dtype,
-                                        dimension_names=[a.lower() for a in meta.axes])
+                                        **ome.array_kwargs("0.5", meta.axes))
             else:
                 arr = zarr.create_array(str(tmp), shape=data.shape, chunks=frame_chunks, dtype=data.dtype,
                                         dimension_names=[a.lower() for a in meta.axes], zarr_format=3)

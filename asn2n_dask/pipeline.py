@@ -34,11 +34,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import ome
 from ._version import __version__
 from .config import InferConfig
 from .errors import ConfigError, InputError, ModelError, OutputError
 from .io import TIFF_SUFFIXES, cast_output
 from .predict import WindowPlan, axis_reads, resolve_device, window_plan
+from .risk import SPARSE_BRIGHT, WEAK_BACKGROUND
 from .source import Selection, Source
 from .stats import ChannelStats, channel_stats
 
@@ -79,7 +81,8 @@ class RunOptions:
     ome : {"0.5", "0.4"}
         OME-Zarr version: 0.5 (Zarr v3) or 0.4 (Zarr v2).
     pyramid : int
-        Extra 2x-downsampled levels written after the run, for viewing.
+        Extra 2x-downsampled levels written after the run, for viewing: the image's
+        (mean of 2x2 pixels) and the risk labels' (their most frequent value).
     overwrite : bool
         Delete an existing output (also an unfinished run of the same job) and start
         again.  Without it, an unfinished run of the same job is resumed and any other
@@ -103,8 +106,8 @@ class RunOptions:
             raise ConfigError(f"--ome must be 0.4 (Zarr v2) or 0.5 (Zarr v3); got {self.ome!r}.")
         if self.chunks is not None and (len(self.chunks) != 2 or min(self.chunks) < 1):
             raise ConfigError(f"--chunks must be two positive sizes (Y X); got {self.chunks}.")
-        if not 0 <= self.pyramid <= 10:
-            raise ConfigError(f"--pyramid must be between 0 and 10; got {self.pyramid}.")
+        if not 0 <= self.pyramid <= ome.MAX_LEVELS:
+            raise ConfigError(f"--pyramid must be between 0 and {ome.MAX_LEVELS}; got {self.pyramid}.")
 
 
 @dataclass(frozen=True)
@@ -677,23 +680,11 @@ def selection_stats(sources: Sequence[Source], selections: Sequence[Selection], 
             raise InputError(str(e) if str(e).startswith(sources[0].path) else f"{sources[0].path}: {e}") from None
 
 
-def _ome_axes(axes: str, src_units: Any) -> list[dict[str, Any]]:
-    types = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
-    out = []
-    for i, a in enumerate(axes):
-        d: dict[str, Any] = {"name": a.lower(), "type": types[a]}
-        if src_units and i < len(src_units) and src_units[i]:
-            d["unit"] = src_units[i]
-        out.append(d)
-    return out
-
-
-def _scale(plan: Plan, level: int = 0) -> list[float]:
+def _scale(plan: Plan) -> tuple[float, ...] | None:
+    """The input's pixel scale when usable (:func:`asn2n_dask.io.usable_scale`), else None."""
     from .io import usable_scale
 
-    usable = usable_scale(plan.source.meta.scale, len(plan.axes), plan.source.path)
-    base = list(usable) if usable else [1.0] * len(plan.axes)
-    return [v * (2**level if a in "YX" else 1) for v, a in zip(base, plan.axes)]
+    return usable_scale(plan.source.meta.scale, len(plan.axes), plan.source.path)
 
 
 def pyramid_levels(plan: Plan, extra: int) -> int:
@@ -707,27 +698,6 @@ def pyramid_levels(plan: Plan, extra: int) -> int:
         log.warning("--pyramid %d: %d extra level(s) written; a further halving of the %dx%d frames would be smaller "
                     "than %d pixels", extra, levels - 1, h, w, MIN_LEVEL)
     return levels
-
-
-def _ome_body(plan: Plan, levels: int, name: str) -> dict[str, Any]:
-    ms = {"axes": _ome_axes(plan.axes, plan.source.meta.units), "name": name,
-          "datasets": [{"path": str(lv), "coordinateTransformations": [{"type": "scale", "scale": _scale(plan, lv)}]}
-                       for lv in range(levels)]}
-    return {"multiscales": [ms]}
-
-
-def _wrap(body: dict[str, Any], version: str) -> dict[str, Any]:
-    if version == "0.4":
-        for ms in body.get("multiscales", []):
-            ms["version"] = "0.4"
-        if "image-label" in body:
-            body["image-label"]["version"] = "0.4"
-        return body
-    return {"ome": {"version": version, **body}}
-
-
-def _chunk_encoding(version: str) -> dict[str, Any]:
-    return {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if version == "0.4" else {}
 
 
 @dataclass
@@ -809,51 +779,60 @@ def _create_output(output: Path, plan: Plan, parts: dict[str, Any], options: Run
     zf: Literal[2, 3] = 2 if options.ome == "0.4" else 3
     job = {**provenance, "status": "running", "fingerprint": fp, "job": parts}
     root: Any = zarr.open_group(str(output), mode="w", zarr_format=zf, attributes={"asn2n": job})
-    dims: dict[str, Any] = {"dimension_names": [a.lower() for a in plan.axes]} if zf == 3 else {}
+    level = ome.array_kwargs(options.ome, plan.axes)
     dtype = plan.source.dtype if options.dtype == "input" else "float32"
-    root.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype=dtype, fill_value=0,
-                      **dims, **_chunk_encoding(options.ome))
+    root.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype=dtype, **level)
     labels = root.create_group("labels")
     risk = labels.create_group("risk")
-    risk.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype="uint8", fill_value=0,
-                      **dims, **_chunk_encoding(options.ome))
+    risk.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype="uint8", **level)
     (output / PROGRESS_DIR).mkdir(exist_ok=True)
     return False
 
 
 _COLOURS = ("00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF")
+#: Classes of the ``labels/risk`` image: name and display colour per label value.
+RISK_CLASSES = {WEAK_BACKGROUND: ("weak background", (0, 120, 255, 160)),
+                SPARSE_BRIGHT: ("sparse bright", (255, 150, 0, 160))}
 
 
 def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> None:
+    """After every chunk is recorded: the pyramid levels of the image and of its risk
+    labels (the same levels, shapes and scales), then the OME metadata, and last the
+    status that presents the output as complete.  Each step may be redone: a run
+    stopped here is finished by running the same command again."""
     import zarr
 
     root: Any = zarr.open_group(str(output), mode="r+")
     levels = pyramid_levels(plan, options.pyramid)
+    level = ome.array_kwargs(options.ome, plan.axes)
+    if options.ome == "0.4":  # level 0 of a run begun before its arrays' dimensions were named
+        for arr in (root["0"], root["labels/risk/0"]):
+            arr.attrs.update(level["attributes"])
     if levels > 1:
         import dask.array as da
 
-        zf = 2 if options.ome == "0.4" else 3
-        dims: dict[str, Any] = {"dimension_names": [a.lower() for a in plan.axes]} if zf == 3 else {}
-        prev = root["0"]
+        prev, prev_lab = root["0"], root["labels/risk/0"]
         for lv in range(1, levels):
-            src = da.from_zarr(prev)
+            src, lab = da.from_zarr(prev), da.from_zarr(prev_lab)
             factors = {i: (2 if a in "YX" and src.shape[i] >= 2 else 1) for i, a in enumerate(plan.axes)}
-            small = da.coarsen(np.mean, src.astype("float64"), factors, trim_excess=True).astype(prev.dtype)
-            arr = root.create_array(str(lv), shape=small.shape, chunks=tuple(min(c, s) for c, s in zip(
-                plan.chunks, small.shape)), dtype=prev.dtype, fill_value=0, overwrite=True, **dims,
-                **_chunk_encoding(options.ome))
-            small = small.rechunk(arr.chunks)
+            small = da.coarsen(ome.block_mean, src, factors, trim_excess=True).astype(prev.dtype)
+            small_lab = da.coarsen(ome.block_mode, lab, factors, trim_excess=True).astype(prev_lab.dtype)
+            level_chunks = tuple(min(c, s) for c, s in zip(plan.chunks, small.shape))
+            arr = root.create_array(str(lv), shape=small.shape, chunks=level_chunks, dtype=prev.dtype,
+                                    overwrite=True, **level)
+            arr_lab = root["labels/risk"].create_array(str(lv), shape=small.shape, chunks=level_chunks,
+                                                       dtype=prev_lab.dtype, overwrite=True, **level)
+            targets = [small.rechunk(arr.chunks), small_lab.rechunk(arr_lab.chunks)]
             if client is not None and not isinstance(client, str):
-                da.store(small, arr, lock=False, scheduler=client)
+                da.store(targets, [arr, arr_lab], lock=False, scheduler=client)
             else:
-                da.store(small, arr, lock=False, scheduler="synchronous" if client == "sync" else None)
-            prev = arr
-    body = _ome_body(plan, levels, "denoised")
+                da.store(targets, [arr, arr_lab], lock=False, scheduler="synchronous" if client == "sync" else None)
+            prev, prev_lab = arr, arr_lab
     names = plan.source.meta.channel_names
+    chans: list[dict[str, Any]] = []
     if plan.channel_axis is not None:  # channel names, colours and display windows for viewers (napari-ome-zarr)
         sel = plan.plane_sources[plan.channel_axis]
         stats = (dict(root.attrs).get("asn2n") or {}).get("stats") or []
-        chans = []
         for k, i in enumerate(sel):
             ch: dict[str, Any] = {"label": names[i] if names else str(int(i)), "active": True,
                                   "color": _COLOURS[k % len(_COLOURS)]}
@@ -862,24 +841,16 @@ def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> Non
                 ch["window"] = {"start": st["norm"]["lo"], "end": st["norm"]["hi"], "min": st["minimum"],
                                 "max": st["maximum"]}
             chans.append(ch)
-        body["omero"] = {"channels": chans}
-    body["multiscales"][0]["metadata"] = {"method": "asn2n-dask Adaptive-SN2N"}
-    if options.ome == "0.5":
-        root["labels"].attrs.update({"ome": {"version": "0.5", "labels": ["risk"]}})
-    else:
-        root["labels"].attrs.update({"labels": ["risk"]})
-    label_body = _ome_body(plan, 1, "risk")
-    label_body["image-label"] = {
-        "colors": [{"label-value": 1, "rgba": [0, 120, 255, 160]}, {"label-value": 2, "rgba": [255, 150, 0, 160]}],
-        "properties": [{"label-value": 1, "class": "weak background"}, {"label-value": 2, "class": "sparse bright"}],
-        "source": {"image": "../../"},
-    }
-    root["labels/risk"].attrs.update(_wrap(label_body, options.ome))
+    geometry: dict[str, Any] = {"levels": levels, "scale": _scale(plan), "units": plan.source.meta.units}
+    root["labels"].attrs.update(ome.labels_attrs(options.ome, ["risk"]))
+    root["labels/risk"].attrs.update(ome.label_attrs(options.ome, plan.axes, name="risk", classes=RISK_CLASSES,
+                                                     **geometry))
     # last: the image metadata and the status that present the output as complete
     attrs = dict(root.attrs)
     asn: dict[str, Any] = dict(attrs.get("asn2n", {}))  # type: ignore[arg-type]
     asn["status"] = "complete"
-    root.attrs.update({**_wrap(body, options.ome), "asn2n": asn})
+    root.attrs.update({**ome.image_attrs(options.ome, plan.axes, name="denoised", channels=chans, **geometry),
+                       "asn2n": asn})
 
 
 @contextlib.contextmanager
