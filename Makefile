@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/asn2n demo --out demo-output
+	$(BIN)/asn2n demo -o demo-output
 
 lint: $(STAMP)
 	$(BIN)/ruff check asn2n_dask tests benchmarks examples

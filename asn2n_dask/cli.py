@@ -1,7 +1,14 @@
 """The ``asn2n`` command line: a thin shell over the package's verbs.
 
 Every error the package raises on purpose is printed as one sentence on stderr with
-exit status 2; nothing is written and the input is never touched.
+exit status 2; nothing is written and the input is never touched.  A usage error (an
+unknown option, a value outside an option's choices, a missing option) is one sentence
+too, with the same status.
+
+The defaults and choices of the options are those of the configuration classes
+(:mod:`asn2n_dask.config`, :class:`asn2n_dask.pipeline.RunOptions`): the command line
+restates none of them.  ``fit``, ``denoise`` and ``run`` take ``--config FILE``, a YAML
+file of options (:func:`options_from_file`); options on the command line override it.
 """
 
 from __future__ import annotations
@@ -9,31 +16,159 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import sys
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 import numpy as np
 import typer
+from typer.core import TyperGroup
 
 from ._version import __version__
+from .config import (
+    BlendMode,
+    InferConfig,
+    InferOn,
+    LossKind,
+    NormMode,
+    OmeVersion,
+    OutputDtype,
+    Precision,
+    Preset,
+    RiskEstimator,
+    TrainConfig,
+    TtaCopies,
+)
 from .errors import Asn2nError, ConfigError, InputError, OutputError
+from .pipeline import RunOptions
+from .progress import progress_bar
+
+log = logging.getLogger("asn2n_dask")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The defaults of the options: those of the configuration classes, stated there once.
+TRAIN = TrainConfig()
+INFER = InferConfig()
+RUN = RunOptions()
+
+#: Old spellings of renamed options, per command: still accepted, with one warning line.
+RENAMED: dict[str, dict[str, str]] = {
+    "fit": {"-o": "--model", "--output": "--model"},
+    "run": {"--model-dir": "--model"},
+    "demo": {"--out": "--output"},
+}
+
+#: Base classes of click's errors (typer's own copy of click, or click itself).
+_CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def renamed_options(command: str, args: list[str]) -> tuple[list[str], list[str]]:
+    """``args`` of ``command`` with the old spellings of renamed options (:data:`RENAMED`)
+    replaced by the new ones, and the old spellings that were found.
+
+    ``--old VALUE``, ``--old=VALUE`` and ``-oVALUE`` are recognised; nothing after
+    ``--`` is touched.
+    """
+    old = RENAMED.get(command, {})
+    out: list[str] = []
+    found: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        name, eq, value = arg.partition("=")
+        if name.startswith("--") and name in old:
+            out.append(old[name] + eq + value)
+            found.append(name)
+        elif arg[:2] in old and not arg.startswith("--") and len(arg) > 2:  # -oVALUE
+            out.extend([old[arg[:2]], arg[2:]])
+            found.append(arg[:2])
+        elif arg in old:
+            out.append(old[arg])
+            found.append(arg)
+        else:
+            out.append(arg)
+    return out, found
+
+
+class Asn2nGroup(TyperGroup):
+    """The ``asn2n`` command group.
+
+    - A usage error is one sentence on stderr (exit status 2), as the package's errors are.
+    - The old spellings of renamed options (:data:`RENAMED`) still work, with one
+      warning line each (none with -q).
+    - Flags show no value placeholder in ``--help`` (they take none).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in [self, *self.commands.values()]:
+            for param in command.params:
+                if getattr(param, "is_flag", False) or getattr(param, "count", False):
+                    param.metavar = ""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            option = command.get_help_option(ctx)
+            if option is not None:
+                option.metavar = ""  # --help is a flag too
+        name = name or ""
+        rest, found = renamed_options(name, rest)
+        for old in dict.fromkeys(found):
+            if not ctx.params.get("quiet"):
+                typer.echo(f"warning: {old} of 'asn2n {name}' is deprecated; use {RENAMED[name][old]}.", err=True)
+        return name, command, rest
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+        call = functools.partial(super().main, args, prog_name, complete_var, standalone_mode=False,
+                                 windows_expand_args=windows_expand_args, **extra)
+        if not standalone_mode:
+            return call()
+        try:
+            rv = call()
+        except _USAGE_ERROR as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # 'asn2n' alone: the help
+                e.show()  # type: ignore[attr-defined]
+            else:
+                ctx = getattr(e, "ctx", None)
+                hint = f" ('{ctx.command_path} --help' lists the options)" if ctx is not None else ""
+                typer.echo(f"error: {e.format_message()}{hint}", err=True)  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        except _CLICK_ERROR as e:
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
     name="asn2n",
+    cls=Asn2nGroup,
     help="Adaptive-SN2N: self-supervised denoising of fluorescence microscopy that does not invent "
     "structure in dark background. Intensities stay in the input's units.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-log = logging.getLogger("asn2n_dask")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(msg: str) -> None:
@@ -46,11 +181,9 @@ def friendly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import click
-
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+        except (typer.Exit, typer.Abort, _CLICK_ERROR):
             raise
         except Asn2nError as e:
             _fail(str(e))
@@ -105,31 +238,10 @@ def _unexpected(e: BaseException) -> None:
     raise typer.Exit(1)
 
 
-@contextlib.contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar on stderr, fed with ``(what, done, total)``."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
-    tasks: dict[str, Any] = {}
-
-    def update(what: str, done: int, total: int) -> None:
-        if what not in tasks:
-            tasks[what] = bar.add_task(what, total=total)
-        bar.update(tasks[what], completed=done, total=total)
-
-    with bar:
-        yield update
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -139,12 +251,14 @@ def main(
                                         "for (asn2n risk's table or JSON, a --dry-run plan): no progress bars, "
                                         "warnings, notes, hints or result lines; the exit status tells success "
                                         "(0) from failure.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
-    """Adaptive-SN2N denoising. Run 'asn2n COMMAND --help' for a command's options and examples."""
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit(0)
+    """Adaptive-SN2N denoising. Run 'asn2n COMMAND --help' for a command's options and examples.
+
+    Progress: bars on a terminal, a plain line every 30 s or 10% otherwise (a batch
+    job's log, a pipe).
+    """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     pkg = logging.getLogger("asn2n_dask")
     pkg.setLevel(level)
@@ -194,18 +308,25 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 # ---------------------------------------------------------------- shared options
-PresetOpt = Annotated[str, typer.Option("--preset", help="Network size: tiny (tests), small (CPU), paper (GPU).")]
+# Choices are the Literals of asn2n_dask.config (shown by --help); defaults are the
+# configuration classes' (TRAIN, INFER, RUN), given where each command lists its options.
+PresetOpt = Annotated[Preset, typer.Option("--preset", case_sensitive=False, help="Network size: tiny (tests), "
+                                           "small (CPU), paper (GPU).")]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Training steps.")]
-NormOpt = Annotated[str, typer.Option("--norm", help="Normalisation: adaptive, local, global or dataset.")]
-RiskOpt = Annotated[str, typer.Option("--risk-estimator", help="Risk classes: auto (per channel: reference "
-                                      "unless pixel noise alone exceeds the weak-background std threshold, then "
-                                      "noise-aware), reference (the published rule) or noise-aware (for raw "
-                                      "low-photon camera frames).")]
+NormOpt = Annotated[NormMode, typer.Option("--norm", case_sensitive=False, help="Normalisation: adaptive (risky "
+                                           "patches on the frame's scale, safe ones towards their own), local "
+                                           "(patch-wise), global (frame-wise), dataset (global where many patches "
+                                           "are at risk, else local).")]
+RiskOpt = Annotated[RiskEstimator, typer.Option("--risk-estimator", case_sensitive=False, help="Risk classes: auto "
+                                                "(per channel: reference unless pixel noise alone exceeds the "
+                                                "weak-background std threshold, then noise-aware), reference (the "
+                                                "published rule) or noise-aware (for raw low-photon camera "
+                                                "frames).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (initialisation, sampling, augmentation).")]
 PatchOpt = Annotated[int, typer.Option("--patch", help="Training patch side in pixels, at most 1024 (and the "
                                        "frame).")]
 BatchOpt = Annotated[int, typer.Option("--batch", help="Training patches per step, 1 to 4096.")]
-LossOpt = Annotated[str, typer.Option("--loss", help="Twin-to-twin loss: l1 or l2.")]
+LossOpt = Annotated[LossKind, typer.Option("--loss", case_sensitive=False, help="Twin-to-twin loss.")]
 LambdaOpt = Annotated[float, typer.Option("--consistency", help="Weight of the consistency term |f(A)-f(B)|.")]
 TileOpt = Annotated[int, typer.Option("--tile", help="Inference tile side in pixels, 8 to 4096 (and at most twice "
                                      "the frame's longer side).")]
@@ -214,18 +335,21 @@ TileBatchOpt = Annotated[int, typer.Option("--tile-batch", min=1, help="Tiles pe
 CompileNetOpt = Annotated[bool, typer.Option("--compile", help="On a GPU, compile the network (torch.compile): "
                                              "about twice as fast after a minute of compilation per worker; "
                                              "worth it for long runs.")]
-InferPrecisionOpt = Annotated[str, typer.Option("--infer-precision", help="Network arithmetic when denoising on "
-                                                "a GPU: bf16 or fp32 (the CPU always uses fp32).")]
+InferPrecisionOpt = Annotated[Precision, typer.Option("--infer-precision", case_sensitive=False,
+                                                      help="Network arithmetic when denoising on a GPU (the CPU "
+                                                      "always uses fp32).")]
 OverlapOpt = Annotated[float, typer.Option("--overlap", help="Tile overlap fraction in [0, 0.9], tiles at least "
                                            "2 pixels apart.")]
-BlendOpt = Annotated[str, typer.Option("--blend", help="Tile blending: gaussian, uniform or none.")]
-InferOnOpt = Annotated[str, typer.Option("--infer-on", help="Apply the network to the frame's twins "
-                                          "(averaged; the domain it was trained on) or to the raw frame.")]
-TtaOpt = Annotated[int, typer.Option("--tta", help="Test-time augmentation: average the network over 1, 2, 4 "
-                                     "or 8 flipped/rotated copies of each tile.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu or cuda.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="Output dtype: float32, or 'input' for the input's "
-                                       "dtype (rounded and clipped).")]
+BlendOpt = Annotated[BlendMode, typer.Option("--blend", case_sensitive=False, help="Tile blending: Gaussian "
+                                             "weights, a plain average, or none (each pixel from one tile).")]
+InferOnOpt = Annotated[InferOn, typer.Option("--infer-on", case_sensitive=False, help="Apply the network to the "
+                                             "frame's twins (averaged; the domain it was trained on) or to the raw "
+                                             "frame.")]
+TtaOpt = Annotated[TtaCopies, typer.Option("--tta", help="Test-time augmentation: average the network over this "
+                                           "many flipped/rotated copies of each tile.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[OutputDtype, typer.Option("--dtype", case_sensitive=False, help="Output dtype: float32 in "
+                                               "input units, or the input's dtype (rounded and clipped).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 AxesOpt = Annotated[str | None, typer.Option("--axes", help="Axis letters when the file does not name them, "
                                              "e.g. TCYX (a file's own T, C, Z, Y and X stand: --axes may name only "
@@ -238,19 +362,22 @@ TimeOpt = Annotated[str | None, typer.Option("--time", help="Time points to proc
 ChunksOpt = Annotated[str | None, typer.Option("--chunks", help="Zarr output: chunk side in Y and X, e.g. 1024 "
                                               "or 512x1024, at least 16 (default: the input's, 1024 to 2048). One "
                                               "task per chunk.")]
-OmeOpt = Annotated[str, typer.Option("--ome", help="Zarr output: OME-Zarr 0.5 (Zarr v3) or 0.4 (Zarr v2).")]
+OmeOpt = Annotated[OmeVersion, typer.Option("--ome", help="Zarr output: OME-Zarr 0.5 (Zarr v3) or 0.4 (Zarr "
+                                            "v2).")]
 PyramidOpt = Annotated[int, typer.Option("--pyramid", min=0, max=10, help="Zarr output: extra downsampled "
                                          "levels for viewing, of the image (2x2 mean) and of the risk labels "
                                          "(2x2 most frequent value), none smaller than 16 pixels.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (chunks, halo, tasks, bytes, memory) "
                                          "and exit.")]
-def _checked(check: str, default: Any = None) -> Callable[[Any], Any]:
+
+
+def _checked(check: str) -> Callable[[Any], Any]:
     """An option callback that runs ``asn2n_dask.<module>.<function>`` (``check``) on a
-    given value other than ``default``, so that a bad cluster option is refused in one
-    sentence before any work (training included) starts."""
+    given value, so that a bad cluster option is refused in one sentence before any work
+    (training included) starts."""
 
     def callback(value: Any) -> Any:
-        if value is not None and value != default:
+        if value is not None:
             import importlib
 
             module, function = check.rsplit(".", 1)
@@ -276,17 +403,163 @@ JobsOpt = Annotated[int | None, typer.Option("--jobs", min=1, help="With --clust
 MemoryOpt = Annotated[str | None, typer.Option("--memory-limit", callback=_checked("cluster.check_memory_limit"),
                                                help="Local cluster: memory per worker, e.g. 4GiB (at least "
                                                "256MiB).")]
-DashboardOpt = Annotated[str, typer.Option("--dashboard-address",
-                                           callback=_checked("cluster.check_dashboard_address", "127.0.0.1:0"),
-                                           help="Local cluster or --cluster: where the Dask dashboard listens, "
-                                           "HOST:PORT (default: a free port on this machine only, reached through "
-                                           "an SSH tunnel; :8787 exposes it to the network). The scheduler of a "
-                                           "local cluster always listens on this machine only.")]
+DashboardOpt = Annotated[str | None, typer.Option("--dashboard-address",
+                                                  callback=_checked("cluster.check_dashboard_address"),
+                                                  help="Local cluster or --cluster: where the Dask dashboard "
+                                                  "listens, HOST:PORT (default: a --cluster profile's, else "
+                                                  "127.0.0.1:0, a free port on this machine only, reached through "
+                                                  "an SSH tunnel; :8787 exposes it to the network). The scheduler "
+                                                  "of a local cluster always listens on this machine only.")]
+
+
+# ---------------------------------------------------------------- options from a file
+def _options_loader() -> Any:
+    """PyYAML's safe loader without YAML 1.1's base-60 integers, so that ``time: 10:20``
+    stays the text ``10:20`` (the plain loader reads it as 620)."""
+    import yaml
+
+    int_tag = "tag:yaml.org,2002:int"
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != int_tag]
+                                      for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(int_tag, re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)"
+                                                     r"|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
+    return Loader
+
+
+def _read_options(path: Path) -> dict[Any, Any]:
+    """The ``option: value`` mapping of a YAML file (empty for an empty file)."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"options file {path} does not exist; give a YAML file of 'option: value' lines.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the options file {path} ({getattr(e, 'strerror', None) or e}); give a "
+                         "readable YAML text file.") from None
+    try:
+        doc = yaml.load(text, Loader=_options_loader())  # noqa: S506 - a safe loader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"options file {path} is not valid YAML{where} ({getattr(e, 'problem', None) or e}); "
+                          "write one 'option: value' per line.") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"options file {path} must hold 'option: value' lines (a YAML mapping); got a "
+                          f"{type(doc).__name__}.")
+    return doc
+
+
+def _file_value(value: Any, hint: Any, what: str) -> Any:
+    """``value`` read from an options file, checked against the option's annotation
+    ``hint``; ``what`` names it in the message."""
+    kind = get_args(hint)[0] if hasattr(hint, "__metadata__") else hint  # Annotated[kind, typer.Option(...)]
+    optional = get_origin(kind) in (Union, types.UnionType) and type(None) in get_args(kind)
+    if optional:
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{what} needs a value; the file gives none.")
+    if get_origin(kind) is list:
+        return [_file_scalar(v, get_args(kind)[0], what) for v in (value if isinstance(value, list) else [value])]
+    return _file_scalar(value, kind, what)
+
+
+def _file_scalar(value: Any, kind: Any, what: str) -> Any:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if get_origin(kind) is Literal:
+        choices = get_args(kind)
+        for choice in choices:
+            if (number or isinstance(value, str)) and str(value).lower() == str(choice).lower():
+                return choice
+        raise ConfigError(f"{what} must be one of {', '.join(map(str, choices))}; got {value!r}.")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{what} must be true or false; got {value!r}.")
+    if kind is int:
+        if number and isinstance(value, int):
+            return value
+        raise ConfigError(f"{what} must be a whole number; got {value!r}.")
+    if kind is float:
+        try:
+            if number or isinstance(value, str):  # YAML reads 1e-3 (no dot) as text
+                return float(value)
+        except ValueError:
+            pass
+        raise ConfigError(f"{what} must be a number; got {value!r}.")
+    if isinstance(value, str) or (number and isinstance(value, int)):
+        return str(value)
+    raise ConfigError(f"{what} must be text (quote it); got {value!r}.")
+
+
+def options_from_file(path: Path, command: Any) -> dict[str, Any]:
+    """The options of ``command`` (a click command of this app) in the YAML file ``path``,
+    by parameter name, checked: each key is a long option of the command without its
+    dashes (``-`` or ``_`` inside), each value of the option's type or one of its choices.
+
+    Raises
+    ------
+    ConfigError
+        An unknown key (naming the keys the command takes), a key given twice, or a
+        value of the wrong type or outside the choices (naming the key and what it takes).
+    InputError
+        The file is missing or unreadable.
+    """
+    keys: dict[str, Any] = {}
+    for param in command.params:
+        if param.param_type_name == "option" and param.name != "config":
+            for opt in param.opts:
+                if opt.startswith("--"):
+                    keys[opt[2:]] = param
+    hints = get_type_hints(inspect.unwrap(command.callback), include_extras=True)
+    where = f"'asn2n {command.name}'"
+    options: dict[str, Any] = {}
+    for key, value in _read_options(path).items():
+        param = keys.get(str(key).replace("_", "-"))
+        if param is None or not isinstance(key, str):
+            raise ConfigError(f"{path}: unknown option {key!r}; {where} takes {', '.join(sorted(keys))} (the long "
+                              "options of its --help, without the dashes).")
+        if param.name in options:
+            raise ConfigError(f"{path}: the option {key!r} is given twice; give it once.")
+        options[param.name] = _file_value(value, hints[param.name], f"{path}: {key}")
+    return options
+
+
+def _config_callback(ctx: typer.Context, value: Path | None) -> Path | None:
+    """``--config FILE``: the file's options become the command's defaults
+    (``ctx.default_map``), so that the command line overrides them and every value goes
+    through the same checks as an option typed on the command line."""
+    if value is not None and not ctx.resilient_parsing:
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **options_from_file(value, ctx.command)}
+        except Asn2nError as e:
+            _fail(str(e))
+    return value
+
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", is_eager=True, callback=_config_callback, help="YAML file of options, one 'option: value' per "
+    "line, each a long option of this command without its dashes (e.g. 'risk-estimator: noise-aware', "
+    "'time: 0:100', 'overwrite: true'); options on the command line override the file.")]
+
+
+def _file_record(config: Path | None) -> dict[str, Any]:
+    """What the output records of an options file: its path (the values are recorded
+    where every option's are)."""
+    return {} if config is None else {"options_file": str(config.absolute())}
 
 
 def _train_config(preset: str, steps: int, norm: str, seed: int, patch: int, batch: int, loss: str,
-                  consistency: float, risk: str = "auto") -> Any:
-    from .config import NormConfig, RiskThresholds, TrainConfig
+                  consistency: float, risk: str) -> Any:
+    from .config import NormConfig, RiskThresholds
 
     thresholds = RiskThresholds(estimator=risk)  # type: ignore[arg-type]
     return TrainConfig(preset=preset, steps=steps, seed=seed, patch=patch, batch=batch,  # type: ignore[arg-type]
@@ -294,10 +567,8 @@ def _train_config(preset: str, steps: int, norm: str, seed: int, patch: int, bat
                        norm=NormConfig(mode=norm, risk=thresholds))  # type: ignore[arg-type]
 
 
-def _infer_config(tile: int, overlap: float, blend: str, infer_on: str, device: str, tta: int = 1,
-                  batch: int = 16, precision: str = "bf16", compile_net: bool = False) -> Any:
-    from .config import InferConfig
-
+def _infer_config(tile: int, overlap: float, blend: str, infer_on: str, device: str, tta: int, batch: int,
+                  precision: str, compile_net: bool) -> Any:
     return InferConfig(tile=tile, overlap=overlap, blend=blend, infer_on=infer_on,  # type: ignore[arg-type]
                        device=device, tta=tta, batch=batch, precision=precision,  # type: ignore[arg-type]
                        compile=compile_net)
@@ -327,8 +598,8 @@ def _provenance(kind: str, **fields: Any) -> dict[str, Any]:
 def risk(
     input: Annotated[Path, typer.Argument(help="TIFF or Zarr image (read lazily).", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    patch: Annotated[int, typer.Option("--patch", help="Risk patch side in pixels.")] = 64,
-    risk_estimator: RiskOpt = "auto",
+    patch: Annotated[int, typer.Option("--patch", help="Risk patch side in pixels.")] = TRAIN.norm.risk.patch,
+    risk_estimator: RiskOpt = TRAIN.norm.risk.estimator,
     frames: Annotated[int, typer.Option("--frames", help="Frames classified per channel, evenly spaced over its "
                                         "time points and planes (only these are read whole).")] = 16,
     channel: ChannelOpt = None,
@@ -348,7 +619,7 @@ def risk(
     Example: asn2n risk movie.zarr --channel mito --time 0:100 --frames 32 --json
     """
     from .api import risk_summary
-    from .config import NormConfig, RiskThresholds, TrainConfig
+    from .config import NormConfig, RiskThresholds
 
     if frames < 1:
         raise ConfigError(f"--frames must be at least 1; got {frames}.")
@@ -377,37 +648,40 @@ def risk(
 def fit(
     inputs: Annotated[list[Path], typer.Argument(help="Noisy TIFF or Zarr images to learn from (read lazily).",
                                                  show_default=False)],
-    model_dir: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.", show_default=False)],
-    preset: PresetOpt = "small",
-    steps: StepsOpt = 3000,
-    norm: NormOpt = "adaptive",
-    risk_estimator: RiskOpt = "auto",
-    seed: SeedOpt = 0,
-    patch: PatchOpt = 96,
-    batch: BatchOpt = 8,
-    loss: LossOpt = "l1",
-    consistency: LambdaOpt = 0.5,
+    model_dir: Annotated[Path, typer.Option("--model", "-m", help="Model directory to write.",
+                                            show_default=False)],
+    config: ConfigOpt = None,
+    preset: PresetOpt = TRAIN.preset,
+    steps: StepsOpt = TRAIN.steps,
+    norm: NormOpt = TRAIN.norm.mode,
+    risk_estimator: RiskOpt = TRAIN.norm.risk.estimator,
+    seed: SeedOpt = TRAIN.seed,
+    patch: PatchOpt = TRAIN.patch,
+    batch: BatchOpt = TRAIN.batch,
+    loss: LossOpt = TRAIN.loss,
+    consistency: LambdaOpt = TRAIN.consistency,
     channels: Annotated[list[str] | None, typer.Option(
         "--channels", help="Channels to train, by name or index (repeat, or comma-separated; default all): one "
         "network each, picked by name when denoising.")] = None,
     time: TimeOpt = None,
     risk_share: Annotated[float | None, typer.Option(
         "--risk-share", min=0.0, max=1.0, help="Share of training patches centred on high-risk (weak background "
-        "or sparse bright) areas (default: as they occur).")] = None,
+        "or sparse bright) areas (default: as they occur).")] = TRAIN.risk_share,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validation (held-out regions) every N "
-                                           "steps; the best weights are kept.")] = 250,
+                                           "steps; the best weights are kept.")] = TRAIN.val_every,
     patience: Annotated[int, typer.Option("--patience", min=0, help="Stop after N validations without "
-                                          "improvement (0: never).")] = 0,
+                                          "improvement (0: never).")] = TRAIN.patience,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Checkpoint every N steps "
-                                                  "(for --resume).")] = 500,
+                                                  "(for --resume).")] = TRAIN.checkpoint_every,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the model "
                                          "directory (same command): the same result as an uninterrupted run.")] = False,
     loader_workers: Annotated[int, typer.Option("--loader-workers", min=0, help="Processes cutting training "
                                                 "patches beside the network (0: none).")] = 0,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 (autocast; for GPUs).")] = "fp32",
+    precision: Annotated[Precision, typer.Option("--precision", case_sensitive=False, help="Training arithmetic: "
+                                                 "bf16 autocasts the network (for GPUs).")] = TRAIN.precision,
     compile_net: Annotated[bool, typer.Option("--compile", help="torch.compile the network (GPU; first steps "
-                                              "are slow).")] = False,
-    device: DeviceOpt = "auto",
+                                              "are slow).")] = TRAIN.compile,
+    device: DeviceOpt = INFER.device,
     axes: AxesOpt = None,
     series: SeriesOpt = None,
     overwrite: OverwriteOpt = False,
@@ -422,13 +696,15 @@ def fit(
 
     Examples:
 
-      asn2n fit cells.tif -o cells.model --preset small --steps 3000
+      asn2n fit cells.tif --model cells.model --preset small --steps 3000
 
-      asn2n fit movie.zarr -o models/ --channels all --risk-share 0.3 --loader-workers 2
+      asn2n fit movie.zarr --model models/ --channels all --risk-share 0.3 --loader-workers 2
 
-      asn2n fit movie.zarr -o models/ --resume      (after a crash: same command plus --resume)
+      asn2n fit movie.zarr --model models/ --config fit.yaml    (options from a YAML file)
 
-      torchrun --nproc-per-node 4 -m asn2n_dask fit movie.zarr -o models/ --preset paper --precision bf16
+      asn2n fit movie.zarr --model models/ --resume      (after a crash: same command plus --resume)
+
+      torchrun --nproc-per-node 4 -m asn2n_dask fit movie.zarr --model models/ --preset paper --precision bf16
     """
     import os
     from dataclasses import replace
@@ -672,23 +948,24 @@ def denoise(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .tif/.tiff/.zarr.", show_default=False)],
     model_dir: Annotated[Path, typer.Option("--model", "-m", help="Model directory from 'asn2n fit'.",
                                             show_default=False)],
-    tile: TileOpt = 128,
-    overlap: OverlapOpt = 0.5,
-    blend: BlendOpt = "gaussian",
-    infer_on: InferOnOpt = "twins",
-    tta: TtaOpt = 1,
-    tile_batch: TileBatchOpt = 16,
-    infer_precision: InferPrecisionOpt = "bf16",
-    compile_net: CompileNetOpt = False,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    config: ConfigOpt = None,
+    tile: TileOpt = INFER.tile,
+    overlap: OverlapOpt = INFER.overlap,
+    blend: BlendOpt = INFER.blend,
+    infer_on: InferOnOpt = INFER.infer_on,
+    tta: TtaOpt = cast(TtaCopies, INFER.tta),
+    tile_batch: TileBatchOpt = INFER.batch,
+    infer_precision: InferPrecisionOpt = INFER.precision,
+    compile_net: CompileNetOpt = INFER.compile,
+    device: DeviceOpt = INFER.device,
+    dtype: DtypeOpt = cast(OutputDtype, RUN.dtype),
     axes: AxesOpt = None,
     series: SeriesOpt = None,
     channel: ChannelOpt = None,
     time: TimeOpt = None,
     chunks: ChunksOpt = None,
-    ome: OmeOpt = "0.5",
-    pyramid: PyramidOpt = 0,
+    ome: OmeOpt = cast(OmeVersion, RUN.ome),
+    pyramid: PyramidOpt = RUN.pyramid,
     dry_run: DryRunOpt = False,
     scheduler: SchedulerOpt = None,
     cluster: ClusterOpt = None,
@@ -696,7 +973,7 @@ def denoise(
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     memory_limit: MemoryOpt = None,
-    dashboard_address: DashboardOpt = "127.0.0.1:0",
+    dashboard_address: DashboardOpt = None,
     allow_unfinished: Annotated[bool, typer.Option("--allow-unfinished", help="Use a model whose training did not "
                                                    "finish (a checkpoint) instead of refusing it.")] = False,
     overwrite: OverwriteOpt = False,
@@ -718,6 +995,8 @@ def denoise(
       asn2n denoise movie.zarr -o out.zarr --model movie.model --dry-run
 
       asn2n denoise movie.zarr -o out.zarr --model movie.model --cluster cluster/slurm-gpu.yaml --jobs 8
+
+      asn2n denoise movie.zarr -o out.zarr --model movie.model --config denoise.yaml --tile 256
     """
     from .checkpoint import load_model
 
@@ -728,7 +1007,8 @@ def denoise(
         _pipeline(input, output, model_dir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=dry_run, scheduler=scheduler,
                   workers=workers, threads=threads, memory_limit=memory_limit,
-                  extra={"command": "denoise", "model": str(model_dir)}, cluster=cluster, jobs=jobs,
+                  extra={"command": "denoise", "model": str(model_dir), **_file_record(config)}, cluster=cluster,
+                  jobs=jobs,
                   dashboard_address=dashboard_address, allow_unfinished=allow_unfinished, series=series)
         return
     check_out(output, input, overwrite)
@@ -739,7 +1019,7 @@ def denoise(
         typer.echo(f"would denoise {input} ({src.axes}, {shape} of {src.shape}) in memory into {output}")
         return
     _denoise_to(input, output, model, src, sel, infer, dtype, overwrite,
-                {"model": str(model_dir), "train": model.train.to_dict()})
+                {"model": str(model_dir), "train": model.train.to_dict(), **_file_record(config)})
 
 
 def check_out(output: Path, input: Path, overwrite: bool) -> None:
@@ -755,41 +1035,42 @@ def check_out(output: Path, input: Path, overwrite: bool) -> None:
 def run(
     input: Annotated[Path, typer.Argument(help="Noisy TIFF or Zarr image.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .tif/.tiff/.zarr.", show_default=False)],
-    model_dir: Annotated[Path | None, typer.Option("--model-dir", help="Where to keep the trained model "
+    model_dir: Annotated[Path | None, typer.Option("--model", "-m", help="Where to keep the trained model "
                                                    "(default: OUTPUT name + '.model').")] = None,
-    preset: PresetOpt = "small",
-    steps: StepsOpt = 3000,
-    norm: NormOpt = "adaptive",
-    risk_estimator: RiskOpt = "auto",
-    seed: SeedOpt = 0,
-    patch: PatchOpt = 96,
-    batch: BatchOpt = 8,
-    loss: LossOpt = "l1",
-    consistency: LambdaOpt = 0.5,
-    tile: TileOpt = 128,
-    overlap: OverlapOpt = 0.5,
-    blend: BlendOpt = "gaussian",
-    infer_on: InferOnOpt = "twins",
-    tta: TtaOpt = 1,
-    tile_batch: TileBatchOpt = 16,
-    infer_precision: InferPrecisionOpt = "bf16",
-    compile_net: CompileNetOpt = False,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    config: ConfigOpt = None,
+    preset: PresetOpt = TRAIN.preset,
+    steps: StepsOpt = TRAIN.steps,
+    norm: NormOpt = TRAIN.norm.mode,
+    risk_estimator: RiskOpt = TRAIN.norm.risk.estimator,
+    seed: SeedOpt = TRAIN.seed,
+    patch: PatchOpt = TRAIN.patch,
+    batch: BatchOpt = TRAIN.batch,
+    loss: LossOpt = TRAIN.loss,
+    consistency: LambdaOpt = TRAIN.consistency,
+    tile: TileOpt = INFER.tile,
+    overlap: OverlapOpt = INFER.overlap,
+    blend: BlendOpt = INFER.blend,
+    infer_on: InferOnOpt = INFER.infer_on,
+    tta: TtaOpt = cast(TtaCopies, INFER.tta),
+    tile_batch: TileBatchOpt = INFER.batch,
+    infer_precision: InferPrecisionOpt = INFER.precision,
+    compile_net: CompileNetOpt = INFER.compile,
+    device: DeviceOpt = INFER.device,
+    dtype: DtypeOpt = cast(OutputDtype, RUN.dtype),
     axes: AxesOpt = None,
     series: SeriesOpt = None,
     channel: ChannelOpt = None,
     time: TimeOpt = None,
     chunks: ChunksOpt = None,
-    ome: OmeOpt = "0.5",
-    pyramid: PyramidOpt = 0,
+    ome: OmeOpt = cast(OmeVersion, RUN.ome),
+    pyramid: PyramidOpt = RUN.pyramid,
     scheduler: SchedulerOpt = None,
     cluster: ClusterOpt = None,
     jobs: JobsOpt = None,
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     memory_limit: MemoryOpt = None,
-    dashboard_address: DashboardOpt = "127.0.0.1:0",
+    dashboard_address: DashboardOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit a model on the input itself, then denoise it: the one command to try first.
@@ -804,6 +1085,8 @@ def run(
       asn2n run noisy.tif -o denoised.tif --preset small
 
       asn2n run movie.zarr -o movie-denoised.zarr --channel 1 --time 0:50
+
+      asn2n run movie.zarr -o movie-denoised.zarr --config run.yaml --steps 500   (the file, then the flags)
     """
 
     cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency, risk_estimator)
@@ -826,7 +1109,7 @@ def run(
         _run_locked(input, output, mdir, src, sel, cfg, infer, zarr_out, overwrite, axes=axes, channel=channel,
                     time=time, device=device, chunks=chunks, dtype=dtype, ome=ome, pyramid=pyramid,
                     scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit, cluster=cluster,
-                    jobs=jobs, dashboard_address=dashboard_address, series=series)
+                    jobs=jobs, dashboard_address=dashboard_address, series=series, record=_file_record(config))
     _info(f"model kept in {mdir}")
 
 
@@ -834,8 +1117,10 @@ def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: 
                 overwrite: bool, *, axes: str | None, channel: list[str] | None, time: str | None, device: str,
                 chunks: str | None, dtype: str, ome: str, pyramid: int, scheduler: str | None, workers: int | None,
                 threads: int | None, memory_limit: str | None, cluster: Path | None, jobs: int | None,
-                dashboard_address: str | None = None, series: int | None = None) -> None:
-    """'asn2n run' once the output and the model directory are locked: fit (or reuse), then denoise."""
+                dashboard_address: str | None = None, series: int | None = None,
+                record: dict[str, Any] | None = None) -> None:
+    """'asn2n run' once the output and the model directory are locked: fit (or reuse), then denoise;
+    ``record``: more provenance for the output."""
     from .api import fit as fit_fn
     from .checkpoint import load_model
 
@@ -851,7 +1136,7 @@ def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: 
             previous = None
         if previous != job or not model_is_complete(mdir):
             raise OutputError(f"a model already exists in {mdir} that is unfinished or was trained on other data "
-                              "or options; pass --overwrite to train again or choose another --model-dir.")
+                              "or options; pass --overwrite to train again or choose another --model.")
         model = load_model(mdir)
         _info(f"reusing the model in {mdir} (trained by the same command)", err=True)
     else:
@@ -867,7 +1152,8 @@ def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: 
         _pipeline(input, output, mdir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=False, scheduler=scheduler,
                   workers=workers, threads=threads, memory_limit=memory_limit,
-                  extra={"command": "run", "model": str(mdir), "train": cfg.to_dict()}, cluster=cluster, jobs=jobs,
+                  extra={"command": "run", "model": str(mdir), "train": cfg.to_dict(), **(record or {})},
+                  cluster=cluster, jobs=jobs,
                   dashboard_address=dashboard_address, series=series)
         return
     with progress_bar(not state["quiet"]) as bar:  # trained as 'asn2n fit' does: the same file route
@@ -875,7 +1161,8 @@ def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: 
                        progress=bar, model_dir=mdir, series=series)
     for ch in model.channels:
         _info(_channel_line(ch))
-    _denoise_to(input, output, model, src, sel, infer, dtype, overwrite, {"model": str(mdir), "train": cfg.to_dict()})
+    _denoise_to(input, output, model, src, sel, infer, dtype, overwrite,
+                {"model": str(mdir), "train": cfg.to_dict(), **(record or {})})
 
 
 @app.command()
@@ -969,11 +1256,11 @@ def _demo_folder(out: Path) -> None:
     a folder that carries it has the files of the earlier demo removed (nothing else);
     any other folder with files in it is refused."""
     if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file; choose a new or empty folder for the demo's files.")
+        raise OutputError(f"--output {out} is a file; choose a new or empty folder for the demo's files.")
     try:
         if out.is_dir() and any(out.iterdir()):
             if not (out / DEMO_MARKER).is_file():
-                raise OutputError(f"--out {out} already holds files that 'asn2n demo' did not write; choose a new "
+                raise OutputError(f"--output {out} already holds files that 'asn2n demo' did not write; choose a new "
                                   "or empty folder.")
             for name in _DEMO_FILES:  # the earlier demo's files: a half-replaced demo must not mix with this one
                 old = out / name
@@ -991,8 +1278,8 @@ def _demo_folder(out: Path) -> None:
 @app.command()
 @friendly
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files: new, empty, or an earlier "
-                                      "demo's (whose files are replaced).")] = Path("demo-output"),
+    out: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo's files: new, empty, or an "
+                                      "earlier demo's (whose files are replaced).")] = Path("demo-output"),
     size: Annotated[int, typer.Option("--size", help="Side of the synthetic frame, 32 to 4096 pixels.")] = 256,
     steps: Annotated[int, typer.Option("--steps", help="Training steps of the tiny model, 1 to 100000.")] = 300,
     photons: Annotated[float, typer.Option("--photons", help="Peak photons of the synthetic signal, above 0 and "
@@ -1003,7 +1290,7 @@ def demo(
     Writes only into a new or empty folder, or one an earlier demo made (it carries a
     .asn2n-demo file): the earlier demo's files are replaced, nothing else is touched.
 
-    Example: asn2n demo --out demo-output
+    Example: asn2n demo -o demo-output
     """
     import math
 

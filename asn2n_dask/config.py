@@ -21,6 +21,11 @@ __all__ = [
     "InferOn",
     "LossKind",
     "Preset",
+    "Precision",
+    "RiskEstimator",
+    "TtaCopies",
+    "OutputDtype",
+    "OmeVersion",
     "PRESETS",
     "RiskThresholds",
     "NormConfig",
@@ -37,6 +42,12 @@ RiskEstimator = Literal["auto", "reference", "noise-aware"]
 LossKind = Literal["l1", "l2"]
 Preset = Literal["tiny", "small", "paper"]
 Precision = Literal["fp32", "bf16"]
+#: Flipped/rotated copies averaged by test-time augmentation.
+TtaCopies = Literal[1, 2, 4, 8]
+#: Output dtype: float32 in input units, or the input's own dtype (rounded and clipped).
+OutputDtype = Literal["float32", "input"]
+#: OME-Zarr version of a .zarr output: 0.5 (Zarr v3) or 0.4 (Zarr v2).
+OmeVersion = Literal["0.5", "0.4"]
 
 #: U-Net channel widths per level, from the top level down to the bottleneck.
 PRESETS: dict[str, tuple[int, ...]] = {
@@ -402,7 +413,7 @@ class InferConfig:
         _check(self.sigma_fraction > 0, f"sigma fraction must be positive; got {self.sigma_fraction}.")
         _check(0.0 < self.weight_floor <= 1.0, f"weight floor must be in (0, 1]; got {self.weight_floor}.")
         _check(1 <= self.batch <= MAX_BATCH, f"tile batch must be between 1 and {MAX_BATCH}; got {self.batch}.")
-        _check(self.tta in (1, 2, 4, 8), f"tta must be 1, 2, 4 or 8; got {self.tta}.")
+        _check(self.tta in get_args(TtaCopies), f"tta must be 1, 2, 4 or 8; got {self.tta}.")
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                f"device must be auto, cpu or cuda[:N]; got {self.device!r}.")
 

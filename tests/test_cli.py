@@ -31,7 +31,7 @@ def work(tmp_path_factory, frame):
     tifffile.imwrite(d / "noisy.tif", frame[0])
     tifffile.imwrite(d / "two.tif", np.stack([frame[0], frame[0][:, ::-1]]), photometric="minisblack",
                      metadata={"axes": "CYX"})
-    r = runner.invoke(app, list(map(str, ["fit", d / "noisy.tif", "-o", d / "model", *FAST])))  # not -q
+    r = runner.invoke(app, list(map(str, ["fit", d / "noisy.tif", "--model", d / "model", *FAST])))  # not -q
     assert r.exit_code == 0, r.output
     assert "channel 0: risk estimator " in r.stdout  # what training decided, per channel
     return d
@@ -84,7 +84,7 @@ def test_risk_json(work):
     table = invoke("risk", work / "noisy.tif")
     assert table.exit_code == 0 and ch["risk_estimator"] in table.stdout
     bad = invoke("risk", work / "noisy.tif", "--risk-estimator", "magic")
-    assert bad.exit_code == 2 and "risk estimator" in bad.output
+    assert bad.exit_code == 2 and "'--risk-estimator'" in bad.stderr and "'magic' is not one of" in bad.stderr
 
 
 def test_risk_classifies_sampled_frames_on_the_channel_statistics_as_denoising_does(work, monkeypatch):
@@ -137,21 +137,21 @@ def test_demo_writes_only_into_a_new_folder_or_its_own_and_q_prints_nothing(tmp_
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "noisy.tif").write_bytes(b"keep me")
-    r = invoke(*demo, "--out", foreign)
+    r = invoke(*demo, "-o", foreign)
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and "did not write" in r.stderr, r.output
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
     assert sorted(p.name for p in foreign.iterdir()) == ["noisy.tif"]
     assert (foreign / "noisy.tif").read_bytes() == b"keep me"
 
     out = tmp_path / "new" / "demo"
-    r = invoke(*demo, "--out", out)  # invoke passes -q: nothing but errors
+    r = invoke(*demo, "-o", out)  # invoke passes -q: nothing but errors
     assert r.exit_code == 0, r.output
     assert r.stdout == "" and r.stderr == ""
     assert {"noisy.tif", "denoised.tif", "model", "report", ".asn2n-demo"} <= {p.name for p in out.iterdir()}
     assert (out / "report" / "report.html").is_file()
     (out / "notes.txt").write_text("mine")
     (out / "model" / "stale.txt").write_text("from the earlier demo")
-    again = invoke(*demo, "--out", out)  # the demo's own folder: its files are replaced, nothing else touched
+    again = invoke(*demo, "-o", out)  # the demo's own folder: its files are replaced, nothing else touched
     assert again.exit_code == 0, again.output
     assert (out / "notes.txt").read_text() == "mine" and not (out / "model" / "stale.txt").exists()
     rep = invoke("report", out / "noisy.tif", out / "denoised.tif", "-o", tmp_path / "rep")
@@ -171,7 +171,7 @@ def test_demo_writes_only_into_a_new_folder_or_its_own_and_q_prints_nothing(tmp_
     (["--photons", "inf"], "--photons must be above 0"),
 ])
 def test_demo_arguments_are_checked_before_anything_is_written(tmp_path, args, needle):
-    r = invoke("demo", "--out", tmp_path / "demo", *args)
+    r = invoke("demo", "-o", tmp_path / "demo", *args)
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.output
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
     assert not (tmp_path / "demo").exists()
@@ -199,11 +199,11 @@ def bad_cases(work: Path, frame) -> dict[str, tuple[list[str], str]]:
         "output is input": (["denoise", str(work / "noisy.tif"), "-o", str(work / "noisy.tif"), "--overwrite", *den],
                             "is the input"),
         "bad option": (["denoise", str(work / "noisy.tif"), "-o", str(work / "o7.tif"), *den, "--blend", "fancy"],
-                       "blend must be one of"),
+                       "'fancy' is not one of 'gaussian', 'uniform', 'none'"),
         "missing model": (["denoise", str(work / "noisy.tif"), "-o", str(work / "o8.tif"), "--model",
                            str(work / "nomodel")], "model.json is missing"),
-        "too small to train": (["fit", str(work / "small.tif"), "-o", str(work / "m2")], "at least 4x4"),
-        "model exists": (["fit", str(work / "noisy.tif"), "-o", str(work / "model"), *FAST], "already exists"),
+        "too small to train": (["fit", str(work / "small.tif"), "--model", str(work / "m2")], "at least 4x4"),
+        "model exists": (["fit", str(work / "noisy.tif"), "--model", str(work / "model"), *FAST], "already exists"),
     }
 
 
@@ -222,3 +222,145 @@ def test_bad_input_gets_one_sentence_exit_2_nothing_written(work, frame, case):
     assert "Traceback" not in r.output and len(err.splitlines()) == 1
     after = {p.name: digest(p) for p in work.iterdir()}
     assert after == before  # nothing written, nothing modified
+
+
+# ---------------------------------------------------------------- version, help, options files, renamed options
+def help_text(*cmd: str) -> str:
+    r = runner.invoke(app, [*cmd, "--help"], env={"TERMINAL_WIDTH": "200", "COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    return r.stdout
+
+
+def option_line(text: str, option: str) -> str:
+    """The row of ``option`` in a --help's options panel."""
+    return next(line for line in text.splitlines() if line.strip("│ *").startswith(option + " "))
+
+
+def test_version_prints_the_package_version():
+    from asn2n_dask import __version__
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == __version__, r.output
+
+
+def test_help_lists_the_choices_of_the_config_literals_and_no_placeholders_for_flags():
+    from typing import get_args
+
+    from asn2n_dask import config
+
+    choices = {"--preset": config.Preset, "--norm": config.NormMode, "--risk-estimator": config.RiskEstimator,
+               "--loss": config.LossKind, "--blend": config.BlendMode, "--infer-on": config.InferOn,
+               "--tta": config.TtaCopies, "--infer-precision": config.Precision, "--dtype": config.OutputDtype,
+               "--ome": config.OmeVersion, "--precision": config.Precision}
+    per_command = {"fit": ["--preset", "--norm", "--risk-estimator", "--loss", "--precision"],
+                   "run": ["--preset", "--norm", "--risk-estimator", "--loss", "--blend", "--infer-on", "--tta",
+                           "--infer-precision", "--dtype", "--ome"],
+                   "denoise": ["--blend", "--infer-on", "--tta", "--infer-precision", "--dtype", "--ome"],
+                   "risk": ["--risk-estimator"]}
+    for cmd, options in per_command.items():
+        text = help_text(cmd)
+        for option in options:
+            line = option_line(text, option)
+            assert "<" + "|".join(map(str, get_args(choices[option]))) + ">" in line, (cmd, line)
+        for flag in ("--json", "--help") if cmd == "risk" else ("--overwrite", "--help"):
+            assert "<" not in option_line(text, flag), (cmd, flag)
+    top = help_text()
+    assert "<int>" not in option_line(top, "--verbose") and "<bool>" not in option_line(top, "--quiet")
+
+
+def test_options_file_keys_values_and_types(tmp_path):
+    from typer.main import get_command
+
+    from asn2n_dask.cli import options_from_file
+    from asn2n_dask.errors import ConfigError
+
+    run_cmd = get_command(app).commands["run"]
+    good = tmp_path / "run.yaml"
+    good.write_text("risk_estimator: Noise-Aware\ninfer-on: raw\ntime: 10:20\nchannel: [mito, 2]\ntta: 4\n"
+                    "ome: 0.4\nconsistency: 1e-3\noverwrite: true\nmodel: m.model\nworkers: null\n")
+    assert options_from_file(good, run_cmd) == {
+        "risk_estimator": "noise-aware", "infer_on": "raw", "time": "10:20", "channel": ["mito", "2"], "tta": 4,
+        "ome": "0.4", "consistency": 0.001, "overwrite": True, "model_dir": "m.model", "workers": None}
+    for text, needle in [
+        ("tiles: 32\n", "unknown option 'tiles'; 'asn2n run' takes axes, batch, blend, channel, chunks,"),
+        ("model-dir: m\n", "unknown option 'model-dir'"),  # an old spelling is not a key
+        ("norm: fancy\n", "norm must be one of adaptive, local, global, dataset; got 'fancy'."),
+        ("steps: 3.5\n", "steps must be a whole number; got 3.5."),
+        ("steps: '300'\n", "steps must be a whole number; got '300'."),
+        ("overwrite: maybe\n", "overwrite must be true or false; got 'maybe'."),
+        ("tta: 3\n", "tta must be one of 1, 2, 4, 8; got 3."),
+        ("output: null\n", "output needs a value"),
+        ("risk_estimator: auto\nrisk-estimator: auto\n", "given twice"),
+        ("- steps\n", "must hold 'option: value' lines"),
+        ("steps: [1\n", "is not valid YAML at line"),
+    ]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            options_from_file(bad, run_cmd)
+        msg = str(e.value)
+        assert str(bad) in msg and needle in msg and "\n" not in msg, (text, msg)
+
+
+def tif_record(path: Path) -> dict:
+    with tifffile.TiffFile(path) as tif:
+        return json.loads(tif.shaped_metadata[0]["asn2n"])
+
+
+def test_config_file_values_apply_flags_override_them_and_the_output_records_what_was_resolved(work, tmp_path):
+    from asn2n_dask.config import InferConfig, NormConfig, RiskThresholds, TrainConfig
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("preset: tiny\nsteps: 3\npatch: 32\nbatch: 2\nnorm: global\nrisk_estimator: reference\n"
+                   "tile: 32\nblend: uniform\ntta: 2\noutput: ignored.tif\n")
+    out = tmp_path / "out.tif"
+    r = runner.invoke(app, ["run", str(work / "noisy.tif"), "--config", str(cfg), "-o", str(out), "--blend", "none",
+                            "--seed", "5"])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "ignored.tif").exists()  # -o on the command line overrides the file's output
+    rec = tif_record(out)
+    assert rec["infer"] == InferConfig(tile=32, blend="none", tta=2).to_dict()  # blend: the flag's
+    assert rec["train"] == TrainConfig(preset="tiny", steps=3, patch=32, batch=2, seed=5, norm=NormConfig(
+        mode="global", risk=RiskThresholds(estimator="reference"))).to_dict()
+    assert rec["options_file"] == str(cfg.absolute())
+    # progress in a log (stderr is not a terminal here): plain lines up to the end count
+    assert "training: 3/3 (100%)" in r.stderr and "denoising: " in r.stderr, r.stderr
+    assert "\x1b" not in r.stderr and "\r" not in r.stderr
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("tiles: 32\n", "unknown option 'tiles'; 'asn2n denoise' takes"),
+    ("blend: fancy\n", "blend must be one of gaussian, uniform, none; got 'fancy'."),
+])
+def test_a_bad_config_file_is_refused_in_one_sentence_before_anything_is_done(work, tmp_path, text, needle):
+    cfg = tmp_path / "denoise.yaml"
+    cfg.write_text(text)
+    r = invoke("denoise", work / "noisy.tif", "-o", tmp_path / "o.tif", "-m", work / "model", "--config", cfg)
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.tif").exists()
+    missing = invoke("fit", work / "noisy.tif", "--model", tmp_path / "m", "--config", tmp_path / "none.yaml")
+    assert missing.exit_code == 2 and "options file" in missing.stderr and "does not exist" in missing.stderr
+
+
+def test_renamed_options_keep_their_old_spelling_with_one_warning(work, tmp_path):
+    from asn2n_dask.cli import renamed_options
+
+    assert renamed_options("fit", ["a.tif", "-o", "m", "--", "-o"]) == (["a.tif", "--model", "m", "--", "-o"],
+                                                                        ["-o"])
+    assert renamed_options("fit", ["-om", "--output=n"]) == (["--model", "m", "--model=n"], ["-o", "--output"])
+    assert renamed_options("run", ["x", "-o", "y.tif", "--model-dir", "m"]) == (
+        ["x", "-o", "y.tif", "--model", "m"], ["--model-dir"])
+    assert renamed_options("demo", ["--out", "d", "--output", "e"]) == (["--output", "d", "--output", "e"], ["--out"])
+    # the old spellings reach the new options: each refusal names the path given with the old spelling
+    cases = [(["fit", work / "noisy.tif", "-o", work / "model", *FAST], "-o of 'asn2n fit'",
+              f"a model already exists in {work / 'model'}"),
+             (["run", work / "noisy.tif", "-o", tmp_path / "r.tif", "--model-dir", work / "model", *FAST],
+              "--model-dir of 'asn2n run'", f"a model already exists in {work / 'model'}"),
+             (["demo", "--out", work], "--out of 'asn2n demo'", f"--output {work} already holds files")]
+    for args, old, needle in cases:
+        r = runner.invoke(app, list(map(str, args)))
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2 and lines[0].startswith(f"warning: {old} is deprecated; use --"), r.output
+        assert lines[-1].startswith("error: ") and needle in lines[-1], r.output
+        quiet = invoke(*args)
+        assert "warning" not in quiet.stderr and quiet.exit_code == 2

@@ -24,7 +24,7 @@ def test_demo_command(tmp_path):
 
     from asn2n_dask.cli import app
 
-    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--size", "96", "--steps", "5"])  # not -q: paths
+    r = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), "--size", "96", "--steps", "5"])  # not -q: paths
     assert r.exit_code == 0, r.output
     for name in ("noisy.tif", "denoised.tif", "before_after.png", "model/model.json"):
         assert (tmp_path / name).exists(), name

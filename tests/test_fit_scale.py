@@ -99,7 +99,7 @@ def test_early_stopping_keeps_the_best_weights(movie):
 
 def test_fit_all_channels_of_a_zarr_writes_curves_montages_and_provenance(movie, tmp_path):
     d, frames = movie
-    r = CliRunner().invoke(app, ["-q", "fit", str(d / "movie.zarr"), "-o", str(tmp_path / "models"), "--channels",
+    r = CliRunner().invoke(app, ["-q", "fit", str(d / "movie.zarr"), "--model", str(tmp_path / "models"), "--channels",
                                  "all", "--preset", "tiny", "--steps", "6", "--patch", "32", "--batch", "4",
                                  "--val-every", "2", "--risk-share", "0.5"])
     assert r.exit_code == 0, r.output
@@ -127,7 +127,7 @@ def test_one_channel_model_is_picked_by_name_when_denoising(movie, tmp_path):
     from asn2n_dask.source import Selection, open_source
 
     d, frames = movie
-    r = CliRunner().invoke(app, ["-q", "fit", str(d / "movie.zarr"), "-o", str(tmp_path / "mito"), "--channels",
+    r = CliRunner().invoke(app, ["-q", "fit", str(d / "movie.zarr"), "--model", str(tmp_path / "mito"), "--channels",
                                  "mito", "--preset", "tiny", "--steps", "3", "--patch", "32", "--batch", "2"])
     assert r.exit_code == 0, r.output
     m = load_model(tmp_path / "mito")
@@ -146,7 +146,7 @@ def test_a_checkpoint_left_in_place_is_not_silently_overwritten(movie, tmp_path)
     d, _ = movie
 
     _crashed_fit(d, tmp_path / "m")
-    r = CliRunner().invoke(app, ["-q", "fit", str(d / "movie.zarr"), "-o", str(tmp_path / "m"), "--preset", "tiny",
+    r = CliRunner().invoke(app, ["-q", "fit", str(d / "movie.zarr"), "--model", str(tmp_path / "m"), "--preset", "tiny",
                                  "--steps", "10", "--patch", "32", "--batch", "4"])
     assert r.exit_code == 2 and "--resume" in r.stderr
 
@@ -160,12 +160,12 @@ def test_data_parallel_two_processes_match_one_process(movie, tmp_path):
     args = ["fit", str(d / "movie.zarr"), "--channels", "er", "--preset", "tiny", "--steps", "6", "--patch", "32",
             "--batch", "4", "--val-every", "2", "--device", "cpu", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "asn2n_dask", "-q", *args[:-1], "-o", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "asn2n_dask", "-q", *args[:-1], "--model", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr
     torchrun = str(Path(sys.executable).parent / "torchrun")
     two = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "asn2n_dask", "-q", *args[:-1],
-                          "-o", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+                          "--model", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr
     m1, m2 = load_model(tmp_path / "one"), load_model(tmp_path / "two")
     assert json.loads((tmp_path / "two" / "model.json").read_text())["provenance"]["processes"] == 2
@@ -192,7 +192,7 @@ def test_training_uses_the_statistics_of_the_pipeline_reduction_pass(movie):
 
 def test_resume_of_a_finished_model_is_refused_instead_of_retraining(movie, tmp_path):
     d, _ = movie
-    args = ["-q", "fit", str(d / "movie.zarr"), "-o", str(tmp_path / "m"), "--preset", "tiny", "--steps", "2",
+    args = ["-q", "fit", str(d / "movie.zarr"), "--model", str(tmp_path / "m"), "--preset", "tiny", "--steps", "2",
             "--patch", "32", "--batch", "2"]
     assert CliRunner().invoke(app, args).exit_code == 0
     before = (tmp_path / "m" / "model.json").read_bytes()

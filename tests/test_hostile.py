@@ -215,8 +215,8 @@ def test_options_too_large_for_the_frame_are_refused(tiny_model, tmp_path):
     for extra in (["--overlap", "0.999"], ["--chunks", "1"], ["--tile", "100000"], ["--tile-batch", "100000"]):
         _one_sentence(_cli(*base, *extra))
     for extra in (["--patch", "100000"], ["--batch", "100000"]):
-        _one_sentence(_cli("fit", tmp_path / "in.zarr", "-o", tmp_path / "fm", *extra))
-    _one_sentence(_cli("demo", "--out", tmp_path / "demo", "--size", "1000000"))
+        _one_sentence(_cli("fit", tmp_path / "in.zarr", "--model", tmp_path / "fm", *extra))
+    _one_sentence(_cli("demo", "-o", tmp_path / "demo", "--size", "1000000"))
 
 
 def test_dry_run_of_a_huge_store_prints_its_plan_in_seconds_and_a_run_is_refused(tiny_model, tmp_path):

@@ -290,7 +290,7 @@ def test_a_truncated_tiff_is_refused_in_one_sentence(tmp_path):
         read_image(cut)
     with pytest.raises(InputError, match="truncated"):
         open_source(cut)
-    _one_sentence(_cli("fit", cut, "-o", tmp_path / "m", "--preset", "tiny", "--steps", "2", "--patch", "32"))
+    _one_sentence(_cli("fit", cut, "--model", tmp_path / "m", "--preset", "tiny", "--steps", "2", "--patch", "32"))
 
 
 @pytest.mark.parametrize("transforms", ["scale", ["scale"], [{"type": "scale", "scale": 5}], 7])

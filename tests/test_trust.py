@@ -142,8 +142,8 @@ def test_outputs_inside_the_input_are_refused_and_the_input_is_untouched(named):
     cases = [
         ("denoise", d / "in.zarr", "-o", d / "in.zarr" / "out.tif", "--model", d / "model"),
         ("denoise", d / "in.zarr", "-o", d / "in.zarr" / "0" / "out.zarr", "--model", d / "model"),
-        ("fit", d / "in.zarr", "-o", d / "in.zarr" / "m", *FAST),
-        ("run", d / "in.zarr", "-o", d / "ok.tif", "--model-dir", d / "in.zarr" / "m", *FAST),
+        ("fit", d / "in.zarr", "--model", d / "in.zarr" / "m", *FAST),
+        ("run", d / "in.zarr", "-o", d / "ok.tif", "--model", d / "in.zarr" / "m", *FAST),
     ]
     for args in cases:
         r = invoke(*args)
