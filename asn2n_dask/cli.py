@@ -397,8 +397,9 @@ SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", callback=_check
 WorkersOpt = Annotated[int | None, typer.Option("--workers", min=1, help="Local cluster: worker processes.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Local cluster: threads per worker.")]
 ClusterOpt = Annotated[Path | None, typer.Option("--cluster", callback=_checked("hpc.load_profile"),
-                                                  help="Zarr output: a SLURM/PBS/LSF profile (YAML, see cluster/) "
-                                                  "to run on batch jobs.")]
+                                                  help="Zarr output: run on SLURM/PBS/LSF batch jobs, from a "
+                                                  "built-in profile by name (slurm, slurm-gpu, pbs, pbs-gpu, lsf; "
+                                                  "'asn2n cluster-profiles' lists them) or a profile YAML file.")]
 JobsOpt = Annotated[int | None, typer.Option("--jobs", min=1, help="With --cluster: at most this many batch jobs.")]
 MemoryOpt = Annotated[str | None, typer.Option("--memory-limit", callback=_checked("cluster.check_memory_limit"),
                                                help="Local cluster: memory per worker, e.g. 4GiB (at least "
@@ -1244,6 +1245,35 @@ def view(
     from .view import napari_layers, show
 
     show(output, napari_layers(output, input))
+
+
+@app.command("cluster-profiles")
+@friendly
+def cluster_profiles(
+    show: Annotated[str | None, typer.Option("--show", metavar="NAME", help="Print this profile's YAML, to copy "
+                                             "and edit for a site.", show_default=False)] = None,
+) -> None:
+    """List the built-in SLURM/PBS/LSF profiles that --cluster takes by name, or print one.
+
+    Each line: name, batch system, what its workers are.  A site copies one, edits the
+    queue, account and environment lines, and passes the file to --cluster.
+
+    Examples:
+
+      asn2n cluster-profiles
+
+      asn2n cluster-profiles --show slurm-gpu > site-gpu.yaml
+    """
+    from .hpc import builtin_profile, builtin_profiles, profiles_location
+
+    if show is not None:
+        typer.echo(builtin_profile(show).text, nl=False)
+        return
+    rows = builtin_profiles()
+    width = max(len(p.name) for p in rows)
+    for p in rows:
+        typer.echo(f"{p.name:<{width}}  {p.kind:<5}  {p.description}")
+    _info(f"\n--cluster NAME uses one; --show NAME prints it to copy and edit (the files: {profiles_location()}).")
 
 
 #: The file that marks a folder as the demo's: a later demo replaces the demo's files there.

@@ -1,6 +1,10 @@
 """HPC clusters: SLURM, PBS and LSF profiles run through dask-jobqueue.
 
-A profile is a small YAML file (see ``cluster/*.yaml``)::
+A profile is a small YAML file.  The package ships one for each batch system, CPU and
+GPU (``slurm``, ``slurm-gpu``, ``pbs``, ``pbs-gpu``, ``lsf``: :func:`builtin_profiles`,
+``asn2n cluster-profiles``), taken by name (``--cluster slurm-gpu``); a facility copies
+one (``asn2n cluster-profiles --show slurm-gpu > site.yaml``), edits it and passes the
+file (``--cluster site.yaml``)::
 
     kind: slurm            # slurm, pbs or lsf
     gpu: true              # one worker per job, one GPU each (the batch system sets
@@ -53,12 +57,14 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Profile", "load_profile", "make_cluster", "jobqueue_client", "worker_torch_threads", "TLS_DIRECTORY"]
+__all__ = ["Profile", "BuiltinProfile", "builtin_profiles", "builtin_profile", "load_profile", "make_cluster",
+           "jobqueue_client", "worker_torch_threads", "TLS_DIRECTORY"]
 
 KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:@%+=,~-]+$")
@@ -95,7 +101,7 @@ class Profile:
     min_jobs, max_jobs : int
         Adaptive scaling bounds.
     path : str
-        Where the profile was read from.
+        Where the profile was read from (a file, or ``NAME (built in)``).
     security : "auto", "none" or dict
         TLS: a temporary certificate authority for the run, none, or the site's
         certificates (``{"ca_file": ..., "cert": ..., "key": ...}``, absolute paths).
@@ -132,35 +138,122 @@ def _check_option(where: str, key: str, value: Any) -> None:
         raise ConfigError(f"{where}: cluster option {key!r} is not supported; use one of {', '.join(known)}.")
 
 
-def load_profile(path: str | os.PathLike[str]) -> Profile:
-    """Read and check a YAML profile (see the module docstring).
+@dataclass(frozen=True)
+class BuiltinProfile:
+    """A profile shipped with the package (``asn2n_dask/profiles/NAME.yaml``).
+
+    Attributes
+    ----------
+    name : str
+        What ``--cluster`` takes (``slurm-gpu``).
+    kind : {"slurm", "pbs", "lsf"}
+        The batch system.
+    description : str
+        One line: the file's first comment.
+    text : str
+        The YAML as shipped, to copy and edit.
+    """
+
+    name: str
+    kind: str
+    description: str
+    text: str
+
+
+def _profiles_folder() -> Any:
+    """The package's profiles (an ``importlib.resources`` traversable)."""
+    return files("asn2n_dask") / "profiles"
+
+
+def profiles_location() -> str:
+    """Where the built-in profiles are installed (a folder, for those who copy them)."""
+    return str(_profiles_folder())
+
+
+def builtin_profiles() -> list[BuiltinProfile]:
+    """The profiles shipped with the package, by name.
+
+    Examples
+    --------
+    >>> [p.name for p in builtin_profiles()]
+    ['lsf', 'pbs', 'pbs-gpu', 'slurm', 'slurm-gpu']
+    """
+    import yaml
+
+    out = []
+    for item in _profiles_folder().iterdir():
+        if not item.name.endswith(".yaml"):
+            continue
+        text = item.read_text(encoding="utf-8")
+        first = text.splitlines()[0] if text else ""
+        out.append(BuiltinProfile(name=item.name[: -len(".yaml")], kind=str(yaml.safe_load(text)["kind"]),
+                                  description=first.lstrip("#").strip(), text=text))
+    return sorted(out, key=lambda b: b.name)
+
+
+def builtin_profile(name: str) -> BuiltinProfile:
+    """The built-in profile called ``name``.
 
     Raises
     ------
     ConfigError
-        Missing file, bad YAML, unknown kind or option, or an unsafe value.
+        No built-in profile has that name (the message lists the names).
     """
-    import yaml
+    found = {p.name: p for p in builtin_profiles()}
+    if name not in found:
+        raise ConfigError(f"no built-in cluster profile is called {name!r}; the built-in profiles are "
+                          f"{', '.join(found)} (or give the path of a profile YAML file).")
+    return found[name]
 
-    p = Path(path)
+
+def _looks_like_name(ref: str) -> bool:
+    """A ``--cluster`` value without a folder or a YAML suffix names a built-in profile."""
+    return bool(ref) and "/" not in ref and os.sep not in ref and not ref.lower().endswith((".yaml", ".yml"))
+
+
+def _profile_text(ref: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(label, YAML text)`` of a profile file, or of a built-in profile named ``ref``
+    when no such file exists."""
+    p = Path(ref)
     if not p.is_file():
-        raise ConfigError(f"cluster profile {p} does not exist or is not a file; see cluster/README.md for "
-                          "examples.")
+        if _looks_like_name(str(ref)):
+            return f"{ref} (built in)", builtin_profile(str(ref)).text
+        names = [b.name for b in builtin_profiles()]
+        hint = f" (the built-in {p.stem} is named without .yaml)" if p.stem in names else ""
+        raise ConfigError(f"cluster profile {p} does not exist or is not a file; give the path of a YAML profile or "
+                          f"the name of a built-in one: {', '.join(names)}{hint}.")
     try:
-        text = p.read_text(encoding="utf-8")
+        return str(p), p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"cluster profile {p} is not a text file; give a YAML profile such as "
-                          "cluster/slurm.yaml.") from None
+        raise ConfigError(f"cluster profile {p} is not a text file; give a YAML profile (asn2n cluster-profiles "
+                          "--show slurm prints one).") from None
     except OSError as e:
         raise ConfigError(f"cluster profile {p} cannot be read ({e.strerror}); check the path and its "
                           "permissions.") from None
+
+
+def load_profile(path: str | os.PathLike[str]) -> Profile:
+    """Read and check a profile: a YAML file, or a built-in profile by name
+    (:func:`builtin_profiles`) when no file of that name exists (see the module
+    docstring).
+
+    Raises
+    ------
+    ConfigError
+        Missing file or unknown name, bad YAML, unknown kind or option, or an unsafe
+        value.
+    """
+    import yaml
+
+    label, text = _profile_text(path)
+    p = Path(label)
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"cluster profile {p} is not valid YAML ({str(e).splitlines()[0]}).") from None
     if not isinstance(doc, dict):
-        raise ConfigError(f"cluster profile {p} must be a YAML mapping with kind: and cluster: keys (see "
-                          f"cluster/slurm.yaml); got {type(doc).__name__}.")
+        raise ConfigError(f"cluster profile {p} must be a YAML mapping with kind: and cluster: keys (asn2n "
+                          f"cluster-profiles --show slurm prints one); got {type(doc).__name__}.")
     unknown = set(doc) - _PROFILE_KEYS
     if unknown:
         raise ConfigError(f"cluster profile {p}: unknown key(s) {', '.join(sorted(unknown))}.")
@@ -186,7 +279,7 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"cluster profile {p}: {key} must be a whole number of at least 1; got {value!r}.")
     security = _check_security(p, doc.get("security", "auto"))
-    return Profile(kind=kind, options=dict(opts), gpu=gpu, min_jobs=min_jobs, max_jobs=max_jobs, path=str(p),
+    return Profile(kind=kind, options=dict(opts), gpu=gpu, min_jobs=min_jobs, max_jobs=max_jobs, path=label,
                    security=security)
 
 

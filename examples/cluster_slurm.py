@@ -1,6 +1,6 @@
 """Denoise a time-lapse on a SLURM cluster, or, without SLURM, show the job it would submit.
 
-    python examples/cluster_slurm.py [OUT_DIR] [--profile cluster/slurm.yaml] [--jobs N]
+    python examples/cluster_slurm.py [OUT_DIR] [--profile slurm | PROFILE.yaml] [--jobs N]
 
 With SLURM (``sbatch`` on PATH): makes a small synthetic time-lapse Zarr (replace it with
 your own store), trains a tiny model on it, and denoises it with Dask workers started
@@ -8,7 +8,8 @@ as SLURM jobs from the profile (adaptive between the profile's min and max jobs,
 cancelled at the end).  Without SLURM: writes the worker job script the profile
 renders to OUT_DIR/worker-job.sh and prints it, with the command that runs the real
 thing; nothing is submitted.  Edit the profile (queue, account, memory, walltime,
-modules) for your facility: see cluster/README.md.
+modules) for your facility: ``asn2n cluster-profiles --show slurm > site.yaml``, then
+``--profile site.yaml``; see cluster/README.md.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from asn2n_dask import InferConfig, TrainConfig, denoise, fit
 from asn2n_dask.hpc import load_profile, make_cluster
 from asn2n_dask.synthetic import noisy_frame
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def make_timelapse(path: Path, frames: int = 4, size: int = 256) -> None:
     data = np.stack([np.stack([noisy_frame((size, size), photons=p, seed=2 * t + c)[0] for c, p in
@@ -35,9 +34,9 @@ def make_timelapse(path: Path, frames: int = 4, size: int = 256) -> None:
     arr[...] = data
 
 
-def main(out: Path, profile: Path, jobs: int) -> Path:
+def main(out: Path, profile: str, jobs: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    prof = load_profile(profile)  # checked: unknown options and unsafe values are refused
+    prof = load_profile(profile)  # a built-in name or a file; unknown options and unsafe values are refused
     if shutil.which("sbatch") is None:
         with make_cluster(prof) as cluster:
             script = cluster.job_script()
@@ -64,7 +63,7 @@ def main(out: Path, profile: Path, jobs: int) -> Path:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", nargs="?", type=Path, default=Path("slurm-example"))
-    ap.add_argument("--profile", type=Path, default=ROOT / "cluster" / "slurm.yaml")
+    ap.add_argument("--profile", default="slurm", help="a built-in profile's name or a profile YAML file")
     ap.add_argument("--jobs", type=int, default=4)
     a = ap.parse_args()
     main(a.out, a.profile, a.jobs)
