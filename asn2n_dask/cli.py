@@ -995,7 +995,7 @@ def denoise(
 
       asn2n denoise movie.zarr -o out.zarr --model movie.model --dry-run
 
-      asn2n denoise movie.zarr -o out.zarr --model movie.model --cluster cluster/slurm-gpu.yaml --jobs 8
+      asn2n denoise movie.zarr -o out.zarr --model movie.model --cluster slurm-gpu --jobs 8
 
       asn2n denoise movie.zarr -o out.zarr --model movie.model --config denoise.yaml --tile 256
     """
