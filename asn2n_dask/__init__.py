@@ -8,12 +8,11 @@ work on numpy arrays and files; the ``asn2n`` command line is a thin shell over 
 """
 
 from ._version import __version__
-from .api import denoise, fit, risk_summary
+from .api import assess_risk, denoise, fit, risk_summary
 from .checkpoint import Model, load_model, save_model
 from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig
 from .errors import Asn2nError
 from .report import make_report
-from .risk import assess_risk
 
 __all__ = [
     "__version__",

@@ -1,11 +1,24 @@
-"""The package's verbs on in-memory arrays: fit, denoise, assess risk.
+"""The package's verbs on arrays and files: fit, denoise, assess risk.
 
 Stacks are processed plane by plane and channel by channel; each colour channel has its
 own network.  These functions are what the command line calls.
+
+Arrays come back as they were given:
+
+* a numpy array gives a numpy array;
+* an ``xarray.DataArray`` gives a DataArray with the same dims, coords, name and attrs,
+  plus the run's provenance in ``attrs["asn2n"]``; its dims name the axes (``t``,
+  ``c``, ``z``, ``y``, ``x``, or ``time``, ``channel``) unless ``axes=`` is given;
+* a dask array (or a DataArray holding one) stays lazy: nothing is read or computed
+  until the result is.  The channel statistics, a reduction over each whole channel,
+  are one task of the result's graph: when the result is computed, that task streams
+  over the input once (block by block, in its own thread), then one task per frame
+  denoises it with them, so the numbers equal the numpy route's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -20,15 +33,17 @@ from numpy.typing import NDArray
 from .axes import from_planes, parse_axes, to_planes
 from .blend import check_tile_frame
 from .checkpoint import ChannelModel, Model, save_model
-from .config import InferConfig, TrainConfig
+from .config import InferConfig, RiskThresholds, TrainConfig
 from .errors import InputError, ModelError
 from .predict import denoise_frame, network_fn, resolve_device
-from .risk import RiskReport, assess_risk, resolve_estimator
+from .risk import FrameStats, RiskReport, resolve_estimator
+from .risk import assess_risk as _frame_risk
 from .sampling import ArrayPlanes, channel_noise
 from .stats import ChannelStats, channel_stats
 from .train import TrainResult, train_channel
 
-__all__ = ["fit", "denoise", "denoise_with_risk", "risk_summary", "check_image", "MIN_FRAME_SIDE", "Progress"]
+__all__ = ["fit", "denoise", "denoise_with_risk", "assess_risk", "risk_summary", "check_image", "MIN_FRAME_SIDE",
+           "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +54,77 @@ Progress = Callable[[str, int, int], None]
 """Called as ``progress(what, done, total)``."""
 
 
-def check_image(data: NDArray[np.generic], *, name: str = "image") -> None:
-    """Refuse data the method cannot use: non-real dtypes, NaN/inf, frames under 4x4."""
+def check_image(data: Any, *, name: str = "image") -> None:
+    """Refuse data the method cannot use: non-real dtypes, NaN/inf, frames under 4x4.
+
+    A dask array is checked by its shape and dtype only, without reading it; its NaN
+    and infinite values are refused by the statistics pass when it is computed.
+    """
     dt = np.asarray(data).dtype if not hasattr(data, "dtype") else data.dtype
     if dt.kind not in "uif":
         raise InputError(f"{name} has dtype {dt}, which is not supported; convert it to an integer or "
                          "float type.")
-    arr = np.asarray(data)
+    lazy = _is_dask_array(data)
+    arr = data if lazy else np.asarray(data)
     if arr.ndim < 2 or min(arr.shape[-2:]) < MIN_FRAME_SIDE:
         raise InputError(f"{name} frames are {arr.shape[-2:] if arr.ndim >= 2 else arr.shape}; frames "
                          f"must be at least {MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} pixels.")
-    if arr.size == 0:
+    if math.prod(arr.shape) == 0:
         raise InputError(f"{name} is empty.")
-    if dt.kind == "f" and not np.isfinite(arr).all():
+    if not lazy and dt.kind == "f" and not np.isfinite(arr).all():
         raise InputError(f"{name} holds NaN or infinite values; replace them (e.g. with the background "
                          "level) before denoising.")
+
+
+def _is_xarray(data: Any) -> bool:
+    return type(data).__module__.startswith("xarray") and hasattr(data, "dims")
+
+
+def _is_dask_array(data: Any) -> bool:
+    return type(data).__module__.startswith("dask") and hasattr(data, "chunks") and hasattr(data, "dask")
+
+
+def _xarray_axes(data: Any, axes: str | None) -> str:
+    """Axis letters of a DataArray: ``axes`` if given, else from its dims."""
+    if axes is not None:
+        return parse_axes(axes, data.ndim)
+    from .io import _letters
+
+    dims = [str(d) for d in data.dims]
+    try:
+        return parse_axes(_letters(dims), data.ndim)
+    except InputError:
+        raise InputError(f"the DataArray's dims {tuple(dims)} do not name its axes (the last two must be y and x; "
+                         "t, c and z name the others); rename them (data.rename(...)) or pass axes=, e.g. "
+                         "axes='TCYX'.") from None
+
+
+def _weights_digest(model: Model) -> str:
+    """SHA-256 of every channel network's weights (names, dtypes, shapes and bytes)."""
+    import torch
+
+    h = hashlib.sha256()
+    for ch in model.channels:
+        for key, value in ch.net.state_dict().items():
+            t = value.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{ch.name}/{key}:{t.dtype}:{tuple(value.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _provenance(command: str, axes: str, **fields: Any) -> dict[str, Any]:
+    from ._version import __version__
+
+    return {"package": "asn2n-dask", "version": __version__, "command": command, "axes": axes, **fields}
+
+
+def _like(template: Any, data: Any, provenance: dict[str, Any]) -> Any:
+    """A DataArray of ``data`` with ``template``'s dims, coords, name and attrs, and the
+    provenance in ``attrs["asn2n"]``."""
+    import xarray as xr
+
+    return xr.DataArray(data, dims=template.dims, coords=template.coords, name=template.name,
+                        attrs={**template.attrs, "asn2n": provenance})
 
 
 def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig(),
@@ -68,18 +139,18 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
 
     Parameters
     ----------
-    data : ndarray, path, or sequence of paths
+    data : ndarray, xarray.DataArray, dask array, path, or sequence of paths
         Noisy image(s) in input units: an array (a frame (Y, X) or a stack named by
-        ``axes``), or TIFF / Zarr / OME-Zarr files (read lazily; several files must
-        have the same channels and frame size).
+        ``axes``; a dask array is read into memory once), or TIFF / Zarr / OME-Zarr
+        files (read lazily; several files must have the same channels and frame size).
     axes : str, optional
         One letter per dimension ending in ``YX``, ``C`` for colour channels
-        (default ``YX`` for 2-D, ``TYX`` for 3-D; files name their own).
+        (default ``YX`` for 2-D, ``TYX`` for 3-D; files and DataArrays name their own).
     config : TrainConfig
         Training options.
     channel_names : sequence of str, optional
-        Arrays: names kept in the model (default ``"0"``, ``"1"``...).  Files keep their
-        own channel names.
+        Arrays: names kept in the model (default: a DataArray's channel coordinate, else
+        ``"0"``, ``"1"``...).  Files keep their own channel names.
     device : {"auto", "cpu", "cuda"}
         Where to train.
     progress : callable, optional
@@ -161,6 +232,12 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         info = {"inputs": [s.path for s in sources], "shape": [list(s.shape) for s in sources],
                 "dtype": first.dtype, "axes": first.axes, "time": time}
     else:
+        if _is_xarray(data):  # its dims name the axes; the coordinate of its channel dim, the channels
+            axes = _xarray_axes(data, axes)
+            c_dim = data.dims[axes.find("C")] if "C" in axes else None
+            if channel_names is None and c_dim is not None and c_dim in data.coords:
+                channel_names = [str(v) for v in data.coords[c_dim].values]
+            data = data.data
         check_image(data, name="training data")
         ax = parse_axes(axes, np.ndim(data))
         planes = to_planes(np.asarray(data), ax)
@@ -325,8 +402,10 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
     Two forms, one method (every chunk of a file goes through the same
     :func:`asn2n_dask.predict.denoise_window` as an in-memory frame):
 
-    * ``denoise(array, model)``: a numpy array (or xarray ``DataArray``) in memory;
-      returns the denoised array.
+    * ``denoise(array, model)``: a numpy array, an xarray ``DataArray`` or a dask
+      array; returns the denoised array of the same kind (see the module docstring):
+      a DataArray keeps its dims, coords and attrs (plus ``attrs["asn2n"]``, the
+      provenance), a dask array stays lazy.
     * ``denoise("in.zarr", "out.zarr", model="model_dir", client=None)``: a Zarr,
       OME-Zarr or TIFF file of any size, chunk by chunk on a Dask cluster (embedded
       LocalCluster by default), into OME-Zarr; resumable.  Returns a
@@ -334,7 +413,7 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
 
     Parameters
     ----------
-    data : ndarray, xarray.DataArray or path
+    data : ndarray, xarray.DataArray, dask array or path
         Noisy frame (Y, X) or stack named by ``axes``; or an input path.
     model_or_output : Model or path
         The model (array form) or the output ``.zarr`` path (path form).
@@ -344,11 +423,12 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
     output : path
         Output ``.zarr`` (path form).
     axes : str, optional
-        As for :func:`fit`; an xarray input names its own dims.
+        As for :func:`fit`; a DataArray's dims name its axes unless ``axes`` is given.
     config : InferConfig
         Tile, overlap, blend, inference domain, device.
     progress : callable, optional
-        ``progress(what, done, total)``.
+        ``progress(what, done, total)`` (not for a dask array: its result is computed
+        by dask, e.g. under ``dask.diagnostics.ProgressBar``).
     client : distributed.Client or "sync", optional
         Path form: the cluster to run on (default: an embedded LocalCluster).
     channels, time : optional
@@ -361,7 +441,9 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
 
     Returns
     -------
-    ndarray (float32, same shape as ``data``) or RunSummary
+    ndarray, xarray.DataArray or dask array (float32, the shape of ``data``), or RunSummary
+        Array form: the kind of ``data``; a dask array's result is chunked one frame
+        per block.
     """
     if isinstance(data, (str, os.PathLike)):
         return _denoise_path(data, output if output is not None else model_or_output, model=model,
@@ -377,11 +459,79 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
     if run or client is not None or channels or time:
         raise InputError("cluster, selection and output options apply to file inputs only; index the array "
                          "instead.")
-    if type(data).__module__.startswith("xarray"):
-        from .io import _letters
+    if _is_xarray(data):
+        ax = _xarray_axes(data, axes)
+        out = _denoise_array(data.data, m, ax, config, progress)
+        return _like(data, out, _provenance(
+            "denoise", ax, units="input", infer=config.to_dict(), norm=m.train.norm.to_dict(),
+            risk_estimators=[ch.risk_estimator for ch in m.channels], channels=[ch.name for ch in m.channels],
+            weights_sha256=_weights_digest(m)))
+    return _denoise_array(data, m, axes, config, progress)
 
-        axes = axes or _letters([str(d) for d in data.dims])
-    return denoise_with_risk(np.asarray(data), m, axes=axes, config=config, progress=progress)[0]
+
+def _denoise_array(data: Any, model: Model, axes: str | None, config: InferConfig,
+                   progress: Progress | None) -> Any:
+    if _is_dask_array(data):
+        return _denoise_lazy(data, model, axes, config)
+    return denoise_with_risk(np.asarray(data), model, axes=axes, config=config, progress=progress)[0]
+
+
+class _Deferred:
+    """A dask array handed to a task as it is: a dask collection among a task's arguments
+    would be computed into memory first."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def __dask_tokenize__(self) -> object:
+        return ("asn2n-deferred", self.array.name)
+
+
+def _lazy_stats(deferred: _Deferred, c_axis: int, norm: Any) -> list[ChannelStats]:
+    """The channel statistics of a dask array, as a task: its passes stream over the
+    blocks in this thread (the same functions, so the same numbers, as for numpy)."""
+    arr = deferred.array
+    planes = arr[None] if c_axis < 0 else arr.transpose([c_axis, *(i for i in range(arr.ndim) if i != c_axis)])
+    return channel_stats(planes, norm, scheduler="sync")
+
+
+def _denoise_block(block: NDArray[Any], stats: Sequence[ChannelStats], *, c_axis: int,
+                   fns: Sequence[Callable[..., Any]], norms: Sequence[Any], modes: Sequence[str], infer: InferConfig,
+                   device: Any, multiple: int, block_id: tuple[int, ...] | None = None) -> NDArray[np.float32]:
+    """One frame (a block of shape (1, ..., 1, H, W)), denoised with its channel's network."""
+    c = block_id[c_axis] if c_axis >= 0 and block_id is not None else 0
+    out, _ = denoise_frame(block.reshape(block.shape[-2:]), fns[c], stats=stats[c], norm=norms[c], infer=infer,
+                           device=device, multiple=multiple, dataset_mode=modes[c])
+    return out.reshape(block.shape)
+
+
+def _denoise_lazy(data: Any, model: Model, axes: str | None, config: InferConfig) -> Any:
+    """:func:`denoise` of a dask array, as a dask array: one task per frame, after one task
+    of channel statistics; nothing runs until the result is computed."""
+    import dask
+    import dask.array as da
+    from dask.base import tokenize
+
+    check_image(data)
+    ax = parse_axes(axes, data.ndim)
+    check_tile_frame(config, tuple(data.shape[-2:]))
+    c_axis = ax.find("C")
+    n_ch = data.shape[c_axis] if c_axis >= 0 else 1
+    if n_ch != model.n_channels:
+        raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has {n_ch}; train "
+                         "a model on data with the same channels.")
+    dev = resolve_device(config.device)
+    token = tokenize(data.name, _weights_digest(model), config.to_dict(), model.train.norm.to_dict(),
+                     [ch.risk_estimator for ch in model.channels], [ch.dataset_mode for ch in model.channels])
+    stats = dask.delayed(_lazy_stats, pure=True)(_Deferred(data), c_axis, model.train.norm,
+                                                 dask_key_name=f"asn2n-stats-{token}")
+    frames = data.rechunk({**{i: 1 for i in range(data.ndim - 2)}, data.ndim - 2: -1, data.ndim - 1: -1})
+    return da.map_blocks(
+        _denoise_block, frames, stats, name=f"asn2n-denoise-{token}", dtype=np.float32,
+        meta=np.empty((0,) * data.ndim, np.float32), c_axis=c_axis,
+        fns=[network_fn(ch.net, dev, config.precision, config.compile) for ch in model.channels],
+        norms=[model.norm(i) for i in range(model.n_channels)], modes=[ch.dataset_mode for ch in model.channels],
+        infer=config, device=dev, multiple=model.multiple)
 
 
 def _denoise_path(data: str | os.PathLike[str], output: Any, *, model: Any, config: InferConfig,
@@ -456,6 +606,85 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
             if progress is not None:
                 progress("denoising", done, total)
     return from_planes(out, ax, arr.shape), from_planes(risk, ax, arr.shape)  # type: ignore[return-value]
+
+
+def assess_risk(image: Any, *, thresholds: RiskThresholds = RiskThresholds(),
+                stats: FrameStats | None = None) -> Any:
+    """Classify every patch of one 2-D frame by the harm local normalisation would do.
+
+    :func:`asn2n_dask.risk.assess_risk` for the input types of the package's verbs.
+
+    Parameters
+    ----------
+    image : ndarray, xarray.DataArray or dask array, shape (H, W)
+        One frame in input units (``stack[0, 0]``, ``data.isel(t=0, c=0)``).
+    thresholds, stats
+        As for :func:`asn2n_dask.risk.assess_risk`.
+
+    Returns
+    -------
+    RiskReport, or a dask ``Delayed`` of it
+        ``risk_map`` has one class per ``thresholds.patch`` square (0 safe, 1 weak
+        background, 2 sparse bright).  A DataArray gives a report whose ``risk_map`` is
+        a DataArray on the patch grid: the frame's dims, coords at the patch centres (the
+        mean of the frame's coords over each patch; scalar coords kept), its name
+        ``"risk"``, the frame's attrs plus the provenance in ``attrs["asn2n"]``.  A dask
+        array (or a DataArray holding one) gives ``Delayed``: nothing is read until its
+        ``compute()``, which returns the report (``.risk_map`` of a Delayed is a Delayed
+        too).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> frame = xr.DataArray(np.random.default_rng(0).normal(100, 1, (128, 192)), dims=("y", "x"),
+    ...                      coords={"y": np.arange(128) * 0.5, "x": np.arange(192) * 0.5})
+    >>> r = assess_risk(frame)
+    >>> r.risk_map.dims, r.risk_map.shape, float(r.risk_map.x[0])
+    (('y', 'x'), (2, 3), 15.75)
+    """
+    if _is_xarray(image):
+        if image.ndim != 2:
+            raise InputError(f"assess_risk takes one 2-D frame; got dims {tuple(image.dims)}; select one, e.g. "
+                             "data.isel(t=0).")
+        report = assess_risk(image.data, thresholds=thresholds, stats=stats)
+        grid = _patch_grid(image, thresholds, stats)
+        if _is_dask_array(image.data):
+            import dask
+
+            return dask.delayed(_on_grid, pure=True)(report, grid)
+        return _on_grid(report, grid)
+    if np.ndim(image) != 2:
+        raise InputError(f"assess_risk takes one 2-D frame; got shape {np.shape(image)}; select one, e.g. "
+                         "stack[0, 0].")
+    if _is_dask_array(image):
+        import dask
+
+        return dask.delayed(_frame_risk, pure=True)(image, thresholds=thresholds, stats=stats)
+    return _frame_risk(np.asarray(image), thresholds=thresholds, stats=stats)
+
+
+def _patch_grid(frame: Any, thresholds: RiskThresholds, stats: FrameStats | None) -> dict[str, Any]:
+    """Dims, coords, name and attrs of a frame's patch grid (no data is read)."""
+    p = thresholds.patch
+    coords: dict[str, Any] = {}
+    for name, coord in frame.coords.items():
+        if coord.ndim == 0:
+            coords[str(name)] = coord.variable
+        elif coord.dims in ((frame.dims[0],), (frame.dims[1],)) and np.issubdtype(coord.dtype, np.number):
+            values = np.asarray(coord.values, np.float64)
+            means = [values[i:i + p].mean() for i in range(0, values.size, p)]
+            coords[str(name)] = (coord.dims, np.asarray(means), dict(coord.attrs))
+    prov = _provenance("assess_risk", "YX", patch=p, classes={"0": "safe", "1": "weak background",
+                                                             "2": "sparse bright"},
+                       thresholds=thresholds.to_dict(), stats=None if stats is None else stats.to_dict())
+    return {"dims": frame.dims, "coords": coords, "name": "risk", "attrs": {**frame.attrs, "asn2n": prov}}
+
+
+def _on_grid(report: RiskReport, grid: dict[str, Any]) -> RiskReport:
+    """The report with its risk map as a DataArray on the frame's patch grid."""
+    import xarray as xr
+
+    return replace(report, risk_map=xr.DataArray(np.asarray(report.risk_map), **grid))  # type: ignore[arg-type]
 
 
 def risk_summary(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig(),
@@ -540,7 +769,7 @@ def risk_summary(data: Any, *, axes: str | None = None, config: TrainConfig = Tr
         noise = channel_noise(readers, st, thr0)
         thr = resolve_estimator(thr0, noise)
         scale = st.risk_scale(thr)
-        reports: list[RiskReport] = [assess_risk(f, thresholds=thr, stats=scale) for f in sampled]
+        reports: list[RiskReport] = [_frame_risk(f, thresholds=thr, stats=scale) for f in sampled]
         maps = np.concatenate([r.risk_map.ravel() for r in reports])
         out.append({
             "channel": c,

@@ -222,7 +222,9 @@ class RiskReport:
     Attributes
     ----------
     risk_map : ndarray, shape (nY, nX), int8
-        Class per patch (0 safe, 1 weak background, 2 sparse bright).
+        Class per patch (0 safe, 1 weak background, 2 sparse bright); an
+        ``xarray.DataArray`` on the patch grid when the frame was one
+        (:func:`asn2n_dask.api.assess_risk`).
     stats : FrameStats
         The range that defined the [0, 1] risk scale.
     patch : int
@@ -253,7 +255,7 @@ class RiskReport:
     def pixel_map(self, shape: tuple[int, int]) -> NDArray[np.int8]:
         """The risk map expanded to pixels, shape ``shape``."""
         p = self.patch
-        full = np.repeat(np.repeat(self.risk_map, p, axis=0), p, axis=1)
+        full = np.repeat(np.repeat(np.asarray(self.risk_map), p, axis=0), p, axis=1)
         return full[: shape[0], : shape[1]]
 
     def summary(self) -> dict[str, Any]:

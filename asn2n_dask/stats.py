@@ -214,7 +214,8 @@ def _ranks(n: int, q: float) -> tuple[int, int, float]:
     return int(np.floor(pos)), int(np.ceil(pos)), pos - np.floor(pos)
 
 
-def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelStats]:
+def channel_stats(planes: Any, norm: NormConfig = NormConfig(), *, scheduler: str | None = None
+                  ) -> list[ChannelStats]:
     """Statistics of each channel of a (C, ...) numpy or dask array.
 
     Three reductions: minimum and maximum; a histogram of :data:`HIST_BINS` bins over
@@ -228,6 +229,9 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
         Channel first; all other dimensions reduce together.
     norm : NormConfig
         Which percentiles the normalisation and the risk scale use.
+    scheduler : str, optional
+        A dask array: the dask scheduler of the passes (default: dask's current one);
+        ``"sync"`` runs them in this thread, as inside a task of a larger graph.
 
     Returns
     -------
@@ -254,7 +258,7 @@ def channel_stats(planes: Any, norm: NormConfig = NormConfig()) -> list[ChannelS
         xp = np
 
     def compute(*xs: Any) -> list[Any]:
-        return list(dask.compute(*xs)) if is_dask else list(xs)
+        return list(dask.compute(*xs, scheduler=scheduler)) if is_dask else list(xs)
 
     nc = planes.shape[0]
     # the content digests ride on the first pass: every block is read once for both
