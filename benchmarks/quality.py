@@ -486,7 +486,11 @@ def report(rows: dict, args: argparse.Namespace) -> None:
                   "them).", "",
                   "| row | " + " | ".join(mcols) + " |", "|---|" + "---|" * len(mcols)]
         table(mixed, mcols, ".2f")
-        lines += ["", "What holds. The published rule (safe patches all the way to their local range, "
+        lines += ["", "## Notes from the runs", "",
+                  "Written when the rows they discuss were measured, with the figures of then; rows rerun later "
+                  "(see each row's commit) may differ. The README quotes only rows that record their commit, "
+                  "command and machine, rendered from quality.json by `benchmarks/readme.py`.", "",
+                  "What held on the mixed scene. The published rule (safe patches all the way to their local range, "
                   "`adaptive_weight=\"class\"`; not trained separately, its fields here are `local`'s, checked) "
                   "and `dataset` equal `local` on this scene: the risk rule (noise-aware, as `auto` picks for "
                   "these frames) flags none of its patches, dark region included (`high_risk_ratio` 0), because "
