@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from .errors import InputError
 
-__all__ = ["parse_axes", "default_axes", "merge_axes", "NAMED_AXES", "to_planes", "from_planes"]
+__all__ = ["parse_axes", "default_axes", "merge_axes", "NAMED_AXES", "to_planes", "from_planes", "canonical_order"]
 
 #: Axes the package acts on; where a file names one of them, that name stands.
 NAMED_AXES = "TCZYX"
@@ -74,6 +74,27 @@ def merge_axes(file_axes: str | None, given: str | None, ndim: int, *, source: s
         raise InputError(f"--axes {given} names {', '.join(clash)}, but {source} names its axes {own}; leave --axes "
                          "out (a file's own axes are used) or rename only the axes it leaves unnamed.")
     return ax
+
+
+def canonical_order(axes: str, order: str = NAMED_AXES) -> tuple[int, ...]:
+    """Positions of ``axes``'s letters taken in ``order``: the transpose that puts an
+    array of ``axes`` in that order (``"".join(axes[i] for i in result)``).
+
+    >>> canonical_order("TZCYX")
+    (0, 2, 1, 3, 4)
+    >>> "".join("ZCYX"[i] for i in canonical_order("ZCYX"))
+    'CZYX'
+
+    Raises
+    ------
+    InputError
+        ``axes`` holds a letter that is not in ``order``.
+    """
+    other = sorted(set(axes) - set(order))
+    if other:
+        raise InputError(f"axes {axes} hold {', '.join(other)}, which {', '.join(order)} does not name; name every "
+                         f"axis with one of {order} (--axes).")
+    return tuple(sorted(range(len(axes)), key=lambda i: order.index(axes[i])))
 
 
 def to_planes(data: NDArray[np.generic], axes: str) -> NDArray[np.generic]:

@@ -982,7 +982,8 @@ def denoise(
     """Denoise an image with a trained model; the output keeps the input's shape, axes and units.
 
     A .zarr output is written chunk by chunk on a Dask cluster (an embedded one unless
-    --scheduler is given) as OME-Zarr with a 'labels/risk' image; a run that stopped is
+    --scheduler is given) as OME-Zarr, its axes in T, C, Z, Y, X order, with a risk label
+    image per channel (labels/risk-<channel>); a run that stopped is
     resumed by running the same command again.  A .tif output is computed in memory, as a
     TIFF of the input's kind (ImageJ hyperstack, OME-TIFF or plain) with its pixel sizes,
     time step and channel names.

@@ -32,7 +32,7 @@ from .axes import merge_axes, parse_axes
 from .errors import InputError, OutputError
 
 __all__ = ["ImageMeta", "read_image", "check_output", "paths_overlap", "write_image", "cast_output", "TIFF_SUFFIXES",
-           "output_lock", "lock_path", "available_memory", "CheckedArray", "usable_scale"]
+           "output_lock", "lock_path", "available_memory", "CheckedArray", "usable_scale", "risk_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -628,6 +628,47 @@ def usable_scale(scale: Any, ndim: int, where: str) -> tuple[float, ...] | None:
         log.warning("%s: the pixel scale %r is not one positive finite number per axis; it is not used (pixels are "
                     "given a size of 1).", where, shown)
     return vals
+
+
+def risk_labels(path: str | os.PathLike[str], axes: str, shape: tuple[int, ...]) -> list[Any] | None:
+    """Level 0 of the risk labels of each channel of an asn2n OME-Zarr output, lazily.
+
+    Parameters
+    ----------
+    path : path
+        The output.
+    axes, shape
+        The output image's axes and shape.
+
+    Returns
+    -------
+    list of dask arrays, or None
+        In the image's channel order, each over ``axes`` without ``C``: the label
+        images the run's record names (``labels/risk-<channel>``, or ``labels/risk``
+        for an image without ``C``).  An output written when the risk labels were one
+        image with ``C`` is split by channel.  None when the output has no risk labels
+        of the image's shape (not an output of ``asn2n denoise``).
+    """
+    import dask.array as da
+    import zarr
+
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        asn = dict(root.attrs).get("asn2n")
+        job = asn.get("job") if isinstance(asn, dict) else None
+        names = job.get("labels") if isinstance(job, dict) else None
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            names = ["risk"]
+        arrays = [da.from_zarr(root[f"labels/{n}/0"]) for n in names]
+    except Exception:  # not a Zarr group, or no such label image
+        return None
+    c = axes.find("C")
+    if c >= 0 and len(arrays) == 1 and tuple(arrays[0].shape) == tuple(shape):  # one label image with C
+        arrays = [arrays[0][(slice(None),) * c + (k,)] for k in range(shape[c])]
+    per_channel = tuple(n for a, n in zip(axes, shape) if a != "C")
+    if len(arrays) != (shape[c] if c >= 0 else 1) or any(tuple(a.shape) != per_channel for a in arrays):
+        return None
+    return arrays
 
 
 def read_image(path: str | os.PathLike[str], *, series: int | None = None,

@@ -9,7 +9,13 @@ status) go beside these objects in a group's attributes, never inside them.
 Levels of a pyramid halve Y and X: the mean of each 2x2 block for an image
 (:func:`block_mean`), its most frequent value for a label image (:func:`block_mode`,
 label values are never averaged); the label image has the same levels, shapes and
-coordinate transformations as its image.
+coordinate transformations as its image, less its ``C`` axis.
+
+An image with a ``C`` axis has one label image per channel, without that axis
+(:func:`channel_label_names`, :func:`drop_channel`): viewers show an image one layer
+per channel over its other axes and a label image as one layer over all of its axes,
+aligning layers from the last axis, so a label image with ``C`` would put the image's
+time points against the labels' channels.
 
 >>> attrs = image_attrs("0.5", "CYX", scale=(1.0, 0.2, 0.2), levels=2)
 >>> [d["coordinateTransformations"][0]["scale"] for d in attrs["ome"]["multiscales"][0]["datasets"]]
@@ -21,6 +27,7 @@ coordinate transformations as its image.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from numbers import Real
 from typing import Any
@@ -31,7 +38,8 @@ from numpy.typing import NDArray
 from ._version import __version__
 
 __all__ = ["VERSIONS", "ZARR_FORMAT", "AXIS_TYPES", "MAX_LEVELS", "valid_scale", "axes_attrs", "level_scale",
-           "multiscale", "image_attrs", "label_attrs", "labels_attrs", "array_kwargs", "block_mean", "block_mode"]
+           "multiscale", "image_attrs", "label_attrs", "labels_attrs", "array_kwargs", "block_mean", "block_mode",
+           "channel_label_names", "drop_channel"]
 
 #: OME-Zarr versions written, and the Zarr format each is stored in.
 VERSIONS = ("0.4", "0.5")
@@ -197,6 +205,44 @@ def label_attrs(version: str, axes: str, *, levels: int = 1, scale: Sequence[flo
 def labels_attrs(version: str, names: Sequence[str]) -> dict[str, Any]:
     """The OME attributes of the ``labels`` group: the paths of its label images."""
     return _wrap(version, {"labels": list(names)})
+
+
+#: A channel name used as it is in the path of its label image: a letter or digit, then
+#: letters, digits, ``_``, ``-`` or ``.`` (a name any file system and Zarr store keep).
+_PATH_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def channel_label_names(base: str, channels: Sequence[str] | None) -> list[str]:
+    """Names of the label images of an image (paths in its ``labels`` group), in
+    channel order: ``[base]`` for an image without a ``C`` axis (``channels`` None),
+    else ``base-<channel>`` per channel, by the channels' names (``omero`` labels)
+    where each is a plain path word (:data:`_PATH_WORD`) and they differ even in
+    case, else by position (``base-0``, ``base-1``...).
+
+    >>> channel_label_names("risk", None)
+    ['risk']
+    >>> channel_label_names("risk", ["mito", "er"])
+    ['risk-mito', 'risk-er']
+    >>> channel_label_names("risk", ["GFP 488", "er"]), channel_label_names("risk", ["ER", "er"])
+    (['risk-0', 'risk-1'], ['risk-0', 'risk-1'])
+    """
+    if channels is None:
+        return [base]
+    words = [str(c) for c in channels]
+    by_name = all(_PATH_WORD.fullmatch(w) for w in words) and len({w.lower() for w in words}) == len(words)
+    return [f"{base}-{w if by_name else k}" for k, w in enumerate(words)]
+
+
+def drop_channel(axes: str, *per_axis: Sequence[Any] | None) -> tuple[Any, ...]:
+    """``axes`` without ``C``, and each ``per_axis`` sequence (a scale, units, a shape;
+    None stays None) without the entry of ``C``: the geometry of a channel's label image.
+
+    >>> drop_channel("TCYX", (2.0, 1.0, 0.1, 0.1), None)
+    ('TYX', (2.0, 0.1, 0.1), None)
+    """
+    keep = [i for i, a in enumerate(axes) if a != "C"]
+    return ("".join(axes[i] for i in keep),
+            *(None if v is None else tuple(v[i] for i in keep if i < len(v)) for v in per_axis))
 
 
 def array_kwargs(version: str, axes: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import ome
 from ._version import __version__
+from .axes import canonical_order
 from .config import InferConfig
 from .errors import ConfigError, InputError, ModelError, OutputError
 from .io import TIFF_SUFFIXES, cast_output
@@ -119,17 +120,17 @@ class Plan:
     source : Source
     selection : Selection
     axes : str
-        Output axes (the input's).
+        Output axes: the input's, in T, C, Z, Y, X order (OME-NGFF's).
     shape, chunks : tuple of int
         Output shape and chunk shape (1 along every axis but Y and X).
     plane_shape : tuple of int
         Output sizes of the axes other than Y and X (planes = their product).
     plane_sources : tuple of sequences of int
-        Per non-YX axis, the source index of each output index (a ``range`` where the
-        selection is evenly spaced, so the plan every task carries stays a few hundred
-        bytes for any number of time points).
+        Per non-YX output axis, the source index of each output index (a ``range``
+        where the selection is evenly spaced, so the plan every task carries stays a
+        few hundred bytes for any number of time points).
     channel_axis : int or None
-        Position of ``C`` among the non-YX axes.
+        Position of ``C`` among the non-YX output axes.
     grid : (int, int)
         Chunks along Y and X.
     windows : Windows
@@ -141,6 +142,16 @@ class Plan:
         Risk/normalisation patch side.
     itemsize : int
         Bytes per input pixel.
+    out_itemsize : int
+        Bytes per output pixel.
+    order : tuple of int
+        Per output axis, the input axis it is read from (:func:`asn2n_dask.axes.canonical_order`;
+        empty: the same order).  Tasks read their region of the input as stored and
+        only the order of the index changes: the input is never transposed.
+    labels : tuple of str
+        The risk label images in the output's ``labels`` group, one per output channel
+        (``risk-<channel>``, over the output axes without ``C``), or ``("risk",)`` for
+        an output without ``C`` (:func:`asn2n_dask.ome.channel_label_names`).
     """
 
     source: Source
@@ -157,6 +168,8 @@ class Plan:
     patch: int
     itemsize: int
     out_itemsize: int = 4
+    order: tuple[int, ...] = ()
+    labels: tuple[str, ...] = ("risk",)
 
     @property
     def n_planes(self) -> int:
@@ -201,11 +214,23 @@ class Plan:
                              "--chunks.")
 
     def plane_index(self, p: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-        """Output index, source index (non-YX axes) and channel of plane ``p``."""
+        """Output index (non-YX output axes), source index (non-YX input axes, in the
+        input's order) and output channel of plane ``p``."""
         out = tuple(int(i) for i in np.unravel_index(p, self.plane_shape)) if self.plane_shape else ()
-        src = tuple(self.plane_sources[a][i] for a, i in enumerate(out))
+        src = [0] * len(out)
+        for a, i in enumerate(out):
+            src[self.order[a] if self.order else a] = int(self.plane_sources[a][i])
         c = out[self.channel_axis] if self.channel_axis is not None else 0
-        return out, src, c
+        return out, tuple(src), c
+
+    @property
+    def label_axes(self) -> str:
+        """Axes of a risk label image: the output's without ``C``."""
+        return str(ome.drop_channel(self.axes)[0])
+
+    def label_index(self, out: tuple[int, ...]) -> tuple[int, ...]:
+        """The index of a label image from an output index (``C``'s entry dropped)."""
+        return tuple(i for a, i in enumerate(out) if a != self.channel_axis)
 
     def bytes_read(self) -> int:
         ry, rx = self._reads()
@@ -231,11 +256,13 @@ class Plan:
 
         hy, hx = self.halo
         gib = 1024**3
+        reordered = "" if self.axes == self.source.axes else f" (the input's {self.source.axes} in OME order)"
         lines = [
             f"input      {self.source.path} ({self.source.kind}, axes {self.source.axes}, shape "
             f"{self.source.shape}, chunks {self.source.chunks}, {self.source.dtype})",
             f"selection  {json.dumps(self.selection.to_dict())}",
-            f"output     axes {self.axes}, shape {self.shape}, chunks {self.chunks}",
+            f"output     axes {self.axes}{reordered}, shape {self.shape}, chunks {self.chunks}",
+            f"labels     {', '.join('labels/' + n for n in self.labels)} (axes {self.label_axes})",
             f"tiles      {self.infer.tile} px at {self.infer.overlap:.0%} overlap (stride {self.infer.stride}), "
             f"{self.infer.blend} blending, anchored to the frame origin",
             f"halo       {hy} px (Y), {hx} px (X): tiles overlapping a chunk plus one {self.patch}-px "
@@ -254,7 +281,8 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         hy, hx = self.halo
-        return {"input": self.source.path, "axes": self.axes, "shape": list(self.shape), "chunks": list(self.chunks),
+        return {"input": self.source.path, "input_axes": self.source.axes, "axes": self.axes,
+                "labels": list(self.labels), "shape": list(self.shape), "chunks": list(self.chunks),
                 "halo": [hy, hx], "tasks": self.n_tasks, "bytes_read": self.bytes_read(),
                 "bytes_written": self.bytes_written(), "peak_task_bytes": self.peak_task_bytes(),
                 "selection": self.selection.to_dict()}
@@ -401,15 +429,20 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
               patch: int = 64, out_itemsize: int = 4) -> Plan:
     """Plan a run: output chunks and, for each, the region it reads.
 
+    The output holds the input's axes in T, C, Z, Y, X order (an ImageJ hyperstack's
+    TZCYX gives TCZYX): each task reads its own region of the input as stored, the
+    plan only reorders the index.
+
     Raises
     ------
     InputError
-        Frames smaller than 4x4 pixels.
+        Frames smaller than 4x4 pixels, or an axis that is not T, C, Z, Y or X.
     """
     check_source(source)
-    if not (set(source.axes) <= set(OME_ORDER) and list(source.axes) == sorted(source.axes, key=OME_ORDER.index)):
-        raise InputError(f"{source.path} has axes {source.axes}; OME-Zarr output needs axes from T, C, Z, Y, X in "
-                         "that order (name them with --axes, or reorder the data).")
+    if not set(source.axes) <= set(OME_ORDER):
+        raise InputError(f"{source.path} has axes {source.axes}; OME-Zarr output needs every axis named T, C, Z, Y "
+                         "or X (name the others with --axes).")
+    order = canonical_order(source.axes, OME_ORDER)
     h, w = source.frame_shape
     from .blend import check_tile_frame
 
@@ -418,18 +451,30 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
         raise ConfigError(f"--chunks {options.chunks[0]}x{options.chunks[1]} is too small: chunks must be at least "
                           f"{MIN_CHUNK} pixels (or the frame's {h}x{w}) along Y and X, each task reading tiles and a "
                           "normalisation patch around its chunk; use 1024 or more.")
-    idx = selection.indices(source)
+    axes = "".join(source.axes[i] for i in order)
+    kept = selection.indices(source)  # per input axis
+    idx = [kept[i] for i in order]
     shape = tuple(len(i) for i in idx)
     cy, cx = options.chunks or (_default_chunk(source.chunks[-2], h), _default_chunk(source.chunks[-1], w))
     cy, cx = min(cy, h), min(cx, w)
     chunks = (1,) * (len(shape) - 2) + (cy, cx)
     windows = Windows((h, w), (cy, cx))
-    non_yx = source.axes[:-2]
-    return Plan(source=source, selection=selection, axes=source.axes, shape=shape, chunks=chunks,
+    non_yx = axes[:-2]
+    c_ax = non_yx.index("C") if "C" in non_yx else None
+    labels = ome.channel_label_names("risk", None if c_ax is None else channel_labels(source, idx[c_ax]))
+    return Plan(source=source, selection=selection, axes=axes, shape=shape, chunks=chunks,
                 plane_shape=shape[:-2], plane_sources=tuple(_compact(i) for i in idx[:-2]),
-                channel_axis=non_yx.index("C") if "C" in non_yx else None, grid=windows.grid, windows=windows,
+                channel_axis=c_ax, grid=windows.grid, windows=windows,
                 infer=options.infer, patch=patch, itemsize=np.dtype(source.dtype).itemsize,
-                out_itemsize=out_itemsize)
+                out_itemsize=out_itemsize, order=order if order != tuple(range(len(order))) else (),
+                labels=tuple(labels))
+
+
+def channel_labels(source: Source, channels: Sequence[int]) -> list[str]:
+    """The output's name of each selected channel (source indices): the input's channel
+    name, else the source index."""
+    names = source.meta.channel_names
+    return [names[int(i)] if names else str(int(i)) for i in channels]
 
 
 # ------------------------------------------------------------------ worker side
@@ -480,11 +525,12 @@ def _model(spec: RunSpec) -> Any:
         return _MODELS[key]
 
 
-def _open_outputs(path: str) -> tuple[Any, Any]:
+def _open_outputs(path: str, label: str) -> tuple[Any, Any]:
+    """Level 0 of the output image and of the risk label image ``label``."""
     import zarr
 
     root = zarr.open_group(path, mode="r+")
-    return root["0"], root["labels/risk/0"]
+    return root["0"], root[f"labels/{label}/0"]
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -511,12 +557,13 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     out_idx, src_idx, c = plan.plane_index(p)
     y0, y1, x0, x1 = wp.window
     where = out_idx + (slice(y0, y1), slice(x0, x1))
+    label_where = plan.label_index(out_idx) + (slice(y0, y1), slice(x0, x1))
     rec = _record_path(spec.output, p, iy, ix)
-    out_arr, risk_arr = _open_outputs(spec.output)
+    out_arr, risk_arr = _open_outputs(spec.output, plan.labels[c])
     if rec.is_file():
         try:
             want = json.loads(rec.read_text())["sha256"]
-            if _digest(out_arr[where], risk_arr[where]) == want:
+            if _digest(out_arr[where], risk_arr[label_where]) == want:
                 return SKIPPED
         except Exception:  # unreadable record or chunk: recompute it
             pass
@@ -535,7 +582,7 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     data = cast_output(out, plan.source.dtype) if spec.dtype == "input" else out
     labels = risk.astype(np.uint8)
     out_arr[where] = data
-    risk_arr[where] = labels
+    risk_arr[label_where] = labels
     rec.parent.mkdir(exist_ok=True)
     tmp = rec.with_name(f"{rec.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps({"sha256": _digest(data.astype(out_arr.dtype), labels), "time": time.time()}))
@@ -680,11 +727,27 @@ def selection_stats(sources: Sequence[Source], selections: Sequence[Selection], 
             raise InputError(str(e) if str(e).startswith(sources[0].path) else f"{sources[0].path}: {e}") from None
 
 
+def _in_output_order(plan: Plan, values: Sequence[Any] | None) -> tuple[Any, ...] | None:
+    """Per-axis ``values`` of the input (a scale, units) in the output's axis order."""
+    if values is None or not plan.order:
+        return None if values is None else tuple(values)
+    return tuple(values[i] for i in plan.order)
+
+
 def _scale(plan: Plan) -> tuple[float, ...] | None:
-    """The input's pixel scale when usable (:func:`asn2n_dask.io.usable_scale`), else None."""
+    """The input's pixel scale when usable (:func:`asn2n_dask.io.usable_scale`), else
+    None; in the output's axis order."""
     from .io import usable_scale
 
-    return usable_scale(plan.source.meta.scale, len(plan.axes), plan.source.path)
+    return _in_output_order(plan, usable_scale(plan.source.meta.scale, len(plan.source.axes), plan.source.path))
+
+
+def _units(plan: Plan) -> tuple[str | None, ...] | None:
+    """The input's units per axis, in the output's axis order (None where unknown)."""
+    units = plan.source.meta.units
+    if units is None or len(units) != len(plan.source.axes):
+        return None
+    return _in_output_order(plan, units)
 
 
 def pyramid_levels(plan: Plan, extra: int) -> int:
@@ -779,78 +842,83 @@ def _create_output(output: Path, plan: Plan, parts: dict[str, Any], options: Run
     zf: Literal[2, 3] = 2 if options.ome == "0.4" else 3
     job = {**provenance, "status": "running", "fingerprint": fp, "job": parts}
     root: Any = zarr.open_group(str(output), mode="w", zarr_format=zf, attributes={"asn2n": job})
-    level = ome.array_kwargs(options.ome, plan.axes)
     dtype = plan.source.dtype if options.dtype == "input" else "float32"
-    root.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype=dtype, **level)
+    root.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype=dtype,
+                      **ome.array_kwargs(options.ome, plan.axes))
     labels = root.create_group("labels")
-    risk = labels.create_group("risk")
-    risk.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype="uint8", **level)
+    _, shape, chunks = ome.drop_channel(plan.axes, plan.shape, plan.chunks)
+    for name in plan.labels:  # one per channel, without C: viewers align it with its channel's image layer
+        labels.create_group(name).create_array("0", shape=shape, chunks=chunks, dtype="uint8",
+                                               **ome.array_kwargs(options.ome, plan.label_axes))
     (output / PROGRESS_DIR).mkdir(exist_ok=True)
     return False
 
 
 _COLOURS = ("00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF")
-#: Classes of the ``labels/risk`` image: name and display colour per label value.
+#: Classes of the risk label images: name and display colour per label value.
 RISK_CLASSES = {WEAK_BACKGROUND: ("weak background", (0, 120, 255, 160)),
                 SPARSE_BRIGHT: ("sparse bright", (255, 150, 0, 160))}
 
 
 def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> None:
     """After every chunk is recorded: the pyramid levels of the image and of its risk
-    labels (the same levels, shapes and scales), then the OME metadata, and last the
-    status that presents the output as complete.  Each step may be redone: a run
-    stopped here is finished by running the same command again."""
+    label images (the same levels, shapes and scales, less ``C``), then the OME
+    metadata, and last the status that presents the output as complete.  Each step may
+    be redone: a run stopped here is finished by running the same command again."""
     import zarr
 
     root: Any = zarr.open_group(str(output), mode="r+")
     levels = pyramid_levels(plan, options.pyramid)
-    level = ome.array_kwargs(options.ome, plan.axes)
+    # (group, axes, chunks, 2x2 reduction) of the image and of each label image
+    images = [(root, plan.axes, plan.chunks, ome.block_mean)]
+    _, label_chunks = ome.drop_channel(plan.axes, plan.chunks)
+    images += [(root[f"labels/{name}"], plan.label_axes, label_chunks, ome.block_mode) for name in plan.labels]
     if options.ome == "0.4":  # level 0 of a run begun before its arrays' dimensions were named
-        for arr in (root["0"], root["labels/risk/0"]):
-            arr.attrs.update(level["attributes"])
+        for group, axes, _, _ in images:
+            group["0"].attrs.update(ome.array_kwargs(options.ome, axes)["attributes"])
     if levels > 1:
         import dask.array as da
 
-        prev, prev_lab = root["0"], root["labels/risk/0"]
         for lv in range(1, levels):
-            src, lab = da.from_zarr(prev), da.from_zarr(prev_lab)
-            factors = {i: (2 if a in "YX" and src.shape[i] >= 2 else 1) for i, a in enumerate(plan.axes)}
-            small = da.coarsen(ome.block_mean, src, factors, trim_excess=True).astype(prev.dtype)
-            small_lab = da.coarsen(ome.block_mode, lab, factors, trim_excess=True).astype(prev_lab.dtype)
-            level_chunks = tuple(min(c, s) for c, s in zip(plan.chunks, small.shape))
-            arr = root.create_array(str(lv), shape=small.shape, chunks=level_chunks, dtype=prev.dtype,
-                                    overwrite=True, **level)
-            arr_lab = root["labels/risk"].create_array(str(lv), shape=small.shape, chunks=level_chunks,
-                                                       dtype=prev_lab.dtype, overwrite=True, **level)
-            targets = [small.rechunk(arr.chunks), small_lab.rechunk(arr_lab.chunks)]
+            sources, targets = [], []
+            for group, axes, chunks, reduce in images:
+                prev = group[str(lv - 1)]
+                src = da.from_zarr(prev)
+                factors = {i: (2 if a in "YX" and src.shape[i] >= 2 else 1) for i, a in enumerate(axes)}
+                small = da.coarsen(reduce, src, factors, trim_excess=True).astype(prev.dtype)
+                arr = group.create_array(str(lv), shape=small.shape, dtype=prev.dtype, overwrite=True,
+                                         chunks=tuple(min(c, n) for c, n in zip(chunks, small.shape)),
+                                         **ome.array_kwargs(options.ome, axes))
+                sources.append(small.rechunk(arr.chunks))
+                targets.append(arr)
             if client is not None and not isinstance(client, str):
-                da.store(targets, [arr, arr_lab], lock=False, scheduler=client)
+                da.store(sources, targets, lock=False, scheduler=client)
             else:
-                da.store(targets, [arr, arr_lab], lock=False, scheduler="synchronous" if client == "sync" else None)
-            prev, prev_lab = arr, arr_lab
-    names = plan.source.meta.channel_names
+                da.store(sources, targets, lock=False, scheduler="synchronous" if client == "sync" else None)
     chans: list[dict[str, Any]] = []
     if plan.channel_axis is not None:  # channel names, colours and display windows for viewers (napari-ome-zarr)
-        sel = plan.plane_sources[plan.channel_axis]
         stats = (dict(root.attrs).get("asn2n") or {}).get("stats") or []
-        for k, i in enumerate(sel):
-            ch: dict[str, Any] = {"label": names[i] if names else str(int(i)), "active": True,
-                                  "color": _COLOURS[k % len(_COLOURS)]}
+        names = channel_labels(plan.source, plan.plane_sources[plan.channel_axis])
+        for k, name in enumerate(names):
+            ch: dict[str, Any] = {"label": name, "active": True, "color": _COLOURS[k % len(_COLOURS)]}
             if k < len(stats):
                 st = stats[k]
                 ch["window"] = {"start": st["norm"]["lo"], "end": st["norm"]["hi"], "min": st["minimum"],
                                 "max": st["maximum"]}
             chans.append(ch)
-    geometry: dict[str, Any] = {"levels": levels, "scale": _scale(plan), "units": plan.source.meta.units}
-    root["labels"].attrs.update(ome.labels_attrs(options.ome, ["risk"]))
-    root["labels/risk"].attrs.update(ome.label_attrs(options.ome, plan.axes, name="risk", classes=RISK_CLASSES,
-                                                     **geometry))
+    scale, units = _scale(plan), _units(plan)
+    _, label_scale, label_units = ome.drop_channel(plan.axes, scale, units)
+    root["labels"].attrs.update(ome.labels_attrs(options.ome, list(plan.labels)))
+    for name in plan.labels:
+        root[f"labels/{name}"].attrs.update(ome.label_attrs(options.ome, plan.label_axes, name=name,
+                                                            classes=RISK_CLASSES, levels=levels, scale=label_scale,
+                                                            units=label_units))
     # last: the image metadata and the status that present the output as complete
     attrs = dict(root.attrs)
     asn: dict[str, Any] = dict(attrs.get("asn2n", {}))  # type: ignore[arg-type]
     asn["status"] = "complete"
-    root.attrs.update({**ome.image_attrs(options.ome, plan.axes, name="denoised", channels=chans, **geometry),
-                       "asn2n": asn})
+    root.attrs.update({**ome.image_attrs(options.ome, plan.axes, name="denoised", channels=chans, levels=levels,
+                                         scale=scale, units=units), "asn2n": asn})
 
 
 @contextlib.contextmanager
@@ -975,6 +1043,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
                       "dtype": source.dtype, "axes": source.axes},
             "selection": selection.to_dict(),
+            "output_axes": plan.axes,
+            "labels": list(plan.labels),
             "model_sha256": msha,
             "infer": options.infer.to_dict(),
             "chunks": list(plan.chunks),
@@ -1006,7 +1076,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             if note:
                 echo(note)
             prov = {"input_missing_chunks": gaps,
-                    "package": "asn2n-dask", "version": __version__, "input": source.path, "model": str(model_dir),
+                    "package": "asn2n-dask", "version": __version__, "input": source.path, "input_axes": source.axes,
+                    "output_axes": plan.axes, "model": str(model_dir),
                     "model_sha256": msha, "norm": model.train.norm.to_dict(),
                     "risk_estimators": [ch.risk_estimator for ch in model.channels], "infer": options.infer.to_dict(),
                     "stats": [s.to_dict() for s in stats], "channel_map": list(cmap), **(extra or {})}

@@ -72,20 +72,20 @@ class _Pair:
     t0: int  # output time 0 -> input time t0
     names: list[str]
     stats: list[dict[str, Any]] = field(default_factory=list)
-    labels: Any = None  # the output's risk label array, when it has one
+    labels: list[Any] | None = None  # the output's risk labels per channel (axes without C), when it has them
     attrs: dict[str, Any] = field(default_factory=dict)
     thresholds: Any = None  # RiskThresholds for recomputed risk labels
     estimators: list[str] | None = None  # the model's risk estimator per channel
 
     def in_index(self, out_index: tuple[int, ...]) -> tuple[int, ...]:
-        idx = []
-        for a, i in zip(self.den.axes[:-2], out_index):
-            idx.append(self.channels[i] if a == "C" else (self.t0 + i if a == "T" else i))
-        return tuple(idx)
+        """The input's index (its axes, in its order) of an output index."""
+        idx = {a: (self.channels[i] if a == "C" else (self.t0 + i if a == "T" else i))
+               for a, i in zip(self.den.axes[:-2], out_index)}
+        return tuple(idx[a] for a in self.raw.axes[:-2])
 
 
 def _pair(raw: Source, den: Source) -> _Pair:
-    if raw.axes != den.axes:
+    if sorted(raw.axes) != sorted(den.axes) or raw.axes[-2:] != den.axes[-2:]:
         raise InputError(f"the denoised image has axes {den.axes} but the input has {raw.axes}; give the input "
                          "the output was made from.")
     if raw.frame_shape != den.frame_shape:
@@ -107,21 +107,17 @@ def _pair(raw: Source, den: Source) -> _Pair:
         expected[raw.axes.index("C")] = len(channels)
     if "T" in raw.axes and sel.get("time"):
         expected[raw.axes.index("T")] = int(sel["time"][1]) - t0
+    expected = [expected[raw.axes.index(a)] for a in den.axes]  # a .zarr output holds the axes in TCZYX order
     if tuple(expected) != den.shape or len(channels) != nc_out:
         raise InputError(f"the denoised image has shape {den.shape} but the input gives {tuple(expected)}; give "
                          "the input the output was made from.")
     raw_names = list(raw.meta.channel_names or [])
     names = list(den.meta.channel_names or []) or [raw_names[c] if c < len(raw_names) else str(c) for c in channels]
-    labels: Any = None
+    labels = None  # none (not an asn2n output): risk is recomputed from the input
     if den.kind in ("zarr", "ome-zarr"):
-        import zarr
+        from .io import risk_labels
 
-        try:
-            labels = zarr.open_group(den.path, mode="r")["labels/risk/0"]
-        except Exception:  # not an asn2n output: risk is recomputed from the input
-            labels = None
-        if labels is not None and tuple(labels.shape) != den.shape:
-            labels = None
+        labels = risk_labels(den.path, den.axes, den.shape)
     stats = [s for s in job.get("stats") or [] if isinstance(s, dict)]
     from .config import RiskThresholds
 
@@ -185,7 +181,9 @@ def _risk_labels(pair: _Pair, ref: FrameRef, raw: NDArray[np.float64], window: t
     """Risk class per pixel: the output's label image, or computed from the input (with
     the model's risk options when the model is given)."""
     if pair.labels is not None:
-        return np.asarray(pair.labels[ref.out_index + window])
+        c = pair.den.axes.find("C")
+        index = tuple(i for a, i in enumerate(ref.out_index) if a != c)  # a label image has no C axis
+        return np.asarray(pair.labels[ref.channel][index + window])
     from dataclasses import replace
 
     from .risk import assess_risk

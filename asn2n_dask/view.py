@@ -39,25 +39,30 @@ class Layer:
     kwargs: dict[str, Any]
 
 
-def _scale(src: Source, drop: str = "C") -> tuple[float, ...]:
-    """Pixel sizes per axis (OME scale, else 1), without the channel axis."""
+def _scale(src: Source, axes: str | None = None, drop: str = "C") -> tuple[float, ...]:
+    """Pixel sizes per axis (OME scale, else 1) in the order of ``axes`` (default:
+    the source's), without the channel axis."""
     sc = src.meta.scale if src.meta.scale and len(src.meta.scale) == len(src.axes) else (1.0,) * len(src.axes)
-    return tuple(float(v) for a, v in zip(src.axes, sc) if a not in drop)
+    size = dict(zip(src.axes, sc))
+    return tuple(float(size[a]) for a in (axes or src.axes) if a not in drop)
 
 
 def _image(src: Source, name: str, names: list[str], limits: list[tuple[float, float]] | None,
-           selection: dict[str, Any] | None = None) -> Layer:
-    import dask.array as da
-
-    data = src.to_xarray().data  # lazy, in storage chunks, whatever array type the source opens as
+           selection: dict[str, Any] | None = None, axes: str | None = None) -> Layer:
+    """The layer of an image, its ``selection`` (channels, time range) taken and its
+    axes put in the order of ``axes`` (the output's: an input stored as TZCYX shows as
+    TCZYX), lazily."""
+    xa = src.to_xarray()  # lazy, in storage chunks, whatever array type the source opens as
     sel = selection or {}
     if sel.get("channels") is not None and "C" in src.axes:
-        data = da.take(data, list(sel["channels"]), axis=src.axes.index("C"))
+        xa = xa.isel(c=list(sel["channels"]))
     if sel.get("time") is not None and "T" in src.axes:
-        data = da.take(data, list(range(*sel["time"])), axis=src.axes.index("T"))
-    kw: dict[str, Any] = {"scale": _scale(src), "blending": "additive"}
-    if "C" in src.axes:
-        kw["channel_axis"] = src.axes.index("C")
+        xa = xa.isel(t=list(range(*sel["time"])))
+    order = axes or src.axes
+    data = xa.transpose(*[a.lower() for a in order]).data
+    kw: dict[str, Any] = {"scale": _scale(src, order), "blending": "additive"}
+    if "C" in order:
+        kw["channel_axis"] = order.index("C")
         kw["name"] = [f"{name} {n}" for n in names]
         if limits:
             kw["contrast_limits"] = limits
@@ -71,9 +76,10 @@ def _image(src: Source, name: str, names: list[str], limits: list[tuple[float, f
 
 
 def napari_layers(output: str | os.PathLike[str], input: str | os.PathLike[str] | None = None) -> list[Layer]:
-    """Layers of a denoised output: the input (if found), the denoised image per
-    channel, and the risk labels per channel, with the output's axes scale and channel
-    names, contrast limits from the run's channel statistics.
+    """Layers of a denoised output: the input (if found, in the output's axis order),
+    the denoised image per channel, and the risk labels per channel (the output's
+    label image of each channel), with the output's axes scale and channel names,
+    contrast limits from the run's channel statistics.
 
     Raises
     ------
@@ -82,14 +88,14 @@ def napari_layers(output: str | os.PathLike[str], input: str | os.PathLike[str] 
     """
     import zarr
 
+    from .io import risk_labels
+
     out = Path(output)
     den = open_source(out)
-    try:
-        root = zarr.open_group(str(out), mode="r")
-        asn: dict[str, Any] = dict(root.attrs).get("asn2n") or {}  # type: ignore[assignment]
-        labels: Any = root["labels/risk/0"]
-    except Exception:
-        raise InputError(f"{out} is not an OME-Zarr output of 'asn2n denoise' (no labels/risk image).") from None
+    labels = risk_labels(out, den.axes, den.shape)
+    if labels is None:
+        raise InputError(f"{out} is not an OME-Zarr output of 'asn2n denoise' (no risk label images).")
+    asn: dict[str, Any] = dict(zarr.open_group(str(out), mode="r").attrs).get("asn2n") or {}  # type: ignore[assignment]
     names = list(den.meta.channel_names or []) or [str(c) for c in range(den.shape[den.axes.index("C")])] \
         if "C" in den.axes else ["0"]
     job: dict[str, Any] = asn.get("job") or {}
@@ -99,21 +105,19 @@ def napari_layers(output: str | os.PathLike[str], input: str | os.PathLike[str] 
     raw_path = Path(input) if input is not None else Path(str((job.get("input") or {}).get("path", "")))
     if input is not None or (str(raw_path) not in ("", ".") and raw_path.exists()):
         raw = open_source(raw_path)
-        try:
-            layer = _image(raw, "input", names, limits, None if raw.shape == den.shape else job.get("selection"))
-        except IndexError:  # the selection does not fit this input
-            layer = Layer("image", np.empty((0,)), {})
+        layer = Layer("image", np.empty((0,)), {})
+        if sorted(raw.axes) == sorted(den.axes):
+            whole = tuple(raw.shape[raw.axes.index(a)] for a in den.axes) == den.shape  # the selection itself
+            try:
+                layer = _image(raw, "input", names, limits, None if whole else job.get("selection"), axes=den.axes)
+            except IndexError:  # the selection does not fit this input
+                pass
         if tuple(layer.data.shape) != den.shape:
-            raise InputError(f"the input {raw_path} (shape {raw.shape}) is not the one {out} was made from "
-                             f"(shape {den.shape}).")
+            raise InputError(f"the input {raw_path} (axes {raw.axes}, shape {raw.shape}) is not the one {out} was "
+                             f"made from (axes {den.axes}, shape {den.shape}).")
         layers.append(layer)
     layers.append(_image(den, "denoised", names, limits))
-    import dask.array as da
-
-    lab = da.from_zarr(labels)
-    c = den.axes.index("C") if "C" in den.axes else None
-    for i, n in enumerate(names):
-        data = lab if c is None else da.take(lab, i, axis=c)
+    for n, data in zip(names, labels):
         layers.append(Layer("labels", data, {"name": f"risk {n}", "scale": _scale(den),
                                              "opacity": 0.4, "visible": False}))
     return layers

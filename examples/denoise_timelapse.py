@@ -4,7 +4,7 @@
 
 Makes a small synthetic (t, c, y, x) time-lapse Zarr (replace it with your own store),
 trains one network per channel on patches read lazily from it, denoises the whole store on an
-embedded Dask cluster into OME-Zarr (with a risk label image), writes an HTML report
+embedded Dask cluster into OME-Zarr (with a risk label image per channel), writes an HTML report
 on the result, and prints where things are.  Run it twice: the second run finds the
 output complete and does nothing.
 """
@@ -45,7 +45,8 @@ def main(out: Path, frames: int, size: int, steps: int, workers: int | None) -> 
     summary = denoise(str(src), str(result), model=str(model_dir), config=InferConfig(tile=64), workers=workers)
     print(f"input:    {src} {noisy.shape} {noisy.dtype}")
     print(f"output:   {result} ({summary.computed} chunks computed, {summary.skipped} already done)")
-    print(f"risk map: {result}/labels/risk")
+    risk = zarr.open_group(str(result), mode="r")["labels"].attrs["ome"]["labels"]  # one per channel
+    print(f"risk map: {', '.join(f'{result}/labels/{name}' for name in risk)}")
     make_report(src, result, out / "report", model_dir=model_dir, overwrite=True)
     print(f"report:   {out / 'report' / 'report.html'} (open it in a browser)")
     return result

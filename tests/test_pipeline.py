@@ -46,8 +46,13 @@ def run(d: Path, out: str, **kw):
 
 
 def output(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    root = zarr.open_group(str(path), mode="r")
-    return root["0"][...], root["labels/risk/0"][...]
+    """The denoised image and its risk labels, the channels' label images stacked along C."""
+    from asn2n_dask.io import risk_labels
+
+    src = open_source(path)
+    labels = [np.asarray(a) for a in risk_labels(path, src.axes, src.shape)]
+    risk = np.stack(labels, axis=src.axes.index("C")) if "C" in src.axes else labels[0]
+    return zarr.open_group(str(path), mode="r")["0"][...], risk
 
 
 def test_output_does_not_depend_on_the_chunking_and_equals_the_in_memory_core(data):
@@ -69,7 +74,9 @@ def test_every_voxel_is_written_exactly_once_and_the_halo_never(data, monkeypatc
     d, frames, _ = data
     import asn2n_dask.pipeline as pl
 
-    counts = {"0": np.zeros(frames.shape, int), "risk": np.zeros(frames.shape, int)}
+    one_channel = frames.shape[:1] + frames.shape[2:]
+    counts = {"0": np.zeros(frames.shape, int), "risk-0": np.zeros(one_channel, int),
+              "risk-1": np.zeros(one_channel, int)}
     real = pl._open_outputs
 
     class Counting:
@@ -87,10 +94,11 @@ def test_every_voxel_is_written_exactly_once_and_the_halo_never(data, monkeypatc
         def dtype(self):
             return self.arr.dtype
 
-    monkeypatch.setattr(pl, "_open_outputs", lambda p: tuple(Counting(a, n) for a, n in zip(real(p), counts)))
+    monkeypatch.setattr(pl, "_open_outputs", lambda p, label: tuple(Counting(a, n) for a, n in zip(real(p, label),
+                                                                                                    ("0", label))))
     s = run(d, "once.zarr", chunks=(40, 50))
     assert s.computed == s.tasks == 2 * 2 * 4 * 4
-    assert (counts["0"] == 1).all() and (counts["risk"] == 1).all()
+    assert all((n == 1).all() for n in counts.values())  # the image, and each channel's label image
     assert len(list((d / "once.zarr" / PROGRESS_DIR).glob("*.json"))) == s.tasks
 
 
@@ -146,8 +154,10 @@ def test_ome_metadata_round_trip_in_zarr_v2_and_v3(data, tmp_path, ome):
     assert [ds["path"] for ds in ms["datasets"]] == ["0", "1"]
     assert root["1"].shape == (2, 2, 75, 85)
     assert attrs["asn2n"]["status"] == "complete" and attrs["asn2n"]["stats"]
-    labels = dict(root["labels/risk"].attrs)
-    assert "image-label" in (labels["ome"] if ome == "0.5" else labels)
+    for name in ("risk-er", "risk-mito"):  # one label image per channel, named after it
+        labels = dict(root[f"labels/{name}"].attrs)
+        assert "image-label" in (labels["ome"] if ome == "0.5" else labels)
+        assert root[f"labels/{name}/1"].shape == (2, 75, 85)
 
 
 def test_zarr_v2_and_tiff_inputs(data, tmp_path):
@@ -346,7 +356,7 @@ def test_a_full_disk_stops_with_one_sentence_keeps_true_records_and_resumes_iden
         def dtype(self):
             return self.arr.dtype
 
-    monkeypatch.setattr(pl, "_open_outputs", lambda path: tuple(Full(a) for a in real(path)))
+    monkeypatch.setattr(pl, "_open_outputs", lambda path, label: tuple(Full(a) for a in real(path, label)))
     out = tmp_path / "full.zarr"
     with pytest.raises(OutputError, match="disk holding .* is full"):
         run(d, str(out), chunks=(64, 64))

@@ -275,7 +275,7 @@ def test_napari_layers_of_an_output_with_its_input_selection(zarr_run):
     np.testing.assert_array_equal(np.asarray(out.data), den["0"][...])
     assert raw.kwargs["channel_axis"] == out.kwargs["channel_axis"] == 1
     assert out.kwargs["scale"] == (1.0, 1.0, 1.0) and len(out.kwargs["contrast_limits"]) == 1
-    np.testing.assert_array_equal(np.asarray(risk.data), den["labels/risk/0"][:, 0])
+    np.testing.assert_array_equal(np.asarray(risk.data), den["labels/risk-1/0"][...])  # channel 1's label image
     with pytest.raises(InputError, match="is not the one"):
         napari_layers(d / "out.zarr", input=_other_zarr(d))
 
@@ -338,7 +338,9 @@ def test_the_output_opens_in_napari_with_channel_names_scale_and_risk_labels(zar
     assert kw["channel_axis"] == 1 and kw["name"] == ["denoised: 1"] and list(kw["scale"]) == [1.0, 1.0, 1.0]
     assert kw["contrast_limits"][0][1] > kw["contrast_limits"][0][0]  # the run's display window
     assert tuple(data[0].shape) == (3, 1, 96, 110)
-    assert tuple(kinds["labels"][0][0].shape) == (3, 1, 96, 110)
+    label_data, label_kw = kinds["labels"]
+    assert tuple(label_data[0].shape) == (3, 96, 110)  # channel 1's label image: the image layer's axes
+    assert label_kw["name"].endswith("/risk-1") and list(label_kw["scale"]) == [1.0, 1.0, 1.0]
     with warnings.catch_warnings():  # napari's own deprecation warnings
         warnings.simplefilter("ignore")
         viewer = components.ViewerModel()
