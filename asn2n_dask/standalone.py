@@ -8,7 +8,9 @@ package computes for one frame (:func:`asn2n_dask.predict.denoise_frame` with st
 of that frame alone, :func:`asn2n_dask.stats.channel_stats`):
 
 1. the frame's statistics: minimum, maximum and the normalisation, clip and floor
-   percentiles (numpy's linear interpolation; exact, from a sort);
+   percentiles (numpy's linear interpolation, exactly, from a sort; the package reads
+   them from histograms, exactly for 8- and 16-bit data and to within 2**-32 of the
+   range otherwise);
 2. risk classes of every patch (:mod:`asn2n_dask.risk`) on the channel's resolved risk
    estimator;
 3. per-patch normalisation ranges (``adaptive``, ``local`` or ``global``,

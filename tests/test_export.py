@@ -183,6 +183,17 @@ def test_test_input_without_training_file_is_synthetic_on_the_trained_range():
     assert np.isclose(frames.min(), st.lo) and np.isclose(frames.max(), st.hi)
 
 
+def test_test_input_is_a_crop_of_the_training_file_while_it_can_be_read(trained):
+    d, pixels = trained
+    model = load_model(d / "m")
+    frames, where = _training_frames(model, [1], 64)
+    np.testing.assert_array_equal(frames, pixels[1:, 16:80, 24:88])  # the centre 64x64 of channel 1
+    assert where == "train.tif"
+    gone = replace(model, info={**model.info, "inputs": [str(d / "moved.tif")]})
+    frames, where = _training_frames(gone, [1], 64)
+    assert frames is None and "moved.tif, which cannot be read" in where
+
+
 def test_cli_exports_one_channel_and_imports_it_back(trained, tmp_path):
     d, pixels = trained
     out = tmp_path / "mito.zip"
