@@ -52,10 +52,10 @@ log = logging.getLogger(__name__)
 
 #: The method's publications, cited by every package: (text, DOI, URL).
 CITATIONS = (
-    ("Qu, L. et al. Self-inspired learning for denoising live-cell super-resolution microscopy. Nature Methods "
-     "21, 1895-1908 (2024) (SN2N).", "10.1038/s41592-024-02400-9", None),
-    ("Adaptive-SN2N: risk-aware adaptive normalisation for self-inspired Noise2Noise denoising without "
-     "background artefacts (reference code).", None, "https://github.com/SR-Wiki/aSN2N"),
+    ("SN2N: Self-inspired learning for denoising live-cell super-resolution microscopy. Nature Methods (2024).",
+     "10.1038/s41592-024-02400-9", None),
+    ("Adaptive-SN2N (adaptive self-inspired Noise2Noise with risk-aware normalisation): the authors' reference "
+     "implementation, SR-Wiki/aSN2N.", None, "https://github.com/SR-Wiki/aSN2N"),
 )
 
 #: (relative, absolute as a fraction of the test output's range) agreement asked of the
@@ -183,13 +183,16 @@ def readme(model: Model, channels: Sequence[int], infer: InferConfig, *, name: s
     inputs = ", ".join("an in-memory array" if str(p) == "<array>" else Path(str(p)).name
                        for p in model.info.get("inputs", [])) or "not recorded"
     views = ("split into its two self-inspired twins, each" if infer.infer_on == "twins" else "the tile itself")
+    low = "minimum" if t.norm.low_percentile == 0 else f"{t.norm.low_percentile}th percentile"
+    unet = (f"{t.preset}: widths {'-'.join(str(w) for w in PRESETS[t.preset])}; {infer.tta} flipped/rotated "
+            f"cop{'ies' if infer.tta > 1 else 'y'}")
     cites = "\n".join(f"- {text} {'https://doi.org/' + doi if doi else url}" for text, doi, url in CITATIONS)
     return f"""# {name}
 
-Self-supervised denoising of fluorescence microscopy with **Adaptive-SN2N**, trained and
-exported with asn2n-dask (export by version {__version__}). It learns from
-the noisy data alone and does not paint structure into dark background. Intensities stay
-in the input's units (ADU, photons): nothing is rescaled to [0, 1].
+Self-supervised denoising of fluorescence microscopy with **Adaptive-SN2N**, trained with
+asn2n-dask and exported by asn2n-dask {__version__}. It learns from the noisy data alone and
+does not paint structure into dark background. Intensities stay in the input's units
+(ADU, photons): nothing is rescaled to [0, 1].
 
 ## What the network computes
 
@@ -198,18 +201,18 @@ with its architecture `{FILES['architecture']}`, which imports only torch) hold 
 `asn2n denoise` for one image, so no bioimage.io pre- or postprocessing is declared: each
 image (one batch entry of one channel) goes in and comes out in its own units.
 
-1. The image's statistics: minimum, maximum, the {t.norm.high_percentile}th percentile (normalisation
-   range from the {'minimum' if t.norm.low_percentile == 0 else f'{t.norm.low_percentile}th percentile'}),
-   the {t.norm.risk.clip_percentile}th and {t.norm.risk.floor_percentile}th percentiles (risk scale).
+1. The image's statistics: the normalisation range from its {low} to its
+   {t.norm.high_percentile}th percentile, and the risk scale from its minimum (noise-aware risk
+   estimator: its {t.norm.risk.floor_percentile}th percentile) to its {t.norm.risk.clip_percentile}th percentile.
 2. Risk classes of every {t.norm.risk.patch}x{t.norm.risk.patch} patch (weak background, sparse bright, safe)
    from its mean, standard deviation and skewness on that scale.
-3. A normalisation range per patch (table below: `adaptive` moves a safe patch towards
-   its own range by the share of it that its noise does not explain; risky patches keep
-   the image's range), interpolated bilinearly between patch centres.
-4. Tiles of {infer.tile} pixels every {infer.stride} pixels, anchored to the image and mirrored past its
-   edges; each tile normalised, {views} passed through the channel's U-Net ({t.preset}:
-   widths {'-'.join(str(w) for w in PRESETS[t.preset])}; {infer.tta} flipped/rotated
-   cop{'ies' if infer.tta > 1 else 'y'}), the results averaged.
+3. A normalisation range per patch, interpolated bilinearly between patch centres
+   (`adaptive` moves a safe patch from the image's range towards its own by the share of
+   its own that its noise does not explain, never narrower than the table's fraction of
+   the image's range: at 1, every patch takes the image's range; risky patches keep it).
+4. Tiles of {infer.tile} pixels every {infer.stride} pixels, anchored to the image and mirrored past
+   its edges; each tile normalised, {views} passed
+   through the channel's U-Net ({unet}), the results averaged.
 5. {infer.blend.capitalize()} blending of the tiles, the normalisation inverted, and the result held
    within the image's range widened by a quarter of it.
 
@@ -257,12 +260,14 @@ normalisation {t.norm.mode} (adaptive weight {t.norm.adaptive_weight}).
 
 ## Validation
 
-The test input is {test_source}. The test output is `asn2n denoise` of that input
-(asn2n-dask {__version__}, CPU, float32 network): bioimage.io's model test reproduces it with
-every weight format to within a relative {tolerance[0]:g} and an absolute {tolerance[1]:g} of the output's
-range (float32 rounding). To judge the result on your own data, denoise it and run
-`asn2n report INPUT DENOISED -o report/` (asn2n-dask): the residual should look like
-noise, and Otsu objects in the background should drop, never rise.
+The test input is {test_source}.
+The test output is `asn2n denoise` of that input (asn2n-dask {__version__}, CPU, float32
+network): bioimage.io's model test reproduces it with every weight format to within a
+relative {tolerance[0]:g} and an absolute {tolerance[1]:g} of the output's range (float32 rounding).
+
+To judge the result on your own data, denoise it and run `asn2n report INPUT DENOISED -o
+report/` (asn2n-dask): the residual should look like noise, and Otsu objects in the
+background should drop, never rise.
 
 ## Citation
 
