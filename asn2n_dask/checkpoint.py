@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ._version import __version__
 from .config import PRESETS, NormConfig, TrainConfig
@@ -99,6 +99,15 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write tensors as safetensors, atomically, with the permissions of any file this
+    process creates (0644 under the usual umask: safetensors' own ``save_file`` makes
+    files only their owner can read)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(save(tensors, metadata={"format": MODEL_FORMAT}))
+    os.replace(tmp, path)
+
+
 def save_model(model: Model, directory: str | os.PathLike[str], *, complete: bool = True) -> Path:
     """Write ``model`` to ``directory`` (created if needed; files replaced atomically).
 
@@ -114,10 +123,7 @@ def save_model(model: Model, directory: str | os.PathLike[str], *, complete: boo
     channels = []
     for i, ch in enumerate(model.channels):
         name = f"channel-{i}.safetensors"
-        tmp = d / (name + ".tmp")
-        state = {k: v.detach().cpu().contiguous() for k, v in ch.net.state_dict().items()}
-        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
-        os.replace(tmp, d / name)
+        _write_tensors(d / name, {k: v.detach().cpu().contiguous() for k, v in ch.net.state_dict().items()})
         channels.append({
             "name": ch.name,
             "weights": name,
@@ -341,9 +347,7 @@ def save_train_state(directory: str | os.PathLike[str], job: dict[str, Any], cha
     # New weights under a new name, then the JSON that names them, then the old ones go:
     # a crash at any point leaves a consistent pair.
     name = f"train-state-{channel}-{state.step}.safetensors"
-    tmp = d / (name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.tensors.items()}, str(tmp), metadata={"format": MODEL_FORMAT})
-    os.replace(tmp, d / name)
+    _write_tensors(d / name, {k: v.contiguous() for k, v in state.tensors.items()})
     doc = {"format": MODEL_FORMAT, "job": job, "channel": channel, "step": state.step, "info": state.info,
            "weights": name, "sha256": _sha256(d / name)}
     _atomic_write_text(d / STATE_JSON, json.dumps(doc))

@@ -1363,5 +1363,66 @@ def demo(
     _info(f"report:       {out / 'report' / 'report.html'}")
 
 
+@app.command("export")
+@friendly
+def export_model(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory from 'asn2n fit'.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Package to write (.zip).", show_default=False)],
+    author: Annotated[list[str], typer.Option("--author", help="An author of the package (repeat for several).",
+                                              show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="Package format: bioimageio (a bioimage.io model, "
+                                     "format 0.5).")] = "bioimageio",
+    channel: Annotated[list[str] | None, typer.Option("--channel", "-c", help="Channel network to export, by "
+                                                      "name or index (repeat for several; default all).")] = None,
+    license: Annotated[str, typer.Option("--license", help="SPDX identifier of the weights' licence.")] = "CC-BY-4.0",
+    name: Annotated[str | None, typer.Option("--name", help="Model name (default from the model directory's).",
+                                             show_default=False)] = None,
+    tile: Annotated[int, typer.Option("--tile", help="Tile side the packaged network uses, as for 'asn2n "
+                                      "denoise'; images must be at least half of it on each side.")] = 128,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing package.")] = False,
+) -> None:
+    """Write a trained model as a bioimage.io model package, for the model zoo and its tools.
+
+    The package's network (TorchScript and PyTorch state-dict weights) computes all of
+    'asn2n denoise' on each image, in the image's own units: its test output is 'asn2n
+    denoise' of its test input (a crop of the training data, else a synthetic frame), and
+    the package passes bioimage.io's model test before it is written.  Its README says
+    what differs from 'asn2n denoise' on other inputs.  Needs bioimageio.core (the
+    package's 'bioimageio' extra).
+
+    Examples:
+
+      asn2n export cells.model -o cells.zip --author "Ada Lovelace"
+
+      asn2n export movie.model -o mito.zip --channel mito --author "Ada Lovelace" --license MIT
+    """
+    from .config import InferConfig
+    from .export import export_bioimageio
+
+    if fmt != "bioimageio":
+        raise ConfigError(f"--format must be bioimageio; got {fmt!r}.")
+    path = export_bioimageio(model_dir, output, channels=channel, authors=author, license=license, name=name,
+                             infer=InferConfig(tile=tile), overwrite=overwrite)
+    _info(f"exported {model_dir} -> {path} (bioimage.io model; it passed bioimageio.core's model test)")
+
+
+@app.command("import")
+@friendly
+def import_model(
+    package: Annotated[Path, typer.Argument(help="A package written by 'asn2n export'.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.", show_default=False)],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model in that directory.")] = False,
+) -> None:
+    """Turn a package written by 'asn2n export' back into a model directory for 'asn2n denoise'.
+
+    Example:
+
+      asn2n import cells.zip -o cells.model
+    """
+    from .export import import_bioimageio
+
+    _info(f"imported {package} -> {import_bioimageio(package, output, overwrite=overwrite)}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

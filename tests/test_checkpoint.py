@@ -148,3 +148,24 @@ def test_a_model_json_that_is_not_an_object_is_refused(model_dir):
         (model_dir / "model.json").write_text(text)
         with pytest.raises(ModelError, match="model.json"):
             load_model(model_dir)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_model_files_get_the_permissions_the_umask_gives(tiny_model, tmp_path, mask):
+    import os
+    import stat
+
+    import torch
+
+    from asn2n_dask.checkpoint import save_train_state
+    from asn2n_dask.train import TrainState
+
+    old = os.umask(mask)
+    try:
+        save_model(tiny_model, tmp_path / "m")
+        save_train_state(tmp_path / "m", {"job": 1}, 0, TrainState(3, {"w": torch.zeros(2)}, {}))
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+    assert {"model.json", "channel-0.safetensors", "train-state.json", "train-state-0-3.safetensors"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o666 & ~mask)
