@@ -83,7 +83,7 @@ def realdata_section(rows: dict) -> list[str]:
         return []
     verdicts = []
     for c in sorted({r["channel"] for r in rows.values()}):
-        mine = {r["method"]: r for r in rows.values() if r["channel"] == c}
+        mine = {r["method"]: r for r in rows.values() if r["channel"] == c and not r["method"].startswith("blend ")}
         order = {"noisy input": 0, "best Gaussian per image": 1, "asn2n run (defaults)": 3}
         for method in sorted(mine, key=lambda name: (order.get(name, 2 if name.startswith("N2V") else 4), name)):
             r = quoted(rows, f"c{c} {method}", "realdata")
@@ -100,12 +100,35 @@ def realdata_section(rows: dict) -> list[str]:
     if verdicts:
         out += ["", f"Against the target (best Gaussian + {W2S_GAIN_DB:g} dB, at most {W2S_MAX_FALSE_OBJ:g} false "
                 f"objects per Mpx): " + "; ".join(verdicts) + "."]
+    out += w2s_blend(rows)
     missing = [c for c in range(3) if f"c{c} asn2n run (defaults)" not in rows]
     if missing:
         out += ["", "Not yet recorded: the default command on channel(s) "
                 + ", ".join(map(str, missing)) + "; N2V at equal compute (`--stage n2v`) on every channel."]
     elif not any(r["method"].startswith("N2V") for r in rows.values()):
         out += ["", "Not yet recorded: N2V at equal compute (`python benchmarks/realdata.py --stage n2v`)."]
+    return out
+
+
+def w2s_blend(rows: dict) -> list[str]:
+    """Blend rows of the real-data record: the channel's default model, each blend at each tile side."""
+    keys = [k for k, r in rows.items() if r.get("method", "").startswith("blend ") and r.get("commit")]
+    if not keys:
+        return []
+    out: list[str] = []
+    for c in sorted({rows[k]["channel"] for k in keys}):
+        mine = {(rows[k]["blend"], rows[k]["tile"]): quoted(rows, k, "realdata") for k in keys
+                if rows[k]["channel"] == c}
+        first = next(iter(mine.values()))
+        out += ["", f"Blending, channel {c}: the default command's model on the first {len(first['fields'])} fields, "
+                "tiles of each side at 50% overlap, each blend (`python benchmarks/realdata.py --stage blend`). "
+                "`none` takes each pixel from the one tile whose core holds it. `seam`: mean gradient across the "
+                "tile grid's lines over the mean elsewhere (1.0: no seams). Each cell: psnr / seam.", "",
+                "| tile side | `gaussian` | `uniform` | `none` | commit |", "|---|---|---|---|---|"]
+        for side in sorted({t for _, t in mine}):
+            cells = [f"{mine[b, side]['scores']['mean']['psnr']:.2f} / {mine[b, side]['seam']:.3f}"
+                     if (b, side) in mine else "" for b in ("gaussian", "uniform", "none")]
+            out.append(f"| {side} | " + " | ".join(cells) + f" | {commit(first)} |")
     return out
 
 

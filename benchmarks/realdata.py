@@ -143,6 +143,27 @@ def default_command(noisy: np.ndarray, channel: int, steps: int | None,
     return tifffile.imread(out), time.perf_counter() - t0, " ".join(cmd)
 
 
+def blend_rows(noisy: np.ndarray, gt: np.ndarray, model_dir: Path, tiles: list[int]) -> dict[str, dict]:
+    """The channel's model on ``noisy`` with each blend at each tile side (50% overlap):
+    scores and the seam ratio, per (blend, tile)."""
+    from quality import seam_ratio  # the quality benchmark's seam metric
+
+    from asn2n_dask import InferConfig, denoise, load_model
+
+    model = load_model(model_dir)
+    out = {}
+    for side in tiles:
+        for blend in ("gaussian", "uniform", "none"):
+            cfg = InferConfig(tile=side, blend=blend)
+            t0 = time.perf_counter()
+            pred = denoise(noisy, model, axes="TYX", config=cfg)
+            wall = time.perf_counter() - t0
+            out[f"{blend} tile {side}"] = {
+                "blend": blend, "tile": side, "seconds": wall, "scores": scores(pred, gt),
+                "seam": float(np.mean([seam_ratio(p, side, cfg.stride) for p in pred]))}
+    return out
+
+
 def provenance(command: str, wall: float) -> dict:
     import psutil
 
@@ -180,7 +201,12 @@ def render(rows: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["noisy", "gaussian", "n2v", "default"],
-                    choices=["noisy", "gaussian", "n2v", "default"])
+                    choices=["noisy", "gaussian", "n2v", "default", "blend"])
+    ap.add_argument("--blend-model", type=Path, default=None,
+                    help="blend stage: the channel's model directory (default: the default stage's)")
+    ap.add_argument("--blend-fields", type=int, default=2, help="blend stage: the first N fields of the channel")
+    ap.add_argument("--blend-tiles", type=int, nargs="+", default=[32, 64, 128, 256],
+                    help="blend stage: tile sides")
     ap.add_argument("--channels", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--run-options", default="",
                     help="default stage: options added to the command, e.g. '--norm global' (one row each)")
@@ -198,6 +224,15 @@ def main() -> None:
         names, noisy, gt = frames(c)
         for stage in args.stage:
             t0 = time.perf_counter()
+            if stage == "blend":
+                model_dir = args.blend_model or WORK / f"c{c}" / "default" / "denoised.tif.model"
+                k = args.blend_fields
+                for name, r in blend_rows(noisy[:k], gt[:k], model_dir, args.blend_tiles).items():
+                    rows[f"c{c} blend {name}"] = {"channel": c, "method": f"blend {name}", "fields": names[:k],
+                                                  "model": str(model_dir), **r, **provenance(argv, r["seconds"])}
+                path.write_text(json.dumps(rows, indent=1) + "\n")
+                print(f"channel {c} blend rows written ({time.perf_counter() - t0:.0f} s)", flush=True)
+                continue
             extra: dict = {}
             if stage == "noisy":
                 pred, method, command = noisy, "noisy input", argv
