@@ -25,8 +25,8 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from asn2n_dask import InferConfig, TrainConfig, fit, load_model, save_model
-from asn2n_dask.api import denoise, denoise_with_risk
+from asn2n_dask import InferConfig, TrainConfig, denoise, fit, load_model, save_model
+from asn2n_dask.api import denoise_with_risk
 from asn2n_dask.cli import app
 from asn2n_dask.errors import InputError, ModelError
 from asn2n_dask.io import ImageMeta, write_image
