@@ -45,7 +45,7 @@ from .config import (
 )
 from .errors import Asn2nError, InputError, ModelError, OutputError
 
-__all__ = ["DenoiseWidget", "layer_axes", "network_of"]
+__all__ = ["DenoiseWidget", "check_new_folder", "layer_axes", "network_of"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,23 @@ def network_of(model: Any, name: str) -> int:
                      "them; rename the layer after its channel.")
 
 
+def check_new_folder(folder: Path) -> None:
+    """Refuse a model folder to fit into that is a file or holds anything (a model, a
+    stopped training's checkpoint, or files of another kind that fitting would mix its
+    own with).
+
+    Raises
+    ------
+    OutputError
+    """
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"model folder {folder} is a file; choose a new or empty folder.")
+    if folder.is_dir() and any(folder.iterdir()):
+        what = "a model" if (folder / "model.json").exists() else "files"
+        raise OutputError(f"model folder {folder} already holds {what}; choose a new or empty folder for Fit to "
+                          "write its model, training curves and montages in.")
+
+
 def _fit_job(data: Any, axes: str, name: str, config: TrainConfig, model_dir: Path,
              progress: Callable[[str, int, int], None]) -> str:
     """Train on a layer's array and save the model (in the worker thread)."""
@@ -102,8 +119,7 @@ def _fit_job(data: Any, axes: str, name: str, config: TrainConfig, model_dir: Pa
     from .io import output_lock
 
     with output_lock(model_dir):
-        if (model_dir / "model.json").exists():  # checked again under the lock
-            raise OutputError(f"a model already exists in {model_dir}; choose another folder.")
+        check_new_folder(model_dir)  # again, under the lock
         fit(np.asarray(data), axes=axes, config=config, channel_names=[name], model_dir=model_dir,
             progress=progress)
     return f"model written to {model_dir}"
@@ -160,7 +176,8 @@ class DenoiseWidget(Container):
         self._stop = threading.Event()
         self._show_step = ensure_main_thread(self._step)
         self.model_dir = FileEdit(mode=FileDialogMode.EXISTING_DIRECTORY, label="model folder",
-                                  tooltip="Fit writes its model here (a new folder); Denoise reads the model here.")
+                                  tooltip="Fit writes its model here (a new or empty folder); Denoise reads the "
+                                  "model here.")
         self.preset = ComboBox(choices=get_args(Preset), value=TRAIN.preset, label="preset",
                                tooltip="Network size: tiny (tests), small (CPU), paper (GPU).")
         self.steps = SpinBox(value=TRAIN.steps, min=1, max=10_000_000, label="steps", tooltip="Training steps.")
@@ -194,10 +211,7 @@ class DenoiseWidget(Container):
         try:
             layer, data, axes = self._current()
             folder = self._folder()
-            if folder.exists() and not folder.is_dir():
-                raise OutputError(f"model folder {folder} is a file; choose a folder.")
-            if (folder / "model.json").exists():
-                raise OutputError(f"a model already exists in {folder}; choose another folder.")
+            check_new_folder(folder)
             config = replace(TRAIN, preset=self.preset.value, steps=int(self.steps.value),
                              patch=int(self.patch.value), batch=int(self.batch.value),
                              norm=NormConfig(mode=self.norm.value,

@@ -269,7 +269,14 @@ def test_the_widget_says_the_package_s_refusals_in_one_line(qt, tmp_path):
     refused(widget.fit, "choose a model folder first")
     save_model(fit(frame, config=TrainConfig(**TINY)), tmp_path / "m")
     _set(widget, model_dir=tmp_path / "m")
-    refused(widget.fit, "a model already exists in")
+    refused(widget.fit, f"model folder {tmp_path / 'm'} already holds a model; choose a new or empty folder")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "plan.txt").write_text("keep me")
+    _set(widget, model_dir=tmp_path / "notes")
+    refused(widget.fit, "already holds files")  # never mixed with a folder of something else
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["plan.txt"]
+    _set(widget, model_dir=tmp_path / "notes" / "plan.txt")
+    refused(widget.fit, "is a file")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         viewer.add_image(np.zeros((2, 8, 8, 3), np.uint8), name="rgb", rgb=True)
