@@ -198,6 +198,7 @@ class DenoiseWidget(Container):
         self.stop_button = PushButton(text="Stop", enabled=False, tooltip="End the job at its next step.")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # a long message wraps instead of widening the dock
         self.extend([self.model_dir, self.preset, self.steps, self.patch, self.batch, self.norm,
                      self.risk_estimator, self.fit_button, self.tile, self.denoise_button, self.stop_button,
                      self.progress, self.status])
