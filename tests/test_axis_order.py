@@ -181,7 +181,7 @@ def test_view_and_report_map_a_tzcyx_input_onto_its_output(inputs, tmp_path, mon
     out = tmp_path / "out.zarr"
     _denoise(d / "ij.tif", out, d / "model", "--channel", "gfp", "--time", "1:2")
     layers = napari_layers(out)
-    assert [layer.kind for layer in layers] == ["image", "image", "labels"]
+    assert [layer.layer_type for layer in layers] == ["image", "image", "labels"]
     np.testing.assert_array_equal(np.asarray(layers[0].data), tczyx[1:2, 1:2])  # the input's selection, TCZYX
     assert layers[0].kwargs["channel_axis"] == 1 and layers[0].kwargs["scale"] == (2.5, 0.5, 0.25, 0.2)
     root = zarr.open_group(str(out), mode="r")

@@ -77,6 +77,7 @@ def test_the_wheel_holds_the_package_and_nothing_else(dists):
     for profile in PROFILES:
         assert f"asn2n_dask/profiles/{profile}" in names, profile
     assert "asn2n_dask/py.typed" in names and f"{info}licenses/LICENSE" in names
+    assert "asn2n_dask/napari.yaml" in names  # the napari plugin's manifest
     strays = [n for n in names if not (n.startswith("asn2n_dask/") or n.startswith(info))
               or "__pycache__" in n or n.endswith(".pyc")]
     assert not strays, strays  # no tests, benchmarks, examples, work files or caches
@@ -88,6 +89,7 @@ def test_the_wheel_holds_the_package_and_nothing_else(dists):
         assert f"Provides-Extra: {extra}" in meta, extra
     entry = zipfile.ZipFile(wheel).read(f"{info}entry_points.txt").decode()
     assert "asn2n = asn2n_dask.cli:app" in entry
+    assert "[napari.manifest]\nasn2n-dask = asn2n_dask:napari.yaml" in entry
 
 
 @pytest.mark.packaging
@@ -96,7 +98,8 @@ def test_the_sdist_holds_the_source(dists):
     top = f"asn2n_dask-{__version__}/"
     with tarfile.open(sdist) as tar:
         names = {n[len(top):] for n in tar.getnames()}
-    want = {"LICENSE", "README.md", "pyproject.toml", "MANIFEST.in", "asn2n_dask/py.typed", "tests/conftest.py",
+    want = {"LICENSE", "README.md", "pyproject.toml", "MANIFEST.in", "asn2n_dask/py.typed", "asn2n_dask/napari.yaml",
+            "tests/conftest.py",
             "cluster/README.md", "cluster/examples/denoise.sbatch", "cluster/examples/denoise.pbs"}
     want |= {f"asn2n_dask/{m}" for m in MODULES} | {f"asn2n_dask/profiles/{p}" for p in PROFILES}
     want |= {f"cluster/{p}" for p in PROFILES}
@@ -152,6 +155,8 @@ def test_the_wheel_installs_offline_in_a_fresh_venv_and_finds_its_profiles(dists
     shown = run(exe, "cluster-profiles", "--show", "slurm-gpu")
     assert shown.returncode == 0 and shown.stdout == (installed / "profiles" / "slurm-gpu.yaml").read_text()
     assert (installed / "py.typed").is_file()
+    npe2 = run(py, "-m", "npe2", "validate", "asn2n-dask")  # the plugin napari finds: entry point, manifest
+    assert npe2.returncode == 0 and "valid" in npe2.stdout, npe2.stdout + npe2.stderr
 
 
 def test_the_metadata_declares_licence_readme_classifiers_and_data():
@@ -163,7 +168,7 @@ def test_the_metadata_declares_licence_readme_classifiers_and_data():
     unknown = [c for c in project["classifiers"] if c not in trove.classifiers]
     assert not unknown, unknown
     data = PYPROJECT["tool"]["setuptools"]["package-data"]["asn2n_dask"]
-    assert "py.typed" in data and "profiles/*.yaml" in data
+    assert "py.typed" in data and "profiles/*.yaml" in data and "napari.yaml" in data
     assert (ROOT / "asn2n_dask" / "py.typed").is_file()
     assert {"build", "pytest"} <= {re.split(r"[<>=\[ ]", r)[0] for r in project["optional-dependencies"]["dev"]}
 

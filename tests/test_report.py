@@ -268,7 +268,7 @@ def test_napari_layers_of_an_output_with_its_input_selection(zarr_run):
     d, frames = zarr_run
     den = zarr.open_group(str(d / "out.zarr"), mode="r")
     layers = napari_layers(d / "out.zarr")
-    kinds = [(layer.kind, layer.kwargs["name"]) for layer in layers]
+    kinds = [(layer.layer_type, layer.kwargs["name"]) for layer in layers]
     assert [k for k, _ in kinds] == ["image", "image", "labels"]
     raw, out, risk = layers
     np.testing.assert_array_equal(np.asarray(raw.data), frames[1:4, 1:2])  # the input's selected frames
@@ -345,6 +345,6 @@ def test_the_output_opens_in_napari_with_channel_names_scale_and_risk_labels(zar
         warnings.simplefilter("ignore")
         viewer = components.ViewerModel()
         for layer in napari_layers(out):
-            getattr(viewer, f"add_{layer.kind}")(layer.data, **layer.kwargs)
+            getattr(viewer, f"add_{layer.layer_type}")(layer.data, **layer.kwargs)
     assert [layer.name for layer in viewer.layers] == ["input 1", "denoised 1", "risk 1"]
     assert all(tuple(layer.scale) == (1.0, 1.0, 1.0) for layer in viewer.layers)
