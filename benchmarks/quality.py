@@ -240,10 +240,15 @@ def run(args: argparse.Namespace) -> None:
         rows = json.loads(rows_path.read_text()) if rows_path.exists() else {}
 
     argv = " ".join(["python benchmarks/quality.py", *sys.argv[1:]])
+    last = [time.perf_counter()]
 
     def put(name: str, row: dict) -> None:
-        # every row says what made it: the stages that carry their own command keep it
-        rows[name] = {**provenance(argv, row.get("wall_s")), **row} if "commit" not in row else row
+        # every row says what made it: the stages that carry their own command keep it; a row
+        # without its own wall time gets the time since the previous row (what it took to make)
+        now = time.perf_counter()
+        secs = row.get("wall_s") if row.get("wall_s") is not None else now - last[0]
+        last[0] = now
+        rows[name] = {**provenance(argv, secs), **row, "wall_s": secs} if "commit" not in row else row
         rows_path.write_text(json.dumps(rows, indent=1))
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 

@@ -43,7 +43,7 @@ def quoted(rows: dict, key: str, record: str) -> dict:
     if key not in rows:
         raise RecordError(f"{record}.json has no row {key!r}")
     r = rows[key]
-    wall = r.get("wall_s", r.get("wall_seconds"))
+    wall = seconds(r)
     missing = [k for k, v in (("command", r.get("command")), ("commit", r.get("commit")),
                               ("machine", r.get("machine")), ("wall time", wall)) if v is None]
     if missing:
@@ -57,8 +57,18 @@ def commit(r: dict) -> str:
     return f"`{c.removesuffix('-dirty')[:7]}`" + ("+" if dirty else "")
 
 
+def seconds(r: dict) -> float | None:
+    """The row's wall time; where only the training time was recorded, that (a lower bound)."""
+    for key in ("wall_s", "wall_seconds", "train_s"):
+        if r.get(key) is not None:
+            return float(r[key])
+    return None
+
+
 def wall(r: dict) -> float:
-    return float(r.get("wall_s", r.get("wall_seconds")))
+    t = seconds(r)
+    assert t is not None
+    return t
 
 
 def machine(r: dict) -> str:
@@ -249,7 +259,8 @@ def render() -> str:
     quality, realdata = load("quality"), load("realdata")
     parts = [["Every figure in this section is rendered from the records in `benchmarks/results/` by `python "
               "benchmarks/readme.py`, and only from rows that record their command, commit, machine and wall "
-              "time; a test fails when the two differ. Machine: 2 CPU cores unless a row says otherwise."]]
+              "time (`wall s`: the training time where only that was recorded); a test fails when the two differ. "
+              "Machine: 2 CPU cores, shared with other jobs while these ran, unless a row says otherwise."]]
     parts += [s for s in (realdata_section(realdata), p5_section(quality), blend_section(quality),
                           sparse_section(quality), mixed_section(quality)) if s]
     parts.append(["### Not quoted here", "",
