@@ -224,8 +224,12 @@ def provenance(command: str, seconds: float | None) -> dict:
     import os
     import platform
 
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    # dirty: tracked changes beside the code, not counting the records these runs write
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    commit = git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
     return {"command": command, "commit": commit, "wall_s": seconds, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "machine": f"{platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()})"}
 

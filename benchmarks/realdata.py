@@ -171,7 +171,7 @@ def provenance(command: str, wall: float) -> dict:
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     return {"command": command, "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")),
             "machine": {"host": platform.node(), "cpus": len(os.sched_getaffinity(0)),
                         "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1)},
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "wall_seconds": round(wall, 1)}
