@@ -104,7 +104,7 @@ def realdata_section(rows: dict) -> list[str]:
             ours, gauss = (mine[k]["scores"]["mean"] for k in ("asn2n run (defaults)", "best Gaussian per image"))
             gain = ours["psnr"] - gauss["psnr"]
             met = gain >= W2S_GAIN_DB and ours["false_obj"] <= W2S_MAX_FALSE_OBJ
-            verdicts.append(f"channel {c}: {signed(gain)} over the best Gaussian, {ours['false_obj']:.2f} false "
+            verdicts.append(f"channel {c}: {signed(gain)} against the best Gaussian, {ours['false_obj']:.2f} false "
                             f"objects per Mpx (Gaussian {gauss['false_obj']:.2f}): target "
                             f"{'met' if met else 'not met'}")
     if verdicts:
@@ -131,7 +131,8 @@ def w2s_blend(rows: dict) -> list[str]:
                 if rows[k]["channel"] == c}
         first = next(iter(mine.values()))
         out += ["", f"Blending, channel {c}: the default command's model on the first {len(first['fields'])} fields, "
-                "tiles of each side at 50% overlap, each blend (`python benchmarks/realdata.py --stage blend`). "
+                "tiles of each side at 50% overlap, each blend (`python benchmarks/realdata.py --stage blend`; psnr is "
+                "the mean over those fields only). "
                 "`none` takes each pixel from the one tile whose core holds it. `seam`: mean gradient across the "
                 "tile grid's lines over the mean elsewhere (1.0: no seams). Each cell: psnr / seam.", "",
                 "| tile side | `gaussian` | `uniform` | `none` | commit |", "|---|---|---|---|---|"]
