@@ -5,26 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from .config import PRESETS
+from .standalone import UNet as _ScriptableUNet
 
 __all__ = ["UNet", "build_unet", "channels_last"]
 
 
-class _Block(nn.Sequential):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1),
-            nn.LeakyReLU(0.1, inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1),
-            nn.LeakyReLU(0.1, inplace=True),
-        )
-
-
-class UNet(nn.Module):
+class UNet(_ScriptableUNet):
     """A plain 2-D U-Net predicting the clean image as input plus a learned residual.
+
+    The layers and forward pass are :class:`asn2n_dask.standalone.UNet`'s (one definition,
+    which the exported bioimage.io package carries as its torch-only architecture); this
+    class checks the widths and says which input sides it takes.
 
     Parameters
     ----------
@@ -38,39 +31,16 @@ class UNet(nn.Module):
     """
 
     def __init__(self, widths: Sequence[int]) -> None:
-        super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) < 2 or min(widths) < 1:
             raise ValueError(f"a U-Net needs at least two positive widths; got {widths}")
+        super().__init__(list(widths))
         self.widths = widths
-        self.down = nn.ModuleList()
-        cin = 1
-        for w in widths:
-            self.down.append(_Block(cin, w))
-            cin = w
-        self.up = nn.ModuleList()
-        for w_skip in reversed(widths[:-1]):
-            self.up.append(_Block(cin + w_skip, w_skip))
-            cin = w_skip
-        self.head = nn.Conv2d(cin, 1, 1)
 
     @property
     def multiple(self) -> int:
         """Input sides must be multiples of this."""
         return 2 ** (len(self.widths) - 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        h = x
-        for i, block in enumerate(self.down):
-            h = block(h)
-            if i < len(self.down) - 1:
-                skips.append(h)
-                h = F.max_pool2d(h, 2)
-        for block, skip in zip(self.up, reversed(skips)):
-            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            h = block(torch.cat([h, skip], dim=1))
-        return x + self.head(h)
 
 
 def build_unet(preset: str) -> UNet:

@@ -45,8 +45,9 @@ class _Block(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """The 2-D U-Net of :class:`asn2n_dask.model.UNet` (the same parameters and names),
-    written for TorchScript.  ``(N, 1, H, W) -> (N, 1, H, W)``, in the normalised range."""
+    """The 2-D U-Net, written for TorchScript: the one definition of its layers and forward
+    pass, which :class:`asn2n_dask.model.UNet` extends with checks of its widths.
+    ``(N, 1, H, W) -> (N, 1, H, W)``, in the normalised range."""
 
     def __init__(self, widths: list[int]) -> None:
         super().__init__()
