@@ -143,11 +143,25 @@ def w2s_blend(rows: dict) -> list[str]:
     return out
 
 
+def recorded(rows: dict, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (label, key) pairs whose row exists and records its commit."""
+    return [(label, k) for label, k in keys if k in rows and rows[k].get("commit")]
+
+
+def score_cells(r: dict) -> str:
+    """psnr, psnr_raw, ssim and false objects of a quality row, as table cells."""
+    return f"{r['psnr']:.2f} | {r['psnr_raw']:.2f} | {r['ssim']:.3f} | {r['false_obj']:.2f}"
+
+
+def secs(r: dict) -> str:
+    return f"{wall(r):.0f}" if wall(r) > 1 else "<1"
+
+
 def p5_section(rows: dict) -> list[str]:
     keys = [("noisy input", "p5 noisy input (whole frame 1)"),
             ("best Gaussian filter (sigma by psnr)", "p5 best Gaussian (whole frame 1)"),
             ("`asn2n run noisy.tif -o out.tif`", "p5 default command (whole 2048x2048 frame 1)")]
-    present = [(label, k) for label, k in keys if k in rows and rows[k].get("commit")]
+    present = recorded(rows, keys)
     if not present:
         return []
     out = ["### One whole 2048x2048 frame at 5 photons (simulated)", "",
@@ -160,9 +174,7 @@ def p5_section(rows: dict) -> list[str]:
     for label, k in present:
         r = quoted(rows, k, "quality")
         seam = f"{r['seam']:.3f}" if r.get("seam") is not None else ""
-        secs = f"{wall(r):.0f}" if wall(r) > 1 else "<1"
-        out.append(f"| {label} | {r['psnr']:.2f} | {r['psnr_raw']:.2f} | {r['ssim']:.3f} | {r['false_obj']:.2f} | "
-                   f"{seam} | {secs} | {machine(r)} | {commit(r)} |")
+        out.append(f"| {label} | {score_cells(r)} | {seam} | {secs(r)} | {machine(r)} | {commit(r)} |")
     if len(present) < len(keys):
         out += ["", "Not yet recorded at a commit: " + ", ".join(label for label, k in keys
                                                                  if (label, k) not in present) + "."]
@@ -213,7 +225,7 @@ def mixed_section(rows: dict) -> list[str]:
 def sparse_section(rows: dict) -> list[str]:
     keys = [("best Gaussian filter", "sparse best Gaussian"), ("`global`", "sparse global gaussian twins"),
             ("every option at its default", "sparse default")]
-    present = [(label, k) for label, k in keys if k in rows and rows[k].get("commit")]
+    present = recorded(rows, keys)
     if not present:
         return []
     out = ["### Sparse objects on a dark background (simulated)", "",
@@ -224,9 +236,7 @@ def sparse_section(rows: dict) -> list[str]:
            "|---|---|---|---|---|---|---|"]
     for label, k in present:
         r = quoted(rows, k, "quality")
-        secs = f"{wall(r):.0f}" if wall(r) > 1 else "<1"
-        out.append(f"| {label} | {r['psnr']:.2f} | {r['psnr_raw']:.2f} | {r['ssim']:.3f} | {r['false_obj']:.2f} | "
-                   f"{secs} | {commit(r)} |")
+        out.append(f"| {label} | {score_cells(r)} | {secs(r)} | {commit(r)} |")
     return out
 
 
