@@ -25,7 +25,7 @@ import os
 import time as _time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +41,9 @@ from .risk import assess_risk as _frame_risk
 from .sampling import ArrayPlanes, channel_noise
 from .stats import ChannelStats, channel_stats
 from .train import TrainResult, train_channel
+
+if TYPE_CHECKING:
+    from .pipeline import StatsCache
 
 __all__ = ["fit", "denoise", "denoise_with_risk", "assess_risk", "risk_summary", "check_image", "MIN_FRAME_SIDE",
            "Progress"]
@@ -131,7 +134,8 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         channel_names: Sequence[str] | None = None, device: str = "auto",
         progress: Progress | None = None, model_dir: str | os.PathLike[str] | None = None,
         channels: Sequence[str] | None = None, time: str | None = None, resume: bool = False,
-        workers: int = 0, client: Any = None, series: int | None = None) -> Model:
+        workers: int = 0, client: Any = None, series: int | None = None,
+        stats_cache: StatsCache | None = None) -> Model:
     """Train one Adaptive-SN2N network per colour channel on noisy data itself.
 
     Patches are cut lazily (:mod:`asn2n_dask.sampling`), so a file of any size trains
@@ -172,6 +176,11 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         Files: where the statistics pass runs (default: in this process).
     series : int, optional
         TIFF files holding several image series: the one to read.
+    stats_cache : asn2n_dask.pipeline.StatsCache, optional
+        Files: where the statistics pass leaves its result, so that denoising the
+        same input next in this process need not read it again for them (``asn2n
+        run``); statistics it holds for these inputs, still valid, are used instead of
+        a pass.
 
     Returns
     -------
@@ -222,7 +231,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         if any(o != list(range(len(o))) for o in order):  # every file's channels in the first file's order
             sels = [replace(sel, channels=tuple(int(sel.indices(s)[s.axes.index("C")][k]) for k in o))
                     for s, sel, o in zip(sources, sels, order)]
-        stats_all = selection_stats(sources, sels, config.norm, client)
+        stats_all = selection_stats(sources, sels, config.norm, client, cache=stats_cache)
         for j, c in enumerate(c_idx):
             name = names[int(c)] if len(names) > int(c) else str(int(c))
             # the channel of the same name in every file (by position where files name none)

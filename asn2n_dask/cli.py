@@ -48,7 +48,7 @@ from .config import (
     TtaCopies,
 )
 from .errors import Asn2nError, ConfigError, InputError, OutputError
-from .pipeline import RunOptions
+from .pipeline import RunOptions, StatsCache
 from .progress import progress_bar
 
 log = logging.getLogger("asn2n_dask")
@@ -835,12 +835,14 @@ def _open_selection(input: Path, axes: str | None, channel: list[str] | None, ti
 
 
 def _denoise_to(input: Path, output: Path, model: Any, src: Any, sel: Any, infer: Any, dtype: str,
-                overwrite: bool, extra: dict[str, Any]) -> None:
+                overwrite: bool, extra: dict[str, Any], stats_cache: StatsCache | None = None) -> None:
     """The ``.tif`` output route: the selection in memory, with the ``.zarr`` route's rules.
 
     The network of each channel (:func:`asn2n_dask.pipeline.channel_map`) and the
     channel statistics (over all time points, :func:`asn2n_dask.pipeline.selection_stats`)
     are decided as the chunked pipeline decides them, so both routes give the same numbers.
+    ``stats_cache``: statistics of this command's training, taken when still valid
+    instead of a pass over the time points not read.
     """
     from dataclasses import replace
 
@@ -865,7 +867,7 @@ def _denoise_to(input: Path, output: Path, model: Any, src: Any, sel: Any, infer
 
                 stats = channel_stats(to_planes(data, src.axes), model.train.norm)
             else:  # the other time points count too, read lazily as the .zarr route reads them
-                stats = selection_stats([src], [sel], model.train.norm)
+                stats = selection_stats([src], [sel], model.train.norm, cache=stats_cache)
             bar("statistics", 1, 1)
             out = denoise_with_risk(data, model, axes=src.axes, config=infer, progress=bar, stats=stats,
                                     channel_map=cmap)[0]
@@ -915,8 +917,9 @@ def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, c
               overwrite: bool, dry_run: bool, scheduler: str | None, workers: int | None, threads: int | None,
               memory_limit: str | None, extra: dict[str, Any], cluster: Path | None = None,
               jobs: int | None = None, dashboard_address: str | None = None, allow_unfinished: bool = False,
-              series: int | None = None) -> None:
-    """Chunked, resumable denoising into OME-Zarr on a Dask cluster."""
+              series: int | None = None, stats_cache: StatsCache | None = None) -> None:
+    """Chunked, resumable denoising into OME-Zarr on a Dask cluster (``stats_cache``:
+    :class:`asn2n_dask.pipeline.StatsCache` of this command's training)."""
     from .checkpoint import load_model
     from .pipeline import RunOptions, make_plan, run_pipeline
     from .source import Selection, open_source
@@ -933,7 +936,7 @@ def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, c
         summary = run_pipeline(src, output, model_dir, selection=sel, options=opts, scheduler=scheduler,
                                workers=workers, threads=threads, memory_limit=memory_limit, progress=bar,
                                echo=lambda m: _info(m, err=True), extra=extra, cluster=cluster, jobs=jobs,
-                               dashboard_address=dashboard_address)
+                               dashboard_address=dashboard_address, stats_cache=stats_cache)
     if summary.already_complete:
         _info(f"{output} was already complete; nothing was recomputed.")
         return
@@ -1126,6 +1129,7 @@ def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: 
     from .api import fit as fit_fn
     from .checkpoint import load_model
 
+    cache = StatsCache()  # the training's statistics pass, handed to the denoising when the input is unchanged
     model = None
     job = {"input": str(input.absolute()), "axes": axes, "channel": channel, "time": time, "train": cfg.to_dict(),
            **({"series": series} if series is not None else {})}
@@ -1147,7 +1151,7 @@ def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: 
         if model is None:
             with progress_bar(not state["quiet"]) as bar:
                 model = fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device,
-                               progress=bar, model_dir=mdir, series=series)
+                               progress=bar, model_dir=mdir, series=series, stats_cache=cache)
             for ch in model.channels:
                 _info(_channel_line(ch))
             (mdir / "run.json").write_text(json.dumps(job, indent=2))
@@ -1156,15 +1160,15 @@ def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: 
                   workers=workers, threads=threads, memory_limit=memory_limit,
                   extra={"command": "run", "model": str(mdir), "train": cfg.to_dict(), **(record or {})},
                   cluster=cluster, jobs=jobs,
-                  dashboard_address=dashboard_address, series=series)
+                  dashboard_address=dashboard_address, series=series, stats_cache=cache)
         return
     with progress_bar(not state["quiet"]) as bar:  # trained as 'asn2n fit' does: the same file route
         model = fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device,
-                       progress=bar, model_dir=mdir, series=series)
+                       progress=bar, model_dir=mdir, series=series, stats_cache=cache)
     for ch in model.channels:
         _info(_channel_line(ch))
     _denoise_to(input, output, model, src, sel, infer, dtype, overwrite,
-                {"model": str(mdir), "train": cfg.to_dict(), **(record or {})})
+                {"model": str(mdir), "train": cfg.to_dict(), **(record or {})}, stats_cache=cache)
 
 
 @app.command()

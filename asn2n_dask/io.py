@@ -32,7 +32,8 @@ from .axes import merge_axes, parse_axes
 from .errors import InputError, OutputError
 
 __all__ = ["ImageMeta", "read_image", "check_output", "paths_overlap", "write_image", "cast_output", "TIFF_SUFFIXES",
-           "output_lock", "lock_path", "available_memory", "CheckedArray", "usable_scale", "risk_labels"]
+           "output_lock", "lock_path", "available_memory", "CheckedArray", "usable_scale", "risk_labels",
+           "input_listing"]
 
 log = logging.getLogger(__name__)
 
@@ -715,6 +716,102 @@ def paths_overlap(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths are the same, or one lies inside the other (links resolved)."""
     ra, rb = Path(a).resolve(), Path(b).resolve()
     return ra == rb or ra in rb.parents or rb in ra.parents
+
+
+#: A listing does not vouch for files modified less than this long before it was taken:
+#: a file system's clock ticks coarsely (milliseconds on local disks, up to seconds on
+#: some network mounts), so a later write within the same tick could keep the
+#: modification time the listing saw.
+LISTING_SETTLE_NS = 2_000_000_000
+
+
+def input_listing(path: str | os.PathLike[str], *, array_path: str = "", series: int = 0) -> str | None:
+    """A fingerprint of an input as stored, from its directory listing: no pixel is read.
+
+    A Zarr store gives the name, size, inode, modification and status-change times
+    (``st_mtime_ns``, ``st_ctime_ns``) of every file of the array ``array_path`` (its
+    metadata and every chunk or shard) and of the metadata files of the groups above it;
+    a TIFF file gives its own.  Any write to the data changes the fingerprint: a file
+    rewritten in place changes its modification time, a file replaced by another its
+    inode, a chunk added or removed the list of names.  So two equal fingerprints show
+    that the input has not been written between them, without reading it.
+
+    Parameters
+    ----------
+    path : path
+        A TIFF file or a Zarr store (a local or mounted file system).
+    array_path : str
+        The array inside a Zarr group (``""``: the store is the array).
+    series : int
+        The series of a TIFF file.
+
+    Returns
+    -------
+    str or None
+        SHA-256 of the listing; None where it cannot vouch for the content: a path
+        that is not a local file or directory, a symbolic link or special file in the
+        store, a TIFF series whose pages lie in several files, a file modified less than
+        :data:`LISTING_SETTLE_NS` before the listing, or a listing that fails.
+    """
+    import hashlib
+    import time
+
+    p = Path(path)
+    h = hashlib.sha256()
+    newest = [0]
+
+    def add(entry: os.DirEntry[str] | Path, rel: str) -> bool:
+        st = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        newest[0] = max(newest[0], st.st_mtime_ns)
+        h.update(f"{rel}\0{st.st_size}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+        return True
+
+    def walk(folder: Path, rel: str, deep: bool) -> bool:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            name = f"{rel}{e.name}"
+            if e.is_symlink():
+                return False
+            if e.is_dir(follow_symlinks=False):
+                if deep and not walk(Path(e.path), f"{name}/", True):
+                    return False
+            elif not add(e, name):
+                return False
+        return True
+
+    taken = time.time_ns()
+    try:
+        if p.is_symlink():
+            return None
+        if p.is_file():
+            if p.suffix.lower() not in TIFF_SUFFIXES:
+                return None
+            with quiet_tifffile(), open_tiff(p) as tf:
+                if tf.series[series].is_multifile:
+                    return None
+            h.update(b"tiff\n")
+            if not add(p, p.name):
+                return None
+        elif p.is_dir():
+            h.update(f"zarr {array_path}\n".encode())
+            parts = [s for s in array_path.split("/") if s]
+            folder, rel = p, ""
+            for part in parts:  # the groups above the array: their own metadata files
+                if not walk(folder, rel, False):
+                    return None
+                folder, rel = folder / part, f"{rel}{part}/"
+            if not folder.is_dir() or folder.is_symlink() or not walk(folder, rel, True):
+                return None
+        else:
+            return None
+    except Exception:  # a listing that fails vouches for nothing: the caller reads the data
+        return None
+    if newest[0] > taken - LISTING_SETTLE_NS:
+        return None
+    return h.hexdigest()
 
 
 def check_output(output: str | os.PathLike[str], *, inputs: list[str | os.PathLike[str]] = (),  # type: ignore[assignment]

@@ -46,7 +46,7 @@ from .source import Selection, Source
 from .stats import ChannelStats, channel_stats
 
 __all__ = ["RunOptions", "Plan", "make_plan", "run_pipeline", "check_output_path", "RunSummary", "PROGRESS_DIR",
-           "run_chunk"]
+           "run_chunk", "StatsCache", "source_listing"]
 
 log = logging.getLogger(__name__)
 
@@ -658,15 +658,65 @@ def missing_note(source: Source) -> tuple[str | None, list[Any] | None]:
             list(gaps))
 
 
-def compute_stats(plan: Plan, norm: Any, client: Any = None) -> list[ChannelStats]:
+def compute_stats(plan: Plan, norm: Any, client: Any = None, *, cache: StatsCache | None = None,
+                  listing: str | None = None) -> list[ChannelStats]:
     """The reduction pass: statistics of every selected channel over all its planes.
 
     All time points count, whatever ``--time`` selects, so that a dataset denoised in
     time batches gives the same result as in one run.  A plan of more tasks than one
-    run schedules is refused first (:meth:`Plan.check_size`).
+    run schedules is refused first (:meth:`Plan.check_size`).  ``cache`` and
+    ``listing``: as for :func:`selection_stats`.
     """
     plan.check_size()
-    return selection_stats([plan.source], [plan.selection], norm, client)
+    return selection_stats([plan.source], [plan.selection], norm, client, cache=cache,
+                           listings=None if listing is None else [listing])
+
+
+def source_listing(source: Source) -> str | None:
+    """:func:`asn2n_dask.io.input_listing` of a source: evidence, from a directory
+    listing, that its data has not been written since (None: no such evidence)."""
+    from .io import input_listing
+
+    return input_listing(source.path, array_path=source.array_path, series=source.series)
+
+
+class StatsCache:
+    """Channel statistics measured in this process, for the next step of the same command.
+
+    ``asn2n run`` trains on its input, then denoises it: both need the statistics of
+    the same channels of the same input.  The training's pass leaves them here with
+    the input's listing (:func:`source_listing`) taken before it read anything; the
+    denoising takes them back (:meth:`get`) only when the sources, the channels, the
+    normalisation percentiles and a fresh listing all equal what they were, and
+    measures them again otherwise.  The statistics are those the pass gave, digests
+    included, so the output is the one a second pass would have given.  Nothing is
+    kept beyond the object's life, and no listing (a remote or changing input) means
+    no reuse.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[str, ...], tuple[ChannelStats, ...]]] = {}
+
+    @staticmethod
+    def key(sources: Sequence[Source], selections: Sequence[Selection], norm: Any) -> str:
+        """What the statistics are a function of: each source as stored (path, array,
+        series, axes, shape, chunks, dtype), the channels its pass reads (every time
+        point: the time range plays no part), and the normalisation options."""
+        what = [[s.path, s.kind, s.array_path, s.series, s.axes, list(s.shape), list(s.chunks), s.dtype,
+                 replace(sel, time=None).to_dict()] for s, sel in zip(sources, selections)]
+        return json.dumps([what, norm.to_dict()], sort_keys=True, default=str)
+
+    def get(self, key: str, listings: Sequence[str | None]) -> list[ChannelStats] | None:
+        """The statistics kept under ``key`` when they were measured at ``listings``."""
+        if any(v is None for v in listings) or key not in self._entries:
+            return None
+        then, stats = self._entries[key]
+        return list(stats) if tuple(listings) == then else None
+
+    def put(self, key: str, listings: Sequence[str | None], stats: Sequence[ChannelStats]) -> None:
+        """Keep ``stats``, measured after ``listings`` were taken (not kept without them)."""
+        if all(v is not None for v in listings):
+            self._entries[key] = (tuple(str(v) for v in listings), tuple(stats))
 
 
 #: Target size of one read block of the statistics pass.  Storage chunks are often small
@@ -711,12 +761,31 @@ def selection_array(source: Source, selection: Selection, blocks: tuple[int, ...
 
 
 def selection_stats(sources: Sequence[Source], selections: Sequence[Selection], norm: Any,
-                    client: Any = None) -> list[ChannelStats]:
+                    client: Any = None, *, cache: StatsCache | None = None,
+                    listings: Sequence[str | None] | None = None) -> list[ChannelStats]:
     """Channel statistics over the selected channels of one or more sources (same frame
-    size), in one reduction pass (:func:`asn2n_dask.stats.channel_stats`)."""
+    size), in one reduction pass (:func:`asn2n_dask.stats.channel_stats`).
+
+    With a ``cache``, statistics it holds for the same sources, channels and
+    normalisation, measured when the sources were listed as they are now, are returned
+    without reading anything; otherwise the pass runs and its result is kept there.
+    ``listings``: the sources' :func:`source_listing`, when just taken by the caller
+    (default: taken here, before the pass).
+    """
     import dask
     import dask.array as da
 
+    if cache is not None:
+        key = StatsCache.key(sources, selections, norm)
+        listings = list(listings) if listings is not None else [source_listing(s) for s in sources]
+        kept = cache.get(key, listings)
+        if kept is not None:
+            log.info("channel statistics of %s taken from this command's earlier pass (input unchanged since)",
+                     sources[0].path)
+            return kept
+        stats = selection_stats(sources, selections, norm, client)
+        cache.put(key, listings, stats)
+        return stats
     parts = [selection_array(s, sel, stats_blocks(s.shape, s.chunks, s.axes, np.dtype(s.dtype).itemsize))
              for s, sel in zip(sources, selections)]
     arr = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=1)
@@ -820,6 +889,35 @@ def _prepare_output(output: Path, plan: Plan, parts: dict[str, Any], options: Ru
                           "write to.") from None
 
 
+def _complete_and_unchanged(prev: dict[str, Any] | None, parts: dict[str, Any], listing: str | None) -> bool:
+    """Whether an existing output is the complete result of this very job (``parts``,
+    the job without its statistics) on this input as it is now, shown without reading
+    the input: the output is complete, its record with the statistics it was computed
+    with is this job's, and the input's listing (:func:`source_listing`) equals the one
+    taken before that run read it.  False whenever that evidence is missing or differs:
+    the caller then measures the statistics and compares them, as for any run."""
+    if not prev or prev.get("status") != "complete" or listing is None or prev.get("input_listing") != listing:
+        return False
+    job = prev.get("job")
+    if not isinstance(job, dict) or not isinstance(job.get("stats"), list):
+        return False
+    return bool(prev.get("fingerprint") == _fingerprint({**parts, "stats": job["stats"]}))
+
+
+def _record_listing(output: Path, listing: str) -> None:
+    """Record the input's listing in a complete output whose statistics were just found
+    equal to the ones it was computed with (an output that cannot be written keeps the
+    old one: the next run reads the input again)."""
+    import zarr
+
+    try:
+        root: Any = zarr.open_group(str(output), mode="r+")
+        asn = dict(root.attrs.get("asn2n") or {})
+        root.attrs.update({"asn2n": {**asn, "input_listing": listing}})
+    except OSError as e:
+        log.warning("could not record the input's listing in %s (%s)", output, e)
+
+
 def _refuse_other_job(output: Path, old: dict[str, Any], parts: dict[str, Any], *, check_stats: bool) -> None:
     """Raise (one sentence) when an existing output belongs to another job."""
     if old.get("input") != parts["input"]:
@@ -860,11 +958,13 @@ RISK_CLASSES = {WEAK_BACKGROUND: ("weak background", (0, 120, 255, 160)),
                 SPARSE_BRIGHT: ("sparse bright", (255, 150, 0, 160))}
 
 
-def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> None:
+def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any, listing: str | None = None) -> None:
     """After every chunk is recorded: the pyramid levels of the image and of its risk
     label images (the same levels, shapes and scales, less ``C``), then the OME
-    metadata, and last the status that presents the output as complete.  Each step may
-    be redone: a run stopped here is finished by running the same command again."""
+    metadata, and last the status that presents the output as complete, with the
+    input's ``listing`` taken before the run read it (:func:`source_listing`).  Each
+    step may be redone: a run stopped here is finished by running the same command
+    again."""
     import zarr
 
     root: Any = zarr.open_group(str(output), mode="r+")
@@ -917,6 +1017,7 @@ def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any) -> Non
     attrs = dict(root.attrs)
     asn: dict[str, Any] = dict(attrs.get("asn2n", {}))  # type: ignore[arg-type]
     asn["status"] = "complete"
+    asn["input_listing"] = listing
     root.attrs.update({**ome.image_attrs(options.ome, plan.axes, name="denoised", channels=chans, levels=levels,
                                          scale=scale, units=units), "asn2n": asn})
 
@@ -976,8 +1077,15 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                  memory_limit: str | None = None, progress: Callable[[str, int, int], None] | None = None,
                  echo: Callable[[str], None] = log.info, extra: dict[str, Any] | None = None,
                  torch_threads: int | None = None, cluster: str | os.PathLike[str] | None = None,
-                 jobs: int | None = None, dashboard_address: str | None = None) -> RunSummary:
+                 jobs: int | None = None, dashboard_address: str | None = None,
+                 stats_cache: StatsCache | None = None) -> RunSummary:
     """Denoise ``source`` into the OME-Zarr ``output``, chunk by chunk, resumably.
+
+    An output that is already the complete result of the same job is left as it is,
+    without reading the input, when the input's listing (:func:`source_listing`: the
+    size, inode and times of every file, never a pixel) equals the one taken before
+    that run read it.  Otherwise the statistics pass runs first and the existing output
+    is resumed only when its record, content digests included, equals this job's.
 
     Parameters
     ----------
@@ -1014,6 +1122,9 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     dashboard_address : str, optional
         Where the dashboard of a cluster started here listens (``HOST:PORT``); default
         ``127.0.0.1:0``, a free port on this machine only (``:8787`` exposes it).
+    stats_cache : StatsCache, optional
+        Statistics this process measured for the same input and channels (``asn2n
+        run``'s training): used instead of a second pass when still valid.
 
     Returns
     -------
@@ -1056,6 +1167,12 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
         }
         if prev and not options.overwrite and isinstance(prev.get("job"), dict):
             _refuse_other_job(out, prev["job"], parts, check_stats=False)  # before reading any data
+        listing = source_listing(source)  # before any read: what the statistics and the chunks will see
+        if not options.overwrite and _complete_and_unchanged(prev, parts, listing):
+            summary.already_complete = True
+            echo(f"{out} is already complete for this job; nothing to do.")
+            summary.skipped = plan.n_tasks
+            return summary
         with _client_for(client, scheduler, workers, threads, memory_limit, echo, options.infer.device, cluster,
                          jobs, dashboard_address) as (
                 cl, cluster_threads):
@@ -1067,7 +1184,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             ts = time.perf_counter()
             if progress is not None:
                 progress("statistics", 0, 1)
-            stats = compute_stats(plan, model.train.norm, cl)
+            stats = compute_stats(plan, model.train.norm, cl, cache=stats_cache, listing=listing)
             summary.stats_seconds = time.perf_counter() - ts
             if progress is not None:
                 progress("statistics", 1, 1)
@@ -1084,6 +1201,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             summary.resumed = _prepare_output(out, plan, parts, options, prov)
             if summary.resumed and (prev or {}).get("status") == "complete":
                 summary.already_complete = True
+                if listing is not None and (prev or {}).get("input_listing") != listing:
+                    _record_listing(out, listing)  # the content is unchanged: the next run need not read it
                 echo(f"{out} is already complete for this job; nothing to do.")
                 summary.skipped = plan.n_tasks
                 return summary
@@ -1114,7 +1233,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             if missing:
                 raise OutputError(f"{missing} chunk(s) of {out} have no completion record; run the same command again "
                                   "to finish them.")
-            _finalise(out, plan, options, cl)
+            _finalise(out, plan, options, cl, listing)
         summary.seconds = time.perf_counter() - t0
         return summary
 
