@@ -987,7 +987,9 @@ def denoise(
     A .zarr output is written chunk by chunk on a Dask cluster (an embedded one unless
     --scheduler is given) as OME-Zarr, its axes in T, C, Z, Y, X order, with a risk label
     image per channel (labels/risk-<channel>); a run that stopped is
-    resumed by running the same command again.  A .tif output is computed in memory, as a
+    resumed by running the same command again, and a finished one run again says it is
+    complete without reading the input, unless the input's files changed since (then
+    its statistics are compared as for a resume).  A .tif output is computed in memory, as a
     TIFF of the input's kind (ImageJ hyperstack, OME-TIFF or plain) with its pixel sizes,
     time step and channel names.
 
@@ -1082,8 +1084,10 @@ def run(
 
     For a .zarr output the model is trained on patches read lazily from the input
     (as 'asn2n fit' does), then the input is denoised chunk by chunk as 'asn2n denoise'
-    does.  Running the same command again after a crash reuses the
-    finished model and resumes the denoising.
+    does.  The input is read once for its channel statistics: training hands them to
+    the denoising while the input's files are unchanged.  Running the same command
+    again after a crash reuses the finished model and resumes the denoising; once
+    finished, it says so without reading the input.
 
     Examples:
 

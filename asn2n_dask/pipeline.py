@@ -11,7 +11,9 @@ Every chunk is computed by :func:`asn2n_dask.predict.denoise_window`, the same f
 that denoises a whole frame in memory, from channel statistics computed once; so the
 output does not depend on the chunking.  A run that is stopped part-way is resumed by
 running the same command again: chunks whose completion record matches the data on
-disk are skipped, the others recomputed.
+disk are skipped, the others recomputed.  A finished one run again reads nothing of the
+input when its listing (:func:`source_listing`) shows that the input was not written
+since; otherwise the statistics pass decides, as for a resume.
 """
 
 from __future__ import annotations
