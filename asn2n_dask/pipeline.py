@@ -666,12 +666,12 @@ def compute_stats(plan: Plan, norm: Any, client: Any = None, *, cache: StatsCach
 
     All time points count, whatever ``--time`` selects, so that a dataset denoised in
     time batches gives the same result as in one run.  A plan of more tasks than one
-    run schedules is refused first (:meth:`Plan.check_size`).  ``cache`` and
-    ``listing``: as for :func:`selection_stats`.
+    run schedules is refused first (:meth:`Plan.check_size`).  ``cache``: as for
+    :func:`selection_stats`; ``listing``: the source's :func:`source_listing`, just
+    taken (None: there is none, and ``cache`` cannot vouch for its statistics).
     """
     plan.check_size()
-    return selection_stats([plan.source], [plan.selection], norm, client, cache=cache,
-                           listings=None if listing is None else [listing])
+    return selection_stats([plan.source], [plan.selection], norm, client, cache=cache, listings=[listing])
 
 
 def source_listing(source: Source) -> str | None:
