@@ -504,7 +504,7 @@ def _model(spec: RunSpec) -> Any:
     with _LOCK:
         if key not in _MODELS:
             from .checkpoint import load_model
-            from .predict import network_fn, resolve_device
+            from .predict import compiles, network_fn, resolve_device
 
             if spec.torch_threads:
                 import torch
@@ -514,8 +514,9 @@ def _model(spec: RunSpec) -> Any:
             if model_sha(spec.model_dir) != spec.model_sha:
                 raise ModelError(f"the model in {spec.model_dir} changed during the run; start again.")
             dev = resolve_device(spec.device)
-            fns = [network_fn(ch.net, dev, infer.precision, infer.compile) for ch in model.channels]
-            if infer.compile and dev.type == "cuda":  # compile here, once, under the lock: not in every thread
+            compiled = compiles(infer, dev)
+            fns = [network_fn(ch.net, dev, infer.precision, compiled) for ch in model.channels]
+            if compiled:  # compile here, once, under the lock: not in every thread (kernels from the cache)
                 import torch
 
                 views = 2 if infer.infer_on == "twins" else 1
