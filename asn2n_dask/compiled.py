@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 __all__ = ["CACHE_ENV", "cache_root", "device_kind", "has_cpp_compiler", "entry_parts", "entry_path",
-           "compile_network", "load_entry", "save_entry"]
+           "cached", "compile_network", "load_entry", "save_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,10 @@ def _clean(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text)
 
 
-def entry_parts(net: torch.nn.Module, device: torch.device, x: torch.Tensor, precision: str) -> dict[str, Any]:
-    """Everything a cache entry is keyed by: the software, the device kind, the network's
+def entry_parts(net: torch.nn.Module, device: torch.device, x: torch.Tensor, precision: str,
+                mode: str = "infer") -> dict[str, Any]:
+    """Everything a cache entry is keyed by: the software, the device kind, what is
+    compiled (``infer``: the forward pass; ``train``: forward and backward), the network's
     layers (widths and parameter shapes, not values: weights are inputs of the compiled
     code, so one entry serves every trained model of a preset), the input's shape,
     dtype and memory layout, and the arithmetic."""
@@ -108,6 +110,7 @@ def entry_parts(net: torch.nn.Module, device: torch.device, x: torch.Tensor, pre
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "asn2n_dask": __version__,
         "device": device_kind(device),
+        "mode": mode,
         "network": type(net).__name__,
         "widths": list(getattr(net, "widths", [])),
         "layers": hashlib.sha256(json.dumps(layers).encode()).hexdigest()[:16],
@@ -126,7 +129,7 @@ def entry_path(root: Path, parts: dict[str, Any]) -> Path:
     widths = "-".join(str(w) for w in parts["widths"]) or parts["network"]
     shape = "x".join(str(s) for s in parts["input"])
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
-    name = _clean(f"unet-{widths}_in-{shape}_{parts['precision']}_{parts['layout']}_{digest}.bin")
+    name = _clean(f"{parts['mode']}-unet-{widths}_in-{shape}_{parts['precision']}_{parts['layout']}_{digest}.bin")
     return root / folder / name
 
 
@@ -206,12 +209,30 @@ def _entry_lock(path: Path) -> Iterator[bool]:
         lock.release()
 
 
+@contextlib.contextmanager
+def cached(parts: dict[str, Any], root: Path | None | str = "default") -> Iterator[None]:
+    """Run the block that compiles (the first call of a compiled network, or a training
+    step with its backward pass) with the cache entry of ``parts`` loaded before it and,
+    when nothing could be loaded, saved after it; other processes wanting the same entry
+    wait meanwhile.  ``root``: cache directory (``"default"``: :func:`cache_root`;
+    ``None``: no cache)."""
+    base = cache_root() if isinstance(root, str) and root == "default" else (Path(root) if root else None)
+    if base is None:
+        yield
+        return
+    path = entry_path(base, parts)
+    with _entry_lock(path) as usable:
+        loaded = usable and load_entry(path, parts)
+        yield
+        if usable and not loaded:
+            save_entry(path, parts)
+
+
 def compile_network(net: torch.nn.Module, device: torch.device, precision: str,
                     root: Path | None | str = "default") -> Callable[[torch.Tensor], torch.Tensor]:
     """``torch.compile(net)`` for fixed input shapes, its kernels kept in the cache.
 
-    The first call with each new input shape (the one that compiles) runs with that
-    shape's cache entry loaded before and, when it had to be compiled, saved after.
+    The first call with each new input shape (the one that compiles) runs :func:`cached`.
 
     Parameters
     ----------
@@ -225,21 +246,14 @@ def compile_network(net: torch.nn.Module, device: torch.device, precision: str,
         Cache directory; ``"default"``: :func:`cache_root`; ``None``: no cache.
     """
     run = torch.compile(net, dynamic=False)
-    base = cache_root() if isinstance(root, str) and root == "default" else (Path(root) if root else None)
     seen: set[tuple[int, ...]] = set()
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)
-        if base is None or shape in seen:
+        if shape in seen:
             return run(x)  # type: ignore[no-any-return]
         seen.add(shape)
-        parts = entry_parts(net, device, x, precision)
-        path = entry_path(base, parts)
-        with _entry_lock(path) as usable:
-            loaded = usable and load_entry(path, parts)
-            out = run(x)
-            if usable and not loaded:
-                save_entry(path, parts)
-        return out  # type: ignore[no-any-return]
+        with cached(entry_parts(net, device, x, precision), root):
+            return run(x)  # type: ignore[no-any-return]
 
     return fn

@@ -150,3 +150,31 @@ def test_second_process_compiles_nothing(tmp_path: Path) -> None:
     assert warm["inductor"].get("fxgraph_cache_miss", 0) == 0 and warm["inductor"].get("fxgraph_cache_hit", 0) >= 1
     assert warm["aot"].get("autograd_cache_miss", 0) == 0 and warm["aot"].get("autograd_cache_hit", 0) >= 1
     assert warm["error"] < 1e-4 and "compile cache" not in err
+
+
+def test_a_compiled_training_run_compiles_its_first_step_through_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first step (forward and backward) runs inside the cache entry of the training
+    input; later steps do not touch the cache.  (torch.compile is replaced by the
+    network itself: what is checked is where the cache is used, not compilation.)"""
+    import contextlib
+
+    import numpy as np
+
+    from asn2n_dask import train
+    from asn2n_dask.config import TrainConfig
+
+    entries: list[dict] = []
+
+    @contextlib.contextmanager
+    def record(parts: dict, root: object = "default"):  # type: ignore[no-untyped-def]
+        entries.append(parts)
+        yield
+
+    monkeypatch.setattr(train, "cached", record)
+    monkeypatch.setattr(torch, "compile", lambda m, **k: m)
+    frame = np.random.default_rng(0).poisson(20, (64, 64)).astype(np.uint16)
+    train.train_channel([frame], TrainConfig(preset="tiny", steps=3, patch=32, batch=2, val_every=3, compile=True))
+    assert [(p["mode"], p["input"], p["widths"]) for p in entries] == [("train", [4, 1, 32, 32], [8, 16])]
+    entries.clear()
+    train.train_channel([frame], TrainConfig(preset="tiny", steps=3, patch=32, batch=2, val_every=3))
+    assert entries == []
