@@ -35,7 +35,7 @@ from .blend import check_tile_frame
 from .checkpoint import ChannelModel, Model, save_model
 from .config import InferConfig, RiskThresholds, TrainConfig
 from .errors import InputError, ModelError
-from .predict import denoise_frame, network_fn, resolve_device
+from .predict import compiles, denoise_frame, network_fn, resolve_device
 from .risk import FrameStats, RiskReport, resolve_estimator
 from .risk import assess_risk as _frame_risk
 from .sampling import ArrayPlanes, channel_noise
@@ -538,7 +538,7 @@ def _denoise_lazy(data: Any, model: Model, axes: str | None, config: InferConfig
     return da.map_blocks(
         _denoise_block, frames, stats, name=f"asn2n-denoise-{token}", dtype=np.float32,
         meta=np.empty((0,) * data.ndim, np.float32), c_axis=c_axis,
-        fns=[network_fn(ch.net, dev, config.precision, config.compile) for ch in model.channels],
+        fns=[network_fn(ch.net, dev, config.precision, compiles(config, dev)) for ch in model.channels],
         norms=[model.norm(i) for i in range(model.n_channels)], modes=[ch.dataset_mode for ch in model.channels],
         infer=config, device=dev, multiple=model.multiple)
 
@@ -606,7 +606,7 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
     all_stats = list(stats) if stats is not None else channel_stats(planes, model.train.norm)
     for c, mc in enumerate(channel_map):
         ch = model.channels[mc]
-        fn = network_fn(ch.net, dev, config.precision, config.compile)
+        fn = network_fn(ch.net, dev, config.precision, compiles(config, dev))
         for p in range(planes.shape[1]):
             out[c, p], risk[c, p] = denoise_frame(planes[c, p], fn, stats=all_stats[c], norm=model.norm(mc),
                                                   infer=config, device=dev, multiple=model.multiple,

@@ -333,8 +333,9 @@ TileOpt = Annotated[int, typer.Option("--tile", help="Inference tile side in pix
 TileBatchOpt = Annotated[int, typer.Option("--tile-batch", min=1, help="Tiles per network call when denoising, up "
                                            "to 4096 (larger is faster on a GPU, up to its memory).")]
 CompileNetOpt = Annotated[bool, typer.Option("--compile", help="On a GPU, compile the network (torch.compile): "
-                                             "about twice as fast after a minute of compilation per worker; "
-                                             "worth it for long runs.")]
+                                             "about twice as fast; its kernels are compiled once per machine "
+                                             "and kept in a cache ($ASN2N_COMPILE_CACHE, 'off' for none), "
+                                             "so later runs skip the compilation. Ignored on a CPU.")]
 InferPrecisionOpt = Annotated[Precision, typer.Option("--infer-precision", case_sensitive=False,
                                                       help="Network arithmetic when denoising on a GPU (the CPU "
                                                       "always uses fp32).")]
@@ -680,8 +681,9 @@ def fit(
                                                 "patches beside the network (0: none).")] = 0,
     precision: Annotated[Precision, typer.Option("--precision", case_sensitive=False, help="Training arithmetic: "
                                                  "bf16 autocasts the network (for GPUs).")] = TRAIN.precision,
-    compile_net: Annotated[bool, typer.Option("--compile", help="torch.compile the network (GPU; first steps "
-                                              "are slow).")] = TRAIN.compile,
+    compile_net: Annotated[bool, typer.Option("--compile", help="torch.compile the network (GPU; the first "
+                                              "step compiles, from the cache of $ASN2N_COMPILE_CACHE when "
+                                              "an earlier run compiled the same).")] = TRAIN.compile,
     device: DeviceOpt = INFER.device,
     axes: AxesOpt = None,
     series: SeriesOpt = None,

@@ -291,7 +291,8 @@ class TrainConfig:
         bright) patches; ``None`` keeps the data's own share.
     precision, compile
         ``bf16``: autocast the network to bfloat16 (for GPUs); ``fp32`` otherwise.
-        ``compile``: ``torch.compile`` the network.
+        ``compile``: ``torch.compile`` the network (the first step's kernels from the
+        compile cache of :mod:`asn2n_dask.compiled` when one process trains).
     norm
         Normalisation options, used again at inference.
     """
@@ -382,8 +383,10 @@ class InferConfig:
         On the CPU the network always runs in fp32.
     compile
         On CUDA, compile the network with ``torch.compile``: about twice the network's
-        speed after a compilation of a minute or so per worker process; worth it for
-        runs of more than a few minutes.  Ignored on the CPU.
+        speed.  The kernels are compiled once per machine and kept in a cache
+        (:mod:`asn2n_dask.compiled`), so only the first run with a given torch, GPU
+        model, network, tile, tile batch and precision pays the compilation (a minute
+        or so).  Ignored on the CPU.
     """
 
     tile: int = 128

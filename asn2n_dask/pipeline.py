@@ -506,7 +506,7 @@ def _model(spec: RunSpec) -> Any:
     with _LOCK:
         if key not in _MODELS:
             from .checkpoint import load_model
-            from .predict import network_fn, resolve_device
+            from .predict import compiles, network_fn, resolve_device
 
             if spec.torch_threads:
                 import torch
@@ -516,8 +516,9 @@ def _model(spec: RunSpec) -> Any:
             if model_sha(spec.model_dir) != spec.model_sha:
                 raise ModelError(f"the model in {spec.model_dir} changed during the run; start again.")
             dev = resolve_device(spec.device)
-            fns = [network_fn(ch.net, dev, infer.precision, infer.compile) for ch in model.channels]
-            if infer.compile and dev.type == "cuda":  # compile here, once, under the lock: not in every thread
+            compiled = compiles(infer, dev)
+            fns = [network_fn(ch.net, dev, infer.precision, compiled) for ch in model.channels]
+            if compiled:  # compile here, once, under the lock: not in every thread (kernels from the cache)
                 import torch
 
                 views = 2 if infer.infer_on == "twins" else 1
@@ -549,6 +550,10 @@ def _record_path(output: str, p: int, iy: int, ix: int) -> Path:
 def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     """Compute and write one output chunk, unless a verified record says it is done.
 
+    The chunk's record holds the digest of what was written and the seconds spent
+    reading its region, denoising it (risk, normalisation, network, blend; a worker's
+    first chunk also loads, and may compile, the network) and writing it.
+
     Returns :data:`COMPUTED` or :data:`SKIPPED`.
     """
     from .predict import denoise_window
@@ -572,7 +577,9 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
         log.warning("chunk %s of %s failed verification; recomputing it", (p, iy, ix), spec.output)
         rec.unlink(missing_ok=True)
     (ry0, ry1), (rx0, rx1) = wp.read
+    t0 = time.perf_counter()
     region = np.asarray(plan.source.open()[src_idx + (slice(ry0, ry1), slice(rx0, rx1))])
+    t_read = time.perf_counter()
     if region.dtype.kind == "f" and not np.isfinite(region).all():
         raise InputError(f"{plan.source.path} holds NaN or infinite values in plane {src_idx}; replace them "
                          "before denoising.")
@@ -581,13 +588,16 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     out, risk = denoise_window(region, wp, plan.frame_shape, fns[mc], stats=ChannelStats.from_dict(spec.stats[c]),
                                norm=model.norm(mc), infer=plan.infer, device=dev, multiple=model.multiple,
                                dataset_mode=model.channels[mc].dataset_mode)
+    t_denoise = time.perf_counter()
     data = cast_output(out, plan.source.dtype) if spec.dtype == "input" else out
     labels = risk.astype(np.uint8)
     out_arr[where] = data
     risk_arr[label_where] = labels
     rec.parent.mkdir(exist_ok=True)
     tmp = rec.with_name(f"{rec.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps({"sha256": _digest(data.astype(out_arr.dtype), labels), "time": time.time()}))
+    seconds = {"read": t_read - t0, "denoise": t_denoise - t_read, "write": time.perf_counter() - t_denoise}
+    tmp.write_text(json.dumps({"sha256": _digest(data.astype(out_arr.dtype), labels), "time": time.time(),
+                               "seconds": seconds}))
     os.replace(tmp, rec)
     return COMPUTED
 
@@ -1199,7 +1209,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                     "output_axes": plan.axes, "model": str(model_dir),
                     "model_sha256": msha, "norm": model.train.norm.to_dict(),
                     "risk_estimators": [ch.risk_estimator for ch in model.channels], "infer": options.infer.to_dict(),
-                    "stats": [s.to_dict() for s in stats], "channel_map": list(cmap), **(extra or {})}
+                    "stats": [s.to_dict() for s in stats], "channel_map": list(cmap),
+                    "stats_seconds": summary.stats_seconds, **(extra or {})}
             summary.resumed = _prepare_output(out, plan, parts, options, prov)
             if summary.resumed and (prev or {}).get("status") == "complete":
                 summary.already_complete = True

@@ -22,7 +22,7 @@ from .pairs import make_twins_torch
 from .risk import assess_risk, assess_risk_torch, noise_level, resolve_estimator
 from .stats import ChannelStats, channel_stats
 
-__all__ = ["resolve_device", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
+__all__ = ["resolve_device", "compiles", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
            "patch_span", "axis_reads", "window_fields", "resolved_norm", "denoise_window", "denoise_frame"]
 
 
@@ -37,27 +37,38 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def compiles(infer: InferConfig, device: torch.device | str) -> bool:
+    """Whether ``infer.compile`` compiles the network on ``device``: on CUDA only (on a
+    CPU compiled kernels are no faster than eager ones, so the option is ignored)."""
+    return infer.compile and torch.device(device).type == "cuda"
+
+
 def network_fn(net: torch.nn.Module, device: torch.device | str, precision: str = "bf16",
                compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """Wrap a network for batched inference: no autograd; channels-last memory where it
     is faster (:func:`asn2n_dask.model.channels_last`); on CUDA bf16 autocast with
-    ``precision="bf16"``, and with ``compile=True`` the network
-    compiled by ``torch.compile`` (fused kernels: about twice as fast on a GPU, after a
-    compilation of a minute or so per process).  The CPU always computes in fp32, eagerly.
+    ``precision="bf16"``, and with ``compile=True`` the network compiled by
+    ``torch.compile`` on any device (:func:`asn2n_dask.compiled.compile_network`: its
+    kernels compiled once per machine and kept in a cache; on a CPU this needs a C++
+    compiler).  :func:`compiles` says where the ``compile`` option of
+    :class:`~asn2n_dask.config.InferConfig` applies.  The CPU always computes in fp32.
 
     A compiled network sees one batch size: a shorter batch (the last of a chunk) is
     padded to the longest one seen, so it is never compiled again.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
+    amp = cuda and precision == "bf16"
     net = net.to(device).eval()
     nhwc = channels_last(device)
     if nhwc:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     run: Callable[[torch.Tensor], torch.Tensor] = net
-    compiled = compile and cuda
+    compiled = compile
     if compiled:
-        run = torch.compile(net, dynamic=False)  # type: ignore[assignment]
+        from .compiled import compile_network
+
+        run = compile_network(net, device, "bf16" if amp else "fp32")
     longest = 0
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +80,7 @@ def network_fn(net: torch.nn.Module, device: torch.device | str, precision: str 
                 x = torch.cat([x, x.new_zeros((longest - n, *x.shape[1:]))])
         if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                    enabled=cuda and precision == "bf16"):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             return run(x)[:n].float().contiguous()
 
     return fn

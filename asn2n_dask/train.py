@@ -25,6 +25,7 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
+from .compiled import cached, entry_parts
 from .config import PRESETS, TrainConfig
 from .errors import InputError
 from .model import UNet, build_unet, channels_last
@@ -251,9 +252,14 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
             ta, tb = ta.pin_memory().to(dev, non_blocking=True), tb.pin_memory().to(dev, non_blocking=True)
         if nhwc:
             ta, tb = ta.contiguous(memory_format=torch.channels_last), tb.contiguous(memory_format=torch.channels_last)
-        loss = loss_of(model, ta, tb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # a compiled network's first step compiles its forward and backward passes: with
+        # their kernels from the cache when another run has compiled them (one process only:
+        # ranks of a distributed run must not wait for each other's compilation)
+        with (cached(entry_parts(net, dev, torch.cat([ta, tb]), config.precision, "train"))
+              if config.compile and world == 1 and step == start + 1 else contextlib.nullcontext()):
+            loss = loss_of(model, ta, tb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         sched.step()
         value = loss.detach()

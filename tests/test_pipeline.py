@@ -508,3 +508,15 @@ def test_finished_chunks_are_forgotten_by_the_cluster_while_the_run_goes_on(data
     assert len(seen) == 1 and seen[0][0] <= seen[0][1] + 1, seen  # + the future just reported
     run(d, "forget-ref.zarr", chunks=(64, 64))  # the same job in this process
     np.testing.assert_array_equal(output(d / "forget.zarr")[0], output(d / "forget-ref.zarr")[0])
+
+
+def test_each_chunk_record_and_the_output_say_where_the_time_went(data):
+    d, _, _ = data
+    s = run(d, "timed.zarr", chunks=(75, 85))
+    records = [json.loads(p.read_text()) for p in sorted((d / "timed.zarr" / PROGRESS_DIR).glob("*.json"))]
+    assert len(records) == s.tasks
+    for r in records:
+        assert set(r["seconds"]) == {"read", "denoise", "write"} and min(r["seconds"].values()) > 0
+    assert sum(sum(r["seconds"].values()) for r in records) < s.seconds - s.stats_seconds  # one thread
+    attrs = zarr.open_group(str(d / "timed.zarr"), mode="r").attrs["asn2n"]
+    assert attrs["stats_seconds"] == s.stats_seconds > 0
