@@ -29,7 +29,8 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from .errors import ConfigError
 
 __all__ = ["dask_client", "default_workers", "relax_malloc_trim", "AllocatorPlugin", "check_dashboard_address",
-           "check_memory_limit", "check_scheduler", "DEFAULT_DASHBOARD", "MIN_MEMORY_LIMIT"]
+           "check_memory_limit", "check_scheduler", "DEFAULT_DASHBOARD", "MIN_MEMORY_LIMIT", "WORKER_CONFIG",
+           "worker_environment"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,14 @@ DEFAULT_DASHBOARD = "127.0.0.1:0"
 MIN_MEMORY_LIMIT = 256 * 2**20
 #: Seconds to wait for a running scheduler to answer (``--scheduler``).
 CONNECT_TIMEOUT = 5
+#: Dask settings of the workers this package starts (embedded clusters, batch jobs).
+#: Dask's statistical profiler samples each worker thread's stack every 10 ms and keeps
+#: every second's call tree for 1000 s (``distributed.admin.low-level-log-length``
+#: cycles, twice: overall and per task prefix): a worker running small chunks grew by
+#: about 4 KB a chunk (300 KB a second) for the run's first 17 minutes, for a tree that
+#: only the dashboard's Profile page shows (``benchmarks/pipeline.py --stage tasks``).
+#: Workers of a running scheduler (``--scheduler``) keep their own settings.
+WORKER_CONFIG: dict[str, Any] = {"distributed.worker.profile.enabled": False}
 _ADDRESS = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])?:[0-9]{1,5}$")
 
 
@@ -85,6 +94,13 @@ def check_scheduler(scheduler: str) -> str:
     address (the address itself is tried when the run starts)."""
     _scheduler_address(scheduler)
     return scheduler
+
+
+def worker_environment() -> dict[str, str]:
+    """:data:`WORKER_CONFIG` as environment variables (``DASK_DISTRIBUTED__WORKER__...``),
+    for workers started by a job script or a command line."""
+    return {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): repr(value)
+            for key, value in WORKER_CONFIG.items()}
 
 
 def _start_error(what: str, e: BaseException) -> ConfigError:
@@ -198,6 +214,7 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None, thr
         A missing or unreadable scheduler file, a scheduler that does not answer, bad
         sizes, or a cluster that fails to start (one sentence, never Dask's traceback).
     """
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
@@ -226,7 +243,7 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None, thr
     cluster: Any
     with contextlib.ExitStack() as stack:
         try:
-            with _workers_ignore_ctrl_c():
+            with _workers_ignore_ctrl_c(), dask.config.set(WORKER_CONFIG):  # nannies copy it to their workers
                 cuda = _cuda_cluster(memory_limit, t, dashboard_address) if gpu else None
                 if cuda is not None:
                     cluster = stack.enter_context(cuda)

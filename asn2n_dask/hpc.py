@@ -372,6 +372,9 @@ def worker_torch_threads(profile: Profile) -> int:
 def make_cluster(profile: Profile, dashboard_address: str | None = None, **overrides: Any) -> Any:
     """The dask-jobqueue cluster of a profile (its scheduler starts in this process).
 
+    Its job script exports the workers' Dask settings (:data:`asn2n_dask.cluster.WORKER_CONFIG`)
+    before the profile's ``job_script_prologue``.
+
     Parameters
     ----------
     profile : Profile
@@ -393,13 +396,16 @@ def make_cluster(profile: Profile, dashboard_address: str | None = None, **overr
         raise ConfigError("cluster profiles need dask-jobqueue: pip install 'asn2n-dask[hpc]'.") from None
     import dask
 
-    from .cluster import DEFAULT_DASHBOARD, check_dashboard_address
+    from .cluster import DEFAULT_DASHBOARD, check_dashboard_address, worker_environment
 
     cls = getattr(dask_jobqueue, KINDS[profile.kind])
     scheduler_options = dict(dask.config.get(f"jobqueue.{profile.kind}.scheduler-options", None) or {})
     scheduler_options["dashboard_address"] = check_dashboard_address(
         dashboard_address or scheduler_options.get("dashboard_address") or DEFAULT_DASHBOARD)
     kwargs: dict[str, Any] = {"job_name": "asn2n", **profile.options, "scheduler_options": scheduler_options}
+    # the workers' Dask settings (cluster.WORKER_CONFIG), first: the profile's set-up lines may still change them
+    prologue = kwargs.get("job_script_prologue", dask.config.get(f"jobqueue.{profile.kind}.job-script-prologue", None))
+    kwargs["job_script_prologue"] = [f"export {k}={v}" for k, v in worker_environment().items()] + list(prologue or [])
     security = _security(profile)
     if security is not None and profile.security == "auto":  # in-memory keys, written out for the jobs
         tls_dir = str(kwargs.setdefault("shared_temp_directory", TLS_DIRECTORY))

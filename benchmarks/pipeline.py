@@ -1,30 +1,37 @@
 #!/usr/bin/env python3
-"""Pipeline benchmarks: graph size, overhead against a plain loop, worker scaling, memory.
+"""Pipeline benchmarks: graph size, dry run, scheduler overhead and memory over many tasks,
+overhead against a plain loop, worker scaling, memory.
 
 Data: ``../shared/bench/simulate.py timelapse --no-gt`` (dual-colour uint16 time-lapse).
 
 Stages::
 
     python benchmarks/pipeline.py --stage graph      # 1 TB array, metadata only
+    python benchmarks/pipeline.py --stage dryrun     # asn2n denoise --dry-run on 1 TB of metadata, a subprocess
+    python benchmarks/pipeline.py --stage tasks      # >= 100k tiny tasks: per-task overhead, memory
     python benchmarks/pipeline.py --stage overhead   # pipeline vs core loop, same model
     python benchmarks/pipeline.py --stage scaling    # 1 vs 2 worker processes
     python benchmarks/pipeline.py --stage memory     # peak RSS, dataset of N vs 10 N frames
     python benchmarks/pipeline.py --stage stats      # the statistics pass alone (MB/s)
     python benchmarks/pipeline.py --stage report
 
-Writes ``benchmarks/results/pipeline.json`` and ``pipeline.md``.
+Writes ``benchmarks/results/pipeline.json`` and ``pipeline.md``; every row carries what
+made it (command, commit, dirty flag, machine, wall time: :func:`provenance`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pickle
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -217,10 +224,232 @@ def stage_graph() -> dict:
             "halo": list(plan.halo)}
 
 
+def provenance(command: str, seconds: float | None) -> dict:
+    """What made a row: the command, the commit (and whether tracked files beside the
+    records differed from it), the machine, the date and the wall time."""
+    import os
+    import platform
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    return {"command": command, "commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(changed),
+            "wall_s": seconds, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "machine": f"{platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()})"}
+
+
+def metadata_timelapse(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], noise_frames: int = 0) -> Path:
+    """A store laid out as ``simulate.py timelapse`` writes it (group, ``noisy`` array,
+    axes t c y x) holding metadata only: no chunk is written except, with
+    ``noise_frames``, the first time points (Poisson noise, so the statistics pass has a
+    value range); every other chunk reads as the fill value."""
+    import zarr
+
+    if not (path / "noisy" / "zarr.json").exists():
+        root = zarr.open_group(str(path), mode="w")
+        root.attrs.update({"axes": ["t", "c", "y", "x"], "metadata_only": True})
+        arr = root.create_array("noisy", shape=shape, chunks=chunks, dtype="uint16",
+                                dimension_names=["t", "c", "y", "x"])
+        rng = np.random.default_rng(0)
+        for t in range(min(noise_frames, shape[0])):
+            arr[t] = rng.poisson(20.0, size=shape[1:]).astype(np.uint16)
+    return path
+
+
+def stage_dryrun(chunks: list[int] | None, repeat: int) -> dict:
+    """``asn2n denoise STORE -o OUT.zarr --model M --dry-run`` on 1 TB of metadata, as a
+    subprocess: its wall time and peak RSS (``wait4``'s ``ru_maxrss`` of that child)."""
+    import os
+    import tempfile
+
+    shape = (1000, 2, 16384, 16384)  # 1.07e12 bytes of uint16
+    src = metadata_timelapse(WORK / "tb-timelapse.zarr", shape, (1, 1, 512, 512))
+    mdir = model_dir("tiny")
+    extra = ["--chunks", f"{chunks[0]}x{chunks[1]}"] if chunks else []
+    cmd = [sys.executable, "-m", "asn2n_dask", "denoise", str(src), "-o", str(WORK / "tb-dryrun-out.zarr"),
+           "--model", str(mdir), "--dry-run", *extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    runs = []
+    for _ in range(repeat):
+        with tempfile.TemporaryFile("w+") as err:
+            t0 = time.perf_counter()
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+            assert p.stdout is not None
+            out = p.stdout.read()
+            _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage (RUSAGE_CHILDREN: every child's)
+            secs = time.perf_counter() - t0
+            p.stdout.close()
+            p.returncode = os.waitstatus_to_exitcode(status)
+            err.seek(0)
+            if p.returncode != 0:
+                raise SystemExit(f"the dry run failed ({p.returncode}): {err.read().strip()[-2000:]}")
+        runs.append((secs, usage.ru_maxrss * 1024, out))
+    secs, _, out = min(runs, key=lambda r: r[0])
+    tasks = next((int(line.split()[1]) for line in out.splitlines() if line.startswith("tasks")), None)
+    return {"shape": list(shape), "bytes": int(np.prod(shape)) * 2, "input_chunks": [1, 1, 512, 512],
+            "output_chunks": chunks or "default", "tasks": tasks, "seconds": secs, "runs_s": [r[0] for r in runs],
+            "peak_rss_mib": max(r[1] for r in runs) / 2**20, "runs_peak_rss_mib": [r[1] / 2**20 for r in runs],
+            "plan_text": out.strip(),
+            "asn2n_command": "asn2n denoise tb-timelapse.zarr -o tb-dryrun-out.zarr --model model-tiny --dry-run"
+                             + "".join(" " + a for a in extra),
+            "goal": {"seconds": 30, "peak_rss_mib": 1024}}
+
+
+class Processes:
+    """The processes of a run, by role, for sampling their resident memory."""
+
+    def __init__(self, client: object, scheduler_pid: int | None) -> None:
+        import os
+
+        import psutil
+
+        self.client = client
+        self.me = psutil.Process()
+        self.scheduler = psutil.Process(scheduler_pid) if scheduler_pid else None
+        pids = client.run(os.getpid)  # type: ignore[attr-defined]  # worker address -> pid
+        self.workers = [psutil.Process(pid) for pid in pids.values()]
+
+    def sample(self, done: int, t: float) -> dict:
+        import sys as _sys
+
+        def worker_state(dask_worker: object) -> tuple[int, int]:
+            return len(dask_worker.state.tasks), _sys.getallocatedblocks()  # type: ignore[attr-defined]
+
+        def scheduler_state(dask_scheduler: object) -> tuple[int, int]:
+            return len(dask_scheduler.tasks), _sys.getallocatedblocks()  # type: ignore[attr-defined]
+
+        w = self.client.run(worker_state)  # type: ignore[attr-defined]
+        s = self.client.run_on_scheduler(scheduler_state)  # type: ignore[attr-defined]
+        return {"done": done, "t": round(t, 2), "client_rss": self.me.memory_info().rss,
+                "scheduler_rss": self.scheduler.memory_info().rss if self.scheduler else None,
+                "worker_rss": [p.memory_info().rss for p in self.workers],
+                "scheduler_tasks": s[0], "scheduler_blocks": s[1],
+                "worker_tasks": [v[0] for v in w.values()], "worker_blocks": [v[1] for v in w.values()]}
+
+
+@contextlib.contextmanager
+def separate_cluster(workers: int) -> Iterator[tuple[object, int]]:
+    """A scheduler and ``workers`` nanny-managed worker processes (one thread each), each
+    its own process as in a LocalCluster of worker processes, except the scheduler, which
+    a LocalCluster runs inside the client's process: here its memory is measured apart."""
+    import os
+    import tempfile
+
+    from distributed import Client
+
+    from asn2n_dask.cluster import worker_environment
+
+    # the workers' Dask settings are the embedded cluster's (cluster.WORKER_CONFIG)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           **worker_environment()}
+    with tempfile.TemporaryDirectory() as tmp:
+        sfile = str(Path(tmp) / "scheduler.json")
+        quiet = subprocess.DEVNULL
+        sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sfile],
+                                 stdout=quiet, stderr=quiet, env=env)
+        work = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", sfile,
+                                 "--nworkers", str(workers), "--nthreads", "1", "--host", "127.0.0.1",
+                                 "--no-dashboard"], stdout=quiet, stderr=quiet, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while not Path(sfile).exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            with Client(scheduler_file=sfile) as client:
+                client.wait_for_workers(workers, timeout=120)
+                yield client, sched.pid
+        finally:
+            for p in (work, sched):
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+def slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of ``ys`` against ``xs`` (None for fewer than 3 points)."""
+    if len(xs) < 3:
+        return None
+    return float(np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)[0])
+
+
+def stage_tasks(*, tasks: int, chunk: int, frame: int, workers: int, every: int, cluster: str) -> dict:
+    """Scheduler overhead: at least ``tasks`` chunk tasks of ``chunk``-px output chunks of
+    a metadata-only store (frames ``frame`` px, every chunk but the first time point
+    absent), the ``tiny`` network on the raw frame, one ``chunk``-px tile per chunk, no
+    overlap; memory of every process sampled every ``every`` tasks."""
+    import contextlib as _contextlib
+
+    from asn2n_dask.cluster import dask_client
+    from asn2n_dask.source import Selection
+
+    per_t = 2 * (-(-frame // chunk)) ** 2
+    t = -(-tasks // per_t)
+    shape = (t, 2, frame, frame)
+    src_path = metadata_timelapse(WORK / f"tasks-{t}x2x{frame}x{frame}.zarr", shape, (1, 1, 512, 512),
+                                  noise_frames=1)
+    mdir = model_dir("tiny")
+    infer = InferConfig(device="cpu", infer_on="raw", tile=chunk, overlap=0.0, blend="none")
+    opts = RunOptions(infer=infer, chunks=(chunk, chunk), overwrite=True)
+    out = WORK / "tasks-out.zarr"
+    source = open_source(src_path)
+    samples: list[dict] = []
+    marks: dict[str, float] = {}
+    ctx: Any = separate_cluster(workers) if cluster == "separate" else _contextlib.nullcontext()
+    with ctx as sep:
+        local = dask_client(workers=workers, threads=1, echo=lambda m: None, processes=True, gpu=False) \
+            if sep is None else _contextlib.nullcontext((sep[0], 1))
+        with local as (client, _):
+            procs = Processes(client, sep[1] if sep else None)
+            t0 = time.perf_counter()
+
+            def progress(what: str, n: int, total: int) -> None:
+                now = time.perf_counter()
+                if what == "statistics" and n == 1:
+                    marks["denoise_start"] = now
+                    samples.append(procs.sample(0, now - t0))
+                elif what == "denoising" and (n % every == 0 or n == total):
+                    samples.append(procs.sample(n, now - t0))
+                    if n == total:
+                        marks["denoise_end"] = now
+
+            s = run_pipeline(source, out, mdir, selection=Selection(), options=opts, client=client,
+                             echo=lambda m: None, progress=progress, torch_threads=1)
+            wall = time.perf_counter() - t0
+
+            def compute_seconds(dask_scheduler: Any) -> dict:
+                return {k: dict(tp.all_durations) for k, tp in dask_scheduler.task_prefixes.items()
+                        if k.startswith("asn2n-chunk")}
+
+            durations = client.run_on_scheduler(compute_seconds)
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    phase = marks["denoise_end"] - marks["denoise_start"]
+    compute = sum(d.get("compute", 0.0) for d in durations.values())
+    n = s.tasks
+    after = [x for x in samples if x["done"] >= min(n // 10, 10 * every)]  # past the warm-up
+    growth = {}
+    for role, key in (("client", "client_rss"), ("scheduler", "scheduler_rss")):
+        if samples[0][key] is not None:
+            growth[role] = slope([x["done"] for x in after], [x[key] for x in after])
+    growth["worker"] = slope([x["done"] for x in after], [sum(x["worker_rss"]) for x in after])
+    growth["worker_blocks"] = slope([x["done"] for x in after], [sum(x["worker_blocks"]) for x in after])
+    return {"shape": list(shape), "frame": frame, "chunks": chunk, "tile": chunk, "tasks": n,
+            "computed": s.computed, "workers": workers, "threads": 1, "cluster": cluster, "seconds": wall,
+            "stats_seconds": s.stats_seconds, "denoise_seconds": phase, "s_per_task": phase / n,
+            "compute_s_per_task": compute / n, "overhead_s_per_task": (phase * workers - compute) / n,
+            "growth_bytes_per_task": growth, "samples": samples}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", nargs="+", default=["graph", "overhead", "scaling", "memory"],
-                    choices=["graph", "overhead", "scaling", "memory", "stats", "report"])
+                    choices=["graph", "dryrun", "tasks", "overhead", "scaling", "memory", "stats", "report"],
+                    help="stages to run (default: graph overhead scaling memory); report only renders pipeline.md")
     ap.add_argument("--shape", type=int, nargs=4, default=[4, 2, 1024, 1024], help="overhead/scaling data (T C Y X)")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--chunks", type=int, nargs="+", default=[512, 1024], help="output chunk sides to compare")
@@ -233,23 +462,50 @@ def main() -> None:
                     help="memory stage: an existing (T, C, Y, X) store, read up to each --memory-frames T")
     ap.add_argument("--memory-infer", choices=["fast", "default"], default="fast",
                     help="memory stage: fast = raw frame, 256 px tiles, no overlap (one network pass a pixel)")
+    ap.add_argument("--dryrun-chunks", type=int, nargs=2, default=None, metavar=("Y", "X"),
+                    help="dryrun stage: --chunks of the dry run (default: the command's own)")
+    ap.add_argument("--dryrun-repeat", type=int, default=3, help="dryrun stage: runs (the fastest is kept)")
+    ap.add_argument("--tasks", type=int, default=100_000, help="tasks stage: at least this many chunk tasks")
+    ap.add_argument("--task-chunk", type=int, default=32,
+                    help="tasks stage: output chunk side, also the tile side (one tile a chunk)")
+    ap.add_argument("--task-frame", type=int, default=512, help="tasks stage: frame side (T follows from --tasks)")
+    ap.add_argument("--task-workers", type=int, default=2, help="tasks stage: worker processes (one thread each)")
+    ap.add_argument("--sample-every", type=int, default=1000, help="tasks stage: tasks between memory samples")
+    ap.add_argument("--task-cluster", choices=["separate", "local"], default="separate",
+                    help="tasks stage: separate = scheduler and workers each their own process (memory apart); "
+                         "local = the command line's LocalCluster (scheduler inside this process)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "pipeline.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
 
-    def put(name: str, row: dict) -> None:
-        rows[name] = row
+    argv = " ".join(["python benchmarks/pipeline.py", *sys.argv[1:]])
+    last = [time.perf_counter()]
+
+    def put(name: str, row: dict, wall: float | None = None) -> None:
+        # every row says what made it; without a wall time of its own, the time since the previous row
+        now = time.perf_counter()
+        rows[name] = {**row, **provenance(argv, now - last[0] if wall is None else wall)}
+        last[0] = now
         path.write_text(json.dumps(rows, indent=1))
-        print(name, row, flush=True)
+        print(name, {k: v for k, v in rows[name].items() if k not in ("samples", "plan_text")}, flush=True)
 
     stages = set(args.stage)
     if "graph" in stages:
         put("graph", stage_graph())
+    if "dryrun" in stages:
+        r = stage_dryrun(args.dryrun_chunks, args.dryrun_repeat)
+        put("dry run 1 TB" + (f" chunks {args.dryrun_chunks[0]}x{args.dryrun_chunks[1]}" if args.dryrun_chunks
+                              else ""), r)
+    if "tasks" in stages:
+        r = stage_tasks(tasks=args.tasks, chunk=args.task_chunk, frame=args.task_frame, workers=args.task_workers,
+                        every=args.sample_every, cluster=args.task_cluster)
+        put(f"tasks {r['tasks']} chunks {args.task_chunk} {args.task_workers} workers ({args.task_cluster})", r,
+            wall=r["seconds"])
     if "stats" in stages:
         for name, row in stage_stats(tuple(args.shape)).items():
-            put(name, row)
+            put(name, row, wall=row["seconds"])
     if stages & {"overhead", "scaling"}:
         # every configuration once per round, rounds interleaved; the best round of each is kept
         # (a shared 2-core machine drifts by 10% between minutes: best-of-N against best-of-N)
@@ -277,7 +533,7 @@ def main() -> None:
                 row["vs_loop"] = row["mpx_s"] / best[loop_name]["mpx_s"]
             if k == two_name and one_name in best:
                 row["speedup_vs_1"] = row["mpx_s"] / best[one_name]["mpx_s"]
-            put(k, row)
+            put(k, row, wall=sum(row["runs_s"]))
     if "memory" in stages:
         mdir = model_dir(args.memory_preset)
         infer = FAST_INFER if args.memory_infer == "fast" else None
@@ -293,17 +549,28 @@ def main() -> None:
                 r = pipeline_run(src, WORK / f"mem-{t}.zarr", mdir, workers=1, chunks=args.chunks[0],
                                  preset=args.memory_preset, infer=infer, time_range=time_range)
             put(f"memory T={t}", {**r, "shape": list(shape), "peak_rss_gib": m.peak / 1024**3,
-                                  "data_gib": int(np.prod(shape)) * 2 / 1024**3, "infer": args.memory_infer})
+                                  "data_gib": int(np.prod(shape)) * 2 / 1024**3, "infer": args.memory_infer},
+                wall=r["seconds"])
             import shutil
 
             shutil.rmtree(WORK / f"mem-{t}.zarr", ignore_errors=True)
     report(rows)
 
 
+def _commit(r: dict) -> str:
+    """A row's commit as the tables show it (``+``: with changes beside the records)."""
+    c = str(r.get("commit") or "")
+    if not c:
+        return "-"
+    return c.removesuffix("-dirty")[:7] + ("+" if c.endswith("-dirty") or r.get("dirty") else "")
+
+
 def report(rows: dict) -> None:
     lines = ["# Pipeline benchmarks", "",
-             "Command: `python benchmarks/pipeline.py` (stages graph, overhead, scaling, memory). CPU only, "
-             "this machine (2 cores). Data: `simulate.py timelapse --no-gt`, uint16, chunks (1, 1, 512, 512).", ""]
+             "Command: `python benchmarks/pipeline.py` (stages graph, overhead, scaling, memory; dryrun, tasks and "
+             "stats when asked). CPU only, this machine (2 cores). Data: `simulate.py timelapse --no-gt`, uint16, "
+             "chunks (1, 1, 512, 512). Rows written since provenance was added carry their command, commit "
+             "(`+`: tracked changes beside the records), machine, date and wall time in `pipeline.json`.", ""]
     g = rows.get("graph")
     if g:
         lines += ["## Graph for 1 TB (metadata only)", "",
@@ -312,6 +579,66 @@ def report(rows: dict) -> None:
                   f"| {tuple(g['shape'])} uint16, {g['bytes'] / 1e12:.2f} TB | {tuple(g['chunks'])} | {g['tasks']} | "
                   f"{g['plan_s']:.2f} | {g['graph_build_s']:.3f} | {g['materialise_s']:.2f} | {g['layers']} | "
                   f"{g['spec_pickle_bytes'] / 1024:.0f} KiB |", ""]
+    dry = [(k, r) for k, r in rows.items() if k.startswith("dry run")]
+    if dry:
+        lines += ["## Dry run of 1 TB (`--stage dryrun`)", "",
+                  "`asn2n denoise STORE -o OUT.zarr --model M --dry-run` as a subprocess of the benchmark (the "
+                  "command line, Python start-up and imports included) on a metadata-only "
+                  "`simulate.py timelapse` layout: group, `noisy` array (1000, 2, 16384, 16384) uint16 in "
+                  "(1, 1, 512, 512) chunks, no chunk written. Peak RSS: the subprocess's own `ru_maxrss` "
+                  "(`wait4`). Goal: under 30 s and 1 GiB. The fastest of `--dryrun-repeat` runs is shown.", "",
+                  "| run | output chunks | tasks | seconds | peak RSS MiB | runs s | commit |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, r in dry:
+            rounds = ", ".join(f"{x:.2f}" for x in r["runs_s"])
+            lines.append(f"| {k} | {r['output_chunks']} | {r['tasks']} | {r['seconds']:.2f} | "
+                         f"{r['peak_rss_mib']:.0f} | {rounds} | {_commit(r)} |")
+        lines.append("")
+    tasks = [(k, r) for k, r in rows.items() if k.startswith("tasks ")]
+    if tasks:
+        lines += ["## Scheduler overhead and memory over many tasks (`--stage tasks`)", "",
+                  "A metadata-only store (only the first time point written, so that the statistics pass sees a "
+                  "value range; every other chunk reads as the fill value) cut into small output chunks, the "
+                  "`tiny` network on the raw frame with one tile per chunk (tile = chunk, no overlap, no "
+                  "blending), through `run_pipeline` on worker processes of one thread each: what is measured is "
+                  "the machinery per task, not the network. Compute per task: the scheduler's record of the "
+                  "tasks' execution (`TaskPrefix.all_durations['compute']`); overhead per task: "
+                  "(denoising wall time x workers - compute) / tasks. `separate`: scheduler and workers each "
+                  "their own process (`distributed.cli` scheduler and nanny-managed workers with the embedded "
+                  "cluster's worker settings, `cluster.WORKER_CONFIG`), so that the scheduler's memory is "
+                  "measured apart; `local`: the command line's LocalCluster (scheduler inside the client's "
+                  "process). Growth: least-squares slope of resident memory against tasks done, over the samples "
+                  "after the first tenth of the run (all workers summed); the samples are in `pipeline.json`.", "",
+                  "| run | tasks | workers | s/task | compute s/task | overhead s/task | stats pass s | "
+                  "client growth B/task | scheduler growth B/task | worker growth B/task | RSS client / scheduler "
+                  "/ workers at start, MiB | at end, MiB | commit |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for k, r in tasks:
+            g = r["growth_bytes_per_task"]
+
+            def mib(x: dict) -> str:
+                sched = "-" if x["scheduler_rss"] is None else f"{x['scheduler_rss'] / 2**20:.0f}"
+                return (f"{x['client_rss'] / 2**20:.0f} / {sched} / "
+                        + " + ".join(f"{w / 2**20:.0f}" for w in x["worker_rss"]))
+
+            def num(v: float | None) -> str:
+                return "-" if v is None else f"{v:.0f}"
+
+            first, end = r["samples"][1] if len(r["samples"]) > 1 else r["samples"][0], r["samples"][-1]
+            lines.append(f"| {k} | {r['tasks']} | {r['workers']} | {r['s_per_task'] * 1e3:.1f} ms | "
+                         f"{r['compute_s_per_task'] * 1e3:.1f} ms | {r['overhead_s_per_task'] * 1e3:.2f} ms | "
+                         f"{r['stats_seconds']:.1f} | {num(g.get('client'))} | {num(g.get('scheduler'))} | "
+                         f"{num(g.get('worker'))} | {mib(first)} | {mib(end)} | {_commit(r)} |")
+        lines += ["", "Dask's statistical profiler kept each second's call tree on every worker for 1000 s "
+                  "(twice: overall and per task prefix); with it on, a worker running 32-px chunks grew by "
+                  "about 4 KB a task (2048 tasks, one worker, the development run of this stage) for the first "
+                  "17 minutes of a run. The workers the package starts now run without it "
+                  "(`cluster.WORKER_CONFIG`; the dashboard's Profile page stays empty). Without it, in the development "
+                  "runs (4096 tasks, one worker): the workers' logs of their last 1000 transitions, stimuli (each "
+                  "holding its task's spec) and transfers (`distributed.admin.low-level-log-length`) fill in the "
+                  "first 1000 tasks, which is most of the growth of a run of a few thousand tasks; after them "
+                  "about 0.3 KB a task remained, no Python object in the worker counted for it (not traced "
+                  "further). The growth column of a 100k-task row is measured after its first 10000 tasks.", ""]
     speed = [(k, r) for k, r in rows.items() if k.startswith(("core loop", "pipeline"))]
     if speed:
         lines += ["## Throughput", "",

@@ -195,3 +195,36 @@ def test_the_default_run_works_on_loopback(movie, tmp_path):
     assert r.exit_code == 0, r.output
     assert "dashboard: http://127.0.0.1:" in r.stderr
     assert np.isfinite(zarr.open_group(str(tmp_path / "ok.zarr"), mode="r")["0"][...]).all()
+
+
+def test_workers_of_the_embedded_cluster_keep_no_profile_history():
+    """Dask's statistical profiler kept every second's call tree for 1000 s on each
+    worker: memory that grew with the run (benchmarks/pipeline.py --stage tasks).  The
+    setting reaches the worker processes and leaves this process's configuration as it was."""
+    import dask
+
+    before = dask.config.get("distributed.worker.profile.enabled")
+
+    def profiling(dask_worker) -> tuple[bool, bool]:
+        import dask
+
+        return dask.config.get("distributed.worker.profile.enabled"), "profile" in dask_worker.periodic_callbacks
+
+    with dask_client(workers=1, threads=1, gpu=False, echo=lambda m: None) as (client, _):
+        assert list(client.run(profiling).values()) == [(False, False)]
+        assert dask.config.get("distributed.worker.profile.enabled") == before
+
+
+def test_the_worker_environment_is_the_worker_config():
+    """Batch jobs get the embedded cluster's worker settings as DASK_* variables: Dask
+    reads them back as the same settings."""
+    import dask
+
+    from asn2n_dask.cluster import WORKER_CONFIG, worker_environment
+
+    read = dask.config.collect_env(worker_environment())
+    for key, value in WORKER_CONFIG.items():
+        node = read
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key

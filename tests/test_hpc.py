@@ -336,3 +336,18 @@ def test_the_job_script_key_is_readable_by_its_owner_only(tmp_path):
     assert "PRIVATE KEY" in (d / "key.pem").read_text() and "CERTIFICATE" in (d / "ca.pem").read_text()
     r = subprocess.run([sys.executable, "-m", "asn2n_dask.hpc", "tls"], capture_output=True, text=True)
     assert r.returncode != 0 and "usage" in r.stderr
+
+
+def test_job_scripts_give_workers_the_embedded_clusters_settings(tmp_path, home):
+    """The worker settings (cluster.WORKER_CONFIG) are exported before the profile's own
+    set-up lines, which keep their order after them."""
+    from asn2n_dask.cluster import worker_environment
+
+    with make_cluster(load_profile(ROOT / "cluster" / "slurm-gpu.yaml")) as cluster:
+        lines = cluster.job_script().splitlines()
+    exports = [f"export {k}={v}" for k, v in worker_environment().items()]
+    assert exports and all(e in lines for e in exports)
+    assert max(lines.index(e) for e in exports) < lines.index("module load cuda")
+    plain = "kind: pbs\ncluster:\n  cores: 1\n  memory: 1GB\n"  # no prologue of its own
+    with make_cluster(load_profile(_profile(tmp_path, plain))) as cluster:
+        assert all(e in cluster.job_script().splitlines() for e in exports)
