@@ -37,7 +37,12 @@ FORMAT_VERSION = 1
 
 @dataclass
 class ChannelModel:
-    """The network of one colour channel and what it was trained on."""
+    """The network of one colour channel and what it was trained on.
+
+    ``stats``, ``dataset_mode``, ``high_risk_ratio`` and ``risk_estimator`` (with
+    ``extra["risk_noise_sd"]``) are what training decided for the channel; read them
+    together as :meth:`Model.method`.
+    """
 
     name: str
     net: UNet
