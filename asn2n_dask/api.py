@@ -33,10 +33,10 @@ from numpy.typing import NDArray
 from .axes import from_planes, parse_axes, to_planes
 from .blend import check_tile_frame
 from .checkpoint import ChannelModel, Model, save_model
-from .config import InferConfig, RiskThresholds, TrainConfig
+from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig
 from .errors import InputError, ModelError
 from .predict import compiles, denoise_frame, network_fn, resolve_device
-from .risk import FrameStats, RiskReport, resolve_estimator
+from .risk import FrameStats, RiskReport
 from .risk import assess_risk as _frame_risk
 from .sampling import ArrayPlanes, channel_noise
 from .stats import ChannelStats, channel_stats
@@ -282,10 +282,11 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
 
     def as_channel(name: str, r: TrainResult) -> ChannelModel:
         extra = {"risk_share_seen": r.risk_share, "data_wait_fraction": r.data_wait, "stopped_early": r.stopped_early}
-        if not math.isnan(r.risk_noise):  # measured: the estimator was "auto"
-            extra["risk_noise_sd"] = r.risk_noise
-        return ChannelModel(name=name, net=r.net, stats=r.stats, dataset_mode=r.dataset_mode,
-                            high_risk_ratio=r.high_risk_ratio, risk_estimator=r.risk_estimator, steps=r.steps,
+        m = r.method
+        if m.noise_sd is not None:  # measured: the estimator was "auto"
+            extra["risk_noise_sd"] = m.noise_sd
+        return ChannelModel(name=name, net=r.net, stats=m.stats, dataset_mode=m.dataset_mode,
+                            high_risk_ratio=m.high_risk_ratio, risk_estimator=m.risk_estimator, steps=r.steps,
                             best_step=r.best_step, seconds=r.seconds, history=r.history, extra=extra)
 
     def provenance() -> dict[str, Any]:
@@ -318,7 +319,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
             _write_curves(model_dir, c, name, result)
             _write_montage(model_dir, c, name, result, dev)
         log.info("channel %s: %d steps in %.1f s, dataset decision %s, high-risk ratio %.3f",
-                 name, result.steps, result.seconds, result.dataset_mode, result.high_risk_ratio)
+                 name, result.steps, result.seconds, result.method.dataset_mode, result.method.high_risk_ratio)
     model = Model(train=config, channels=done, info=provenance())
     if model_dir is not None and rank == 0:
         from .checkpoint import clear_train_state
@@ -530,6 +531,7 @@ def _denoise_lazy(data: Any, model: Model, axes: str | None, config: InferConfig
         raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has {n_ch}; train "
                          "a model on data with the same channels.")
     dev = resolve_device(config.device)
+    methods = [model.method(i) for i in range(model.n_channels)]
     token = tokenize(data.name, _weights_digest(model), config.to_dict(), model.train.norm.to_dict(),
                      [ch.risk_estimator for ch in model.channels], [ch.dataset_mode for ch in model.channels])
     stats = dask.delayed(_lazy_stats, pure=True)(_Deferred(data), c_axis, model.train.norm,
@@ -539,7 +541,7 @@ def _denoise_lazy(data: Any, model: Model, axes: str | None, config: InferConfig
         _denoise_block, frames, stats, name=f"asn2n-denoise-{token}", dtype=np.float32,
         meta=np.empty((0,) * data.ndim, np.float32), c_axis=c_axis,
         fns=[network_fn(ch.net, dev, config.precision, compiles(config, dev)) for ch in model.channels],
-        norms=[model.norm(i) for i in range(model.n_channels)], modes=[ch.dataset_mode for ch in model.channels],
+        norms=[m.norm(model.train.norm) for m in methods], modes=[m.dataset_mode for m in methods],
         infer=config, device=dev, multiple=model.multiple)
 
 
@@ -605,12 +607,12 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
     total, done = planes.shape[0] * planes.shape[1], 0
     all_stats = list(stats) if stats is not None else channel_stats(planes, model.train.norm)
     for c, mc in enumerate(channel_map):
-        ch = model.channels[mc]
-        fn = network_fn(ch.net, dev, config.precision, compiles(config, dev))
+        fn = network_fn(model.channels[mc].net, dev, config.precision, compiles(config, dev))
+        method = model.method(mc)
         for p in range(planes.shape[1]):
-            out[c, p], risk[c, p] = denoise_frame(planes[c, p], fn, stats=all_stats[c], norm=model.norm(mc),
-                                                  infer=config, device=dev, multiple=model.multiple,
-                                                  dataset_mode=ch.dataset_mode)
+            out[c, p], risk[c, p] = denoise_frame(planes[c, p], fn, stats=all_stats[c],
+                                                  norm=method.norm(model.train.norm), infer=config, device=dev,
+                                                  multiple=model.multiple, dataset_mode=method.dataset_mode)
             done += 1
             if progress is not None:
                 progress("denoising", done, total)
@@ -739,7 +741,9 @@ def risk_summary(data: Any, *, axes: str | None = None, config: TrainConfig = Tr
         (:func:`asn2n_dask.risk.resolve_estimator`), ``risk_scale`` the channel's
         ``[lo, hi]`` in input units mapped to [0, 1].
     """
-    from .risk import dataset_decision
+    from functools import partial
+
+    from .method import decide_method
     from .sampling import PlaneReader, SourcePlanes
     from .source import spread
 
@@ -774,16 +778,23 @@ def risk_summary(data: Any, *, axes: str | None = None, config: TrainConfig = Tr
                           planes[c][spread(planes.shape[1], frames)]))
     out = []
     for c, name, st, readers, sampled in items:
-        # one estimator per channel and the channel's risk scale, as training and denoising decide them
+        # one estimator per channel and the channel's risk scale, as training decides them; the dataset
+        # decision from the sampled frames' patches
         noise = channel_noise(readers, st, thr0)
-        thr = resolve_estimator(thr0, noise)
-        scale = st.risk_scale(thr)
-        reports: list[RiskReport] = [_frame_risk(f, thresholds=thr, stats=scale) for f in sampled]
+        reports: list[RiskReport] = []  # the sampled frames, classified as the channel's method is decided
+
+        def high_risk(norm: NormConfig, st: ChannelStats = st, sampled: NDArray[Any] = sampled,
+                      reports: list[RiskReport] = reports) -> float:
+            reports[:] = [_frame_risk(f, thresholds=norm.risk, stats=st.risk_scale(norm.risk)) for f in sampled]
+            return float(np.mean(np.concatenate([r.risk_map.ravel() for r in reports]) != 0))
+
+        method = decide_method(config.norm, st.norm, noise_sd=partial(float, noise), high_risk_ratio=high_risk)
+        scale = st.risk_scale(method.norm(config.norm).risk)
         maps = np.concatenate([r.risk_map.ravel() for r in reports])
         out.append({
             "channel": c,
             "name": name,
-            "risk_estimator": thr.estimator,
+            "risk_estimator": method.risk_estimator,
             "noise_sd": noise,
             "risk_scale": [scale.lo, scale.hi],
             "frames": len(reports),
@@ -791,7 +802,7 @@ def risk_summary(data: Any, *, axes: str | None = None, config: TrainConfig = Tr
             "patches": int(maps.size),
             "weak_background": float(np.mean(maps == 1)),
             "sparse_bright": float(np.mean(maps == 2)),
-            "high_risk": float(np.mean(maps != 0)),
-            "dataset_decision": dataset_decision(reports, thr),
+            "high_risk": method.high_risk_ratio,
+            "dataset_decision": method.dataset_mode,
         })
     return {"axes": ax, "patch": thr0.patch, "dataset_ratio": thr0.dataset_ratio, "channels": out}

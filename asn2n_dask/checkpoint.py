@@ -2,8 +2,10 @@
 
 A model directory holds ``model.json`` (format, package version, every training
 option, and per channel: name, weights file, its SHA-256, the data's normalisation
-statistics, the ``dataset`` decision, training history) and one
-``channel-<i>.safetensors`` per colour channel.
+statistics, the ``dataset`` decision, the risk estimator, the whole
+:class:`asn2n_dask.method.ChannelMethod` as ``method``, training history) and one
+``channel-<i>.safetensors`` per colour channel.  Files written before ``method`` was
+kept load with the method their other fields give.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from safetensors.torch import load_file, save
 from ._version import __version__
 from .config import PRESETS, NormConfig, TrainConfig
 from .errors import ConfigError, ModelError
+from .method import ChannelMethod
 from .model import UNet
 from .risk import FrameStats
 
@@ -34,7 +37,12 @@ FORMAT_VERSION = 1
 
 @dataclass
 class ChannelModel:
-    """The network of one colour channel and what it was trained on."""
+    """The network of one colour channel and what it was trained on.
+
+    ``stats``, ``dataset_mode``, ``high_risk_ratio`` and ``risk_estimator`` (with
+    ``extra["risk_noise_sd"]``) are what training decided for the channel; read them
+    together as :meth:`Model.method`.
+    """
 
     name: str
     net: UNet
@@ -73,12 +81,19 @@ class Model:
     def n_channels(self) -> int:
         return len(self.channels)
 
+    def method(self, channel: int) -> ChannelMethod:
+        """How one channel is processed, as decided when it was trained
+        (:func:`asn2n_dask.method.decide_method`)."""
+        ch = self.channels[channel]
+        noise = ch.extra.get("risk_noise_sd")
+        return ChannelMethod.of(self.train.norm, ch.stats, risk_estimator=ch.risk_estimator,
+                                dataset_mode=ch.dataset_mode, high_risk_ratio=ch.high_risk_ratio,
+                                noise_sd=None if noise is None else float(noise))
+
     def norm(self, channel: int) -> NormConfig:
         """The normalisation of one channel: the training options with the risk
         estimator that channel was trained with (``"auto"`` resolved)."""
-        norm = self.train.norm
-        est = self.channels[channel].risk_estimator
-        return replace(norm, risk=replace(norm.risk, estimator=est))  # type: ignore[arg-type]
+        return self.method(channel).norm(self.train.norm)
 
     @property
     def multiple(self) -> int:
@@ -132,6 +147,7 @@ def save_model(model: Model, directory: str | os.PathLike[str], *, complete: boo
             "dataset_mode": ch.dataset_mode,
             "high_risk_ratio": ch.high_risk_ratio,
             "risk_estimator": ch.risk_estimator,
+            "method": model.method(i).to_dict(),
             "steps": ch.steps,
             "best_step": ch.best_step,
             "seconds": ch.seconds,
@@ -292,8 +308,6 @@ def _read_model_json(path: Path) -> tuple[dict[str, Any], TrainConfig, list[dict
         raise bad("channels", "a non-empty list of channel networks", entries)
     if not isinstance(doc.get("provenance", {}), (dict, type(None))):
         raise bad("provenance", "an object", doc.get("provenance"))
-    # models from before the choice was kept per channel used the configured estimator
-    default_estimator = train.norm.risk.estimator if train.norm.risk.estimator != "auto" else "reference"
     fields = []
     for i, e in enumerate(entries):
         at = f"channels[{i}]"
@@ -314,8 +328,8 @@ def _read_model_json(path: Path) -> tuple[dict[str, Any], TrainConfig, list[dict
         mode = e.get("dataset_mode", "local")
         if mode not in ("local", "global"):
             raise bad(f"{at}.dataset_mode", "local or global", mode)
-        estimator = e.get("risk_estimator", default_estimator)
-        if estimator not in ("reference", "noise-aware"):
+        estimator = e.get("risk_estimator")  # None: saved before it was kept per channel (ChannelMethod.of)
+        if estimator is not None and estimator not in ("reference", "noise-aware"):
             raise ModelError(f"{path} names an unknown risk estimator {_short(estimator)} ({at}.risk_estimator); "
                              "re-train the model with 'asn2n fit'.")
         best = e.get("best_step")
@@ -325,10 +339,27 @@ def _read_model_json(path: Path) -> tuple[dict[str, Any], TrainConfig, list[dict
         extra = e.get("training") or {}
         if not isinstance(extra, dict):
             raise bad(f"{at}.training", "an object", extra)
+        ratio = real(f"{at}.high_risk_ratio", e.get("high_risk_ratio", 0.0), 0.0, 1.0)
+        noise = extra.get("risk_noise_sd")
+        if noise is not None:
+            noise = real(f"{at}.training.risk_noise_sd", noise)
+        # the channel's method, from the fields above (as every model.json has them)
+        method = ChannelMethod.of(train.norm, FrameStats(lo=lo, hi=hi), risk_estimator=estimator,
+                                  dataset_mode=mode, high_risk_ratio=ratio, noise_sd=noise)
+        if "method" in e:  # ... and as saved whole since it is kept: the two must agree
+            try:
+                saved = ChannelMethod.from_dict(e["method"])
+            except (ConfigError, TypeError, ValueError, OverflowError) as err:
+                raise ModelError(f"{path}: field {at}.method is not valid ({' '.join(str(err).split()).rstrip('.')}"
+                                 "); re-train the model with 'asn2n fit' or restore its model.json.") from None
+            if saved != method:
+                raise ModelError(f"{path}: {at}.method ({_short(saved.to_dict())}) disagrees with the channel's "
+                                 "other fields and the training options; re-train the model with 'asn2n fit' or "
+                                 "restore its model.json.")
         fields.append({
-            "name": str(name), "stats": FrameStats(lo=lo, hi=hi), "dataset_mode": mode,
-            "high_risk_ratio": real(f"{at}.high_risk_ratio", e.get("high_risk_ratio", 0.0), 0.0, 1.0),
-            "risk_estimator": estimator, "steps": integer(f"{at}.steps", e.get("steps", 0)),
+            "name": str(name), "stats": method.stats, "dataset_mode": method.dataset_mode,
+            "high_risk_ratio": method.high_risk_ratio,
+            "risk_estimator": method.risk_estimator, "steps": integer(f"{at}.steps", e.get("steps", 0)),
             "best_step": None if best is None else integer(f"{at}.best_step", best),
             "seconds": real(f"{at}.seconds", e.get("seconds", 0.0)), "history": list(history), "extra": dict(extra)})
     return doc, train, fields

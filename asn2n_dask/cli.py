@@ -763,17 +763,17 @@ def _fit_locked(inputs: list[Path], model_dir: Path, cfg: Any, picked: list[str]
                            model_dir=model_dir, channels=picked, time=time, resume=resume, workers=loader_workers,
                            series=series)
     if rank == 0:
-        for ch in model.channels:
-            _info(_channel_line(ch))
+        for c in range(model.n_channels):
+            _info(_channel_line(model, c))
         _info(f"model written to {model_dir} (training curves and montages beside it)")
 
 
-def _channel_line(ch: Any) -> str:
+def _channel_line(model: Any, c: int) -> str:
     """What training decided for one channel, in one line."""
-    noise = ch.extra.get("risk_noise_sd")
-    why = f" (pixel noise {noise:.3f} of the range)" if noise is not None else ""
-    return (f"channel {ch.name}: risk estimator {ch.risk_estimator}{why}, {ch.high_risk_ratio:.0%} of patches "
-            f"high-risk, dataset decision {ch.dataset_mode}")
+    m = model.method(c)
+    why = f" (pixel noise {m.noise_sd:.3f} of the range)" if m.noise_sd is not None else ""
+    return (f"channel {model.channels[c].name}: risk estimator {m.risk_estimator}{why}, {m.high_risk_ratio:.0%} of "
+            f"patches high-risk, dataset decision {m.dataset_mode}")
 
 
 @contextlib.contextmanager
@@ -1158,8 +1158,8 @@ def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: 
             with progress_bar(not state["quiet"]) as bar:
                 model = fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device,
                                progress=bar, model_dir=mdir, series=series, stats_cache=cache)
-            for ch in model.channels:
-                _info(_channel_line(ch))
+            for c in range(model.n_channels):
+                _info(_channel_line(model, c))
             (mdir / "run.json").write_text(json.dumps(job, indent=2))
         _pipeline(input, output, mdir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=False, scheduler=scheduler,
@@ -1171,8 +1171,8 @@ def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: 
     with progress_bar(not state["quiet"]) as bar:  # trained as 'asn2n fit' does: the same file route
         model = fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device,
                        progress=bar, model_dir=mdir, series=series, stats_cache=cache)
-    for ch in model.channels:
-        _info(_channel_line(ch))
+    for c in range(model.n_channels):
+        _info(_channel_line(model, c))
     _denoise_to(input, output, model, src, sel, infer, dtype, overwrite,
                 {"model": str(mdir), "train": cfg.to_dict(), **(record or {})}, stats_cache=cache)
 

@@ -148,8 +148,8 @@ class RiskThresholds:
     exceeds ``bg_std``.  Such a channel has no patch the reference rule could call weak
     background, whatever it shows, so the noise-aware estimator is used instead
     (:func:`asn2n_dask.risk.resolve_estimator`).  Training resolves it once per channel
-    and the model keeps the choice, so inference uses the estimator the network was
-    trained with.
+    (:func:`asn2n_dask.method.decide_method`) and the model keeps the choice, so
+    inference uses the estimator the network was trained with.
     """
 
     patch: int = 64
@@ -250,13 +250,6 @@ class NormConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def range_fraction(self, mode: str, dataset_mode: str | None) -> float:
-        """The narrowest local scale, as a fraction of the global range, for the mode
-        applied and the dataset decision (see ``adaptive_floor``)."""
-        if mode == "adaptive" and dataset_mode == "global":
-            return max(self.min_range_fraction, self.adaptive_floor)
-        return self.min_range_fraction
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NormConfig:

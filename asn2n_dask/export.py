@@ -41,7 +41,6 @@ from ._version import __version__
 from .checkpoint import ChannelModel, Model, load_model, save_model
 from .config import PRESETS, InferConfig, TrainConfig
 from .errors import ConfigError, InputError, ModelError, OutputError
-from .normalize import resolve_mode
 from .risk import FrameStats
 from .standalone import ChannelDenoiser, Denoiser
 
@@ -77,10 +76,9 @@ def standalone_kwargs(model: Model, channels: Sequence[int], infer: InferConfig)
     norm = model.train.norm
     per_channel = []
     for c in channels:
-        ch = model.channels[c]
-        mode = resolve_mode(norm, ch.dataset_mode)
-        per_channel.append({"mode": mode, "min_fraction": norm.range_fraction(mode, ch.dataset_mode),
-                            "estimator": ch.risk_estimator})
+        method = model.method(c)
+        per_channel.append({"mode": method.mode, "min_fraction": method.range_fraction,
+                            "estimator": method.risk_estimator})
     flat = asdict(norm) | asdict(norm.risk)
     used = ("low_percentile", "high_percentile", "adaptive_weight", "patch", "clip_percentile", "floor_percentile",
             "bg_mean", "bg_std", "bg_skew", "bg_std_skew", "sb_mean", "sb_std", "sb_skew")

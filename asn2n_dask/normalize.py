@@ -29,6 +29,7 @@ import torch
 from numpy.typing import NDArray
 
 from .config import NormConfig
+from .method import applied_mode
 from .risk import (
     SAFE,
     FrameStats,
@@ -43,7 +44,7 @@ from .risk import (
 )
 
 __all__ = ["NormParams", "norm_params", "normalize", "denormalize", "interp_matrix", "interp_weights",
-           "resolve_mode", "patch_ranges", "patch_ranges_torch", "local_weight", "local_weight_torch", "fields_at"]
+           "patch_ranges", "patch_ranges_torch", "local_weight", "local_weight_torch", "fields_at"]
 
 
 @dataclass(frozen=True)
@@ -106,17 +107,6 @@ def interp_weights(positions: NDArray[np.integer], n: int, patch: int, j0: int =
 def interp_matrix(n: int, patch: int) -> NDArray[np.float64]:
     """:func:`interp_weights` for every pixel and every patch: shape (n, ceil(n / patch))."""
     return interp_weights(np.arange(n), n, patch)
-
-
-def resolve_mode(config: NormConfig, dataset_mode: str | None, high_risk_ratio: float | None = None) -> str:
-    """The mode applied: ``dataset`` becomes the given (or this image's) decision."""
-    if config.mode != "dataset":
-        return config.mode
-    if dataset_mode is not None:
-        return dataset_mode
-    if high_risk_ratio is None:
-        raise ValueError("dataset mode needs the dataset decision or the image's high-risk ratio")
-    return "global" if high_risk_ratio > config.risk.dataset_ratio else "local"
 
 
 #: Patch variance (relative to the squared global range) below which a patch counts as flat.
@@ -218,7 +208,7 @@ def patch_ranges(region: NDArray[np.floating], stats: FrameStats, config: NormCo
         Risk classes of the region's patches; needed for ``adaptive``.
     min_fraction : float, optional
         Narrowest local range as a fraction of the global one (default
-        ``config.min_range_fraction``; see :meth:`NormConfig.range_fraction`).
+        ``config.min_range_fraction``; see :func:`asn2n_dask.method.applied_mode`).
 
     Returns
     -------
@@ -326,8 +316,7 @@ def norm_params(image: NDArray[np.number], *, config: NormConfig = NormConfig(),
         stats = frame_stats(img, low=config.low_percentile, high=config.high_percentile)
     if config.mode in ("adaptive", "dataset") and risk is None and not (config.mode == "dataset" and dataset_mode):
         risk = assess_risk(img, thresholds=config.risk)
-    mode = resolve_mode(config, dataset_mode, risk.high_risk_ratio if risk is not None else None)
-    frac = config.range_fraction(mode, dataset_mode)
+    mode, frac = applied_mode(config, dataset_mode, risk.high_risk_ratio if risk is not None else None)
     lo, hi = patch_ranges(img, stats, config, mode, risk.risk_map if risk is not None else None, frac)
     h, w = img.shape
     offset, scale = fields_at(lo, hi, np.arange(h), np.arange(w), (h, w), config.risk.patch, (0, 0),

@@ -585,9 +585,10 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
                          "before denoising.")
     model, fns, dev = _model(spec)
     mc = spec.channel_map[c]
+    method = model.method(mc)
     out, risk = denoise_window(region, wp, plan.frame_shape, fns[mc], stats=ChannelStats.from_dict(spec.stats[c]),
-                               norm=model.norm(mc), infer=plan.infer, device=dev, multiple=model.multiple,
-                               dataset_mode=model.channels[mc].dataset_mode)
+                               norm=method.norm(model.train.norm), infer=plan.infer, device=dev,
+                               multiple=model.multiple, dataset_mode=method.dataset_mode)
     t_denoise = time.perf_counter()
     data = cast_output(out, plan.source.dtype) if spec.dtype == "input" else out
     labels = risk.astype(np.uint8)

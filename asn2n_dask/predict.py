@@ -7,7 +7,7 @@ calls.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,10 +16,11 @@ from numpy.typing import NDArray
 
 from .blend import WindowTiles, blend_tiles, blend_window, check_tile, window_tiles
 from .config import InferConfig, NormConfig
+from .method import applied_mode, channel_norm
 from .model import channels_last
-from .normalize import fields_at, interp_weights, patch_ranges, patch_ranges_torch, resolve_mode
+from .normalize import fields_at, interp_weights, patch_ranges, patch_ranges_torch
 from .pairs import make_twins_torch
-from .risk import assess_risk, assess_risk_torch, noise_level, resolve_estimator
+from .risk import assess_risk, assess_risk_torch, noise_level
 from .stats import ChannelStats, channel_stats
 
 __all__ = ["resolve_device", "compiles", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
@@ -282,8 +283,7 @@ def window_fields(img: torch.Tensor, frame_shape: tuple[int, int], patches: tupl
     dev = img.device
     patch = norm.risk.patch
     risk_map = assess_risk_torch(img, stats.risk_scale(norm.risk), norm.risk)
-    mode = resolve_mode(norm, dataset_mode, float((risk_map != 0).double().mean()))
-    frac = norm.range_fraction(mode, dataset_mode)
+    mode, frac = applied_mode(norm, dataset_mode, float((risk_map != 0).double().mean()))
     lo, hi = patch_ranges_torch(img, stats.norm, norm, mode, risk_map, frac)
     (p0, p1), (q0, q1) = patches
     wy = torch.from_numpy(interp_weights(np.asarray(rows), frame_shape[0], patch, p0, p1)).to(dev)
@@ -298,12 +298,10 @@ def resolved_norm(norm: NormConfig, frames: Sequence[NDArray[np.number]], stats:
     reference risk scale (:func:`asn2n_dask.risk.resolve_estimator`); unchanged otherwise.
 
     A trained model keeps the estimator it resolved for each channel
-    (:meth:`asn2n_dask.checkpoint.Model.norm`): pass that to classify every chunk alike.
+    (:meth:`asn2n_dask.checkpoint.Model.method`): pass that to classify every chunk alike.
     """
-    if norm.risk.estimator != "auto":
-        return norm
     thr = norm.risk
-    return replace(norm, risk=resolve_estimator(thr, noise_level(frames, thr.patch, stats.risk_scale(thr))))
+    return channel_norm(norm, lambda: noise_level(frames, thr.patch, stats.risk_scale(thr)))[0]
 
 
 def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tuple[int, int],
@@ -414,8 +412,7 @@ def _denoise_window_numpy(region: NDArray[np.number], plan: WindowPlan, frame_sh
     patch = norm.risk.patch
     img = np.asarray(region, dtype=np.float64)
     risk = assess_risk(img, thresholds=norm.risk, stats=stats.risk_scale(norm.risk))
-    mode = resolve_mode(norm, dataset_mode, risk.high_risk_ratio)
-    frac = norm.range_fraction(mode, dataset_mode)
+    mode, frac = applied_mode(norm, dataset_mode, risk.high_risk_ratio)
     lo, hi = patch_ranges(img, stats.norm, norm, mode, risk.risk_map, frac)
     ty, tx = plan.tiles
     first = (plan.patches[0][0], plan.patches[1][0])

@@ -31,6 +31,7 @@ __all__ = [
     "RiskReport",
     "assess_risk",
     "dataset_decision",
+    "dataset_rule",
     "patch_moments_torch",
     "classify_torch",
     "assess_risk_torch",
@@ -321,7 +322,19 @@ def dataset_decision(reports: list[RiskReport], thresholds: RiskThresholds = Ris
     """
     total = sum(r.n_patches for r in reports)
     risky = sum(int(np.sum(r.risk_map != SAFE)) for r in reports)
-    return "global" if total and risky / total > thresholds.dataset_ratio else "local"
+    return dataset_rule(risky / total, thresholds) if total else "local"
+
+
+def dataset_rule(high_risk_ratio: float, thresholds: RiskThresholds = RiskThresholds()) -> str:
+    """The dataset rule: ``global`` when more than ``thresholds.dataset_ratio`` of the
+    patches are high-risk (``high_risk_ratio``), else ``local``.
+
+    Examples
+    --------
+    >>> dataset_rule(0.5), dataset_rule(0.1)
+    ('global', 'local')
+    """
+    return "global" if high_risk_ratio > thresholds.dataset_ratio else "local"
 
 
 def patch_moments_torch(scaled: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

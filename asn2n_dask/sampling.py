@@ -19,7 +19,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,8 +27,9 @@ import torch
 from numpy.typing import NDArray
 
 from .config import NormConfig, RiskThresholds
+from .method import channel_norm
 from .predict import normalised_views, patch_span, window_fields
-from .risk import noise_level, resolve_estimator
+from .risk import noise_level
 from .source import spread
 from .stats import ChannelStats
 
@@ -190,7 +191,8 @@ class RegionSampler:
         The channel's statistics (the reduction pass the pipeline makes).
     norm : NormConfig
         An ``"auto"`` risk estimator is resolved here, once for the channel
-        (:func:`channel_noise`); ``self.norm`` holds the result and
+        (:func:`channel_noise`, :func:`asn2n_dask.method.channel_norm`; training passes
+        the channel's method instead); ``self.norm`` holds the result and
         ``self.risk_noise`` the noise that decided it (NaN when the estimator was set).
     dataset_mode : {"global", "local"}, optional
         The ``dataset`` decision, for ``norm.mode == "dataset"``.
@@ -203,11 +205,9 @@ class RegionSampler:
 
     def __init__(self, readers: Sequence[PlaneReader], stats: ChannelStats, norm: NormConfig,
                  dataset_mode: str | None, patch: int, seed: int, val_fraction: float) -> None:
-        self.readers, self.stats, self.norm = list(readers), stats, norm
-        self.risk_noise = float("nan")
-        if norm.risk.estimator == "auto":
-            self.risk_noise = channel_noise(self.readers, stats, norm.risk)
-            self.norm = replace(norm, risk=resolve_estimator(norm.risk, self.risk_noise))
+        self.readers, self.stats = list(readers), stats
+        self.norm, noise = channel_norm(norm, lambda: channel_noise(self.readers, stats, norm.risk))
+        self.risk_noise = float("nan") if noise is None else noise
         self.dataset_mode, self.patch, self.seed = dataset_mode, patch, seed
         self.grids: list[tuple[list[tuple[int, int]], list[tuple[int, int]]]] = []
         counts = []

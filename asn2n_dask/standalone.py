@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet", "ChannelDenoiser", "Denoiser"]
+__all__ = ["UNet", "ChannelDenoiser", "Denoiser", "self_inspired_twins"]
 
 
 class _Block(nn.Sequential):
@@ -171,12 +171,12 @@ def _upsample(x: torch.Tensor, n_out: int, dim: int) -> torch.Tensor:
     return up[..., :n_out].movedim(-1, dim)
 
 
-def _twins(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two self-inspired twins of (N, 1, H, W) frames (pairs.make_twins_torch)."""
+def self_inspired_twins(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two self-inspired twins of (..., H, W) frames (the package's pairs.make_twins_torch)."""
     h, w = frames.shape[-2], frames.shape[-1]
-    f = frames[:, :, : h // 2 * 2, : w // 2 * 2]
-    a = 0.5 * (f[:, :, 0::2, 0::2] + f[:, :, 1::2, 1::2])
-    b = 0.5 * (f[:, :, 0::2, 1::2] + f[:, :, 1::2, 0::2])
+    f = frames[..., : h // 2 * 2, : w // 2 * 2]
+    a = 0.5 * (f[..., 0::2, 0::2] + f[..., 1::2, 1::2])
+    b = 0.5 * (f[..., 0::2, 1::2] + f[..., 1::2, 0::2])
     return _upsample(_upsample(a, h, -2), w, -1), _upsample(_upsample(b, h, -2), w, -1)
 
 
@@ -316,7 +316,7 @@ class ChannelDenoiser(nn.Module):
         range: the views' network outputs with test-time augmentation, averaged."""
         raw, offset, scale = tiles[:, :1].double(), tiles[:, 1:2].double(), tiles[:, 2:3].double()
         if self.twins:
-            a, b = _twins(raw)
+            a, b = self_inspired_twins(raw)
             views = torch.cat([((a - offset) / scale).float(), ((b - offset) / scale).float()])
         else:
             views = ((raw - offset) / scale).float()

@@ -26,11 +26,11 @@ from numpy.typing import NDArray
 from torch.nn import functional as F
 
 from .compiled import cached, entry_parts
-from .config import PRESETS, TrainConfig
+from .config import PRESETS, NormConfig, TrainConfig
 from .errors import InputError
+from .method import ChannelMethod, decide_method
 from .model import UNet, build_unet, channels_last
-from .risk import FrameStats
-from .sampling import ArrayPlanes, BatchPlan, BatchStream, PlaneReader, RegionSampler, validation_batch
+from .sampling import ArrayPlanes, BatchPlan, BatchStream, PlaneReader, RegionSampler, channel_noise, validation_batch
 from .stats import ChannelStats, channel_stats
 
 __all__ = ["self_constrained_loss", "TrainResult", "TrainState", "train_channel", "min_train_side",
@@ -62,13 +62,10 @@ class TrainResult:
     """A trained network and what is known about how it was trained."""
 
     net: UNet
-    stats: FrameStats
-    dataset_mode: str
-    high_risk_ratio: float
+    #: How the channel is processed (risk estimator, dataset decision, statistics...).
+    method: ChannelMethod
     steps: int
     patch: int
-    risk_estimator: str = "reference"
-    risk_noise: float = float("nan")
     best_step: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -171,10 +168,17 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
         stats = channel_stats(np.concatenate([r.read(p, (0, r.frame_shape[0]), (0, r.frame_shape[1])).ravel()
                                               for r in readers for p in range(r.n_planes)])[None], config.norm)[0]
 
-    sampler = RegionSampler(readers, stats, config.norm, None, patch, config.seed, config.val_fraction)
-    ratio = estimate_risk(sampler)
-    decision = "global" if ratio > config.norm.risk.dataset_ratio else "local"
-    sampler.dataset_mode = decision
+    samplers: list[RegionSampler] = []
+
+    def high_risk_ratio(norm: NormConfig) -> float:
+        """The channel's high-risk share, from the regions training draws, classified with ``norm``."""
+        samplers.append(RegionSampler(readers, stats, norm, None, patch, config.seed, config.val_fraction))
+        return estimate_risk(samplers[-1])
+
+    method = decide_method(config.norm, stats.norm, noise_sd=lambda: channel_noise(readers, stats, config.norm.risk),
+                           high_risk_ratio=high_risk_ratio)
+    sampler = samplers[-1]
+    sampler.dataset_mode = method.dataset_mode
     va: torch.Tensor | None
     vb: torch.Tensor | None
     val_raw: NDArray[np.float32] | None
@@ -193,9 +197,7 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, fused=True if cuda else None)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps, eta_min=config.lr * 0.05)
-    result = TrainResult(net=net, stats=stats.norm, dataset_mode=decision, high_risk_ratio=ratio,
-                         risk_estimator=sampler.norm.risk.estimator, risk_noise=sampler.risk_noise, steps=0,
-                         patch=patch, val_patches=val_raw)
+    result = TrainResult(net=net, method=method, steps=0, patch=patch, val_patches=val_raw)
     best_loss, best_state, bad = float("inf"), None, 0
     running, n_running, risky_seen, seen, waited = 0.0, 0, 0, 0, 0.0
     start = 0

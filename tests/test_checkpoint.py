@@ -91,10 +91,10 @@ def test_the_risk_estimator_resolved_in_training_is_kept_per_channel(model_dir, 
     assert loaded.channels[0].risk_estimator == ch.risk_estimator
     assert loaded.norm(0).risk.estimator == ch.risk_estimator
     assert loaded.norm(0).risk.patch == tiny_model.train.norm.risk.patch
-    # a model written before the choice was kept per channel uses the reference rule
+    # a model written before the choice was kept per channel (nor its method) uses the reference rule
     path = model_dir / "model.json"
     doc = json.loads(path.read_text())
-    del doc["channels"][0]["risk_estimator"]
+    del doc["channels"][0]["risk_estimator"], doc["channels"][0]["method"]
     path.write_text(json.dumps(doc))
     assert load_model(model_dir).channels[0].risk_estimator == "reference"
     doc["channels"][0]["risk_estimator"] = "guess"

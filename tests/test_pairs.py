@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asn2n_dask.errors import InputError
-from asn2n_dask.pairs import diagonal_halves, fourier_upsample, make_twins
+from asn2n_dask.testing import diagonal_halves, fourier_upsample, make_twins
 
 
 def smooth(h: int, w: int) -> np.ndarray:
