@@ -39,19 +39,17 @@ from .predict import compiles, denoise_frame, network_fn, resolve_device
 from .risk import FrameStats, RiskReport
 from .risk import assess_risk as _frame_risk
 from .sampling import ArrayPlanes, channel_noise
+from .source import MIN_FRAME_SIDE
 from .stats import ChannelStats, channel_stats
 from .train import TrainResult, train_channel
 
 if TYPE_CHECKING:
-    from .pipeline import StatsCache
+    from .stats_pass import StatsCache
 
 __all__ = ["fit", "denoise", "denoise_with_risk", "assess_risk", "risk_summary", "check_image", "MIN_FRAME_SIDE",
            "Progress"]
 
 log = logging.getLogger(__name__)
-
-#: Smallest frame side ``denoise`` accepts, in pixels.
-MIN_FRAME_SIDE = 4
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(what, done, total)``."""
@@ -176,7 +174,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         Files: where the statistics pass runs (default: in this process).
     series : int, optional
         TIFF files holding several image series: the one to read.
-    stats_cache : asn2n_dask.pipeline.StatsCache, optional
+    stats_cache : asn2n_dask.stats_pass.StatsCache, optional
         Files: where the statistics pass leaves its result, so that denoising the
         same input next in this process need not read it again for them (``asn2n
         run``); statistics it holds for these inputs, still valid, are used instead of
@@ -202,8 +200,8 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
     info: dict[str, Any] = {}
     if isinstance(data, (str, os.PathLike)) or (isinstance(data, (list, tuple)) and data
                                                  and isinstance(data[0], (str, os.PathLike))):
-        from .pipeline import selection_stats
         from .source import Selection, open_source
+        from .stats_pass import selection_stats
 
         paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
         sources = [open_source(p, axes, series=series) for p in paths]
@@ -212,7 +210,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         def n_ch(s: Any, sel: Any) -> int:
             return len(sel.indices(s)[s.axes.index("C")]) if "C" in s.axes else 1
 
-        from .pipeline import check_source
+        from .source import check_source
 
         for s, sel in zip(sources, sels):
             check_source(s)
@@ -582,7 +580,7 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
     stats : sequence of ChannelStats, optional
         One per channel of ``data``: statistics of more data than ``data`` holds (a file's
         whole channel when ``data`` is a selection of its time points; see
-        :func:`asn2n_dask.pipeline.selection_stats`).  Default: ``data``'s own.
+        :func:`asn2n_dask.stats_pass.selection_stats`).  Default: ``data``'s own.
     channel_map : sequence of int, optional
         The model network for each channel of ``data``
         (:func:`asn2n_dask.pipeline.channel_map`).  Default: by position, and the model
@@ -706,7 +704,7 @@ def risk_summary(data: Any, *, axes: str | None = None, config: TrainConfig = Tr
 
     Each channel's frames are classified on the channel's risk scale, from its
     statistics over all its frames (the reduction pass denoising makes:
-    :func:`asn2n_dask.pipeline.selection_stats` for files), with the risk estimator
+    :func:`asn2n_dask.stats_pass.selection_stats` for files), with the risk estimator
     resolved once for the channel (:func:`asn2n_dask.sampling.channel_noise`), as
     :func:`asn2n_dask.predict.denoise_window` does.  A file is read lazily: the
     statistics pass streams over it, and only ``frames`` frames per channel are read
@@ -753,8 +751,8 @@ def risk_summary(data: Any, *, axes: str | None = None, config: TrainConfig = Tr
     # per channel: index, name, statistics, its frames as readers, the frames to classify
     items: list[tuple[int, str, ChannelStats, list[PlaneReader], NDArray[Any]]] = []
     if isinstance(data, (str, os.PathLike)):
-        from .pipeline import check_source, selection_stats
-        from .source import Selection, open_source, sample_planes
+        from .source import Selection, check_source, open_source, sample_planes
+        from .stats_pass import selection_stats
 
         src = open_source(data, axes, series=series)
         check_source(src)

@@ -29,7 +29,7 @@ from .model import UNet
 from .risk import FrameStats
 
 __all__ = ["ChannelModel", "Model", "save_model", "load_model", "model_is_complete", "MODEL_FORMAT",
-           "save_train_state", "load_train_state", "clear_train_state"]
+           "TrainState", "save_train_state", "load_train_state", "clear_train_state"]
 
 MODEL_FORMAT = "asn2n-dask-model"
 FORMAT_VERSION = 1
@@ -365,14 +365,28 @@ def _read_model_json(path: Path) -> tuple[dict[str, Any], TrainConfig, list[dict
     return doc, train, fields
 
 
+@dataclass
+class TrainState:
+    """Everything needed to continue training exactly where it stopped.
+
+    ``tensors`` (network, best network, optimiser moments) go to safetensors, the rest
+    to JSON; nothing is pickled.
+    """
+
+    step: int
+    tensors: dict[str, torch.Tensor]
+    info: dict[str, Any]
+
+
 STATE_JSON = "train-state.json"
 
 
-def save_train_state(directory: str | os.PathLike[str], job: dict[str, Any], channel: int, state: Any) -> None:
+def save_train_state(directory: str | os.PathLike[str], job: dict[str, Any], channel: int,
+                     state: TrainState) -> None:
     """Write what :func:`load_train_state` needs to resume training (atomically).
 
     ``job`` identifies the training (options, data digests, channels); ``channel`` is
-    the index of the channel being trained; ``state`` a :class:`asn2n_dask.train.TrainState`.
+    the index of the channel being trained; ``state`` a :class:`TrainState`.
     """
     d = Path(directory)
     # New weights under a new name, then the JSON that names them, then the old ones go:
@@ -387,7 +401,7 @@ def save_train_state(directory: str | os.PathLike[str], job: dict[str, Any], cha
             old.unlink(missing_ok=True)
 
 
-def load_train_state(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], int, Any] | None:
+def load_train_state(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], int, TrainState] | None:
     """``(job, channel, TrainState)`` of the last checkpoint, or None when there is none.
 
     Raises
@@ -395,8 +409,6 @@ def load_train_state(directory: str | os.PathLike[str]) -> tuple[dict[str, Any],
     ModelError
         When the checkpoint is damaged.
     """
-    from .train import TrainState
-
     d = Path(directory)
     if not (d / STATE_JSON).is_file():
         return None

@@ -48,8 +48,9 @@ from .config import (
     TtaCopies,
 )
 from .errors import Asn2nError, ConfigError, InputError, OutputError
-from .pipeline import RunOptions, StatsCache
+from .pipeline import RunOptions
 from .progress import progress_bar
+from .stats_pass import StatsCache
 
 log = logging.getLogger("asn2n_dask")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -828,8 +829,7 @@ def _is_zarr_out(output: Path) -> bool:
 def _open_selection(input: Path, axes: str | None, channel: list[str] | None, time: str | None,
                     series: int | None = None) -> tuple[Any, Any]:
     """The input described (not read) and the --channel/--time selection, as every route takes them."""
-    from .pipeline import check_source
-    from .source import Selection, open_source
+    from .source import Selection, check_source, open_source
 
     src = open_source(input, axes, series=series)
     check_source(src)
@@ -841,7 +841,7 @@ def _denoise_to(input: Path, output: Path, model: Any, src: Any, sel: Any, infer
     """The ``.tif`` output route: the selection in memory, with the ``.zarr`` route's rules.
 
     The network of each channel (:func:`asn2n_dask.pipeline.channel_map`) and the
-    channel statistics (over all time points, :func:`asn2n_dask.pipeline.selection_stats`)
+    channel statistics (over all time points, :func:`asn2n_dask.stats_pass.selection_stats`)
     are decided as the chunked pipeline decides them, so both routes give the same numbers.
     ``stats_cache``: statistics of this command's training, taken when still valid
     instead of a pass over the time points not read.
@@ -850,8 +850,9 @@ def _denoise_to(input: Path, output: Path, model: Any, src: Any, sel: Any, infer
 
     from .api import denoise_with_risk
     from .io import cast_output, output_lock, write_image
-    from .pipeline import channel_map, missing_note, selection_stats
+    from .pipeline import channel_map, missing_note
     from .source import read_selection
+    from .stats_pass import selection_stats
 
     if dtype not in ("input", "float32"):
         raise InputError(f"--dtype must be float32 or input; got {dtype!r}.")
@@ -921,7 +922,7 @@ def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, c
               jobs: int | None = None, dashboard_address: str | None = None, allow_unfinished: bool = False,
               series: int | None = None, stats_cache: StatsCache | None = None) -> None:
     """Chunked, resumable denoising into OME-Zarr on a Dask cluster (``stats_cache``:
-    :class:`asn2n_dask.pipeline.StatsCache` of this command's training)."""
+    :class:`asn2n_dask.stats_pass.StatsCache` of this command's training)."""
     from .checkpoint import load_model
     from .pipeline import RunOptions, make_plan, run_pipeline
     from .source import Selection, open_source

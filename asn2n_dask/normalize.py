@@ -35,6 +35,7 @@ from .risk import (
     FrameStats,
     RiskReport,
     assess_risk,
+    assess_risk_torch,
     frame_stats,
     patch_moments,
     patch_moments_torch,
@@ -42,9 +43,11 @@ from .risk import (
     patch_noise_var_torch,
     patch_view,
 )
+from .stats import ChannelStats
 
 __all__ = ["NormParams", "norm_params", "normalize", "denormalize", "interp_matrix", "interp_weights",
-           "patch_ranges", "patch_ranges_torch", "local_weight", "local_weight_torch", "fields_at"]
+           "patch_ranges", "patch_ranges_torch", "local_weight", "local_weight_torch", "fields_at", "patch_span",
+           "window_fields"]
 
 
 @dataclass(frozen=True)
@@ -332,3 +335,68 @@ def normalize(image: NDArray[np.number], params: NormParams) -> NDArray[np.float
 def denormalize(values: NDArray[np.floating], params: NormParams) -> NDArray[np.float64]:
     """Invert a transform: ``values * scale + offset``, back in input units (float64)."""
     return np.asarray(values, dtype=np.float64) * params.scale + params.offset
+
+
+def patch_span(n: int, r0: int, r1: int, patch: int) -> tuple[int, int]:
+    """Risk patches ``[p0, p1)`` along an axis of ``n`` pixels that the normalisation
+    fields at pixels ``r0..r1`` (inclusive, inside the axis) depend on: their own
+    patches and the ones whose centres bracket them (the fields are interpolated
+    between patch centres).  Arithmetic only: O(1) for an axis of any length."""
+    p0, p1 = _patch_spans(n, np.asarray(r0, np.int64), np.asarray(r1, np.int64), patch)
+    return int(p0), int(p1)
+
+
+def _patch_spans(n: int, r0: NDArray[np.int64], r1: NDArray[np.int64],
+                 patch: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """:func:`patch_span` for arrays of ``r0`` and ``r1``.
+
+    Patch ``k``'s centre is ``min(k * patch + (patch - 1) / 2, n - 1)``; in halves of a
+    pixel, ``2 k patch + patch - 1``, so every count below is integer arithmetic.
+    """
+    m = -(-n // patch)
+    le = np.clip((2 * r0 - patch + 1) // (2 * patch) + 1, 0, m)  # centres <= r0
+    le = np.where(r0 >= n - 1, m, le)
+    lt = np.clip(-((-(2 * r1 - patch + 1)) // (2 * patch)), 0, m)  # centres < r1 (r1 <= n - 1)
+    p0 = np.minimum(np.maximum(0, le - 1), r0 // patch)
+    p1 = np.maximum(np.minimum(m - 1, lt), r1 // patch) + 1
+    return p0, p1
+
+
+def window_fields(img: torch.Tensor, frame_shape: tuple[int, int], patches: tuple[tuple[int, int], tuple[int, int]],
+                  rows: NDArray[np.integer], cols: NDArray[np.integer], *, stats: ChannelStats,
+                  norm: NormConfig, dataset_mode: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Risk classes and normalisation fields of a region of a frame: the one code path
+    that training (patch sampling) and inference (tiles) both use.
+
+    Parameters
+    ----------
+    img : Tensor, shape (h, w), float64
+        The frame's pixels over the rows and columns of risk patches ``patches``
+        (``[p0 * patch, min(p1 * patch, H))``), input units, on the working device.
+    frame_shape : (int, int)
+        The whole frame's (H, W).
+    patches : ((int, int), (int, int))
+        Risk patches ``[p0, p1)`` along Y and X that ``img`` covers (see :func:`patch_span`).
+    rows, cols : ndarray of int
+        Frame coordinates at which the fields are wanted.
+    stats : ChannelStats
+        Statistics of the frame's whole channel.
+
+    Returns
+    -------
+    risk_map : Tensor, shape (p1 - p0, q1 - q0), int8
+        Risk class of each patch of the region.
+    offset, scale : Tensor, shape (len(rows), len(cols)), float64
+        ``(x - offset) / scale`` is what the network sees; input units.
+    """
+    dev = img.device
+    patch = norm.risk.patch
+    risk_map = assess_risk_torch(img, stats.risk_scale(norm.risk), norm.risk)
+    mode, frac = applied_mode(norm, dataset_mode, float((risk_map != 0).double().mean()))
+    lo, hi = patch_ranges_torch(img, stats.norm, norm, mode, risk_map, frac)
+    (p0, p1), (q0, q1) = patches
+    wy = torch.from_numpy(interp_weights(np.asarray(rows), frame_shape[0], patch, p0, p1)).to(dev)
+    wx = torch.from_numpy(interp_weights(np.asarray(cols), frame_shape[1], patch, q0, q1)).to(dev)
+    offset = wy @ lo @ wx.T
+    scale = torch.clamp(wy @ hi @ wx.T - offset, min=frac * stats.norm.span)
+    return risk_map, offset, scale

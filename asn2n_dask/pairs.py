@@ -25,7 +25,7 @@ import torch
 
 from .standalone import self_inspired_twins
 
-__all__ = ["make_twins_torch"]
+__all__ = ["make_twins_torch", "normalised_views"]
 
 
 def make_twins_torch(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,3 +51,24 @@ def make_twins_torch(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ((2, 5, 6), True)
     """
     return self_inspired_twins(frames)
+
+
+def normalised_views(tiles: torch.Tensor, infer_on: str) -> tuple[torch.Tensor, ...]:
+    """What the network sees of a batch of tiles (or training patches).
+
+    Parameters
+    ----------
+    tiles : Tensor, shape (N, 3, t, t)
+        Raw pixels, normalisation offset and scale, in input units.
+    infer_on : {"twins", "raw"}
+        ``twins``: the two twins of each tile (:func:`asn2n_dask.pairs.make_twins_torch`,
+        in float64); ``raw``: the tile itself.
+
+    Returns
+    -------
+    tuple of Tensor, each (N, 1, t, t) float32
+        ``(view - offset) / scale`` for each view.
+    """
+    raw, offset, scale = tiles[:, :1].double(), tiles[:, 1:2].double(), tiles[:, 2:3].double()
+    views = make_twins_torch(raw) if infer_on == "twins" else (raw,)
+    return tuple(((v - offset) / scale).float() for v in views)

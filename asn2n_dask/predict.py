@@ -18,9 +18,9 @@ from .blend import WindowTiles, blend_tiles, blend_window, check_tile, window_ti
 from .config import InferConfig, NormConfig
 from .method import applied_mode, channel_norm
 from .model import channels_last
-from .normalize import fields_at, interp_weights, patch_ranges, patch_ranges_torch
-from .pairs import make_twins_torch
-from .risk import assess_risk, assess_risk_torch, noise_level
+from .normalize import _patch_spans, fields_at, patch_ranges, patch_span, window_fields
+from .pairs import normalised_views
+from .risk import assess_risk, noise_level
 from .stats import ChannelStats, channel_stats
 
 __all__ = ["resolve_device", "compiles", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
@@ -85,27 +85,6 @@ def network_fn(net: torch.nn.Module, device: torch.device | str, precision: str 
             return run(x)[:n].float().contiguous()
 
     return fn
-
-
-def normalised_views(tiles: torch.Tensor, infer_on: str) -> tuple[torch.Tensor, ...]:
-    """What the network sees of a batch of tiles (or training patches).
-
-    Parameters
-    ----------
-    tiles : Tensor, shape (N, 3, t, t)
-        Raw pixels, normalisation offset and scale, in input units.
-    infer_on : {"twins", "raw"}
-        ``twins``: the two twins of each tile (:func:`asn2n_dask.pairs.make_twins_torch`,
-        in float64); ``raw``: the tile itself.
-
-    Returns
-    -------
-    tuple of Tensor, each (N, 1, t, t) float32
-        ``(view - offset) / scale`` for each view.
-    """
-    raw, offset, scale = tiles[:, :1].double(), tiles[:, 1:2].double(), tiles[:, 2:3].double()
-    views = make_twins_torch(raw) if infer_on == "twins" else (raw,)
-    return tuple(((v - offset) / scale).float() for v in views)
 
 
 #: (quarter turns, flip) of each test-time augmentation level.
@@ -180,31 +159,6 @@ def window_plan(frame_shape: tuple[int, int], window: tuple[int, int, int, int],
     return WindowPlan(window, (tiles[0], tiles[1]), (patches[0], patches[1]), (read[0], read[1]))
 
 
-def patch_span(n: int, r0: int, r1: int, patch: int) -> tuple[int, int]:
-    """Risk patches ``[p0, p1)`` along an axis of ``n`` pixels that the normalisation
-    fields at pixels ``r0..r1`` (inclusive, inside the axis) depend on: their own
-    patches and the ones whose centres bracket them (the fields are interpolated
-    between patch centres).  Arithmetic only: O(1) for an axis of any length."""
-    p0, p1 = _patch_spans(n, np.asarray(r0, np.int64), np.asarray(r1, np.int64), patch)
-    return int(p0), int(p1)
-
-
-def _patch_spans(n: int, r0: NDArray[np.int64], r1: NDArray[np.int64],
-                 patch: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """:func:`patch_span` for arrays of ``r0`` and ``r1``.
-
-    Patch ``k``'s centre is ``min(k * patch + (patch - 1) / 2, n - 1)``; in halves of a
-    pixel, ``2 k patch + patch - 1``, so every count below is integer arithmetic.
-    """
-    m = -(-n // patch)
-    le = np.clip((2 * r0 - patch + 1) // (2 * patch) + 1, 0, m)  # centres <= r0
-    le = np.where(r0 >= n - 1, m, le)
-    lt = np.clip(-((-(2 * r1 - patch + 1)) // (2 * patch)), 0, m)  # centres < r1 (r1 <= n - 1)
-    p0 = np.minimum(np.maximum(0, le - 1), r0 // patch)
-    p1 = np.maximum(np.minimum(m - 1, lt), r1 // patch) + 1
-    return p0, p1
-
-
 def _reflect_bounds(n: int, x: NDArray[np.int64], y: NDArray[np.int64]) -> tuple[NDArray[np.int64],
                                                                                 NDArray[np.int64]]:
     """Smallest and largest frame pixel that positions ``x..y`` (inclusive) hold once
@@ -251,46 +205,6 @@ def axis_reads(n: int, start: NDArray[np.int64], stop: NDArray[np.int64], tile: 
     lo, hi = _reflect_bounds(n, first, end - 1)
     p0, p1 = _patch_spans(n, lo, hi, patch)
     return p0 * patch, np.minimum(p1 * patch, n), k1 - k0 + 1, end - first
-
-
-def window_fields(img: torch.Tensor, frame_shape: tuple[int, int], patches: tuple[tuple[int, int], tuple[int, int]],
-                  rows: NDArray[np.integer], cols: NDArray[np.integer], *, stats: ChannelStats,
-                  norm: NormConfig, dataset_mode: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Risk classes and normalisation fields of a region of a frame: the one code path
-    that training (patch sampling) and inference (tiles) both use.
-
-    Parameters
-    ----------
-    img : Tensor, shape (h, w), float64
-        The frame's pixels over the rows and columns of risk patches ``patches``
-        (``[p0 * patch, min(p1 * patch, H))``), input units, on the working device.
-    frame_shape : (int, int)
-        The whole frame's (H, W).
-    patches : ((int, int), (int, int))
-        Risk patches ``[p0, p1)`` along Y and X that ``img`` covers (see :func:`patch_span`).
-    rows, cols : ndarray of int
-        Frame coordinates at which the fields are wanted.
-    stats : ChannelStats
-        Statistics of the frame's whole channel.
-
-    Returns
-    -------
-    risk_map : Tensor, shape (p1 - p0, q1 - q0), int8
-        Risk class of each patch of the region.
-    offset, scale : Tensor, shape (len(rows), len(cols)), float64
-        ``(x - offset) / scale`` is what the network sees; input units.
-    """
-    dev = img.device
-    patch = norm.risk.patch
-    risk_map = assess_risk_torch(img, stats.risk_scale(norm.risk), norm.risk)
-    mode, frac = applied_mode(norm, dataset_mode, float((risk_map != 0).double().mean()))
-    lo, hi = patch_ranges_torch(img, stats.norm, norm, mode, risk_map, frac)
-    (p0, p1), (q0, q1) = patches
-    wy = torch.from_numpy(interp_weights(np.asarray(rows), frame_shape[0], patch, p0, p1)).to(dev)
-    wx = torch.from_numpy(interp_weights(np.asarray(cols), frame_shape[1], patch, q0, q1)).to(dev)
-    offset = wy @ lo @ wx.T
-    scale = torch.clamp(wy @ hi @ wx.T - offset, min=frac * stats.norm.span)
-    return risk_map, offset, scale
 
 
 def resolved_norm(norm: NormConfig, frames: Sequence[NDArray[np.number]], stats: ChannelStats) -> NormConfig:

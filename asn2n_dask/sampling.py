@@ -3,7 +3,7 @@
 Nothing is loaded whole.  A channel's frames (every plane of every time point) are cut
 into *regions*: windows aligned to the storage chunks.  Training draws a few regions at
 a time (a *block*), reads each with the margin its normalisation fields need, computes
-risk classes and fields with :func:`asn2n_dask.predict.window_fields` (the function
+risk classes and fields with :func:`asn2n_dask.normalize.window_fields` (the function
 inference uses on its tiles), and cuts many patches from them before moving on, so
 reads stay chunk-local and memory stays bounded by the block, whatever the dataset size.
 
@@ -28,7 +28,8 @@ from numpy.typing import NDArray
 
 from .config import NormConfig, RiskThresholds
 from .method import channel_norm
-from .predict import normalised_views, patch_span, window_fields
+from .normalize import patch_span, window_fields
+from .pairs import normalised_views
 from .risk import noise_level
 from .source import spread
 from .stats import ChannelStats

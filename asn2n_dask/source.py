@@ -34,11 +34,14 @@ from .io import (
     tiff_series,
 )
 
-__all__ = ["Source", "open_source", "Selection", "parse_time", "open_array", "spread", "MAX_READ_BLOCKS"]
+__all__ = ["Source", "open_source", "check_source", "Selection", "parse_time", "open_array", "spread",
+           "MAX_READ_BLOCKS", "MIN_FRAME_SIDE"]
 
 #: Most blocks one lazy read of a source may have: a dask graph of more would take more
 #: memory and scheduling time than the reading itself.
 MAX_READ_BLOCKS = 1 << 22
+#: Smallest frame side the method accepts, in pixels.
+MIN_FRAME_SIDE = 4
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,23 @@ def open_source(path: str | os.PathLike[str], axes: str | None = None, *, series
         return Source(str(p), kind, root_path, ax, tuple(int(v) for v in arr.shape),
                       tuple(int(v) for v in arr.chunks), str(arr.dtype), meta)
     raise InputError(f"input {p} is neither a TIFF file (.tif, .tiff) nor a Zarr store (.zarr).")
+
+
+def check_source(source: Source) -> None:
+    """Refuse, before reading any pixel, a source the method cannot denoise: a dtype that
+    is not integer or float, frames under 4x4 pixels.
+
+    Raises
+    ------
+    InputError
+    """
+    if np.dtype(source.dtype).kind not in "uif":
+        raise InputError(f"{source.path} has dtype {source.dtype}, which is not supported; convert it to an "
+                         "integer or float type.")
+    h, w = source.frame_shape
+    if min(h, w) < MIN_FRAME_SIDE:
+        raise InputError(f"{source.path} has frames of {h}x{w}; frames must be at least "
+                         f"{MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} pixels.")
 
 
 def parse_time(text: str | None, n: int) -> tuple[int, int]:

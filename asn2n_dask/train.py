@@ -25,6 +25,7 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
+from .checkpoint import TrainState
 from .compiled import cached, entry_parts
 from .config import PRESETS, NormConfig, TrainConfig
 from .errors import InputError
@@ -73,19 +74,6 @@ class TrainResult:
     data_wait: float = 0.0
     stopped_early: bool = False
     val_patches: NDArray[np.float32] | None = None
-
-
-@dataclass
-class TrainState:
-    """Everything needed to continue training exactly where it stopped.
-
-    ``tensors`` (network, best network, optimiser moments) go to safetensors, the rest
-    to JSON; nothing is pickled.
-    """
-
-    step: int
-    tensors: dict[str, torch.Tensor]
-    info: dict[str, Any]
 
 
 def readers_of(frames: Sequence[NDArray[np.number]]) -> list[PlaneReader]:

@@ -72,17 +72,17 @@ def data(tmp_path_factory):
 
 @pytest.fixture
 def passes(monkeypatch):
-    """Counts the statistics passes (every route reaches them through the pipeline's
-    ``channel_stats``)."""
-    import asn2n_dask.pipeline as pl
+    """Counts the statistics passes (every route reaches them through the statistics
+    pass's ``channel_stats``)."""
+    import asn2n_dask.stats_pass as sp
 
-    real, calls = pl.channel_stats, []
+    real, calls = sp.channel_stats, []
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pl, "channel_stats", counted)
+    monkeypatch.setattr(sp, "channel_stats", counted)
     return calls
 
 
@@ -99,13 +99,13 @@ def test_a_complete_output_is_recognised_without_reading_the_input(data, tmp_pat
     kept = tree_digest(out)
 
     import asn2n_dask.io as io
-    import asn2n_dask.pipeline as pl
     import asn2n_dask.source as source
+    import asn2n_dask.stats_pass as sp
 
     def no_read(*args, **kwargs):
         raise AssertionError("the input's pixels were read")
 
-    monkeypatch.setattr(pl, "channel_stats", no_read)
+    monkeypatch.setattr(sp, "channel_stats", no_read)
     monkeypatch.setattr(source._Reader, "__getitem__", no_read)
     monkeypatch.setattr(io.CheckedArray, "__getitem__", no_read)
     again = denoise_once(d / "in.zarr", out, d / "model")
