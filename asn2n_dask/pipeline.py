@@ -13,7 +13,8 @@ output does not depend on the chunking.  A run that is stopped part-way is resum
 running the same command again: chunks whose completion record matches the data on
 disk are skipped, the others recomputed.  A finished one run again reads nothing of the
 input when its listing (:func:`source_listing`) shows that the input was not written
-since; otherwise the statistics pass decides, as for a resume.
+since; otherwise the statistics pass decides, as for a resume.  What may be resumed,
+skipped or refused, and the records that decide it, are :mod:`asn2n_dask.resume`'s.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import hashlib
 import json
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,13 +35,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import ome
+from . import ome, resume
 from ._version import __version__
 from .axes import canonical_order
 from .config import InferConfig
 from .errors import ConfigError, InputError, ModelError, OutputError
 from .io import TIFF_SUFFIXES, cast_output
 from .predict import WindowPlan, axis_reads, resolve_device, window_plan
+from .resume import PROGRESS_DIR, model_sha
 from .risk import SPARSE_BRIGHT, WEAK_BACKGROUND
 from .source import Selection, Source, check_source
 from .stats import ChannelStats
@@ -60,8 +60,6 @@ __all__ = ["RunOptions", "Plan", "make_plan", "run_pipeline", "check_output_path
 
 log = logging.getLogger(__name__)
 
-#: Folder of completion records inside the output store.
-PROGRESS_DIR = ".asn2n-progress"
 #: Most chunk tasks one run schedules (a graph of more would take more memory and
 #: scheduling time than the work itself).
 MAX_TASKS = 1 << 22
@@ -525,17 +523,6 @@ def _open_outputs(path: str, label: str) -> tuple[Any, Any]:
     return root["0"], root[f"labels/{label}/0"]
 
 
-def _digest(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
-def _record_path(output: str, p: int, iy: int, ix: int) -> Path:
-    return Path(output) / PROGRESS_DIR / f"{p}.{iy}.{ix}.json"
-
-
 def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     """Compute and write one output chunk, unless a verified record says it is done.
 
@@ -554,17 +541,10 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     y0, y1, x0, x1 = wp.window
     where = out_idx + (slice(y0, y1), slice(x0, x1))
     label_where = plan.label_index(out_idx) + (slice(y0, y1), slice(x0, x1))
-    rec = _record_path(spec.output, p, iy, ix)
+    rec = resume.record_path(spec.output, p, iy, ix)
     out_arr, risk_arr = _open_outputs(spec.output, plan.labels[c])
-    if rec.is_file():
-        try:
-            want = json.loads(rec.read_text())["sha256"]
-            if _digest(out_arr[where], risk_arr[label_where]) == want:
-                return SKIPPED
-        except Exception:  # unreadable record or chunk: recompute it
-            pass
-        log.warning("chunk %s of %s failed verification; recomputing it", (p, iy, ix), spec.output)
-        rec.unlink(missing_ok=True)
+    if resume.chunk_done(rec, lambda: (out_arr[where], risk_arr[label_where]), (p, iy, ix), spec.output):
+        return SKIPPED
     (ry0, ry1), (rx0, rx1) = wp.read
     t0 = time.perf_counter()
     region = np.asarray(plan.source.open()[src_idx + (slice(ry0, ry1), slice(rx0, rx1))])
@@ -583,12 +563,8 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     labels = risk.astype(np.uint8)
     out_arr[where] = data
     risk_arr[label_where] = labels
-    rec.parent.mkdir(exist_ok=True)
-    tmp = rec.with_name(f"{rec.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     seconds = {"read": t_read - t0, "denoise": t_denoise - t_read, "write": time.perf_counter() - t_denoise}
-    tmp.write_text(json.dumps({"sha256": _digest(data.astype(out_arr.dtype), labels), "time": time.time(),
-                               "seconds": seconds}))
-    os.replace(tmp, rec)
+    resume.write_record(rec, resume.digest(data.astype(out_arr.dtype), labels), seconds)
     return COMPUTED
 
 
@@ -598,11 +574,6 @@ def _run_block(spec: RunSpec, block_info: Any = None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ client side
-def model_sha(model_dir: str | os.PathLike[str]) -> str:
-    """SHA-256 of a model's ``model.json`` (which holds its weights' checksums)."""
-    return hashlib.sha256((Path(model_dir) / "model.json").read_bytes()).hexdigest()
-
-
 def channel_map(source: Source, selection: Selection, model: Any) -> tuple[int, ...]:
     """Model channel for each selected channel: by name, else by source index, else by
     position.  The one rule for every route (``.zarr`` and ``.tif`` outputs alike).
@@ -725,98 +696,26 @@ class RunSummary:
     plan: dict[str, Any] = field(default_factory=dict)
 
 
-def _fingerprint(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _existing(output: Path) -> dict[str, Any] | None:
-    """The asn2n attributes of an existing output (None if there is none)."""
-    import zarr
-
-    if not output.exists() and not output.is_symlink():
-        return None
-    if output.is_symlink() or not output.is_dir():
-        return {}
-    try:
-        attrs = dict(zarr.open_group(str(output), mode="r").attrs)
-    except Exception:
-        return {}
-    asn = attrs.get("asn2n")
-    return dict(asn) if isinstance(asn, dict) else {}
-
-
 def _prepare_output(output: Path, plan: Plan, parts: dict[str, Any], options: RunOptions,
                     provenance: dict[str, Any]) -> bool:
-    """Create the output store, or decide to resume the existing one. Returns True when resuming."""
-
-    fp = _fingerprint(parts)
-    prev = _existing(output)
-    if prev == {}:
-        raise OutputError(f"output {output} already exists and was not written by asn2n-dask; --overwrite replaces "
-                          "only outputs of asn2n-dask: move or delete it yourself, or choose another path.")
-    if prev is not None and not options.overwrite:
-        if prev.get("fingerprint") == fp:
-            return True
-        _refuse_other_job(output, prev.get("job", {}), parts, check_stats=True)
+    """Create the output store, or decide to resume the existing one (:func:`asn2n_dask.resume.resumable`).
+    Returns True when resuming."""
+    if resume.resumable(output, parts, overwrite=options.overwrite):
+        return True
     try:
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        return _create_output(output, plan, parts, options, provenance, fp)
+        resume.remove_output(output)
+        return _create_output(output, plan, parts, options, provenance)
     except PermissionError as e:
         raise OutputError(f"cannot write {output}: permission denied ({e.filename}); choose a folder you can "
                           "write to.") from None
 
 
-def _complete_and_unchanged(prev: dict[str, Any] | None, parts: dict[str, Any], listing: str | None) -> bool:
-    """Whether an existing output is the complete result of this very job (``parts``,
-    the job without its statistics) on this input as it is now, shown without reading
-    the input: the output is complete, its record with the statistics it was computed
-    with is this job's, and the input's listing (:func:`source_listing`) equals the one
-    taken before that run read it.  False whenever that evidence is missing or differs:
-    the caller then measures the statistics and compares them, as for any run."""
-    if not prev or prev.get("status") != "complete" or listing is None or prev.get("input_listing") != listing:
-        return False
-    job = prev.get("job")
-    if not isinstance(job, dict) or not isinstance(job.get("stats"), list):
-        return False
-    return bool(prev.get("fingerprint") == _fingerprint({**parts, "stats": job["stats"]}))
-
-
-def _record_listing(output: Path, listing: str) -> None:
-    """Record the input's listing in a complete output whose statistics were just found
-    equal to the ones it was computed with (an output that cannot be written keeps the
-    old one: the next run reads the input again)."""
-    import zarr
-
-    try:
-        root: Any = zarr.open_group(str(output), mode="r+")
-        asn = dict(root.attrs.get("asn2n") or {})
-        root.attrs.update({"asn2n": {**asn, "input_listing": listing}})
-    except OSError as e:
-        log.warning("could not record the input's listing in %s (%s)", output, e)
-
-
-def _refuse_other_job(output: Path, old: dict[str, Any], parts: dict[str, Any], *, check_stats: bool) -> None:
-    """Raise (one sentence) when an existing output belongs to another job."""
-    if old.get("input") != parts["input"]:
-        why = "the input's path, array, shape, dtype or axes differ"
-    elif check_stats and old.get("stats") != parts.get("stats"):
-        why = "the input's content changed since (its statistics or content digest differ)"
-    else:
-        changed = sorted(k for k in parts if k != "stats" and old.get(k) != parts[k])
-        if not changed:
-            return
-        why = f"its options differ ({', '.join(changed)})"
-    raise OutputError(f"output {output} holds a different run ({why}); pass --overwrite to start again or "
-                      "choose another path.")
-
-
 def _create_output(output: Path, plan: Plan, parts: dict[str, Any], options: RunOptions,
-                   provenance: dict[str, Any], fp: str) -> bool:
+                   provenance: dict[str, Any]) -> bool:
     import zarr
 
     zf: Literal[2, 3] = 2 if options.ome == "0.4" else 3
-    job = {**provenance, "status": "running", "fingerprint": fp, "job": parts}
+    job = resume.running_attrs(provenance, parts)
     root: Any = zarr.open_group(str(output), mode="w", zarr_format=zf, attributes={"asn2n": job})
     dtype = plan.source.dtype if options.dtype == "input" else "float32"
     root.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype=dtype,
@@ -826,7 +725,7 @@ def _create_output(output: Path, plan: Plan, parts: dict[str, Any], options: Run
     for name in plan.labels:  # one per channel, without C: viewers align it with its channel's image layer
         labels.create_group(name).create_array("0", shape=shape, chunks=chunks, dtype="uint8",
                                                **ome.array_kwargs(options.ome, plan.label_axes))
-    (output / PROGRESS_DIR).mkdir(exist_ok=True)
+    (output / resume.PROGRESS_DIR).mkdir(exist_ok=True)
     return False
 
 
@@ -893,9 +792,7 @@ def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any, listin
                                                             units=label_units))
     # last: the image metadata and the status that present the output as complete
     attrs = dict(root.attrs)
-    asn: dict[str, Any] = dict(attrs.get("asn2n", {}))  # type: ignore[arg-type]
-    asn["status"] = "complete"
-    asn["input_listing"] = listing
+    asn = resume.complete_attrs(dict(attrs.get("asn2n", {})), listing)  # type: ignore[arg-type]
     root.attrs.update({**ome.image_attrs(options.ome, plan.axes, name="denoised", channels=chans, levels=levels,
                                          scale=scale, units=units), "asn2n": asn})
 
@@ -1023,10 +920,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
 
         check_tile(options.infer, model.multiple)
         summary = RunSummary(output=str(out), tasks=plan.n_tasks, plan=plan.to_dict())
-        prev = _existing(out)
-        if prev == {}:
-            raise OutputError(f"output {out} already exists and was not written by asn2n-dask; --overwrite replaces "
-                              "only outputs of asn2n-dask: move or delete it yourself, or choose another path.")
+        prev = resume.existing(out)
+        resume.refuse_foreign(out, prev)
         msha = model_sha(model_dir)
         parts: dict[str, Any] = {
             "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
@@ -1044,9 +939,9 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             "version": __version__,
         }
         if prev and not options.overwrite and isinstance(prev.get("job"), dict):
-            _refuse_other_job(out, prev["job"], parts, check_stats=False)  # before reading any data
+            resume.refuse_other_job(out, prev["job"], parts, check_stats=False)  # before reading any data
         listing = source_listing(source)  # before any read: what the statistics and the chunks will see
-        if not options.overwrite and _complete_and_unchanged(prev, parts, listing):
+        if not options.overwrite and resume.complete_and_unchanged(prev, parts, listing):
             summary.already_complete = True
             echo(f"{out} is already complete for this job; nothing to do.")
             summary.skipped = plan.n_tasks
@@ -1081,12 +976,12 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             if summary.resumed and (prev or {}).get("status") == "complete":
                 summary.already_complete = True
                 if listing is not None and (prev or {}).get("input_listing") != listing:
-                    _record_listing(out, listing)  # the content is unchanged: the next run need not read it
+                    resume.record_listing(out, listing)  # the content is unchanged: the next run need not read it
                 echo(f"{out} is already complete for this job; nothing to do.")
                 summary.skipped = plan.n_tasks
                 return summary
             if summary.resumed:
-                done = len(list((out / PROGRESS_DIR).glob("*.json")))
+                done = resume.records_written(out)
                 echo(f"resuming the unfinished run in {out}: {done} of {plan.n_tasks} chunks recorded as done.")
             spec = RunSpec(plan=plan, output=str(out), model_dir=str(Path(model_dir).absolute()), model_sha=msha,
                            channel_map=cmap, stats=tuple(s.to_dict() for s in stats), dtype=options.dtype,
@@ -1108,7 +1003,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                 raise
             summary.computed = int(np.sum(results == COMPUTED))
             summary.skipped = int(np.sum(results == SKIPPED))
-            missing = plan.n_tasks - len(list((out / PROGRESS_DIR).glob("*.json")))
+            missing = plan.n_tasks - resume.records_written(out)
             if missing:
                 raise OutputError(f"{missing} chunk(s) of {out} have no completion record; run the same command again "
                                   "to finish them.")
