@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from .axes import from_planes, parse_axes, to_planes
 from .blend import check_tile_frame
-from .checkpoint import ChannelModel, Model, save_model
+from .checkpoint import ChannelModel, Model, TrainState, save_model
 from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig
 from .errors import InputError, ModelError
 from .predict import compiles, denoise_frame, network_fn, resolve_device
@@ -193,69 +193,11 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
     >>> denoise(noisy, model, config=InferConfig(tile=32)).shape
     (64, 64)
     """
-    from .sampling import SourcePlanes
-    from .train import TrainState, readers_of
-
-    items: list[tuple[str, list[Any], Any]] = []  # (name, readers, stats) per channel
-    info: dict[str, Any] = {}
     if isinstance(data, (str, os.PathLike)) or (isinstance(data, (list, tuple)) and data
                                                  and isinstance(data[0], (str, os.PathLike))):
-        from .source import Selection, open_source
-        from .stats_pass import selection_stats
-
-        paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-        sources = [open_source(p, axes, series=series) for p in paths]
-        first = sources[0]
-        sels = [Selection.parse(s, list(channels) if channels else None, time) for s in sources]
-        def n_ch(s: Any, sel: Any) -> int:
-            return len(sel.indices(s)[s.axes.index("C")]) if "C" in s.axes else 1
-
-        from .source import check_source
-
-        for s, sel in zip(sources, sels):
-            check_source(s)
-            if n_ch(s, sel) != n_ch(first, sels[0]):
-                raise InputError(f"{s.path} has different channels than {first.path}; train on inputs with the "
-                                 "same channels.")
-            if s.frame_shape != first.frame_shape:
-                raise InputError("training inputs have frames of different sizes; pass one size at a time.")
-            if s.axes != first.axes or any(a != b for ax, a, b in zip(s.axes, s.shape, first.shape)
-                                           if ax not in "TCYX"):
-                raise InputError(f"{s.path} has axes {s.axes} {s.shape}, unlike {first.path} ({first.axes} "
-                                 f"{first.shape}); train on inputs with the same axes.")
-        c_idx = sels[0].indices(first)[first.axes.find("C")] if "C" in first.axes else np.array([0])
-        names = list(first.meta.channel_names or [])
-        order = [_channel_order(first, sels[0], s, sel) for s, sel in zip(sources, sels)]
-        if any(o != list(range(len(o))) for o in order):  # every file's channels in the first file's order
-            sels = [replace(sel, channels=tuple(int(sel.indices(s)[s.axes.index("C")][k]) for k in o))
-                    for s, sel, o in zip(sources, sels, order)]
-        stats_all = selection_stats(sources, sels, config.norm, client, cache=stats_cache)
-        for j, c in enumerate(c_idx):
-            name = names[int(c)] if len(names) > int(c) else str(int(c))
-            # the channel of the same name in every file (by position where files name none)
-            readers = [SourcePlanes.of(s, sel, int(sel.indices(s)[s.axes.index("C")][j]) if "C" in s.axes else 0)
-                       for s, sel in zip(sources, sels)]
-            items.append((name, readers, stats_all[j]))
-        info = {"inputs": [s.path for s in sources], "shape": [list(s.shape) for s in sources],
-                "dtype": first.dtype, "axes": first.axes, "time": time}
+        items, info = _file_channels(data, axes, config, channels, time, client, series, stats_cache)
     else:
-        if _is_xarray(data):  # its dims name the axes; the coordinate of its channel dim, the channels
-            axes = _xarray_axes(data, axes)
-            c_dim = data.dims[axes.find("C")] if "C" in axes else None
-            if channel_names is None and c_dim is not None and c_dim in data.coords:
-                channel_names = [str(v) for v in data.coords[c_dim].values]
-            data = data.data
-        check_image(data, name="training data")
-        ax = parse_axes(axes, np.ndim(data))
-        planes = to_planes(np.asarray(data), ax)
-        names = list(channel_names) if channel_names is not None else [str(i) for i in range(planes.shape[0])]
-        if len(names) != planes.shape[0]:
-            raise InputError(f"{len(names)} channel names given for {planes.shape[0]} channels.")
-        stats_all = channel_stats(planes, config.norm)
-        for c, name in enumerate(names):
-            items.append((name, readers_of(list(planes[c])), stats_all[c]))
-        info = {"inputs": ["<array>"], "shape": [list(np.shape(data))], "dtype": str(np.asarray(data).dtype),
-                "axes": ax}
+        items, info = _array_channels(data, axes, config, channel_names)
     dev = resolve_device(device)
     rank = _rank()
     done: list[ChannelModel] = []
@@ -278,15 +220,6 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
             done = load_model(model_dir, allow_unfinished=True).channels[:first_channel]
     t_start = _time.perf_counter()
 
-    def as_channel(name: str, r: TrainResult) -> ChannelModel:
-        extra = {"risk_share_seen": r.risk_share, "data_wait_fraction": r.data_wait, "stopped_early": r.stopped_early}
-        m = r.method
-        if m.noise_sd is not None:  # measured: the estimator was "auto"
-            extra["risk_noise_sd"] = m.noise_sd
-        return ChannelModel(name=name, net=r.net, stats=m.stats, dataset_mode=m.dataset_mode,
-                            high_risk_ratio=m.high_risk_ratio, risk_estimator=m.risk_estimator, steps=r.steps,
-                            best_step=r.best_step, seconds=r.seconds, history=r.history, extra=extra)
-
     def provenance() -> dict[str, Any]:
         return {**info, "statistics": {n: st.to_dict() for n, _, st in items}, "device": str(dev),
                 "workers": workers, "processes": _world(), "wall_seconds": _time.perf_counter() - t_start}
@@ -303,7 +236,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
             if model_dir is not None and rank == 0:
                 from .checkpoint import save_train_state
 
-                save_model(Model(train=config, channels=done + [as_channel(name, r)], info=provenance()), model_dir,
+                save_model(Model(train=config, channels=done + [_channel_model(name, r)], info=provenance()), model_dir,
                            complete=False)
                 save_train_state(model_dir, job, c, ts)
                 _write_curves(model_dir, c, name, r)
@@ -311,7 +244,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         result = train_channel(readers, config, stats=st, device=dev, progress=step_cb, checkpoint=ckpt,
                                resume=state if c == first_channel else None, workers=workers)
         state = None
-        ch = as_channel(name, result)
+        ch = _channel_model(name, result)
         done.append(ch)
         if model_dir is not None and rank == 0:
             _write_curves(model_dir, c, name, result)
@@ -325,6 +258,91 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         save_model(model, model_dir)
         clear_train_state(model_dir)
     return model
+
+
+def _channel_model(name: str, r: TrainResult) -> ChannelModel:
+    """A trained channel as the model keeps it: its network, method, training record."""
+    extra = {"risk_share_seen": r.risk_share, "data_wait_fraction": r.data_wait, "stopped_early": r.stopped_early}
+    m = r.method
+    if m.noise_sd is not None:  # measured: the estimator was "auto"
+        extra["risk_noise_sd"] = m.noise_sd
+    return ChannelModel(name=name, net=r.net, stats=m.stats, dataset_mode=m.dataset_mode,
+                        high_risk_ratio=m.high_risk_ratio, risk_estimator=m.risk_estimator, steps=r.steps,
+                        best_step=r.best_step, seconds=r.seconds, history=r.history, extra=extra)
+
+
+def _file_channels(data: Any, axes: str | None, config: TrainConfig, channels: Sequence[str] | None,
+                   time: str | None, client: Any, series: int | None, stats_cache: StatsCache | None
+                   ) -> tuple[list[tuple[str, list[Any], ChannelStats]], dict[str, Any]]:
+    """:func:`fit`'s channels of one or more files: per channel its name, lazy readers
+    over every file and statistics (one pass), and the data's description."""
+    from .sampling import SourcePlanes
+    from .source import Selection, check_source, open_source
+    from .stats_pass import selection_stats
+
+    items: list[tuple[str, list[Any], ChannelStats]] = []
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    sources = [open_source(p, axes, series=series) for p in paths]
+    first = sources[0]
+    sels = [Selection.parse(s, list(channels) if channels else None, time) for s in sources]
+
+    def n_ch(s: Any, sel: Any) -> int:
+        return len(sel.indices(s)[s.axes.index("C")]) if "C" in s.axes else 1
+
+    for s, sel in zip(sources, sels):
+        check_source(s)
+        if n_ch(s, sel) != n_ch(first, sels[0]):
+            raise InputError(f"{s.path} has different channels than {first.path}; train on inputs with the "
+                             "same channels.")
+        if s.frame_shape != first.frame_shape:
+            raise InputError("training inputs have frames of different sizes; pass one size at a time.")
+        if s.axes != first.axes or any(a != b for ax, a, b in zip(s.axes, s.shape, first.shape)
+                                       if ax not in "TCYX"):
+            raise InputError(f"{s.path} has axes {s.axes} {s.shape}, unlike {first.path} ({first.axes} "
+                             f"{first.shape}); train on inputs with the same axes.")
+    c_idx = sels[0].indices(first)[first.axes.find("C")] if "C" in first.axes else np.array([0])
+    names = list(first.meta.channel_names or [])
+    order = [_channel_order(first, sels[0], s, sel) for s, sel in zip(sources, sels)]
+    if any(o != list(range(len(o))) for o in order):  # every file's channels in the first file's order
+        sels = [replace(sel, channels=tuple(int(sel.indices(s)[s.axes.index("C")][k]) for k in o))
+                for s, sel, o in zip(sources, sels, order)]
+    stats_all = selection_stats(sources, sels, config.norm, client, cache=stats_cache)
+    for j, c in enumerate(c_idx):
+        name = names[int(c)] if len(names) > int(c) else str(int(c))
+        # the channel of the same name in every file (by position where files name none)
+        readers = [SourcePlanes.of(s, sel, int(sel.indices(s)[s.axes.index("C")][j]) if "C" in s.axes else 0)
+                   for s, sel in zip(sources, sels)]
+        items.append((name, readers, stats_all[j]))
+    info = {"inputs": [s.path for s in sources], "shape": [list(s.shape) for s in sources],
+            "dtype": first.dtype, "axes": first.axes, "time": time}
+    return items, info
+
+
+def _array_channels(data: Any, axes: str | None, config: TrainConfig, channel_names: Sequence[str] | None
+                    ) -> tuple[list[tuple[str, list[Any], ChannelStats]], dict[str, Any]]:
+    """:func:`fit`'s channels of an array: per channel its name, readers and statistics,
+    and the data's description."""
+    from .train import readers_of
+
+    items: list[tuple[str, list[Any], ChannelStats]] = []
+    if _is_xarray(data):  # its dims name the axes; the coordinate of its channel dim, the channels
+        axes = _xarray_axes(data, axes)
+        c_dim = data.dims[axes.find("C")] if "C" in axes else None
+        if channel_names is None and c_dim is not None and c_dim in data.coords:
+            channel_names = [str(v) for v in data.coords[c_dim].values]
+        data = data.data
+    check_image(data, name="training data")
+    ax = parse_axes(axes, np.ndim(data))
+    planes = to_planes(np.asarray(data), ax)
+    names = list(channel_names) if channel_names is not None else [str(i) for i in range(planes.shape[0])]
+    if len(names) != planes.shape[0]:
+        raise InputError(f"{len(names)} channel names given for {planes.shape[0]} channels.")
+    stats_all = channel_stats(planes, config.norm)
+    for c, name in enumerate(names):
+        items.append((name, readers_of(list(planes[c])), stats_all[c]))
+    info = {"inputs": ["<array>"], "shape": [list(np.shape(data))], "dtype": str(np.asarray(data).dtype),
+            "axes": ax}
+    return items, info
 
 
 def _channel_order(first: Any, first_sel: Any, other: Any, sel: Any) -> list[int]:

@@ -846,6 +846,69 @@ def check_output_path(input: str | os.PathLike[str], output: str | os.PathLike[s
     return out
 
 
+def _already_complete(summary: RunSummary, echo: Callable[[str], None]) -> RunSummary:
+    """The summary of a run that finds its output complete for its job: every chunk skipped."""
+    summary.already_complete = True
+    echo(f"{summary.output} is already complete for this job; nothing to do.")
+    summary.skipped = summary.tasks
+    return summary
+
+
+def _timed_stats(plan: Plan, norm: Any, client: Any, cache: StatsCache | None, listing: str | None,
+                 progress: Callable[[str, int, int], None] | None, summary: RunSummary) -> list[ChannelStats]:
+    """:func:`compute_stats`, shown as the ``statistics`` step and timed into ``summary``."""
+    ts = time.perf_counter()
+    if progress is not None:
+        progress("statistics", 0, 1)
+    stats = compute_stats(plan, norm, client, cache=cache, listing=listing)
+    summary.stats_seconds = time.perf_counter() - ts
+    if progress is not None:
+        progress("statistics", 1, 1)
+    return stats
+
+
+def _job(plan: Plan, options: RunOptions, msha: str) -> dict[str, Any]:
+    """What the output's fingerprint covers (:func:`asn2n_dask.resume.fingerprint`),
+    but the statistics: known before any data is read."""
+    source = plan.source
+    return {
+        "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
+                  "dtype": source.dtype, "axes": source.axes},
+        "selection": plan.selection.to_dict(),
+        "output_axes": plan.axes,
+        "labels": list(plan.labels),
+        "model_sha256": msha,
+        "infer": options.infer.to_dict(),
+        "chunks": list(plan.chunks),
+        "dtype": options.dtype,
+        "ome": options.ome,
+        "pyramid": options.pyramid,
+        "device": resolve_device(options.infer.device).type,
+        "version": __version__,
+    }
+
+
+def _execute_explained(spec: RunSpec, client: Any, progress: Callable[[str, int, int], None] | None,
+                       out: Path) -> np.ndarray:
+    """:func:`_execute`, with the failures a user can remedy (no permission, a full disk,
+    a worker killed again and again) said in one sentence each."""
+    try:
+        return _execute(spec, client, progress)
+    except PermissionError as e:
+        raise OutputError(f"cannot write {out}: permission denied ({e.filename}).") from None
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"the disk holding {out} is full ({e.strerror}); free space and run the same "
+                              "command again: finished chunks are kept and verified.") from None
+        raise
+    except Exception as e:
+        if type(e).__name__ == "KilledWorker":
+            raise OutputError(f"a worker died repeatedly while computing a chunk of {out} (often: out of "
+                              "memory); use smaller --chunks or a larger --memory-limit, then run the same "
+                              "command to resume.") from None
+        raise
+
+
 def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str | os.PathLike[str], *,
                  selection: Selection = Selection(), options: RunOptions = RunOptions(), client: Any = None,
                  scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
@@ -923,29 +986,12 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
         prev = resume.existing(out)
         resume.refuse_foreign(out, prev)
         msha = model_sha(model_dir)
-        parts: dict[str, Any] = {
-            "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
-                      "dtype": source.dtype, "axes": source.axes},
-            "selection": selection.to_dict(),
-            "output_axes": plan.axes,
-            "labels": list(plan.labels),
-            "model_sha256": msha,
-            "infer": options.infer.to_dict(),
-            "chunks": list(plan.chunks),
-            "dtype": options.dtype,
-            "ome": options.ome,
-            "pyramid": options.pyramid,
-            "device": resolve_device(options.infer.device).type,
-            "version": __version__,
-        }
+        parts = _job(plan, options, msha)
         if prev and not options.overwrite and isinstance(prev.get("job"), dict):
             resume.refuse_other_job(out, prev["job"], parts, check_stats=False)  # before reading any data
         listing = source_listing(source)  # before any read: what the statistics and the chunks will see
         if not options.overwrite and resume.complete_and_unchanged(prev, parts, listing):
-            summary.already_complete = True
-            echo(f"{out} is already complete for this job; nothing to do.")
-            summary.skipped = plan.n_tasks
-            return summary
+            return _already_complete(summary, echo)
         with _client_for(client, scheduler, workers, threads, memory_limit, echo, options.infer.device, cluster,
                          jobs, dashboard_address) as (
                 cl, cluster_threads):
@@ -954,13 +1000,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                 from .cluster import AllocatorPlugin
 
                 cl.register_plugin(AllocatorPlugin())  # before the statistics pass, on every worker
-            ts = time.perf_counter()
-            if progress is not None:
-                progress("statistics", 0, 1)
-            stats = compute_stats(plan, model.train.norm, cl, cache=stats_cache, listing=listing)
-            summary.stats_seconds = time.perf_counter() - ts
-            if progress is not None:
-                progress("statistics", 1, 1)
+            stats = _timed_stats(plan, model.train.norm, cl, stats_cache, listing, progress, summary)
             parts["stats"] = [s.to_dict() for s in stats]
             note, gaps = missing_note(source)
             if note:
@@ -974,33 +1014,16 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                     "stats_seconds": summary.stats_seconds, **(extra or {})}
             summary.resumed = _prepare_output(out, plan, parts, options, prov)
             if summary.resumed and (prev or {}).get("status") == "complete":
-                summary.already_complete = True
                 if listing is not None and (prev or {}).get("input_listing") != listing:
                     resume.record_listing(out, listing)  # the content is unchanged: the next run need not read it
-                echo(f"{out} is already complete for this job; nothing to do.")
-                summary.skipped = plan.n_tasks
-                return summary
+                return _already_complete(summary, echo)
             if summary.resumed:
                 done = resume.records_written(out)
                 echo(f"resuming the unfinished run in {out}: {done} of {plan.n_tasks} chunks recorded as done.")
             spec = RunSpec(plan=plan, output=str(out), model_dir=str(Path(model_dir).absolute()), model_sha=msha,
                            channel_map=cmap, stats=tuple(s.to_dict() for s in stats), dtype=options.dtype,
                            device=options.infer.device, torch_threads=torch_threads)
-            try:
-                results = _execute(spec, cl, progress)
-            except PermissionError as e:
-                raise OutputError(f"cannot write {out}: permission denied ({e.filename}).") from None
-            except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise OutputError(f"the disk holding {out} is full ({e.strerror}); free space and run the same "
-                                      "command again: finished chunks are kept and verified.") from None
-                raise
-            except Exception as e:
-                if type(e).__name__ == "KilledWorker":
-                    raise OutputError(f"a worker died repeatedly while computing a chunk of {out} (often: out of "
-                                      "memory); use smaller --chunks or a larger --memory-limit, then run the same "
-                                      "command to resume.") from None
-                raise
+            results = _execute_explained(spec, cl, progress, out)
             summary.computed = int(np.sum(results == COMPUTED))
             summary.skipped = int(np.sum(results == SKIPPED))
             missing = plan.n_tasks - resume.records_written(out)

@@ -105,6 +105,35 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def _saved_tensors(net: torch.nn.Module, best_state: dict[str, torch.Tensor] | None,
+                   opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[Any]]:
+    """The tensors of a training checkpoint (``net.*``, ``best.*``, ``opt.<param>.<name>``,
+    on the CPU) and the optimiser's parameter groups; :func:`_restore_tensors` reads them back."""
+    tensors = {f"net.{k}": v for k, v in _state_dict(net).items()}
+    if best_state is not None:
+        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for name, v in st.items():
+            tensors[f"opt.{idx}.{name}"] = v.detach().cpu().clone()
+    return tensors, osd["param_groups"]
+
+
+def _restore_tensors(resume: TrainState, net: torch.nn.Module, opt: torch.optim.Optimizer,
+                     dev: torch.device) -> dict[str, torch.Tensor] | None:
+    """Load a checkpoint's network and optimiser state (:func:`_saved_tensors`); returns
+    the best weights so far (None: no validation yet)."""
+    net.load_state_dict({k[4:]: v for k, v in resume.tensors.items() if k.startswith("net.")})
+    best = {k[5:]: v for k, v in resume.tensors.items() if k.startswith("best.")}
+    osd: dict[str, Any] = {"state": {}, "param_groups": resume.info["optimizer_groups"]}
+    for k, v in resume.tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            osd["state"].setdefault(int(idx), {})[name] = v.to(dev)
+    opt.load_state_dict(osd)
+    return best or None
+
+
 def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
                   stats: ChannelStats | None = None, device: torch.device | str = "cpu",
                   progress: Progress | None = None, checkpoint: Checkpoint | None = None,
@@ -191,15 +220,7 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
     start = 0
     if resume is not None:
         info = resume.info
-        net.load_state_dict({k[4:]: v for k, v in resume.tensors.items() if k.startswith("net.")})
-        best = {k[5:]: v for k, v in resume.tensors.items() if k.startswith("best.")}
-        best_state = best or None
-        osd = {"state": {}, "param_groups": info["optimizer_groups"]}
-        for k, v in resume.tensors.items():
-            if k.startswith("opt."):
-                _, idx, name = k.split(".", 2)
-                osd["state"].setdefault(int(idx), {})[name] = v.to(dev)
-        opt.load_state_dict(osd)
+        best_state = _restore_tensors(resume, net, opt, dev)
         sched.load_state_dict(info["scheduler"])
         start = resume.step
         result.history = list(info["history"])
@@ -292,14 +313,8 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
             break
         if checkpoint is not None and step % config.checkpoint_every == 0 and step < config.steps:
             result.seconds = time.perf_counter() - t0
-            tensors = {f"net.{k}": v for k, v in _state_dict(net).items()}
-            if best_state is not None:
-                tensors.update({f"best.{k}": v for k, v in best_state.items()})
-            osd = opt.state_dict()
-            for idx, st in osd["state"].items():
-                for name, v in st.items():
-                    tensors[f"opt.{idx}.{name}"] = v.detach().cpu().clone()
-            info = {"optimizer_groups": osd["param_groups"], "scheduler": sched.state_dict(),
+            tensors, groups = _saved_tensors(net, best_state, opt)
+            info = {"optimizer_groups": groups, "scheduler": sched.state_dict(),
                     "history": result.history, "best_step": result.best_step, "best_loss": best_loss, "bad": bad,
                     "running": running, "n_running": n_running, "risky_seen": risky_seen, "seen": seen,
                     "seconds": result.seconds, "waited": waited}
