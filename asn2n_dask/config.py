@@ -271,7 +271,9 @@ class TrainConfig:
         4096), Adam learning rate
         (cosine-decayed to 5% of it).
     loss, consistency
-        ``l1`` or ``l2`` twin-to-twin loss, and the weight of ``|f(A) - f(B)|``.
+        ``l1`` or ``l2`` twin-to-twin loss, and the weight of ``|f(A) - f(B)|``
+        (default 0: on real widefield frames a weight smoothed away structure the
+        averaged reference holds; see the README's Measured section).
     val_fraction, val_every, checkpoint_every
         Share of the data's regions (chosen by position) held out for validation; how
         often validation runs (the best weights are kept) and a checkpoint is written.
@@ -296,7 +298,7 @@ class TrainConfig:
     batch: int = 8
     lr: float = 1e-3
     loss: LossKind = "l1"
-    consistency: float = 0.5
+    consistency: float = 0.0
     val_fraction: float = 0.1
     val_every: int = 250
     checkpoint_every: int = 500

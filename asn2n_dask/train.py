@@ -2,8 +2,9 @@
 
 Patches come from :mod:`asn2n_dask.sampling`: cut lazily from regions of the frames
 (any dataset size), normalised by the function inference applies to its tiles, split
-into twins; the network learns to map one twin to the other, both ways, with a
-consistency term that pulls the two predictions together.  Validation patches come
+into twins; the network learns to map one twin to the other, both ways, with an
+optional consistency term that pulls the two predictions together (``--consistency``,
+off by default).  Validation patches come
 from regions held out by position.  Training can run its sampling in DataLoader worker
 processes, resume from its last checkpoint with the same result as an uninterrupted
 run, stop early, and run data-parallel (``torch.distributed``, one slice of every

@@ -130,7 +130,7 @@ def w2s_blend(rows: dict) -> list[str]:
         mine = {(rows[k]["blend"], rows[k]["tile"]): quoted(rows, k, "realdata") for k in keys
                 if rows[k]["channel"] == c}
         first = next(iter(mine.values()))
-        out += ["", f"Blending, channel {c}: the default command's model on the first {len(first['fields'])} fields, "
+        out += ["", f"Blending, channel {c}: the model the default command trained at the commit shown, on the first {len(first['fields'])} fields, "
                 "tiles of each side at 50% overlap, each blend (`python benchmarks/realdata.py --stage blend`; psnr is "
                 "the mean over those fields only). "
                 "`none` takes each pixel from the one tile whose core holds it. `seam`: mean gradient across the "
