@@ -201,7 +201,8 @@ def mixed_section(rows: dict) -> list[str]:
     out = ["### Normalisation modes on a mixed scene (simulated)", "",
            "Three 512x512 frames of `simulate.py mixed` (8 photons; dense filaments in half of each frame, dark "
            "background with a few puncta in the other), every row trained with the same frames, seed, 300 steps "
-           "and batches, only the normalisation differing (`python benchmarks/quality.py --stage mixed`; "
+           "and batches and the consistency weight 0.5 that was then the default, only the normalisation "
+           "differing (`python benchmarks/quality.py --stage mixed`; "
            "`benchmarks/results/quality.md` defines the region scores). `+` after a commit: measured with "
            "uncommitted changes beside it.", "",
            "| normalisation | psnr | dense-region psnr | false objects /Mpx, sparse region | wall s | commit |",
@@ -210,12 +211,12 @@ def mixed_section(rows: dict) -> list[str]:
     default_keys = [k for k in keys if acts_as_default(rows[k], default)]
     for k in keys:
         r = quoted(rows, k, "quality")
-        label = k.removeprefix("mixed ").split(" (")[0] + (" (today's default)" if k in default_keys else "")
+        label = k.removeprefix("mixed ").split(" (")[0] + (" (today's normalisation)" if k in default_keys else "")
         out.append(f"| {label} | {r['psnr']:.2f} | {r['dense_psnr']:.2f} | {r['sparse_false_obj']:.2f} | "
                    f"{wall(r):.0f} | {commit(r)} |")
     if default_keys and "mixed global" in rows:
         d, g = rows[default_keys[0]], rows["mixed global"]
-        out += ["", f"The default against `global`: {signed(d['psnr'] - g['psnr'])} on the whole frame, "
+        out += ["", f"The default normalisation against `global`: {signed(d['psnr'] - g['psnr'])} on the whole frame, "
                 f"{signed(d['dense_psnr'] - g['dense_psnr'])} in the dense region, "
                 f"{d['sparse_false_obj'] - g['sparse_false_obj']:+.2f} false objects per Mpx in the sparse region; "
                 f"best on the whole frame: `{best.removeprefix('mixed ').split(' (')[0]}`."]
@@ -223,7 +224,9 @@ def mixed_section(rows: dict) -> list[str]:
 
 
 def sparse_section(rows: dict) -> list[str]:
-    keys = [("best Gaussian filter", "sparse best Gaussian"), ("`global`", "sparse global gaussian twins"),
+    keys = [("best Gaussian filter", "sparse best Gaussian"),
+            ("`global`, consistency 0.5 (then the default)", "sparse global gaussian twins"),
+            ("every option at its default then (consistency 0.5)", "sparse default (consistency 0.5)"),
             ("every option at its default", "sparse default")]
     present = recorded(rows, keys)
     if not present:
