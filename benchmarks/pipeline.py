@@ -257,6 +257,18 @@ def metadata_timelapse(path: Path, shape: tuple[int, ...], chunks: tuple[int, ..
     return path
 
 
+#: Runs argv[1:], passes its output through and appends "peak-rss-kib N": its peak RSS.
+_PEAK_LAUNCHER = """
+import os, subprocess, sys
+p = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(p.pid, 0)
+code = os.waitstatus_to_exitcode(status)
+sys.stdout.flush()
+print("peak-rss-kib", usage.ru_maxrss, end="")
+sys.exit(code)
+"""
+
+
 def stage_dryrun(chunks: list[int] | None, repeat: int) -> dict:
     """``asn2n denoise STORE -o OUT.zarr --model M --dry-run`` on 1 TB of metadata, as a
     subprocess: its wall time and peak RSS (``wait4``'s ``ru_maxrss`` of that child)."""
@@ -274,17 +286,22 @@ def stage_dryrun(chunks: list[int] | None, repeat: int) -> dict:
     for _ in range(repeat):
         with tempfile.TemporaryFile("w+") as err:
             t0 = time.perf_counter()
-            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+            # A child's ru_maxrss starts from the RSS of the process it was forked from (the
+            # kernel keeps the old image's high-water mark across exec), and this process may
+            # hold a 1 TB graph by now: a small launcher forks the command and reports its
+            # own child's peak, which then starts from the launcher's few MiB.
+            p = subprocess.Popen([sys.executable, "-c", _PEAK_LAUNCHER, *cmd], stdout=subprocess.PIPE, stderr=err,
+                                 env=env, text=True)
             assert p.stdout is not None
             out = p.stdout.read()
-            _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage (RUSAGE_CHILDREN: every child's)
+            p.wait()
             secs = time.perf_counter() - t0
             p.stdout.close()
-            p.returncode = os.waitstatus_to_exitcode(status)
             err.seek(0)
             if p.returncode != 0:
                 raise SystemExit(f"the dry run failed ({p.returncode}): {err.read().strip()[-2000:]}")
-        runs.append((secs, usage.ru_maxrss * 1024, out))
+        out, _, peak = out.rpartition("peak-rss-kib ")
+        runs.append((secs, int(peak) * 1024, out))
     secs, _, out = min(runs, key=lambda r: r[0])
     tasks = next((int(line.split()[1]) for line in out.splitlines() if line.startswith("tasks")), None)
     return {"shape": list(shape), "bytes": int(np.prod(shape)) * 2, "input_chunks": [1, 1, 512, 512],
