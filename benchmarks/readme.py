@@ -130,7 +130,8 @@ def w2s_blend(rows: dict) -> list[str]:
         mine = {(rows[k]["blend"], rows[k]["tile"]): quoted(rows, k, "realdata") for k in keys
                 if rows[k]["channel"] == c}
         first = next(iter(mine.values()))
-        out += ["", f"Blending, channel {c}: the model the default command trained at the commit shown, on the first {len(first['fields'])} fields, "
+        out += ["", f"Blending, channel {c}: the model the default command trained at the commit shown, on the first "
+                f"{len(first['fields'])} fields, "
                 "tiles of each side at 50% overlap, each blend (`python benchmarks/realdata.py --stage blend`; psnr is "
                 "the mean over those fields only). "
                 "`none` takes each pixel from the one tile whose core holds it. `seam`: mean gradient across the "
@@ -269,16 +270,49 @@ def blend_section(rows: dict) -> list[str]:
     return out
 
 
+def scale_section(rows: dict) -> list[str]:
+    """The 1 TB plan and the statistics pass (``benchmarks/pipeline.py``), rows with provenance only."""
+    out: list[str] = []
+    dry = [k for k in ("dry run 1 TB", "dry run 1 TB chunks 2048x2048") if k in rows and rows[k].get("commit")]
+    stats = [k for k in ("stats one pass, in process", "stats two passes (as int32), in process",
+                         "stats one pass, warm 1x2 cluster", "stats reading the store alone, in process")
+             if k in rows and rows[k].get("commit")]
+    if not dry and not stats:
+        return out
+    out += ["### Planning 1 TB and the statistics pass (CPU)", ""]
+    if dry:
+        out += ["`asn2n denoise STORE -o OUT.zarr --model M --dry-run` from the command line on a 1 TB store of "
+                "metadata only ((1000, 2, 16384, 16384) uint16, no chunk written; `python benchmarks/pipeline.py "
+                "--stage dryrun`): the whole command, Python start-up included, and its peak resident memory.", "",
+                "| output chunks | tasks | seconds | peak RSS MiB | commit |", "|---|---|---|---|---|"]
+        for k in dry:
+            r = quoted(rows, k, "pipeline")
+            oc = r["output_chunks"]
+            label = "default (the input's)" if oc == "default" else "x".join(map(str, oc))
+            out.append(f"| {label} | {r['tasks']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | {commit(r)} |")
+    if stats:
+        out += ["", "The statistics pass on a (16, 2, 2048, 2048) uint16 store (`python benchmarks/pipeline.py "
+                "--stage stats --shape 16 2 2048 2048`): one pass counting every value (exact percentiles), against "
+                "the earlier two passes (range, then histogram) and against reading the store alone. A rerun of a "
+                "finished output on an unchanged input skips the pass, and `asn2n run` makes it once for training "
+                "and denoising.", "",
+                "| run | seconds | MB/s | commit |", "|---|---|---|---|"]
+        for k in stats:
+            r = quoted(rows, k, "pipeline")
+            out.append(f"| {k} | {r['seconds']:.2f} | {r['mb_s']:.0f} | {commit(r)} |")
+    return out
+
+
 def render() -> str:
-    quality, realdata = load("quality"), load("realdata")
+    quality, realdata, pipeline = load("quality"), load("realdata"), load("pipeline")
     parts = [["Every figure in this section is rendered from the records in `benchmarks/results/` by `python "
               "benchmarks/readme.py`, and only from rows that record their command, commit, machine and wall "
               "time (`wall s`: the training time where only that was recorded); a test fails when the two differ. "
               "Machine: 2 CPU cores, shared with other jobs while these ran, unless a row says otherwise."]]
     parts += [s for s in (realdata_section(realdata), p5_section(quality), blend_section(quality),
-                          sparse_section(quality), mixed_section(quality)) if s]
+                          sparse_section(quality), mixed_section(quality), scale_section(pipeline)) if s]
     parts.append(["### Not quoted here", "",
-                  "GPU throughput (`benchmarks/results/gpu.md`), pipeline overhead, graph size and memory "
+                  "GPU throughput (`benchmarks/results/gpu.md`), pipeline overhead and memory "
                   "(`pipeline.md`), training speed (`training.md`) and the older quality rows (`quality.md`) were "
                   "recorded before every row carried its commit, command and machine; they are quoted here again "
                   "once regenerated."])
