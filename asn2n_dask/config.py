@@ -66,10 +66,13 @@ PRESETS: dict[str, tuple[int, ...]] = {
 #:
 #: * ``tiny3d``: tests and examples (a few thousand parameters).
 #: * ``small3d``: CPU training, with :class:`VolumeTrainConfig`'s default sub-volume of
-#:   16x64x64 voxels and batch 4 (two twins each): a training step holds a few hundred
-#:   MiB of activations, far inside 24 GB of RAM; the CPU's time, not its memory, limits it.
-#: * ``large3d``: one GPU, on sub-volumes of 32x128x128 voxels and batch 4, where the
-#:   first level's activations dominate (32 channels of 0.5 M voxels per input).
+#:   16x64x64 voxels and batch 4 (two twins each): a step saves about 0.3 GiB of
+#:   activations for its backward pass and the process peaked under 1 GiB, far inside
+#:   24 GB of RAM; the CPU's time (about 180 GFLOP a step, forward and backward), not
+#:   its memory, limits it.
+#: * ``large3d``: one GPU, on sub-volumes of 32x128x128 voxels and batch 4: about 5 GiB
+#:   of saved activations a step (counted on torch's meta device, not yet measured on a
+#:   GPU), within a 24 GB GPU with the backward pass.
 PRESETS_3D: dict[str, tuple[int, ...]] = {
     "tiny3d": (4, 8),
     "small3d": (16, 32, 64),
@@ -462,7 +465,9 @@ class VolumeTrainConfig:
         ``large3d`` (one GPU).
     steps, batch, lr
         Optimiser steps, sub-volumes per step (at most 4096), Adam learning rate
-        (cosine-decayed to 5% of it).
+        (cosine-decayed to 5% of it).  A default step sees 4 x 16 x 64 x 64 voxels,
+        about 3.5 times the pixels of a default 2-D step (8 x 96 x 96), hence fewer
+        steps than :class:`TrainConfig`'s.
     patch
         Training sub-volume (Z, Y, X) in voxels; each side at most 1024.  Y and X must
         be multiples of ``2 ** (levels - 1)`` and at least four times that; Z is any
@@ -483,7 +488,7 @@ class VolumeTrainConfig:
     """
 
     preset: Preset3d = "small3d"
-    steps: int = 2000
+    steps: int = 1000
     patch: tuple[int, int, int] = (16, 64, 64)
     batch: int = 4
     lr: float = 1e-3
