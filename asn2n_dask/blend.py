@@ -6,6 +6,10 @@ how the data is cut into chunks, and every pixel lies in the central ``stride`` 
 exactly one tile.  The frame is mirrored past its edges to fill the outer tiles.
 Predictions are blended with a weight window per tile and normalised by the summed
 weights (overlap-add with ``torch.nn.functional.fold``).
+
+Volumes (Z, Y, X) are tiled the same way along each of the three axes, with a tile
+size of their own along Z (:func:`predict_tiled_volume`); the weight window is the
+product of the axes' 1-D windows (:func:`blend_window_3d`).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
-from .config import InferConfig
+from .config import MAX_TILE, BlendMode, InferConfig
+from .errors import ConfigError
 
 __all__ = ["TileGrid", "tile_grid", "blend_window", "reflect_index", "WindowTiles", "window_tiles", "blend_tiles",
-           "check_tile", "check_tile_frame", "predict_tiled"]
+           "check_tile", "check_tile_frame", "predict_tiled", "axis_stride", "window_1d", "blend_window_3d",
+           "predict_tiled_volume"]
 
 
 @dataclass(frozen=True)
@@ -65,21 +71,36 @@ def blend_window(config: InferConfig) -> NDArray[np.float32]:
     ``weight_floor``; ``uniform``: ones; ``none``: ones on the tile's core, zeros
     elsewhere (every pixel from exactly one tile).
     """
-    t, s = config.tile, config.stride
-    if config.blend == "uniform":
-        return np.ones((t, t), np.float32)
-    if config.blend == "none":
-        m = (t - s) // 2
-        w1 = np.zeros(t)
-        w1[m : m + s] = 1.0
-    else:
-        c = (t - 1) / 2.0
-        sigma = config.sigma_fraction * t
-        w1 = np.exp(-((np.arange(t) - c) ** 2) / (2 * sigma**2))
+    w1 = window_1d(config.tile, config.stride, config.blend, config.sigma_fraction)
     w = np.outer(w1, w1)
     if config.blend == "gaussian":
         w = np.maximum(w, config.weight_floor)
     return w.astype(np.float32)
+
+
+def axis_stride(tile: int, overlap: float) -> int:
+    """Distance between tile origins along an axis: ``tile * (1 - overlap)``, rounded,
+    at least 1 (:attr:`asn2n_dask.config.InferConfig.stride` for Y and X)."""
+    return max(1, int(round(tile * (1.0 - overlap))))
+
+
+def window_1d(tile: int, stride: int, blend: BlendMode, sigma_fraction: float) -> NDArray[np.float64]:
+    """The blend weight along one axis of a tile, shape (tile,), peak 1 (before the floor).
+
+    ``gaussian``: ``exp(-(i - c)**2 / (2 sigma**2))`` with ``c`` the tile's centre and
+    ``sigma = sigma_fraction * tile``; ``uniform``: ones; ``none``: ones on the core
+    (``stride`` positions after ``(tile - stride) // 2``), zeros elsewhere.
+    """
+    if blend == "uniform":
+        return np.ones(tile)
+    if blend == "none":
+        m = (tile - stride) // 2
+        w1 = np.zeros(tile)
+        w1[m : m + stride] = 1.0
+        return w1
+    c = (tile - 1) / 2.0
+    sigma = sigma_fraction * tile
+    return np.exp(-((np.arange(tile) - c) ** 2) / (2 * sigma**2))
 
 
 def reflect_index(i: NDArray[np.integer], n: int) -> NDArray[np.int64]:
@@ -229,3 +250,92 @@ def predict_tiled(image: NDArray[np.floating], fn: Callable[[torch.Tensor], torc
     win = torch.from_numpy(blend_window(config)).to(device)
     out = blend_tiles(block, fn, config=config, window=win)
     return out[-ty.first : -ty.first + h, -tx.first : -tx.first + w].cpu().numpy()
+
+
+def blend_window_3d(config: InferConfig, tile_z: int) -> NDArray[np.float32]:
+    """The weight of each voxel of a (tile_z, tile, tile) tile, peak 1.
+
+    The product of the 1-D windows of Z (``tile_z`` at :func:`axis_stride` of it) and
+    of Y and X (:func:`blend_window`'s), floored at ``weight_floor`` for ``gaussian``;
+    with ``tile_z`` 1 it is :func:`blend_window` itself.
+    """
+    wz = window_1d(tile_z, axis_stride(tile_z, config.overlap), config.blend, config.sigma_fraction)
+    wyx = window_1d(config.tile, config.stride, config.blend, config.sigma_fraction)
+    w = wz[:, None, None] * np.outer(wyx, wyx)[None]
+    if config.blend == "gaussian":
+        w = np.maximum(w, config.weight_floor)
+    return w.astype(np.float32)
+
+
+def predict_tiled_volume(volume: NDArray[np.floating], fn: Callable[[torch.Tensor], torch.Tensor], *,
+                         tile_z: int, config: InferConfig = InferConfig(), device: torch.device | str = "cpu",
+                         multiple: tuple[int, int, int] = (1, 1, 1)) -> NDArray[np.float32]:
+    """Apply ``fn`` tile by tile over a volume and blend the tiles back.
+
+    Tiles are ``(tile_z, config.tile, config.tile)`` voxels at ``config.overlap`` along
+    every axis, anchored to the volume's origin and mirrored past its edges, as
+    :func:`predict_tiled` places them in Y and X; every voxel is the weighted average
+    (:func:`blend_window_3d`) of the tiles covering it.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (Z, Y, X) or (K, Z, Y, X)
+        The volume, or K co-registered volumes of it that ``fn`` receives together.
+    fn : callable
+        Batched model, ``(N, K, tile_z, tile, tile) -> (N, 1, tile_z, tile, tile)``
+        float32 tensors.
+    tile_z : int
+        Tile size along Z, 1 to 4096.
+    config : InferConfig
+        Y-X tile side, overlap (all axes), blend window and tiles per call.
+    device : torch device
+        Where the tiles go.
+    multiple : (int, int, int)
+        Tile sizes along (Z, Y, X) must be multiples of these
+        (:attr:`asn2n_dask.model.UNet3d.multiple`).
+
+    Returns
+    -------
+    ndarray, shape (Z, Y, X), float32
+
+    Raises
+    ------
+    ConfigError
+        A tile size the network cannot take, or ``tile_z`` out of range.
+    """
+    vol = np.asarray(volume, dtype=np.float32)
+    if vol.ndim == 3:
+        vol = vol[None]
+    if vol.ndim != 4:
+        raise ValueError(f"predict_tiled_volume takes a (Z, Y, X) volume or a (K, Z, Y, X) stack; got shape "
+                         f"{np.shape(volume)}")
+    if not (isinstance(tile_z, int) and 1 <= tile_z <= MAX_TILE):
+        raise ConfigError(f"Z tile must be between 1 and {MAX_TILE} slices; got {tile_z!r:.40}.")
+    if tile_z % multiple[0]:
+        raise ConfigError(f"Z tile must be a multiple of {multiple[0]} for this network; got {tile_z}.")
+    check_tile(config, multiple[1])
+    check_tile(config, multiple[2])
+    k, nz, h, w = vol.shape
+    tz, t = tile_z, config.tile
+    sz, s = axis_stride(tz, config.overlap), config.stride
+    az = window_tiles(nz, 0, nz, tz, sz)
+    ay = window_tiles(h, 0, h, t, s)
+    ax = window_tiles(w, 0, w, t, s)
+    block = torch.from_numpy(np.ascontiguousarray(
+        vol[:, az.source[:, None, None], ay.source[None, :, None], ax.source[None, None, :]])).to(device)
+    win = torch.from_numpy(blend_window_3d(config, tz)).to(device)
+    # float64 sums: a constant comes back exactly, whatever the weights
+    win64 = win.double()
+    acc = torch.zeros(block.shape[1:], dtype=torch.float64, device=device)
+    wsum = torch.zeros_like(acc)
+    origins = [(iz * sz, iy * s, ix * s) for iz in range(az.count) for iy in range(ay.count)
+               for ix in range(ax.count)]
+    for i in range(0, len(origins), config.batch):
+        batch = origins[i : i + config.batch]
+        tiles = torch.stack([block[:, z : z + tz, y : y + t, x : x + t] for z, y, x in batch])
+        pred = fn(tiles).float()[:, 0].double() * win64
+        for (z, y, x), p in zip(batch, pred):
+            acc[z : z + tz, y : y + t, x : x + t] += p
+            wsum[z : z + tz, y : y + t, x : x + t] += win64
+    out = (acc / wsum).float()
+    return out[-az.first : -az.first + nz, -ay.first : -ay.first + h, -ax.first : -ax.first + w].cpu().numpy()

@@ -27,6 +27,9 @@ __all__ = [
     "OutputDtype",
     "OmeVersion",
     "PRESETS",
+    "Preset3d",
+    "PRESETS_3D",
+    "VolumeTrainConfig",
     "RiskThresholds",
     "NormConfig",
     "TrainConfig",
@@ -41,6 +44,7 @@ InferOn = Literal["twins", "raw"]
 RiskEstimator = Literal["auto", "reference", "noise-aware"]
 LossKind = Literal["l1", "l2"]
 Preset = Literal["tiny", "small", "paper"]
+Preset3d = Literal["tiny3d", "small3d", "large3d"]
 Precision = Literal["fp32", "bf16"]
 #: Flipped/rotated copies averaged by test-time augmentation.
 TtaCopies = Literal[1, 2, 4, 8]
@@ -54,6 +58,25 @@ PRESETS: dict[str, tuple[int, ...]] = {
     "tiny": (8, 16),
     "small": (32, 64, 128),
     "paper": (64, 128, 256, 512, 512),
+}
+
+#: 3-D U-Net channel widths per level (:class:`asn2n_dask.model.UNet3d`), from the top level
+#: down to the bottleneck.  Y and X are halved at every level; Z only where
+#: :func:`asn2n_dask.model.pooling_kernels` decides (long enough, not too coarse).
+#:
+#: * ``tiny3d``: tests and examples (a few thousand parameters).
+#: * ``small3d``: CPU training, with :class:`VolumeTrainConfig`'s default sub-volume of
+#:   16x64x64 voxels and batch 4 (two twins each): a step saves about 0.3 GiB of
+#:   activations for its backward pass and the process peaked under 1 GiB, far inside
+#:   24 GB of RAM; the CPU's time (about 180 GFLOP a step, forward and backward), not
+#:   its memory, limits it.
+#: * ``large3d``: one GPU, on sub-volumes of 32x128x128 voxels and batch 4: about 5 GiB
+#:   of saved activations a step (counted on torch's meta device, not yet measured on a
+#:   GPU), within a 24 GB GPU with the backward pass.
+PRESETS_3D: dict[str, tuple[int, ...]] = {
+    "tiny3d": (4, 8),
+    "small3d": (16, 32, 64),
+    "large3d": (32, 64, 128, 256),
 }
 
 #: Upper bounds of sizes (pixels, patches, tiles): beyond them a run would exhaust memory
@@ -425,4 +448,90 @@ class InferConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InferConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class VolumeTrainConfig:
+    """Options of self-constrained Noise2Noise training of a 3-D U-Net on one volume.
+
+    The network sees sub-volumes (Z, Y, X) at once; the twins are made slice by slice
+    in Y-X (:func:`asn2n_dask.pairs.make_volume_twins`), Z untouched.
+
+    Attributes
+    ----------
+    preset
+        Network size (:data:`PRESETS_3D`): ``tiny3d`` (tests), ``small3d`` (CPU),
+        ``large3d`` (one GPU).
+    steps, batch, lr
+        Optimiser steps, sub-volumes per step (at most 4096), Adam learning rate
+        (cosine-decayed to 5% of it).  A default step sees 4 x 16 x 64 x 64 voxels,
+        about 3.5 times the pixels of a default 2-D step (8 x 96 x 96), hence fewer
+        steps than :class:`TrainConfig`'s.
+    patch
+        Training sub-volume (Z, Y, X) in voxels; each side at most 1024.  Y and X must
+        be multiples of ``2 ** (levels - 1)`` and at least four times that; Z is any
+        size from 1 (cut down to the volume's depth, and to a multiple of the Z pooling
+        factor the network is given for it).
+    anisotropy
+        Voxel size along Z over voxel size in Y-X (e.g. 0.15 um / 0.1 um = 1.5): with
+        the patch's Z size, it decides at which levels the network also pools Z
+        (:func:`asn2n_dask.model.pooling_kernels`).
+    loss, consistency
+        As :class:`TrainConfig`'s.
+    seed
+        Seeds initialisation, sub-volume sampling and augmentation, once.
+    norm
+        Normalisation: the volume's percentile range (``low_percentile`` to
+        ``high_percentile``), one scale for the whole volume; only ``global`` mode is
+        available for volumes so far.
+    """
+
+    preset: Preset3d = "small3d"
+    steps: int = 1000
+    patch: tuple[int, int, int] = (16, 64, 64)
+    batch: int = 4
+    lr: float = 1e-3
+    anisotropy: float = 1.0
+    loss: LossKind = "l1"
+    consistency: float = 0.0
+    seed: int = 0
+    norm: NormConfig = field(default_factory=lambda: NormConfig(mode="global"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "preset", parse_choice(self.preset, Preset3d, "3-D preset"))
+        object.__setattr__(self, "loss", parse_choice(self.loss, LossKind, "loss"))
+        if isinstance(self.norm, dict):
+            object.__setattr__(self, "norm", NormConfig.from_dict(self.norm))
+        _check(isinstance(self.norm, NormConfig), f"norm must be normalisation options; got {self.norm!r:.40}.")
+        _check(self.norm.mode == "global",
+               f"volumes are normalised on one global scale so far; got normalisation mode {self.norm.mode}.")
+        _types(self, ints=("steps", "batch", "seed"), reals=("lr", "anisotropy", "consistency"))
+        patch = self.patch
+        _check(isinstance(patch, (tuple, list)) and len(patch) == 3
+               and all(isinstance(v, Integral) and not isinstance(v, bool) for v in patch),
+               f"patch must be three whole numbers (Z, Y, X); got {patch!r:.40}.")
+        object.__setattr__(self, "patch", tuple(int(v) for v in patch))
+        pz, py, px = self.patch
+        m = 2 ** (len(PRESETS_3D[self.preset]) - 1)
+        _check(pz >= 1 and all(v >= 4 * m and v % m == 0 for v in (py, px)),
+               f"training patch must be at least 1 voxel in Z and a multiple of {m}, at least {4 * m}, in Y and X "
+               f"for preset {self.preset}; got {pz}x{py}x{px}.")
+        _check(max(self.patch) <= MAX_PATCH, f"training patch must be at most {MAX_PATCH} voxels a side; "
+               f"got {pz}x{py}x{px}.")
+        _check(self.steps >= 1, f"steps must be at least 1; got {self.steps}.")
+        _check(1 <= self.batch <= MAX_BATCH, f"batch must be between 1 and {MAX_BATCH}; got {self.batch}.")
+        _check(self.lr > 0, f"learning rate must be positive; got {self.lr}.")
+        _check(self.anisotropy > 0, f"anisotropy (Z voxel size over Y-X voxel size) must be positive; "
+               f"got {self.anisotropy}.")
+        _check(self.consistency >= 0, f"consistency weight must be >= 0; got {self.consistency}.")
+        _check(self.seed >= 0, f"seed must be >= 0; got {self.seed}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["patch"] = list(self.patch)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VolumeTrainConfig:
         return _from_dict(cls, data)

@@ -25,7 +25,7 @@ import torch
 
 from .standalone import self_inspired_twins
 
-__all__ = ["make_twins_torch", "normalised_views"]
+__all__ = ["make_twins_torch", "make_volume_twins", "normalised_views"]
 
 
 def make_twins_torch(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +51,41 @@ def make_twins_torch(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ((2, 5, 6), True)
     """
     return self_inspired_twins(frames)
+
+
+def make_volume_twins(volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make the two self-inspired twins of noisy volumes: each Z slice split in Y-X.
+
+    Every slice gets the 2x2 diagonal split and Fourier interpolation of
+    :func:`make_twins_torch`; nothing mixes slices, so the twins' noise stays
+    independent between them and Z keeps the volume's sampling.
+
+    Parameters
+    ----------
+    volumes : Tensor, shape (..., Z, Y, X), float32 or float64, Y and X >= 2
+        Noisy volumes in any units; leading dims are independent volumes.
+
+    Returns
+    -------
+    a, b : Tensor, shape (..., Z, Y, X), same dtype
+        The twins, slice ``z`` of each equal to the twins of slice ``z``.
+
+    Raises
+    ------
+    ValueError
+        Fewer than three dimensions, or Y or X under 2.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a, b = make_volume_twins(torch.zeros(3, 5, 6, dtype=torch.float64))
+    >>> tuple(a.shape), tuple(b.shape)
+    ((3, 5, 6), (3, 5, 6))
+    """
+    if volumes.dim() < 3 or volumes.shape[-1] < 2 or volumes.shape[-2] < 2:
+        raise ValueError(f"volume twins need (..., Z, Y, X) with Y and X at least 2; got shape "
+                         f"{tuple(volumes.shape)}")
+    return make_twins_torch(volumes)
 
 
 def normalised_views(tiles: torch.Tensor, infer_on: str) -> tuple[torch.Tensor, ...]:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet", "ChannelDenoiser", "Denoiser", "self_inspired_twins"]
+__all__ = ["UNet", "UNet3d", "ChannelDenoiser", "Denoiser", "self_inspired_twins"]
 
 
 class _Block(nn.Sequential):
@@ -74,6 +74,53 @@ class UNet(nn.Module):
         for i, block in enumerate(self.up):
             skip = skips[len(skips) - 1 - i]
             h = F.interpolate(h, size=[skip.shape[-2], skip.shape[-1]], mode="bilinear", align_corners=False)
+            h = block(torch.cat([h, skip], dim=1))
+        return x + self.head(h)
+
+
+class _Block3d(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.Conv3d(cin, cout, 3, padding=1),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv3d(cout, cout, 3, padding=1),
+            nn.LeakyReLU(0.1, inplace=True),
+        )
+
+
+class UNet3d(nn.Module):
+    """The 3-D U-Net, written for TorchScript: :class:`UNet`'s layers (the same block
+    names) with 3x3x3 convolutions, and a pooling kernel per level, ``[kz, 2, 2]`` with
+    ``kz`` 1 (Y and X only) or 2, which :class:`asn2n_dask.model.UNet3d` decides.
+    ``(N, 1, Z, Y, X) -> (N, 1, Z, Y, X)``, in the normalised range."""
+
+    def __init__(self, widths: list[int], pools: list[list[int]]) -> None:
+        super().__init__()
+        self.down = nn.ModuleList()
+        cin = 1
+        for w in widths:
+            self.down.append(_Block3d(cin, w))
+            cin = w
+        self.up = nn.ModuleList()
+        for w_skip in reversed(widths[:-1]):
+            self.up.append(_Block3d(cin + w_skip, w_skip))
+            cin = w_skip
+        self.head = nn.Conv3d(cin, 1, 1)
+        self.levels = len(widths)
+        self.pools: list[list[int]] = [[int(k) for k in p] for p in pools]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: list[torch.Tensor] = []
+        h = x
+        for i, block in enumerate(self.down):
+            h = block(h)
+            if i < self.levels - 1:
+                skips.append(h)
+                h = F.max_pool3d(h, self.pools[i])
+        for i, block in enumerate(self.up):
+            skip = skips[len(skips) - 1 - i]
+            h = F.interpolate(h, size=[skip.shape[-3], skip.shape[-2], skip.shape[-1]], mode="trilinear",
+                              align_corners=False)
             h = block(torch.cat([h, skip], dim=1))
         return x + self.head(h)
 

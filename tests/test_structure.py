@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "arrays": ("risk", "stats", "method", "normalize", "blend", "pairs", "standalone", "model", "compiled",
                "checks", "synthetic", "testing"),
     "blocks": ("predict", "checkpoint", "stats_pass"),
-    "training": ("sampling", "train"),
+    "training": ("sampling", "train", "train3d"),
     "runs": ("pipeline",),
     "verbs": ("api", "report", "export", "view", "widget"),
     "shell": ("cli", "__main__", "__init__"),
