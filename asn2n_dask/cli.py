@@ -328,7 +328,8 @@ PatchOpt = Annotated[int, typer.Option("--patch", help="Training patch side in p
                                        "frame).")]
 BatchOpt = Annotated[int, typer.Option("--batch", help="Training patches per step, 1 to 4096.")]
 LossOpt = Annotated[LossKind, typer.Option("--loss", case_sensitive=False, help="Twin-to-twin loss.")]
-LambdaOpt = Annotated[float, typer.Option("--consistency", help="Weight of the consistency term |f(A)-f(B)| (0: off; a weight smooths the result, fewer false objects for less detail).")]
+LambdaOpt = Annotated[float, typer.Option("--consistency", help="Weight of the consistency term |f(A)-f(B)| (0: off; "
+                                          "a weight smooths the result, fewer false objects for less detail).")]
 TileOpt = Annotated[int, typer.Option("--tile", help="Inference tile side in pixels, 8 to 4096 (and at most twice "
                                      "the frame's longer side).")]
 TileBatchOpt = Annotated[int, typer.Option("--tile-batch", min=1, help="Tiles per network call when denoising, up "
