@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "asn2n_dask"
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("_version", "errors", "config", "axes"),
     "edges": ("ome", "io", "resume", "source", "cluster", "hpc", "plots", "progress"),
-    "arrays": ("risk", "stats", "method", "normalize", "blend", "pairs", "standalone", "model", "compiled",
+    "arrays": ("plan", "risk", "stats", "method", "normalize", "blend", "pairs", "standalone", "model", "compiled",
                "checks", "synthetic", "testing"),
     "blocks": ("predict", "checkpoint", "stats_pass"),
     "training": ("sampling", "train"),
