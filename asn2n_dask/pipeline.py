@@ -1,11 +1,12 @@
 """Denoise a dataset of any size chunk by chunk, on a Dask cluster, into OME-Zarr.
 
 The data flow is one way: read (a lazy :class:`~asn2n_dask.source.Source`) -> plan
-(:class:`Plan`, built before any graph: one task per output chunk, the halo'd region it
+(:class:`~asn2n_dask.plan.Plan`, built before any graph: one task per output chunk, the halo'd region it
 reads, the tiles anchored to the frame) -> one reduction pass for the channel
 statistics -> one task per output chunk (read its own region straight from the store,
 risk, normalisation, network, Gaussian blending, back to input units, write its own
-chunk, then its completion record) -> finalise the metadata.
+chunk, then its completion record) -> finalise the metadata.  The output store is
+created and finished by :mod:`asn2n_dask.store`.
 
 Every chunk is computed by :func:`asn2n_dask.predict.denoise_window`, the same function
 that denoises a whole frame in memory, from channel statistics computed once; so the
@@ -28,11 +29,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from . import ome, resume
+from . import resume, store
 from ._version import __version__
 from .errors import ConfigError, InputError, ModelError, OutputError
 from .io import TIFF_SUFFIXES, cast_output
@@ -58,14 +59,14 @@ from .stats_pass import (  # noqa: F401  (re-exported: asn2n_dask.pipeline.selec
     source_listing,
     stats_blocks,
 )
+from .store import MIN_LEVEL  # noqa: F401  (re-exported)
+from .store import open_outputs as _open_outputs
 
 __all__ = ["RunOptions", "Plan", "make_plan", "run_pipeline", "check_output_path", "RunSummary", "PROGRESS_DIR",
            "run_chunk", "StatsCache", "source_listing"]
 
 log = logging.getLogger(__name__)
 
-#: The smallest level of a ``--pyramid``, in pixels along Y and X.
-MIN_LEVEL = 16
 COMPUTED, SKIPPED = 1, 2
 
 
@@ -116,14 +117,6 @@ def _model(spec: RunSpec) -> Any:
                     fn(torch.zeros(views * infer.batch, 1, infer.tile, infer.tile, device=dev))
             _MODELS[key] = (model, fns, dev)
         return _MODELS[key]
-
-
-def _open_outputs(path: str, label: str) -> tuple[Any, Any]:
-    """Level 0 of the output image and of the risk label image ``label``."""
-    import zarr
-
-    root = zarr.open_group(path, mode="r+")
-    return root["0"], root[f"labels/{label}/0"]
 
 
 def run_chunk(spec: RunSpec, p: int, *position: int) -> int:
@@ -272,19 +265,6 @@ def _units(plan: Plan) -> tuple[str | None, ...] | None:
     return _in_output_order(plan, units)
 
 
-def pyramid_levels(plan: Plan, extra: int) -> int:
-    """Levels written for ``--pyramid extra``: level 0, then halvings while both frame
-    sides stay at least :data:`MIN_LEVEL` pixels (a warning says when that stops it)."""
-    h, w = plan.frame_shape
-    levels = 1
-    while levels <= extra and min(h >> levels, w >> levels) >= MIN_LEVEL:
-        levels += 1
-    if levels <= extra:
-        log.warning("--pyramid %d: %d extra level(s) written; a further halving of the %dx%d frames would be smaller "
-                    "than %d pixels", extra, levels - 1, h, w, MIN_LEVEL)
-    return levels
-
-
 @dataclass
 class RunSummary:
     """What a run did."""
@@ -314,91 +294,34 @@ def _prepare_output(output: Path, plan: Plan, parts: dict[str, Any], options: Ru
                           "write to.") from None
 
 
-def _create_output(output: Path, plan: Plan, parts: dict[str, Any], options: RunOptions,
-                   provenance: dict[str, Any]) -> bool:
-    import zarr
-
-    zf: Literal[2, 3] = 2 if options.ome == "0.4" else 3
-    job = resume.running_attrs(provenance, parts)
-    root: Any = zarr.open_group(str(output), mode="w", zarr_format=zf, attributes={"asn2n": job})
-    dtype = plan.source.dtype if options.dtype == "input" else "float32"
-    root.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype=dtype,
-                      **ome.array_kwargs(options.ome, plan.axes))
-    labels = root.create_group("labels")
-    _, shape, chunks = ome.drop_channel(plan.axes, plan.shape, plan.chunks)
-    for name in plan.labels:  # one per channel, without C: viewers align it with its channel's image layer
-        labels.create_group(name).create_array("0", shape=shape, chunks=chunks, dtype="uint8",
-                                               **ome.array_kwargs(options.ome, plan.label_axes))
-    (output / resume.PROGRESS_DIR).mkdir(exist_ok=True)
-    return False
-
-
-_COLOURS = ("00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF")
 #: Classes of the risk label images: name and display colour per label value.
 RISK_CLASSES = {WEAK_BACKGROUND: ("weak background", (0, 120, 255, 160)),
                 SPARSE_BRIGHT: ("sparse bright", (255, 150, 0, 160))}
 
 
+def _create_output(output: Path, plan: Plan, parts: dict[str, Any], options: RunOptions,
+                   provenance: dict[str, Any]) -> bool:
+    dtype = plan.source.dtype if options.dtype == "input" else "float32"
+    store.create_output(output, version=options.ome, axes=plan.axes, shape=plan.shape, chunks=plan.chunks,
+                        dtype=dtype, labels=plan.labels, attrs=resume.running_attrs(provenance, parts))
+    return False
+
+
 def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any, listing: str | None = None) -> None:
-    """After every chunk is recorded: the pyramid levels of the image and of its risk
-    label images (the same levels, shapes and scales, less ``C``), then the OME
-    metadata, and last the status that presents the output as complete, with the
-    input's ``listing`` taken before the run read it (:func:`source_listing`).  Each
-    step may be redone: a run stopped here is finished by running the same command
-    again."""
-    import zarr
-
-    root: Any = zarr.open_group(str(output), mode="r+")
-    levels = pyramid_levels(plan, options.pyramid)
-    # (group, axes, chunks, 2x2 reduction) of the image and of each label image
-    images = [(root, plan.axes, plan.chunks, ome.block_mean)]
-    _, label_chunks = ome.drop_channel(plan.axes, plan.chunks)
-    images += [(root[f"labels/{name}"], plan.label_axes, label_chunks, ome.block_mode) for name in plan.labels]
-    if options.ome == "0.4":  # level 0 of a run begun before its arrays' dimensions were named
-        for group, axes, _, _ in images:
-            group["0"].attrs.update(ome.array_kwargs(options.ome, axes)["attributes"])
-    if levels > 1:
-        import dask.array as da
-
-        for lv in range(1, levels):
-            sources, targets = [], []
-            for group, axes, chunks, reduce in images:
-                prev = group[str(lv - 1)]
-                src = da.from_zarr(prev)
-                factors = {i: (2 if a in "YX" and src.shape[i] >= 2 else 1) for i, a in enumerate(axes)}
-                small = da.coarsen(reduce, src, factors, trim_excess=True).astype(prev.dtype)
-                arr = group.create_array(str(lv), shape=small.shape, dtype=prev.dtype, overwrite=True,
-                                         chunks=tuple(min(c, n) for c, n in zip(chunks, small.shape)),
-                                         **ome.array_kwargs(options.ome, axes))
-                sources.append(small.rechunk(arr.chunks))
-                targets.append(arr)
-            if client is not None and not isinstance(client, str):
-                da.store(sources, targets, lock=False, scheduler=client)
-            else:
-                da.store(sources, targets, lock=False, scheduler="synchronous" if client == "sync" else None)
-    chans: list[dict[str, Any]] = []
-    if plan.channel_axis is not None:  # channel names, colours and display windows for viewers (napari-ome-zarr)
-        stats = (dict(root.attrs).get("asn2n") or {}).get("stats") or []
+    """After every chunk is recorded: the pyramid, the OME metadata and last the status
+    that presents the output as complete (:func:`asn2n_dask.store.finalise`), with the
+    input's ``listing`` taken before the run read it (:func:`source_listing`)."""
+    names = None
+    if plan.channel_axis is not None:
         names = channel_labels(plan.source, plan.plane_sources[plan.channel_axis])
-        for k, name in enumerate(names):
-            ch: dict[str, Any] = {"label": name, "active": True, "color": _COLOURS[k % len(_COLOURS)]}
-            if k < len(stats):
-                st = stats[k]
-                ch["window"] = {"start": st["norm"]["lo"], "end": st["norm"]["hi"], "min": st["minimum"],
-                                "max": st["maximum"]}
-            chans.append(ch)
-    scale, units = _scale(plan), _units(plan)
-    _, label_scale, label_units = ome.drop_channel(plan.axes, scale, units)
-    root["labels"].attrs.update(ome.labels_attrs(options.ome, list(plan.labels)))
-    for name in plan.labels:
-        root[f"labels/{name}"].attrs.update(ome.label_attrs(options.ome, plan.label_axes, name=name,
-                                                            classes=RISK_CLASSES, levels=levels, scale=label_scale,
-                                                            units=label_units))
-    # last: the image metadata and the status that present the output as complete
-    attrs = dict(root.attrs)
-    asn = resume.complete_attrs(dict(attrs.get("asn2n", {})), listing)  # type: ignore[arg-type]
-    root.attrs.update({**ome.image_attrs(options.ome, plan.axes, name="denoised", channels=chans, levels=levels,
-                                         scale=scale, units=units), "asn2n": asn})
+    store.finalise(output, version=options.ome, axes=plan.axes, chunks=plan.chunks, labels=plan.labels,
+                   levels=pyramid_levels(plan, options.pyramid), channel_names=names, classes=RISK_CLASSES,
+                   scale=_scale(plan), units=_units(plan), listing=listing, client=client)
+
+
+def pyramid_levels(plan: Plan, extra: int) -> int:
+    """Levels written for ``--pyramid extra`` (:func:`asn2n_dask.store.pyramid_levels`)."""
+    return store.pyramid_levels(plan.frame_shape, extra)
 
 
 @contextlib.contextmanager
