@@ -20,22 +20,22 @@ skipped or refused, and the records that decide it, are :mod:`asn2n_dask.resume`
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import resume, store
+from . import connect, resume, store
 from ._version import __version__
-from .errors import ConfigError, InputError, ModelError, OutputError
+from .connect import ClusterOptions
+from .errors import InputError, ModelError, OutputError
 from .io import TIFF_SUFFIXES, cast_output
 from .plan import (  # noqa: F401  (re-exported: asn2n_dask.pipeline.make_plan, ...)
     MAX_TASKS,
@@ -324,33 +324,6 @@ def pyramid_levels(plan: Plan, extra: int) -> int:
     return store.pyramid_levels(plan.frame_shape, extra)
 
 
-@contextlib.contextmanager
-def _client_for(client: Any, scheduler: str | None, workers: int | None, threads: int | None,
-                memory_limit: str | None, echo: Callable[[str], None], device: str = "auto",
-                cluster: str | os.PathLike[str] | None = None, jobs: int | None = None,
-                dashboard_address: str | None = None) -> Iterator[tuple[Any, int | None]]:
-    """The run's client and the torch threads of each worker's network (None: unknown)."""
-    if client is not None:
-        yield client, None
-        return
-    if cluster is not None:
-        if scheduler is not None:
-            raise ConfigError("give either --cluster (start a batch-system cluster) or --scheduler (join a running "
-                              "one), not both.")
-        from .hpc import jobqueue_client, load_profile, worker_torch_threads
-
-        threads_per_task = worker_torch_threads(load_profile(cluster))
-        with jobqueue_client(cluster, jobs, echo=echo, dashboard_address=dashboard_address) as c:
-            yield c, threads_per_task
-        return
-    from .cluster import DEFAULT_DASHBOARD, dask_client
-
-    with dask_client(scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
-                     echo=echo, gpu=device != "cpu",
-                     dashboard_address=dashboard_address or DEFAULT_DASHBOARD) as (c, torch_threads):
-        yield c, torch_threads
-
-
 def check_output_path(input: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
     """Refuse a chunked output that is not ``.zarr`` or that is, holds or lies in the input.
 
@@ -466,7 +439,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     options : RunOptions
     client : distributed.Client or "sync", optional
         Cluster to use; ``"sync"`` runs every task in this process (no cluster).
-        Default: join ``scheduler`` if given, else start an embedded LocalCluster.
+        Default: join ``scheduler`` if given, else start an embedded LocalCluster
+        (this and the cluster options below: :func:`asn2n_dask.connect.open_client`).
     scheduler : str, optional
         Address of a running Dask scheduler.
     workers, threads, memory_limit
@@ -519,9 +493,9 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
         listing = source_listing(source)  # before any read: what the statistics and the chunks will see
         if not options.overwrite and resume.complete_and_unchanged(prev, parts, listing):
             return _already_complete(summary, echo)
-        with _client_for(client, scheduler, workers, threads, memory_limit, echo, options.infer.device, cluster,
-                         jobs, dashboard_address) as (
-                cl, cluster_threads):
+        where = ClusterOptions(client=client, scheduler=scheduler, cluster=cluster, jobs=jobs, workers=workers,
+                               threads=threads, memory_limit=memory_limit, dashboard_address=dashboard_address)
+        with connect.open_client(where, echo=echo, device=options.infer.device) as (cl, cluster_threads):
             torch_threads = cluster_threads or torch_threads
             if cl not in (None, "sync"):
                 from .cluster import AllocatorPlugin

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "asn2n_dask"
 #: edges that the upper layers call; training reuses the array stages and the models.
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("_version", "errors", "config", "axes"),
-    "edges": ("ome", "store", "io", "resume", "source", "cluster", "hpc", "plots", "progress"),
+    "edges": ("ome", "store", "io", "resume", "source", "cluster", "hpc", "connect", "plots", "progress"),
     "arrays": ("plan", "risk", "stats", "method", "normalize", "blend", "pairs", "standalone", "model", "compiled",
                "checks", "synthetic", "testing"),
     "blocks": ("predict", "checkpoint", "stats_pass"),
