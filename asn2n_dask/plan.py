@@ -36,7 +36,7 @@ from .source import Selection, Source, check_source
 
 __all__ = ["TileGrid", "tile_grid", "reflect_index", "WindowTiles", "window_tiles", "check_tile_frame",
            "WindowPlan", "window_plan", "axis_window", "axis_reads", "AxisReads", "AxisPlan", "Windows",
-           "RunOptions", "Plan", "make_plan", "channel_labels", "MAX_TASKS", "MIN_CHUNK", "OME_ORDER",
+           "RunOptions", "Plan", "make_plan", "channel_labels", "MAX_TASKS", "MIN_CHUNK", "DEFAULT_CHUNK", "OME_ORDER",
            "SPATIAL_AXES"]
 
 #: Most chunk tasks one run schedules (a graph of more would take more memory and
@@ -45,6 +45,10 @@ MAX_TASKS = 1 << 22
 #: Smallest output chunk side, in pixels (or the frame's side, when smaller): every
 #: task reads a halo of tiles and a normalisation patch around its chunk.
 MIN_CHUNK = 16
+#: Default output chunk side: the input's, but at least the first and at most the second
+#: (a task recomputes the tiles its halo shares with its neighbours, so small chunks
+#: cost throughput).
+DEFAULT_CHUNK = (1024, 2048)
 #: The output's axis order (OME-NGFF's).
 OME_ORDER = "TCZYX"
 #: The axes a run cuts into chunks and tiles, in output order: the last axes of the output.
@@ -681,7 +685,8 @@ def _compact(index: Any) -> Sequence[int]:
 
 
 def _default_chunk(src_chunk: int, n: int) -> int:
-    return int(min(n, max(1024, min(2048, src_chunk))))
+    lo, hi = DEFAULT_CHUNK
+    return int(min(n, max(lo, min(hi, src_chunk))))
 
 
 def make_plan(source: Source, selection: Selection = Selection(), *, options: RunOptions = RunOptions(),
