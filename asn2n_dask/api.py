@@ -46,8 +46,8 @@ from .train import TrainResult, train_channel
 if TYPE_CHECKING:
     from .stats_pass import StatsCache
 
-__all__ = ["fit", "denoise", "denoise_with_risk", "assess_risk", "risk_summary", "check_image", "MIN_FRAME_SIDE",
-           "Progress"]
+__all__ = ["fit", "denoise", "denoise_to_file", "denoise_with_risk", "assess_risk", "risk_summary", "check_image",
+           "MIN_FRAME_SIDE", "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -582,6 +582,69 @@ def _denoise_path(data: str | os.PathLike[str], output: Any, *, model: Any, conf
     return run_pipeline(src, output, model, selection=sel, options=RunOptions(infer=config, **opts), client=client,
                         scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
                         progress=progress, cluster=cluster, jobs=jobs)
+
+
+def denoise_to_file(source: Any, selection: Any, output: str | os.PathLike[str], model: Model, *,
+                    infer: InferConfig = InferConfig(), dtype: str = "float32", overwrite: bool = False,
+                    provenance: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                    progress: Progress | None = None,
+                    stats_cache: Any = None, echo: Callable[[str], None] = log.info) -> None:
+    """Denoise a selection of a file in memory into a ``.tif`` (or whole-image ``.zarr``)
+    ``output``, with the chunked route's rules.
+
+    The network of each channel (:func:`asn2n_dask.pipeline.channel_map`) and the
+    channel statistics (over all time points, :func:`asn2n_dask.stats_pass.selection_stats`)
+    are decided as the chunked pipeline decides them, so both routes give the same numbers.
+
+    Parameters
+    ----------
+    source : Source
+        From :func:`asn2n_dask.source.open_source`.
+    selection : Selection
+        Channels and time points.
+    dtype : {"float32", "input"}
+    provenance, extra : dict, optional
+        The output's provenance: ``provenance``, then the options, selection, channel
+        map and statistics of this run, then ``extra``.
+    stats_cache : StatsCache, optional
+        Statistics of this process's training, taken when still valid instead of a pass
+        over the time points not read.
+    echo : callable
+        Where notes for the user go (chunks of a Zarr input that are not stored).
+    """
+    from .io import cast_output, output_lock, write_image
+    from .pipeline import channel_map, missing_note
+    from .source import read_selection
+    from .stats_pass import selection_stats
+
+    if dtype not in ("input", "float32"):
+        raise InputError(f"--dtype must be float32 or input; got {dtype!r}.")
+    cmap = channel_map(source, selection, model)  # before reading any pixel
+    with output_lock(output):
+        note, gaps = missing_note(source)
+        if note:
+            echo(note)
+        data = read_selection(source, selection)
+        if progress is not None:
+            progress("statistics", 0, 1)
+        if selection.time is None:  # the selection holds every time point: its statistics are the channels'
+            stats = channel_stats(to_planes(data, source.axes), model.train.norm)
+        else:  # the other time points count too, read lazily as the .zarr route reads them
+            stats = selection_stats([source], [selection], model.train.norm, cache=stats_cache)
+        if progress is not None:
+            progress("statistics", 1, 1)
+        out = denoise_with_risk(data, model, axes=source.axes, config=infer, progress=progress, stats=stats,
+                                channel_map=cmap)[0]
+        if dtype == "input":
+            out = cast_output(out, data.dtype)
+        names = source.meta.channel_names
+        meta = source.meta
+        if names and selection.channels is not None:
+            meta = replace(meta, channel_names=tuple(names[i] for i in selection.channels))
+        prov = {**(provenance or {}), "infer": infer.to_dict(), "selection": selection.to_dict(),
+                "channel_map": list(cmap), "stats": [s.to_dict() for s in stats], "input_missing_chunks": gaps,
+                **(extra or {})}
+        write_image(output, out, meta, overwrite=overwrite, attrs=prov)
 
 
 def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | None = None,

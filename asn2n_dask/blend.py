@@ -1,10 +1,8 @@
-"""Tiling geometry and weighted overlap blending.
+"""Weighted overlap blending of tiles.
 
-Tiles of side ``tile`` sit at origins ``k * stride - margin`` on each axis, with
-``margin = (tile - stride) // 2``: the grid depends on frame coordinates alone, never on
-how the data is cut into chunks, and every pixel lies in the central ``stride`` core of
-exactly one tile.  The frame is mirrored past its edges to fill the outer tiles.
-Predictions are blended with a weight window per tile and normalised by the summed
+The tiles' positions are :mod:`asn2n_dask.plan`'s (re-exported here): frame-anchored,
+every pixel in the central ``stride`` core of exactly one tile, the frame mirrored past
+its edges to fill the outer tiles.  Predictions are blended with a weight window per tile and normalised by the summed
 weights (overlap-add with ``torch.nn.functional.fold``).
 
 Volumes (Z, Y, X) are tiled the same way along each of the three axes, with a tile
@@ -15,7 +13,6 @@ product of the axes' 1-D windows (:func:`blend_window_3d`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,44 +21,18 @@ from torch.nn import functional as F
 
 from .config import MAX_TILE, BlendMode, InferConfig
 from .errors import ConfigError
+from .plan import (  # noqa: F401  (re-exported: the tile positions, asn2n_dask.blend.window_tiles, ...)
+    TileGrid,
+    WindowTiles,
+    check_tile_frame,
+    reflect_index,
+    tile_grid,
+    window_tiles,
+)
 
 __all__ = ["TileGrid", "tile_grid", "blend_window", "reflect_index", "WindowTiles", "window_tiles", "blend_tiles",
            "check_tile", "check_tile_frame", "predict_tiled", "axis_stride", "window_1d", "blend_window_3d",
            "predict_tiled_volume"]
-
-
-@dataclass(frozen=True)
-class TileGrid:
-    """Tile geometry along both axes of one frame.
-
-    Attributes
-    ----------
-    tile, stride, margin : int
-        Tile side, distance between origins, and the part of a tile before its core.
-    counts : tuple of int
-        Tiles along Y and X.
-    pad_before, pad_after : tuple of int
-        Mirror padding of the frame along Y and X.
-    """
-
-    tile: int
-    stride: int
-    margin: int
-    counts: tuple[int, int]
-    pad_before: tuple[int, int]
-    pad_after: tuple[int, int]
-
-    def origins(self, axis: int) -> NDArray[np.int64]:
-        """Tile origins along ``axis`` (0 = Y, 1 = X) in frame coordinates."""
-        return np.arange(self.counts[axis]) * self.stride - self.margin
-
-
-def tile_grid(shape: tuple[int, int], tile: int, stride: int) -> TileGrid:
-    """The tile grid of a frame of ``shape`` (H, W)."""
-    margin = (tile - stride) // 2
-    counts = tuple(max(1, -(-n // stride)) for n in shape)
-    after = tuple((c - 1) * stride - margin + tile - n for c, n in zip(counts, shape))
-    return TileGrid(tile, stride, margin, (counts[0], counts[1]), (margin, margin), (after[0], after[1]))
 
 
 def blend_window(config: InferConfig) -> NDArray[np.float32]:
@@ -103,58 +74,6 @@ def window_1d(tile: int, stride: int, blend: BlendMode, sigma_fraction: float) -
     return np.exp(-((np.arange(tile) - c) ** 2) / (2 * sigma**2))
 
 
-def reflect_index(i: NDArray[np.integer], n: int) -> NDArray[np.int64]:
-    """Map frame coordinates outside ``[0, n)`` back inside by mirroring at the edges.
-
-    The same mapping as ``numpy.pad(mode="reflect")`` (edge pixel not repeated, applied
-    again for distances beyond the frame); an axis of one pixel maps everything to 0.
-    """
-    i = np.asarray(i, dtype=np.int64)
-    if n == 1:
-        return np.zeros_like(i)
-    period = 2 * (n - 1)
-    j = np.mod(i, period)
-    return np.where(j < n, j, period - j)
-
-
-@dataclass(frozen=True)
-class WindowTiles:
-    """The tiles one window of a frame needs, along one axis.
-
-    Attributes
-    ----------
-    first : int
-        Origin (frame coordinates, may be negative) of the first tile covering the window.
-    count : int
-        Number of tiles covering the window.
-    span : tuple of int
-        ``(first, first + (count - 1) * stride + tile)``: the tiles' extent.
-    source : ndarray of int64
-        For each position of ``span``, the frame pixel it holds (mirrored at the edges).
-    """
-
-    first: int
-    count: int
-    span: tuple[int, int]
-    source: NDArray[np.int64]
-
-
-def window_tiles(n: int, start: int, stop: int, tile: int, stride: int) -> WindowTiles:
-    """The frame-anchored tiles covering ``[start, stop)`` of an axis of length ``n``.
-
-    Every tile of the frame's grid (:func:`tile_grid`) that overlaps the window is
-    included, so the window is blended from exactly the tiles, weights and pixels that
-    blending the whole frame would use there.
-    """
-    grid = tile_grid((n, n), tile, stride)
-    m = grid.margin
-    k0 = max(0, -(-(start + m - tile + 1) // stride))
-    k1 = min(grid.counts[0] - 1, (stop - 1 + m) // stride)
-    first = k0 * stride - m
-    span = (first, k1 * stride - m + tile)
-    return WindowTiles(first, k1 - k0 + 1, span, reflect_index(np.arange(*span), n))
-
-
 def blend_tiles(block: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], *, config: InferConfig,
                 window: torch.Tensor) -> torch.Tensor:
     """Cut a block into tiles at ``config.stride``, apply ``fn``, blend back.
@@ -194,23 +113,6 @@ def check_tile(config: InferConfig, multiple: int) -> None:
         from .errors import ConfigError
 
         raise ConfigError(f"tile must be a multiple of {multiple} for this network; got {config.tile}.")
-
-
-def check_tile_frame(config: InferConfig, frame_shape: tuple[int, int]) -> None:
-    """Refuse a tile far larger than the frame: past twice the frame's longer side (and
-    the default 128 pixels), a tile holds only mirror images of the frame.
-
-    Raises
-    ------
-    ConfigError
-    """
-    limit = max(128, 2 * max(int(v) for v in frame_shape))
-    if config.tile > limit:
-        from .errors import ConfigError
-
-        h, w = frame_shape
-        raise ConfigError(f"tile {config.tile} px is more than twice the {h}x{w} frame; use --tile {limit} or less "
-                          "(beyond the frame a tile holds only its mirror images).")
 
 
 def predict_tiled(image: NDArray[np.floating], fn: Callable[[torch.Tensor], torch.Tensor], *,

@@ -34,6 +34,13 @@ from typer.core import TyperGroup
 
 from ._version import __version__
 from .config import (
+    MAX_BATCH,
+    MAX_OVERLAP,
+    MAX_PATCH,
+    MAX_TILE,
+    MIN_MEMORY_LIMIT,
+    MIN_STRIDE,
+    MIN_TILE,
     BlendMode,
     InferConfig,
     InferOn,
@@ -48,9 +55,12 @@ from .config import (
     TtaCopies,
 )
 from .errors import Asn2nError, ConfigError, InputError, OutputError
+from .ome import MAX_LEVELS
 from .pipeline import RunOptions
+from .plan import DEFAULT_CHUNK, MIN_CHUNK
 from .progress import progress_bar
 from .stats_pass import StatsCache
+from .store import MIN_LEVEL
 
 log = logging.getLogger("asn2n_dask")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -324,16 +334,16 @@ RiskOpt = Annotated[RiskEstimator, typer.Option("--risk-estimator", case_sensiti
                                                 "published rule) or noise-aware (for raw low-photon camera "
                                                 "frames).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (initialisation, sampling, augmentation).")]
-PatchOpt = Annotated[int, typer.Option("--patch", help="Training patch side in pixels, at most 1024 (and the "
-                                       "frame).")]
-BatchOpt = Annotated[int, typer.Option("--batch", help="Training patches per step, 1 to 4096.")]
+PatchOpt = Annotated[int, typer.Option("--patch", help=f"Training patch side in pixels, at most {MAX_PATCH} (and "
+                                       "the frame).")]
+BatchOpt = Annotated[int, typer.Option("--batch", help=f"Training patches per step, 1 to {MAX_BATCH}.")]
 LossOpt = Annotated[LossKind, typer.Option("--loss", case_sensitive=False, help="Twin-to-twin loss.")]
 LambdaOpt = Annotated[float, typer.Option("--consistency", help="Weight of the consistency term |f(A)-f(B)| (0: off; "
                                           "a weight smooths the result: fewer false objects, less detail).")]
-TileOpt = Annotated[int, typer.Option("--tile", help="Inference tile side in pixels, 8 to 4096 (and at most twice "
-                                     "the frame's longer side).")]
+TileOpt = Annotated[int, typer.Option("--tile", help=f"Inference tile side in pixels, {MIN_TILE} to {MAX_TILE} (and "
+                                     "at most twice the frame's longer side).")]
 TileBatchOpt = Annotated[int, typer.Option("--tile-batch", min=1, help="Tiles per network call when denoising, up "
-                                           "to 4096 (larger is faster on a GPU, up to its memory).")]
+                                           f"to {MAX_BATCH} (larger is faster on a GPU, up to its memory).")]
 CompileNetOpt = Annotated[bool, typer.Option("--compile", help="On a GPU, compile the network (torch.compile): "
                                              "about twice as fast; its kernels are compiled once per machine "
                                              "and kept in a cache ($ASN2N_COMPILE_CACHE, 'off' for none), "
@@ -341,8 +351,8 @@ CompileNetOpt = Annotated[bool, typer.Option("--compile", help="On a GPU, compil
 InferPrecisionOpt = Annotated[Precision, typer.Option("--infer-precision", case_sensitive=False,
                                                       help="Network arithmetic when denoising on a GPU (the CPU "
                                                       "always uses fp32).")]
-OverlapOpt = Annotated[float, typer.Option("--overlap", help="Tile overlap fraction in [0, 0.9], tiles at least "
-                                           "2 pixels apart.")]
+OverlapOpt = Annotated[float, typer.Option("--overlap", help=f"Tile overlap fraction in [0, {MAX_OVERLAP}], tiles at "
+                                           f"least {MIN_STRIDE} pixels apart.")]
 BlendOpt = Annotated[BlendMode, typer.Option("--blend", case_sensitive=False, help="Tile blending: Gaussian "
                                              "weights, a plain average, or none (each pixel from one tile).")]
 InferOnOpt = Annotated[InferOn, typer.Option("--infer-on", case_sensitive=False, help="Apply the network to the "
@@ -363,13 +373,13 @@ ChannelOpt = Annotated[list[str] | None, typer.Option("--channel", "-c", help="C
                                                     "index (repeat for several; default all).")]
 TimeOpt = Annotated[str | None, typer.Option("--time", help="Time points to process, as start:stop (e.g. 0:100).")]
 ChunksOpt = Annotated[str | None, typer.Option("--chunks", help="Zarr output: chunk side in Y and X, e.g. 1024 "
-                                              "or 512x1024, at least 16 (default: the input's, 1024 to 2048). One "
-                                              "task per chunk.")]
+                                              f"or 512x1024, at least {MIN_CHUNK} (default: the input's, "
+                                              f"{DEFAULT_CHUNK[0]} to {DEFAULT_CHUNK[1]}). One task per chunk.")]
 OmeOpt = Annotated[OmeVersion, typer.Option("--ome", help="Zarr output: OME-Zarr 0.5 (Zarr v3) or 0.4 (Zarr "
                                             "v2).")]
-PyramidOpt = Annotated[int, typer.Option("--pyramid", min=0, max=10, help="Zarr output: extra downsampled "
+PyramidOpt = Annotated[int, typer.Option("--pyramid", min=0, max=MAX_LEVELS, help="Zarr output: extra downsampled "
                                          "levels for viewing, of the image (2x2 mean) and of the risk labels "
-                                         "(2x2 most frequent value), none smaller than 16 pixels.")]
+                                         f"(2x2 most frequent value), none smaller than {MIN_LEVEL} pixels.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (chunks, halo, tasks, bytes, memory) "
                                          "and exit.")]
 
@@ -406,7 +416,7 @@ ClusterOpt = Annotated[Path | None, typer.Option("--cluster", callback=_checked(
 JobsOpt = Annotated[int | None, typer.Option("--jobs", min=1, help="With --cluster: at most this many batch jobs.")]
 MemoryOpt = Annotated[str | None, typer.Option("--memory-limit", callback=_checked("cluster.check_memory_limit"),
                                                help="Local cluster: memory per worker, e.g. 4GiB (at least "
-                                               "256MiB).")]
+                                               f"{MIN_MEMORY_LIMIT // 2**20}MiB).")]
 DashboardOpt = Annotated[str | None, typer.Option("--dashboard-address",
                                                   callback=_checked("cluster.check_dashboard_address"),
                                                   help="Local cluster or --cluster: where the Dask dashboard "
@@ -839,52 +849,13 @@ def _open_selection(input: Path, axes: str | None, channel: list[str] | None, ti
 
 def _denoise_to(input: Path, output: Path, model: Any, src: Any, sel: Any, infer: Any, dtype: str,
                 overwrite: bool, extra: dict[str, Any], stats_cache: StatsCache | None = None) -> None:
-    """The ``.tif`` output route: the selection in memory, with the ``.zarr`` route's rules.
+    """The ``.tif`` output route (:func:`asn2n_dask.api.denoise_to_file`), with a progress bar."""
+    from .api import denoise_to_file
 
-    The network of each channel (:func:`asn2n_dask.pipeline.channel_map`) and the
-    channel statistics (over all time points, :func:`asn2n_dask.stats_pass.selection_stats`)
-    are decided as the chunked pipeline decides them, so both routes give the same numbers.
-    ``stats_cache``: statistics of this command's training, taken when still valid
-    instead of a pass over the time points not read.
-    """
-    from dataclasses import replace
-
-    from .api import denoise_with_risk
-    from .io import cast_output, output_lock, write_image
-    from .pipeline import channel_map, missing_note
-    from .source import read_selection
-    from .stats_pass import selection_stats
-
-    if dtype not in ("input", "float32"):
-        raise InputError(f"--dtype must be float32 or input; got {dtype!r}.")
-    cmap = channel_map(src, sel, model)  # before reading any pixel
-    with output_lock(output):
-        note, gaps = missing_note(src)
-        if note:
-            _info(note, err=True)
-        data = read_selection(src, sel)
-        with progress_bar(not state["quiet"]) as bar:
-            bar("statistics", 0, 1)
-            if sel.time is None:  # the selection holds every time point: its statistics are the channels'
-                from .axes import to_planes
-                from .stats import channel_stats
-
-                stats = channel_stats(to_planes(data, src.axes), model.train.norm)
-            else:  # the other time points count too, read lazily as the .zarr route reads them
-                stats = selection_stats([src], [sel], model.train.norm, cache=stats_cache)
-            bar("statistics", 1, 1)
-            out = denoise_with_risk(data, model, axes=src.axes, config=infer, progress=bar, stats=stats,
-                                    channel_map=cmap)[0]
-        if dtype == "input":
-            out = cast_output(out, data.dtype)
-        names = src.meta.channel_names
-        meta = src.meta
-        if names and sel.channels is not None:
-            meta = replace(meta, channel_names=tuple(names[i] for i in sel.channels))
-        prov = _provenance("denoise", input=str(input), infer=infer.to_dict(), selection=sel.to_dict(),
-                           channel_map=list(cmap), stats=[s.to_dict() for s in stats], input_missing_chunks=gaps,
-                           **extra)
-        write_image(output, out, meta, overwrite=overwrite, attrs=prov)
+    with progress_bar(not state["quiet"]) as bar:
+        denoise_to_file(src, sel, output, model, infer=infer, dtype=dtype, overwrite=overwrite,
+                        provenance=_provenance("denoise", input=str(input)), extra=extra, progress=bar,
+                        stats_cache=stats_cache, echo=lambda m: _info(m, err=True))
     _info(f"denoised {input} -> {output}")
     _report_hint(input, output)
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from .config import MIN_MEMORY_LIMIT
 from .errors import ConfigError
 
 __all__ = ["dask_client", "default_workers", "relax_malloc_trim", "AllocatorPlugin", "check_dashboard_address",
@@ -38,9 +39,6 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 #: The dashboard's default address: a free port on loopback.
 DEFAULT_DASHBOARD = "127.0.0.1:0"
-#: The smallest ``--memory-limit`` accepted: below it a worker pauses before its first task
-#: and the run waits for ever.
-MIN_MEMORY_LIMIT = 256 * 2**20
 #: Seconds to wait for a running scheduler to answer (``--scheduler``).
 CONNECT_TIMEOUT = 5
 #: Dask settings of the workers this package starts (embedded clusters, batch jobs).

@@ -82,12 +82,17 @@ PRESETS_3D: dict[str, tuple[int, ...]] = {
 #: Upper bounds of sizes (pixels, patches, tiles): beyond them a run would exhaust memory
 #: or time long before it finished, so they are refused on construction.
 MAX_TILE = 4096
+#: Smallest inference tile side, in pixels.
+MIN_TILE = 8
 MAX_PATCH = 1024
 MAX_BATCH = 4096
 MAX_OVERLAP = 0.9
 #: Smallest distance between tile origins, in pixels (every pixel is computed about
 #: ``(tile / stride)**2`` times).
 MIN_STRIDE = 2
+#: The smallest ``--memory-limit`` of a worker, in bytes: below it a worker pauses before
+#: its first task and the run waits for ever.
+MIN_MEMORY_LIMIT = 256 * 2**20
 
 T = TypeVar("T")
 
@@ -426,7 +431,8 @@ class InferConfig:
         _types(self, ints=("tile", "tta", "batch"), reals=("overlap", "sigma_fraction", "weight_floor"),
                flags=("compile",))
         _check(isinstance(self.device, str), f"device must be auto, cpu or cuda[:N]; got {self.device!r:.40}.")
-        _check(8 <= self.tile <= MAX_TILE, f"tile must be between 8 and {MAX_TILE} pixels; got {self.tile}.")
+        _check(MIN_TILE <= self.tile <= MAX_TILE, f"tile must be between {MIN_TILE} and {MAX_TILE} pixels; got "
+               f"{self.tile}.")
         _check(0.0 <= self.overlap <= MAX_OVERLAP, f"overlap must be in [0, {MAX_OVERLAP}]; got {self.overlap}.")
         _check(self.stride >= MIN_STRIDE,
                f"tiles {self.tile} px wide at {self.overlap} overlap are {self.stride} px apart, fewer than "

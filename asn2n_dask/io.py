@@ -971,12 +971,11 @@ def write_image(path: str | os.PathLike[str], data: NDArray[Any], meta: ImageMet
     in that order, else a plain Zarr v3 array with ``dimension_names``.  TIFF outputs
     are of the input's kind (``meta.tiff_flavour``): an ImageJ hyperstack or an OME-TIFF
     with the pixel sizes, time step and channel names of ``meta``, else a plain TIFF;
-    BigTIFF when the pixels need it.  ``attrs`` (provenance) go into the OME-Zarr
+    BigTIFF when the pixels need it (:func:`asn2n_dask.store.write_image_zarr` writes
+    the ``.zarr`` ones).  ``attrs`` (provenance) go into the OME-Zarr
     attributes, the TIFF description (plain: JSON; ImageJ: an ``asn2n`` entry) or an
     OME map annotation.
     """
-    import zarr
-
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
@@ -985,20 +984,12 @@ def write_image(path: str | os.PathLike[str], data: NDArray[Any], meta: ImageMet
         if out.suffix.lower() in TIFF_SUFFIXES:
             _write_tiff(tmp, out, data, meta, extra)
         else:
-            frame_chunks = chunks or tuple(1 if a not in "YX" else min(s, 1024) for a, s in zip(meta.axes, data.shape))
-            if _ome_order(meta.axes):
-                root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-                scale = usable_scale(meta.scale, len(meta.axes), meta.source or "the image")
-                channels = [{"label": n} for n in meta.channel_names or ()]
-                root.attrs.update({**ome.image_attrs("0.5", meta.axes, scale=scale, units=meta.units, name="denoised",
-                                                     channels=channels), "asn2n": extra})
-                arr = root.create_array("0", shape=data.shape, chunks=frame_chunks, dtype=data.dtype,
-                                        **ome.array_kwargs("0.5", meta.axes))
-            else:
-                arr = zarr.create_array(str(tmp), shape=data.shape, chunks=frame_chunks, dtype=data.dtype,
-                                        dimension_names=[a.lower() for a in meta.axes], zarr_format=3)
-                arr.attrs.update({"asn2n": extra})
-            arr[...] = data
+            from .store import write_image_zarr
+
+            scale = usable_scale(meta.scale, len(meta.axes), meta.source or "the image") if _ome_order(meta.axes) \
+                else None
+            write_image_zarr(tmp, data, meta.axes, attrs=extra, scale=scale, units=meta.units,
+                             channel_names=meta.channel_names or (), chunks=chunks)
         if out.exists():
             if not overwrite:
                 raise OutputError(f"output {out} appeared while working; nothing was replaced.")

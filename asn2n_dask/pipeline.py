@@ -1,11 +1,12 @@
 """Denoise a dataset of any size chunk by chunk, on a Dask cluster, into OME-Zarr.
 
 The data flow is one way: read (a lazy :class:`~asn2n_dask.source.Source`) -> plan
-(:class:`Plan`, built before any graph: one task per output chunk, the halo'd region it
+(:class:`~asn2n_dask.plan.Plan`, built before any graph: one task per output chunk, the halo'd region it
 reads, the tiles anchored to the frame) -> one reduction pass for the channel
 statistics -> one task per output chunk (read its own region straight from the store,
 risk, normalisation, network, Gaussian blending, back to input units, write its own
-chunk, then its completion record) -> finalise the metadata.
+chunk, then its completion record) -> finalise the metadata.  The output store is
+created and finished by :mod:`asn2n_dask.store`.
 
 Every chunk is computed by :func:`asn2n_dask.predict.denoise_window`, the same function
 that denoises a whole frame in memory, from channel statistics computed once; so the
@@ -19,32 +20,36 @@ skipped or refused, and the records that decide it, are :mod:`asn2n_dask.resume`
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
-import json
 import logging
-import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from . import ome, resume
+from . import connect, resume, store
 from ._version import __version__
-from .axes import canonical_order
-from .config import InferConfig
-from .errors import ConfigError, InputError, ModelError, OutputError
+from .connect import ClusterOptions
+from .errors import InputError, ModelError, OutputError
 from .io import TIFF_SUFFIXES, cast_output
-from .predict import WindowPlan, axis_reads, resolve_device, window_plan
+from .plan import (  # noqa: F401  (re-exported: asn2n_dask.pipeline.make_plan, ...)
+    MAX_TASKS,
+    MIN_CHUNK,
+    OME_ORDER,
+    Plan,
+    RunOptions,
+    channel_labels,
+    make_plan,
+)
+from .predict import resolve_device
 from .resume import PROGRESS_DIR, model_sha
 from .risk import SPARSE_BRIGHT, WEAK_BACKGROUND
-from .source import Selection, Source, check_source
+from .source import Selection, Source
 from .stats import ChannelStats
 from .stats_pass import (  # noqa: F401  (re-exported: asn2n_dask.pipeline.selection_stats, ...)
     STATS_BLOCK_BYTES,
@@ -54,416 +59,15 @@ from .stats_pass import (  # noqa: F401  (re-exported: asn2n_dask.pipeline.selec
     source_listing,
     stats_blocks,
 )
+from .store import MIN_LEVEL  # noqa: F401  (re-exported)
+from .store import open_outputs as _open_outputs
 
 __all__ = ["RunOptions", "Plan", "make_plan", "run_pipeline", "check_output_path", "RunSummary", "PROGRESS_DIR",
            "run_chunk", "StatsCache", "source_listing"]
 
 log = logging.getLogger(__name__)
 
-#: Most chunk tasks one run schedules (a graph of more would take more memory and
-#: scheduling time than the work itself).
-MAX_TASKS = 1 << 22
-#: Smallest output chunk side, in pixels (or the frame's side, when smaller): every
-#: task reads a halo of tiles and a normalisation patch around its chunk.
-MIN_CHUNK = 16
-#: The smallest level of a ``--pyramid``, in pixels along Y and X.
-MIN_LEVEL = 16
 COMPUTED, SKIPPED = 1, 2
-OME_ORDER = "TCZYX"
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Options of a pipeline run besides the model.
-
-    Attributes
-    ----------
-    infer : InferConfig
-        Tiles, overlap, blending, inference domain, device.
-    chunks : (int, int), optional
-        Output chunk side along Y and X (default: the input's, at least 1024 and at
-        most 2048: a task recomputes the tiles its halo shares with its neighbours, about
-        (1 + tile / chunk)^2 of the work, so small chunks cost throughput).  One task per
-        output chunk.
-    dtype : {"float32", "input"}
-        Output dtype: float32 in input units, or the input's dtype (rounded, clipped).
-    ome : {"0.5", "0.4"}
-        OME-Zarr version: 0.5 (Zarr v3) or 0.4 (Zarr v2).
-    pyramid : int
-        Extra 2x-downsampled levels written after the run, for viewing: the image's
-        (mean of 2x2 pixels) and the risk labels' (their most frequent value).
-    overwrite : bool
-        Delete an existing output (also an unfinished run of the same job) and start
-        again.  Without it, an unfinished run of the same job is resumed and any other
-        existing output is refused.  Only outputs of this package are ever deleted.
-    allow_unfinished : bool
-        Use a model whose training did not finish (a checkpoint), instead of refusing it.
-    """
-
-    infer: InferConfig = InferConfig()
-    chunks: tuple[int, int] | None = None
-    dtype: str = "float32"
-    ome: str = "0.5"
-    pyramid: int = 0
-    overwrite: bool = False
-    allow_unfinished: bool = False
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "input"):
-            raise ConfigError(f"--dtype must be float32 or input; got {self.dtype!r}.")
-        if self.ome not in ("0.4", "0.5"):
-            raise ConfigError(f"--ome must be 0.4 (Zarr v2) or 0.5 (Zarr v3); got {self.ome!r}.")
-        if self.chunks is not None and (len(self.chunks) != 2 or min(self.chunks) < 1):
-            raise ConfigError(f"--chunks must be two positive sizes (Y X); got {self.chunks}.")
-        if not 0 <= self.pyramid <= ome.MAX_LEVELS:
-            raise ConfigError(f"--pyramid must be between 0 and {ome.MAX_LEVELS}; got {self.pyramid}.")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything a run will do, decided before any data is read.
-
-    Attributes
-    ----------
-    source : Source
-    selection : Selection
-    axes : str
-        Output axes: the input's, in T, C, Z, Y, X order (OME-NGFF's).
-    shape, chunks : tuple of int
-        Output shape and chunk shape (1 along every axis but Y and X).
-    plane_shape : tuple of int
-        Output sizes of the axes other than Y and X (planes = their product).
-    plane_sources : tuple of sequences of int
-        Per non-YX output axis, the source index of each output index (a ``range``
-        where the selection is evenly spaced, so the plan every task carries stays a
-        few hundred bytes for any number of time points).
-    channel_axis : int or None
-        Position of ``C`` among the non-YX output axes.
-    grid : (int, int)
-        Chunks along Y and X.
-    windows : Windows
-        Per chunk position ``iy * grid[1] + ix``: the window ``(y0, y1, x0, x1)`` it
-        writes (the same for every plane); :meth:`window_plan` gives the region it reads.
-        A sequence computed on demand: a plan is a few hundred bytes for any frame.
-    infer : InferConfig
-    patch : int
-        Risk/normalisation patch side.
-    itemsize : int
-        Bytes per input pixel.
-    out_itemsize : int
-        Bytes per output pixel.
-    order : tuple of int
-        Per output axis, the input axis it is read from (:func:`asn2n_dask.axes.canonical_order`;
-        empty: the same order).  Tasks read their region of the input as stored and
-        only the order of the index changes: the input is never transposed.
-    labels : tuple of str
-        The risk label images in the output's ``labels`` group, one per output channel
-        (``risk-<channel>``, over the output axes without ``C``), or ``("risk",)`` for
-        an output without ``C`` (:func:`asn2n_dask.ome.channel_label_names`).
-    """
-
-    source: Source
-    selection: Selection
-    axes: str
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    plane_shape: tuple[int, ...]
-    plane_sources: tuple[Sequence[int], ...]
-    channel_axis: int | None
-    grid: tuple[int, int]
-    windows: Sequence[tuple[int, int, int, int]]
-    infer: InferConfig
-    patch: int
-    itemsize: int
-    out_itemsize: int = 4
-    order: tuple[int, ...] = ()
-    labels: tuple[str, ...] = ("risk",)
-
-    @property
-    def n_planes(self) -> int:
-        return int(np.prod(self.plane_shape, dtype=np.int64)) if self.plane_shape else 1
-
-    @property
-    def n_tasks(self) -> int:
-        return self.n_planes * len(self.windows)
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        return self.shape[-2], self.shape[-1]
-
-    def window_plan(self, k: int) -> WindowPlan:
-        """Tiles, patches and region read of chunk position ``k``."""
-        return window_plan(self.frame_shape, self.windows[k], self.infer, self.patch)
-
-    def _reads(self) -> tuple[AxisReads, AxisReads]:
-        """What the windows read, along Y and along X (the region of window ``(iy, ix)``
-        is the product of its row and column ranges, so each axis is summed apart)."""
-        t, s = self.infer.tile, self.infer.stride
-        (h, w), (cy, cx) = self.frame_shape, self.chunks[-2:]
-        return _axis_reads(h, cy, t, s, self.patch), _axis_reads(w, cx, t, s, self.patch)
-
-    @property
-    def halo(self) -> tuple[int, int]:
-        """Largest number of pixels a task reads beyond its window, along Y and X."""
-        ry, rx = self._reads()
-        return ry.halo, rx.halo
-
-    def check_size(self) -> None:
-        """Refuse a run of more chunk tasks than :data:`MAX_TASKS`, before any data is read.
-
-        Raises
-        ------
-        InputError
-        """
-        if self.n_tasks > MAX_TASKS:
-            raise InputError(f"{self.source.path}: the run would be {self.n_tasks} chunk tasks ({self.n_planes} "
-                             f"planes x {self.grid[0]} x {self.grid[1]} chunks), more than the {MAX_TASKS} one run "
-                             "schedules; select fewer time points or channels (--time, --channel), or use larger "
-                             "--chunks.")
-
-    def plane_index(self, p: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-        """Output index (non-YX output axes), source index (non-YX input axes, in the
-        input's order) and output channel of plane ``p``."""
-        out = tuple(int(i) for i in np.unravel_index(p, self.plane_shape)) if self.plane_shape else ()
-        src = [0] * len(out)
-        for a, i in enumerate(out):
-            src[self.order[a] if self.order else a] = int(self.plane_sources[a][i])
-        c = out[self.channel_axis] if self.channel_axis is not None else 0
-        return out, tuple(src), c
-
-    @property
-    def label_axes(self) -> str:
-        """Axes of a risk label image: the output's without ``C``."""
-        return str(ome.drop_channel(self.axes)[0])
-
-    def label_index(self, out: tuple[int, ...]) -> tuple[int, ...]:
-        """The index of a label image from an output index (``C``'s entry dropped)."""
-        return tuple(i for a, i in enumerate(out) if a != self.channel_axis)
-
-    def bytes_read(self) -> int:
-        ry, rx = self._reads()
-        return ry.total * rx.total * self.n_planes * self.itemsize
-
-    def bytes_written(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * (self.out_itemsize + 1)
-
-    def peak_task_bytes(self, widths: tuple[int, ...] = (32, 64, 128)) -> int:
-        """Estimated peak memory of one task: region, tile block, tiles, network activations."""
-        ry, rx = self._reads()  # the window reading the largest region
-        region = ry.largest * rx.largest
-        span = ry.span * rx.span
-        n_tiles = ry.tiles * rx.tiles
-        t2 = self.infer.tile**2
-        views = 2 if self.infer.infer_on == "twins" else 1
-        acts = self.infer.batch * views * t2 * 4 * 3 * sum(c / 4**i for i, c in enumerate(widths))
-        return int(region * 8 * 3 + span * 4 * 3 * 2 + n_tiles * t2 * 4 * 5 + acts + span * 8 * 4)
-
-    def describe(self, preset: str = "small") -> str:
-        """The plan as text (``--dry-run``), memory estimated for the network ``preset``."""
-        from .config import PRESETS
-
-        hy, hx = self.halo
-        gib = 1024**3
-        reordered = "" if self.axes == self.source.axes else f" (the input's {self.source.axes} in OME order)"
-        lines = [
-            f"input      {self.source.path} ({self.source.kind}, axes {self.source.axes}, shape "
-            f"{self.source.shape}, chunks {self.source.chunks}, {self.source.dtype})",
-            f"selection  {json.dumps(self.selection.to_dict())}",
-            f"output     axes {self.axes}{reordered}, shape {self.shape}, chunks {self.chunks}",
-            f"labels     {', '.join('labels/' + n for n in self.labels)} (axes {self.label_axes})",
-            f"tiles      {self.infer.tile} px at {self.infer.overlap:.0%} overlap (stride {self.infer.stride}), "
-            f"{self.infer.blend} blending, anchored to the frame origin",
-            f"halo       {hy} px (Y), {hx} px (X): tiles overlapping a chunk plus one {self.patch}-px "
-            "normalisation patch",
-            f"tasks      {self.n_tasks} = {self.n_planes} planes x {self.grid[0]} x {self.grid[1]} chunks",
-            f"read       {self.bytes_read() / gib:.3f} GiB ({self.bytes_read() / max(1, self._input_bytes()):.2f}x "
-            "the selected input)",
-            f"written    {self.bytes_written() / gib:.3f} GiB (denoised + risk labels)",
-            f"memory     about {self.peak_task_bytes(PRESETS[preset]) / 1024**2:.0f} MiB per running task "
-            f"(preset {preset})",
-        ]
-        return "\n".join(lines)
-
-    def _input_bytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
-
-    def to_dict(self) -> dict[str, Any]:
-        hy, hx = self.halo
-        return {"input": self.source.path, "input_axes": self.source.axes, "axes": self.axes,
-                "labels": list(self.labels), "shape": list(self.shape), "chunks": list(self.chunks),
-                "halo": [hy, hx], "tasks": self.n_tasks, "bytes_read": self.bytes_read(),
-                "bytes_written": self.bytes_written(), "peak_task_bytes": self.peak_task_bytes(),
-                "selection": self.selection.to_dict()}
-
-
-@dataclass(frozen=True)
-class Windows(Sequence[tuple[int, int, int, int]]):
-    """The windows ``(y0, y1, x0, x1)`` of a frame cut into chunks, row by row, computed
-    on demand (a frame of any size is a few numbers)."""
-
-    frame: tuple[int, int]
-    chunk: tuple[int, int]
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        (h, w), (cy, cx) = self.frame, self.chunk
-        return -(-h // cy), -(-w // cx)
-
-    def __len__(self) -> int:
-        gy, gx = self.grid
-        return gy * gx
-
-    def __getitem__(self, k: Any) -> Any:
-        if isinstance(k, slice):
-            return [self[i] for i in range(*k.indices(len(self)))]
-        n = len(self)
-        k = int(k) + n if int(k) < 0 else int(k)
-        if not 0 <= k < n:
-            raise IndexError(f"window {k} of {n}")
-        iy, ix = divmod(k, self.grid[1])
-        (h, w), (cy, cx) = self.frame, self.chunk
-        return iy * cy, min(h, (iy + 1) * cy), ix * cx, min(w, (ix + 1) * cx)
-
-
-@dataclass(frozen=True)
-class AxisReads:
-    """What the windows of one axis read (:func:`_axis_reads`).
-
-    Attributes
-    ----------
-    total : int
-        Pixels read along the axis, summed over its windows.
-    halo : int
-        Most pixels a window reads beyond its own, on either side.
-    largest, tiles, span : int
-        Of the window reading the most (the first such): pixels read, tiles covering
-        it and their extent.
-    """
-
-    total: int
-    halo: int
-    largest: int
-    tiles: int
-    span: int
-
-
-#: Windows evaluated at once when summing what an axis's windows read.
-_BLOCK = 1 << 20
-
-
-@functools.lru_cache(maxsize=64)
-def _axis_reads(n: int, c: int, tile: int, stride: int, patch: int) -> AxisReads:
-    """Sum, halo and largest read of the windows ``[k c, (k + 1) c)`` of an axis of
-    ``n`` pixels, in time independent of ``n``.
-
-    Windows near the axis's ends see its mirrored edges and are evaluated one by one;
-    the others read the same extent as the window ``lcm(stride, patch)`` pixels (a
-    whole number of tile strides and normalisation patches) before them, so one period
-    of them is evaluated and repeated.
-    """
-    g = -(-n // c)
-    period_px = math.lcm(stride, patch)
-    period = period_px // math.gcd(period_px, c)  # windows after which the pattern repeats
-    edge = min(g, -(-(tile + 3 * patch + 2 * stride) // c) + 2)
-    inner = max(0, g - 2 * edge)
-    totals, halo, best = 0, 0, (-1, 0, 0)
-
-    def visit(ks: np.ndarray) -> tuple[int, np.ndarray]:
-        nonlocal halo, best
-        a = ks * c
-        b = np.minimum(a + c, n)
-        r0, r1, tiles, span = axis_reads(n, a, b, tile, stride, patch)
-        ext = r1 - r0
-        halo = max(halo, int(np.max(np.maximum(a - r0, r1 - b))))
-        i = int(np.argmax(ext))
-        if int(ext[i]) > best[0]:
-            best = (int(ext[i]), int(tiles[i]), int(span[i]))
-        return int(ext.sum()), ext
-
-    def visit_range(k0: int, k1: int) -> int:
-        total = 0
-        for lo in range(k0, k1, _BLOCK):
-            total += visit(np.arange(lo, min(k1, lo + _BLOCK), dtype=np.int64))[0]
-        return total
-
-    head = min(g, edge)
-    totals += visit_range(0, head)
-    if inner <= 4 * period:
-        totals += visit_range(head, head + inner)
-    else:  # whole periods of identical windows, then the rest of one
-        full, rest = divmod(inner, period)
-        one = visit_range(head, head + period)
-        part = visit_range(head, head + rest)
-        totals += full * one + part
-    totals += visit_range(head + inner, g)
-    return AxisReads(total=totals, halo=halo, largest=best[0], tiles=best[1], span=best[2])
-
-
-def _compact(index: Any) -> Sequence[int]:
-    """Source indices as a ``range`` when evenly spaced (a time range, one channel), else a tuple."""
-    if isinstance(index, range):
-        return index
-    v = [int(i) for i in np.asarray(index).ravel()]
-    step = v[1] - v[0] if len(v) > 1 else 1
-    if v and step and all(b - a == step for a, b in zip(v, v[1:])):
-        return range(v[0], v[-1] + step, step)
-    return tuple(v)
-
-
-def _default_chunk(src_chunk: int, n: int) -> int:
-    return int(min(n, max(1024, min(2048, src_chunk))))
-
-
-def make_plan(source: Source, selection: Selection = Selection(), *, options: RunOptions = RunOptions(),
-              patch: int = 64, out_itemsize: int = 4) -> Plan:
-    """Plan a run: output chunks and, for each, the region it reads.
-
-    The output holds the input's axes in T, C, Z, Y, X order (an ImageJ hyperstack's
-    TZCYX gives TCZYX): each task reads its own region of the input as stored, the
-    plan only reorders the index.
-
-    Raises
-    ------
-    InputError
-        Frames smaller than 4x4 pixels, or an axis that is not T, C, Z, Y or X.
-    """
-    check_source(source)
-    if not set(source.axes) <= set(OME_ORDER):
-        raise InputError(f"{source.path} has axes {source.axes}; OME-Zarr output needs every axis named T, C, Z, Y "
-                         "or X (name the others with --axes).")
-    order = canonical_order(source.axes, OME_ORDER)
-    h, w = source.frame_shape
-    from .blend import check_tile_frame
-
-    check_tile_frame(options.infer, (h, w))
-    if options.chunks is not None and (options.chunks[0] < min(MIN_CHUNK, h) or options.chunks[1] < min(MIN_CHUNK, w)):
-        raise ConfigError(f"--chunks {options.chunks[0]}x{options.chunks[1]} is too small: chunks must be at least "
-                          f"{MIN_CHUNK} pixels (or the frame's {h}x{w}) along Y and X, each task reading tiles and a "
-                          "normalisation patch around its chunk; use 1024 or more.")
-    axes = "".join(source.axes[i] for i in order)
-    kept = selection.indices(source)  # per input axis
-    idx = [kept[i] for i in order]
-    shape = tuple(len(i) for i in idx)
-    cy, cx = options.chunks or (_default_chunk(source.chunks[-2], h), _default_chunk(source.chunks[-1], w))
-    cy, cx = min(cy, h), min(cx, w)
-    chunks = (1,) * (len(shape) - 2) + (cy, cx)
-    windows = Windows((h, w), (cy, cx))
-    non_yx = axes[:-2]
-    c_ax = non_yx.index("C") if "C" in non_yx else None
-    labels = ome.channel_label_names("risk", None if c_ax is None else channel_labels(source, idx[c_ax]))
-    return Plan(source=source, selection=selection, axes=axes, shape=shape, chunks=chunks,
-                plane_shape=shape[:-2], plane_sources=tuple(_compact(i) for i in idx[:-2]),
-                channel_axis=c_ax, grid=windows.grid, windows=windows,
-                infer=options.infer, patch=patch, itemsize=np.dtype(source.dtype).itemsize,
-                out_itemsize=out_itemsize, order=order if order != tuple(range(len(order))) else (),
-                labels=tuple(labels))
-
-
-def channel_labels(source: Source, channels: Sequence[int]) -> list[str]:
-    """The output's name of each selected channel (source indices): the input's channel
-    name, else the source index."""
-    names = source.meta.channel_names
-    return [names[int(i)] if names else str(int(i)) for i in channels]
 
 
 # ------------------------------------------------------------------ worker side
@@ -515,39 +119,31 @@ def _model(spec: RunSpec) -> Any:
         return _MODELS[key]
 
 
-def _open_outputs(path: str, label: str) -> tuple[Any, Any]:
-    """Level 0 of the output image and of the risk label image ``label``."""
-    import zarr
-
-    root = zarr.open_group(path, mode="r+")
-    return root["0"], root[f"labels/{label}/0"]
-
-
-def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
+def run_chunk(spec: RunSpec, p: int, *position: int) -> int:
     """Compute and write one output chunk, unless a verified record says it is done.
 
     The chunk's record holds the digest of what was written and the seconds spent
     reading its region, denoising it (risk, normalisation, network, blend; a worker's
     first chunk also loads, and may compile, the network) and writing it.
 
+    ``position``: the chunk's place in the grid of each spatial axis (``iy, ix``).
     Returns :data:`COMPUTED` or :data:`SKIPPED`.
     """
     from .predict import denoise_window
 
     plan = spec.plan
-    k = iy * plan.grid[1] + ix
+    k = plan.windows.number(position)
     wp = plan.window_plan(k)
     out_idx, src_idx, c = plan.plane_index(p)
-    y0, y1, x0, x1 = wp.window
-    where = out_idx + (slice(y0, y1), slice(x0, x1))
-    label_where = plan.label_index(out_idx) + (slice(y0, y1), slice(x0, x1))
-    rec = resume.record_path(spec.output, p, iy, ix)
+    spatial = plan.window_slices(k)
+    where = out_idx + spatial
+    label_where = plan.label_index(out_idx) + spatial
+    rec = resume.record_path(spec.output, p, *position)
     out_arr, risk_arr = _open_outputs(spec.output, plan.labels[c])
-    if resume.chunk_done(rec, lambda: (out_arr[where], risk_arr[label_where]), (p, iy, ix), spec.output):
+    if resume.chunk_done(rec, lambda: (out_arr[where], risk_arr[label_where]), (p, *position), spec.output):
         return SKIPPED
-    (ry0, ry1), (rx0, rx1) = wp.read
     t0 = time.perf_counter()
-    region = np.asarray(plan.source.open()[src_idx + (slice(ry0, ry1), slice(rx0, rx1))])
+    region = np.asarray(plan.source.open()[src_idx + tuple(slice(a, b) for a, b in wp.read)])
     t_read = time.perf_counter()
     if region.dtype.kind == "f" and not np.isfinite(region).all():
         raise InputError(f"{plan.source.path} holds NaN or infinite values in plane {src_idx}; replace them "
@@ -555,7 +151,8 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
     model, fns, dev = _model(spec)
     mc = spec.channel_map[c]
     method = model.method(mc)
-    out, risk = denoise_window(region, wp, plan.frame_shape, fns[mc], stats=ChannelStats.from_dict(spec.stats[c]),
+    h, w = plan.frame_shape
+    out, risk = denoise_window(region, wp, (h, w), fns[mc], stats=ChannelStats.from_dict(spec.stats[c]),
                                norm=method.norm(model.train.norm), infer=plan.infer, device=dev,
                                multiple=model.multiple, dataset_mode=method.dataset_mode)
     t_denoise = time.perf_counter()
@@ -569,8 +166,8 @@ def run_chunk(spec: RunSpec, p: int, iy: int, ix: int) -> int:
 
 
 def _run_block(spec: RunSpec, block_info: Any = None) -> np.ndarray:
-    p, iy, ix = block_info[None]["chunk-location"]
-    return np.full((1, 1, 1), run_chunk(spec, p, iy, ix), np.int8)
+    p, *position = block_info[None]["chunk-location"]
+    return np.full((1,) * (1 + len(position)), run_chunk(spec, p, *position), np.int8)
 
 
 # ------------------------------------------------------------------ client side
@@ -668,19 +265,6 @@ def _units(plan: Plan) -> tuple[str | None, ...] | None:
     return _in_output_order(plan, units)
 
 
-def pyramid_levels(plan: Plan, extra: int) -> int:
-    """Levels written for ``--pyramid extra``: level 0, then halvings while both frame
-    sides stay at least :data:`MIN_LEVEL` pixels (a warning says when that stops it)."""
-    h, w = plan.frame_shape
-    levels = 1
-    while levels <= extra and min(h >> levels, w >> levels) >= MIN_LEVEL:
-        levels += 1
-    if levels <= extra:
-        log.warning("--pyramid %d: %d extra level(s) written; a further halving of the %dx%d frames would be smaller "
-                    "than %d pixels", extra, levels - 1, h, w, MIN_LEVEL)
-    return levels
-
-
 @dataclass
 class RunSummary:
     """What a run did."""
@@ -710,118 +294,34 @@ def _prepare_output(output: Path, plan: Plan, parts: dict[str, Any], options: Ru
                           "write to.") from None
 
 
-def _create_output(output: Path, plan: Plan, parts: dict[str, Any], options: RunOptions,
-                   provenance: dict[str, Any]) -> bool:
-    import zarr
-
-    zf: Literal[2, 3] = 2 if options.ome == "0.4" else 3
-    job = resume.running_attrs(provenance, parts)
-    root: Any = zarr.open_group(str(output), mode="w", zarr_format=zf, attributes={"asn2n": job})
-    dtype = plan.source.dtype if options.dtype == "input" else "float32"
-    root.create_array("0", shape=plan.shape, chunks=plan.chunks, dtype=dtype,
-                      **ome.array_kwargs(options.ome, plan.axes))
-    labels = root.create_group("labels")
-    _, shape, chunks = ome.drop_channel(plan.axes, plan.shape, plan.chunks)
-    for name in plan.labels:  # one per channel, without C: viewers align it with its channel's image layer
-        labels.create_group(name).create_array("0", shape=shape, chunks=chunks, dtype="uint8",
-                                               **ome.array_kwargs(options.ome, plan.label_axes))
-    (output / resume.PROGRESS_DIR).mkdir(exist_ok=True)
-    return False
-
-
-_COLOURS = ("00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF")
 #: Classes of the risk label images: name and display colour per label value.
 RISK_CLASSES = {WEAK_BACKGROUND: ("weak background", (0, 120, 255, 160)),
                 SPARSE_BRIGHT: ("sparse bright", (255, 150, 0, 160))}
 
 
+def _create_output(output: Path, plan: Plan, parts: dict[str, Any], options: RunOptions,
+                   provenance: dict[str, Any]) -> bool:
+    dtype = plan.source.dtype if options.dtype == "input" else "float32"
+    store.create_output(output, version=options.ome, axes=plan.axes, shape=plan.shape, chunks=plan.chunks,
+                        dtype=dtype, labels=plan.labels, attrs=resume.running_attrs(provenance, parts))
+    return False
+
+
 def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any, listing: str | None = None) -> None:
-    """After every chunk is recorded: the pyramid levels of the image and of its risk
-    label images (the same levels, shapes and scales, less ``C``), then the OME
-    metadata, and last the status that presents the output as complete, with the
-    input's ``listing`` taken before the run read it (:func:`source_listing`).  Each
-    step may be redone: a run stopped here is finished by running the same command
-    again."""
-    import zarr
-
-    root: Any = zarr.open_group(str(output), mode="r+")
-    levels = pyramid_levels(plan, options.pyramid)
-    # (group, axes, chunks, 2x2 reduction) of the image and of each label image
-    images = [(root, plan.axes, plan.chunks, ome.block_mean)]
-    _, label_chunks = ome.drop_channel(plan.axes, plan.chunks)
-    images += [(root[f"labels/{name}"], plan.label_axes, label_chunks, ome.block_mode) for name in plan.labels]
-    if options.ome == "0.4":  # level 0 of a run begun before its arrays' dimensions were named
-        for group, axes, _, _ in images:
-            group["0"].attrs.update(ome.array_kwargs(options.ome, axes)["attributes"])
-    if levels > 1:
-        import dask.array as da
-
-        for lv in range(1, levels):
-            sources, targets = [], []
-            for group, axes, chunks, reduce in images:
-                prev = group[str(lv - 1)]
-                src = da.from_zarr(prev)
-                factors = {i: (2 if a in "YX" and src.shape[i] >= 2 else 1) for i, a in enumerate(axes)}
-                small = da.coarsen(reduce, src, factors, trim_excess=True).astype(prev.dtype)
-                arr = group.create_array(str(lv), shape=small.shape, dtype=prev.dtype, overwrite=True,
-                                         chunks=tuple(min(c, n) for c, n in zip(chunks, small.shape)),
-                                         **ome.array_kwargs(options.ome, axes))
-                sources.append(small.rechunk(arr.chunks))
-                targets.append(arr)
-            if client is not None and not isinstance(client, str):
-                da.store(sources, targets, lock=False, scheduler=client)
-            else:
-                da.store(sources, targets, lock=False, scheduler="synchronous" if client == "sync" else None)
-    chans: list[dict[str, Any]] = []
-    if plan.channel_axis is not None:  # channel names, colours and display windows for viewers (napari-ome-zarr)
-        stats = (dict(root.attrs).get("asn2n") or {}).get("stats") or []
+    """After every chunk is recorded: the pyramid, the OME metadata and last the status
+    that presents the output as complete (:func:`asn2n_dask.store.finalise`), with the
+    input's ``listing`` taken before the run read it (:func:`source_listing`)."""
+    names = None
+    if plan.channel_axis is not None:
         names = channel_labels(plan.source, plan.plane_sources[plan.channel_axis])
-        for k, name in enumerate(names):
-            ch: dict[str, Any] = {"label": name, "active": True, "color": _COLOURS[k % len(_COLOURS)]}
-            if k < len(stats):
-                st = stats[k]
-                ch["window"] = {"start": st["norm"]["lo"], "end": st["norm"]["hi"], "min": st["minimum"],
-                                "max": st["maximum"]}
-            chans.append(ch)
-    scale, units = _scale(plan), _units(plan)
-    _, label_scale, label_units = ome.drop_channel(plan.axes, scale, units)
-    root["labels"].attrs.update(ome.labels_attrs(options.ome, list(plan.labels)))
-    for name in plan.labels:
-        root[f"labels/{name}"].attrs.update(ome.label_attrs(options.ome, plan.label_axes, name=name,
-                                                            classes=RISK_CLASSES, levels=levels, scale=label_scale,
-                                                            units=label_units))
-    # last: the image metadata and the status that present the output as complete
-    attrs = dict(root.attrs)
-    asn = resume.complete_attrs(dict(attrs.get("asn2n", {})), listing)  # type: ignore[arg-type]
-    root.attrs.update({**ome.image_attrs(options.ome, plan.axes, name="denoised", channels=chans, levels=levels,
-                                         scale=scale, units=units), "asn2n": asn})
+    store.finalise(output, version=options.ome, axes=plan.axes, chunks=plan.chunks, labels=plan.labels,
+                   levels=pyramid_levels(plan, options.pyramid), channel_names=names, classes=RISK_CLASSES,
+                   scale=_scale(plan), units=_units(plan), listing=listing, client=client)
 
 
-@contextlib.contextmanager
-def _client_for(client: Any, scheduler: str | None, workers: int | None, threads: int | None,
-                memory_limit: str | None, echo: Callable[[str], None], device: str = "auto",
-                cluster: str | os.PathLike[str] | None = None, jobs: int | None = None,
-                dashboard_address: str | None = None) -> Iterator[tuple[Any, int | None]]:
-    """The run's client and the torch threads of each worker's network (None: unknown)."""
-    if client is not None:
-        yield client, None
-        return
-    if cluster is not None:
-        if scheduler is not None:
-            raise ConfigError("give either --cluster (start a batch-system cluster) or --scheduler (join a running "
-                              "one), not both.")
-        from .hpc import jobqueue_client, load_profile, worker_torch_threads
-
-        threads_per_task = worker_torch_threads(load_profile(cluster))
-        with jobqueue_client(cluster, jobs, echo=echo, dashboard_address=dashboard_address) as c:
-            yield c, threads_per_task
-        return
-    from .cluster import DEFAULT_DASHBOARD, dask_client
-
-    with dask_client(scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit,
-                     echo=echo, gpu=device != "cpu",
-                     dashboard_address=dashboard_address or DEFAULT_DASHBOARD) as (c, torch_threads):
-        yield c, torch_threads
+def pyramid_levels(plan: Plan, extra: int) -> int:
+    """Levels written for ``--pyramid extra`` (:func:`asn2n_dask.store.pyramid_levels`)."""
+    return store.pyramid_levels(plan.frame_shape, extra)
 
 
 def check_output_path(input: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
@@ -939,7 +439,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     options : RunOptions
     client : distributed.Client or "sync", optional
         Cluster to use; ``"sync"`` runs every task in this process (no cluster).
-        Default: join ``scheduler`` if given, else start an embedded LocalCluster.
+        Default: join ``scheduler`` if given, else start an embedded LocalCluster
+        (this and the cluster options below: :func:`asn2n_dask.connect.open_client`).
     scheduler : str, optional
         Address of a running Dask scheduler.
     workers, threads, memory_limit
@@ -992,9 +493,9 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
         listing = source_listing(source)  # before any read: what the statistics and the chunks will see
         if not options.overwrite and resume.complete_and_unchanged(prev, parts, listing):
             return _already_complete(summary, echo)
-        with _client_for(client, scheduler, workers, threads, memory_limit, echo, options.infer.device, cluster,
-                         jobs, dashboard_address) as (
-                cl, cluster_threads):
+        where = ClusterOptions(client=client, scheduler=scheduler, cluster=cluster, jobs=jobs, workers=workers,
+                               threads=threads, memory_limit=memory_limit, dashboard_address=dashboard_address)
+        with connect.open_client(where, echo=echo, device=options.infer.device) as (cl, cluster_threads):
             torch_threads = cluster_threads or torch_threads
             if cl not in (None, "sync"):
                 from .cluster import AllocatorPlugin
@@ -1038,16 +539,16 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
 def task_graph(spec: RunSpec) -> Any:
     """The run as one dask array: one ``map_blocks`` task per output chunk, nothing else.
 
-    Each block of this (planes, chunks Y, chunks X) array is one task that reads its
+    Each block of this (planes, chunks Y, chunks X) array (one axis per spatial axis) is one task that reads its
     own halo'd region from the store and writes its own output chunk; the block holds
     the task's status (:data:`COMPUTED` or :data:`SKIPPED`).
     """
     import dask.array as da
 
     plan = spec.plan
-    chunks = ((1,) * plan.n_planes, (1,) * plan.grid[0], (1,) * plan.grid[1])
+    chunks = ((1,) * plan.n_planes, *((1,) * g for g in plan.grid))
     return da.map_blocks(_run_block, spec=spec, chunks=chunks, dtype=np.int8, name="asn2n-chunk",
-                         meta=np.empty((0, 0, 0), np.int8))
+                         meta=np.empty((0,) * len(chunks), np.int8))
 
 
 def _execute(spec: RunSpec, client: Any, progress: Callable[[str, int, int], None] | None) -> np.ndarray:
@@ -1075,8 +576,7 @@ def _execute(spec: RunSpec, client: Any, progress: Callable[[str, int, int], Non
     status = np.zeros(tuple(len(c) for c in graph.chunks), np.int8)
     pending = as_completed(futures_of(client.persist(graph)), with_results=True)
     for n, (future, value) in enumerate(pending, 1):
-        _, p, iy, ix = future.key
-        status[p, iy, ix] = np.asarray(value).flat[0]
+        status[future.key[1:]] = np.asarray(value).flat[0]
         if progress is not None:
             progress("denoising", n, total)
     return status

@@ -7,19 +7,19 @@ calls.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .blend import WindowTiles, blend_tiles, blend_window, check_tile, window_tiles
+from .blend import blend_tiles, blend_window, check_tile
 from .config import InferConfig, NormConfig
 from .method import applied_mode, channel_norm
 from .model import channels_last
-from .normalize import _patch_spans, fields_at, patch_ranges, patch_span, window_fields
+from .normalize import fields_at, patch_ranges, patch_span, window_fields
 from .pairs import normalised_views
+from .plan import WindowPlan, axis_reads, window_plan
 from .risk import assess_risk, noise_level
 from .stats import ChannelStats, channel_stats
 
@@ -116,97 +116,6 @@ def tile_fn(net_fn: Callable[[torch.Tensor], torch.Tensor], infer_on: str,
     return fn
 
 
-@dataclass(frozen=True)
-class WindowPlan:
-    """What computing one window of a frame needs.
-
-    Attributes
-    ----------
-    window : tuple of int
-        ``(y0, y1, x0, x1)``: the pixels computed (frame coordinates).
-    tiles : tuple of WindowTiles
-        The frame-anchored tiles covering the window, along Y and X.
-    patches : tuple of (int, int)
-        Risk/normalisation patches ``[p0, p1)`` along Y and X whose statistics are
-        needed: those under the tiles and their neighbours (for the interpolated fields).
-    read : tuple of (int, int)
-        Frame rows and columns ``[start, stop)`` to read: the union of all the above.
-    """
-
-    window: tuple[int, int, int, int]
-    tiles: tuple[WindowTiles, WindowTiles]
-    patches: tuple[tuple[int, int], tuple[int, int]]
-    read: tuple[tuple[int, int], tuple[int, int]]
-
-
-def window_plan(frame_shape: tuple[int, int], window: tuple[int, int, int, int], infer: InferConfig,
-                patch: int) -> WindowPlan:
-    """The tiles, patches and input region one window of a frame depends on.
-
-    The result at a pixel depends only on this region and on the channel statistics,
-    so any window of a frame computed from its region equals that window of the frame
-    computed whole.
-    """
-    tiles, patches, read = [], [], []
-    for n, (a, b) in zip(frame_shape, ((window[0], window[1]), (window[2], window[3]))):
-        if not 0 <= a < b <= n:
-            raise ValueError(f"window [{a}, {b}) is not inside an axis of {n} pixels")
-        t = window_tiles(n, a, b, infer.tile, infer.stride)
-        p0, p1 = patch_span(n, int(t.source.min()), int(t.source.max()), patch)
-        tiles.append(t)
-        patches.append((p0, p1))
-        read.append((p0 * patch, min(p1 * patch, n)))
-    return WindowPlan(window, (tiles[0], tiles[1]), (patches[0], patches[1]), (read[0], read[1]))
-
-
-def _reflect_bounds(n: int, x: NDArray[np.int64], y: NDArray[np.int64]) -> tuple[NDArray[np.int64],
-                                                                                NDArray[np.int64]]:
-    """Smallest and largest frame pixel that positions ``x..y`` (inclusive) hold once
-    mirrored at the edges (:func:`asn2n_dask.blend.reflect_index`), without listing them:
-    the mirror is a tent, so an extreme is its 0 or ``n - 1`` when the range holds one,
-    else one of the range's ends."""
-    if n == 1:
-        return np.zeros_like(x), np.zeros_like(y)
-    period = 2 * (n - 1)
-
-    def mirror(j: NDArray[np.int64]) -> NDArray[np.int64]:
-        j = np.mod(j, period)
-        return np.where(j < n, j, period - j)
-
-    a, b = mirror(x), mirror(y)
-    whole = y - x + 1 >= period
-    lo = np.where(whole | (np.mod(-x, period) <= y - x), 0, np.minimum(a, b))
-    hi = np.where(whole | (np.mod(n - 1 - x, period) <= y - x), n - 1, np.maximum(a, b))
-    return lo, hi
-
-
-def axis_reads(n: int, start: NDArray[np.int64], stop: NDArray[np.int64], tile: int, stride: int,
-               patch: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-    """What windows ``[start, stop)`` of an axis of ``n`` pixels read, by arithmetic
-    alone (the same numbers as :func:`window_plan`, for any number of windows and any
-    axis length, without listing pixels).
-
-    Returns
-    -------
-    read0, read1 : ndarray of int64
-        The rows (or columns) ``[read0, read1)`` each window reads.
-    tiles : ndarray of int64
-        Tiles covering each window.
-    span : ndarray of int64
-        Extent of those tiles, in pixels.
-    """
-    start, stop = np.asarray(start, np.int64), np.asarray(stop, np.int64)
-    margin = (tile - stride) // 2
-    count = max(1, -(-n // stride))
-    k0 = np.maximum(0, -((-(start + margin - tile + 1)) // stride))
-    k1 = np.minimum(count - 1, (stop - 1 + margin) // stride)
-    first = k0 * stride - margin
-    end = k1 * stride - margin + tile
-    lo, hi = _reflect_bounds(n, first, end - 1)
-    p0, p1 = _patch_spans(n, lo, hi, patch)
-    return p0 * patch, np.minimum(p1 * patch, n), k1 - k0 + 1, end - first
-
-
 def resolved_norm(norm: NormConfig, frames: Sequence[NDArray[np.number]], stats: ChannelStats) -> NormConfig:
     """``norm`` with an ``"auto"`` risk estimator resolved from ``frames`` on the channel's
     reference risk scale (:func:`asn2n_dask.risk.resolve_estimator`); unchanged otherwise.
@@ -275,7 +184,8 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
         host = host.pin_memory()
     img = host.to(dev, non_blocking=True).double()  # the one copy in
     ty, tx = plan.tiles
-    risk_map, offset, scale = window_fields(img, frame_shape, plan.patches, ty.source, tx.source, stats=stats,
+    py, px = plan.patches
+    risk_map, offset, scale = window_fields(img, frame_shape, (py, px), ty.source, tx.source, stats=stats,
                                             norm=norm, dataset_mode=dataset_mode)
     rows = torch.from_numpy(ty.source - ry0).to(dev)
     cols = torch.from_numpy(tx.source - rx0).to(dev)

@@ -496,28 +496,8 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
     paths = [Path(p) for p in (input, denoised, gt, model_dir) if p is not None]
     raw_src, den_src = open_source(input, axes), open_source(denoised, axes)
     pair = _pair(raw_src, den_src)
-    gt_src = open_source(gt, axes) if gt is not None else None
-    gt_by_output = False
-    if gt_src is not None:
-        if gt_src.shape == raw_src.shape:
-            gt_by_output = False
-        elif gt_src.shape == den_src.shape:
-            gt_by_output = True
-        else:
-            raise InputError(f"the ground truth has shape {gt_src.shape}; it must match the input {raw_src.shape} "
-                             f"or the denoised image {den_src.shape}.")
-    doc: dict[str, Any] | None = None
-    if model_dir is not None:
-        if not (Path(model_dir) / "model.json").is_file():
-            raise InputError(f"{model_dir} is not a model directory (no model.json).")
-        doc = json.loads((Path(model_dir) / "model.json").read_text())
-        from .config import TrainConfig
-
-        try:
-            pair.thresholds = TrainConfig.from_dict(doc["train"]).norm.risk
-            pair.estimators = [str(ch.get("risk_estimator", "reference")) for ch in doc["channels"]]
-        except Exception:  # an older or foreign model.json: keep the default thresholds
-            pass
+    gt_src, gt_by_output = _truth_source(gt, axes, raw_src, den_src)
+    doc = _model_doc(model_dir, pair) if model_dir is not None else None
     refs = choose_frames(pair, channels=channels, times=times, frames=frames)
     _check_out_dir(final, paths, overwrite)
     with _staged(final) as out:  # renamed to ``final`` when complete
@@ -534,88 +514,17 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
             if progress is not None:
                 progress("report", done, total)
 
-        from skimage.morphology import skeletonize
-
         frames_out: list[dict[str, Any]] = []
         for i, ref in enumerate(refs):
-            raw = _plane(raw_src, ref.in_index, window)
-            den = _plane(den_src, ref.out_index, window)
             truth = None
             if gt_src is not None:
                 truth = _plane(gt_src, ref.out_index if gt_by_output else ref.in_index, window)
-            labels = _risk_labels(pair, ref, raw, window)
-            shares = {n: float(np.mean(labels == v)) for v, n in _CLASS_NAMES.items()}
-            res_summary, structure = residual_checks(raw, den)
-            masks = {"input": otsu_mask(raw), "denoised": otsu_mask(den)}
-            if truth is not None:
-                masks["ground truth"] = otsu_mask(truth)
-            skeletons = {name: skeletonize(m) for name, m in masks.items()}
-            if truth is not None:
-                from scipy import ndimage as ndi
-
-                background = ~ndi.binary_dilation(masks["ground truth"], iterations=3)
-                bg_name = "true background (farther than 3 px from the truth's Otsu foreground)"
-            elif (labels == 1).any():
-                background = labels == 1
-                bg_name = "weak-background risk patches"
-            else:
-                background = None
-                bg_name = "none: no weak-background patches in this frame, so objects in background are not counted"
-            down = {name: {**foreground_objects(m, background), **skeleton_stats(m, skeletons[name])}
-                    for name, m in masks.items()}
-            tag = f"f{i}"
-            box = _zoom_box(den, zoom)
-            figs = {
-                "montage": _fig_montage(raw, den, truth, box, f"{ref.label}: input, denoised"
-                                        + (", ground truth" if truth is not None else "") + " (one intensity scale)",
-                                        out / f"{tag}-montage.png"),
-                "risk": _fig_risk(raw, labels, shares, f"{ref.label}: risk classes on the input",
-                                  out / f"{tag}-risk.png"),
-                "residual": _fig_residual(raw - den, structure, res_summary, f"{ref.label}: what was removed",
-                                          out / f"{tag}-residual.png"),
-                "downstream": _fig_downstream(masks, skeletons, background, down, ref.label,
-                                              out / f"{tag}-downstream.png"),
-            }
-            row: dict[str, Any] = {"frame": ref.label, "output_index": list(ref.out_index),
-                                   "input_index": list(ref.in_index),
-                                   "window": [[w.start, w.stop] for w in window], "risk_share": shares,
-                                   "residual": res_summary, "downstream": down, "background": bg_name,
-                                   "zoom": {"y": box[0], "x": box[1], "side": box[2]},
-                                   "figures": {k: p.name for k, p in figs.items()}}
-            if truth is not None:
-                row["scores"] = {"input": score_pair(raw, truth), "denoised": score_pair(den, truth)}
-            frames_out.append(row)
+            frames_out.append(_frame_row(f"f{i}", ref, pair, _plane(raw_src, ref.in_index, window),
+                                         _plane(den_src, ref.out_index, window), truth, window, zoom, out))
             tick()
-
-        series: dict[str, Any] = {}
-        for c in range(n_chan):
-            name = pair.names[c]
-            s: dict[str, Any] = {"time": [], "raw_mean": [], "denoised_mean": [],
-                                 "risk_share": {n: [] for n in _CLASS_NAMES.values()}}
-            for t in curve_ts:
-                idx = _out_index(den_src, t, c)
-                ref = FrameRef("", idx, pair.in_index(idx), c, t)
-                raw = _plane(raw_src, ref.in_index, window)
-                s["time"].append(t)
-                s["raw_mean"].append(float(raw.mean()))
-                s["denoised_mean"].append(float(_plane(den_src, idx, window).mean()))
-                labels = _risk_labels(pair, ref, raw, window)
-                for v, n in _CLASS_NAMES.items():
-                    s["risk_share"][n].append(float(np.mean(labels == v)))
-                tick()
-            series[name] = s
+        series = _time_series(pair, raw_src, den_src, curve_ts, n_chan, window, tick)
         time_fig = _fig_time(series, pair.names, out / "time-series.png")
-
-        training: dict[str, Any] | None = None
-        curve_files: list[str] = []
-        if model_dir is not None and doc is not None:
-            mdir = Path(model_dir)
-            training = {"train": doc.get("train"), "channels": [
-                {k: ch.get(k) for k in ("name", "dataset_mode", "training") if k in ch}
-                for ch in doc.get("channels", [])]}
-            for f in sorted(mdir.glob("curves-*.png")) + sorted(mdir.glob("montage-*.png")):
-                shutil.copyfile(f, out / f"model-{f.name}")
-                curve_files.append(f"model-{f.name}")
+        training, curve_files = _training_record(model_dir, doc, out)
 
         summary = {
             "asn2n_version": __version__,
@@ -636,6 +545,130 @@ def make_report(input: str | os.PathLike[str], denoised: str | os.PathLike[str],
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
         (out / "report.html").write_text(_html(summary, out))
     return summary
+
+
+def _truth_source(gt: str | os.PathLike[str] | None, axes: str | None, raw_src: Source,
+                  den_src: Source) -> tuple[Source | None, bool]:
+    """The ground truth, described, and whether it has the output's shape (else the input's)."""
+    if gt is None:
+        return None, False
+    gt_src = open_source(gt, axes)
+    if gt_src.shape == raw_src.shape:
+        return gt_src, False
+    if gt_src.shape == den_src.shape:
+        return gt_src, True
+    raise InputError(f"the ground truth has shape {gt_src.shape}; it must match the input {raw_src.shape} "
+                     f"or the denoised image {den_src.shape}.")
+
+
+def _model_doc(model_dir: str | os.PathLike[str], pair: _Pair) -> dict[str, Any]:
+    """The model's ``model.json``; its risk thresholds and estimators set on ``pair``
+    (an older or foreign one keeps the default thresholds)."""
+    if not (Path(model_dir) / "model.json").is_file():
+        raise InputError(f"{model_dir} is not a model directory (no model.json).")
+    doc: dict[str, Any] = json.loads((Path(model_dir) / "model.json").read_text())
+    from .config import TrainConfig
+
+    try:
+        pair.thresholds = TrainConfig.from_dict(doc["train"]).norm.risk
+        pair.estimators = [str(ch.get("risk_estimator", "reference")) for ch in doc["channels"]]
+    except Exception:  # an older or foreign model.json: keep the default thresholds
+        pass
+    return doc
+
+
+def _background(truth: np.ndarray | None, masks: dict[str, np.ndarray],
+                labels: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Where objects count as false ones, and its description: far from the truth's
+    foreground, else the weak-background risk patches, else nowhere."""
+    if truth is not None:
+        from scipy import ndimage as ndi
+
+        return (~ndi.binary_dilation(masks["ground truth"], iterations=3),
+                "true background (farther than 3 px from the truth's Otsu foreground)")
+    if (labels == 1).any():
+        return labels == 1, "weak-background risk patches"
+    return None, "none: no weak-background patches in this frame, so objects in background are not counted"
+
+
+def _frame_row(tag: str, ref: FrameRef, pair: _Pair, raw: np.ndarray, den: np.ndarray, truth: np.ndarray | None,
+               window: tuple[slice, slice], zoom: tuple[int, int, int] | None, out: Path) -> dict[str, Any]:
+    """One shown frame: its risk shares, residual checks, downstream (segmentation)
+    measures and scores, and its four figures written to ``out`` (named ``tag-*.png``)."""
+    from skimage.morphology import skeletonize
+
+    labels = _risk_labels(pair, ref, raw, window)
+    shares = {n: float(np.mean(labels == v)) for v, n in _CLASS_NAMES.items()}
+    res_summary, structure = residual_checks(raw, den)
+    masks = {"input": otsu_mask(raw), "denoised": otsu_mask(den)}
+    if truth is not None:
+        masks["ground truth"] = otsu_mask(truth)
+    skeletons = {name: skeletonize(m) for name, m in masks.items()}
+    background, bg_name = _background(truth, masks, labels)
+    down = {name: {**foreground_objects(m, background), **skeleton_stats(m, skeletons[name])}
+            for name, m in masks.items()}
+    box = _zoom_box(den, zoom)
+    figs = {
+        "montage": _fig_montage(raw, den, truth, box, f"{ref.label}: input, denoised"
+                                + (", ground truth" if truth is not None else "") + " (one intensity scale)",
+                                out / f"{tag}-montage.png"),
+        "risk": _fig_risk(raw, labels, shares, f"{ref.label}: risk classes on the input",
+                          out / f"{tag}-risk.png"),
+        "residual": _fig_residual(raw - den, structure, res_summary, f"{ref.label}: what was removed",
+                                  out / f"{tag}-residual.png"),
+        "downstream": _fig_downstream(masks, skeletons, background, down, ref.label,
+                                      out / f"{tag}-downstream.png"),
+    }
+    row: dict[str, Any] = {"frame": ref.label, "output_index": list(ref.out_index),
+                           "input_index": list(ref.in_index),
+                           "window": [[w.start, w.stop] for w in window], "risk_share": shares,
+                           "residual": res_summary, "downstream": down, "background": bg_name,
+                           "zoom": {"y": box[0], "x": box[1], "side": box[2]},
+                           "figures": {k: p.name for k, p in figs.items()}}
+    if truth is not None:
+        row["scores"] = {"input": score_pair(raw, truth), "denoised": score_pair(den, truth)}
+    return row
+
+
+def _time_series(pair: _Pair, raw_src: Source, den_src: Source, curve_ts: Sequence[int], n_chan: int,
+                 window: tuple[slice, slice], tick: Callable[[], None]) -> dict[str, Any]:
+    """Per channel, over the time points ``curve_ts``: mean intensity of the input and
+    of the output, and the share of each risk class."""
+    series: dict[str, Any] = {}
+    for c in range(n_chan):
+        name = pair.names[c]
+        s: dict[str, Any] = {"time": [], "raw_mean": [], "denoised_mean": [],
+                             "risk_share": {n: [] for n in _CLASS_NAMES.values()}}
+        for t in curve_ts:
+            idx = _out_index(den_src, t, c)
+            ref = FrameRef("", idx, pair.in_index(idx), c, t)
+            raw = _plane(raw_src, ref.in_index, window)
+            s["time"].append(t)
+            s["raw_mean"].append(float(raw.mean()))
+            s["denoised_mean"].append(float(_plane(den_src, idx, window).mean()))
+            labels = _risk_labels(pair, ref, raw, window)
+            for v, n in _CLASS_NAMES.items():
+                s["risk_share"][n].append(float(np.mean(labels == v)))
+            tick()
+        series[name] = s
+    return series
+
+
+def _training_record(model_dir: str | os.PathLike[str] | None, doc: dict[str, Any] | None,
+                     out: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The model's training options and per-channel record, and its curves and montages
+    copied into the report (``model-*.png``)."""
+    if model_dir is None or doc is None:
+        return None, []
+    training = {"train": doc.get("train"), "channels": [
+        {k: ch.get(k) for k in ("name", "dataset_mode", "training") if k in ch}
+        for ch in doc.get("channels", [])]}
+    curve_files: list[str] = []
+    mdir = Path(model_dir)
+    for f in sorted(mdir.glob("curves-*.png")) + sorted(mdir.glob("montage-*.png")):
+        shutil.copyfile(f, out / f"model-{f.name}")
+        curve_files.append(f"model-{f.name}")
+    return training, curve_files
 
 
 # ---------------------------------------------------------------- HTML

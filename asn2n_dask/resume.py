@@ -173,9 +173,10 @@ def complete_attrs(asn: dict[str, Any], listing: str | None) -> dict[str, Any]:
     return {**asn, "status": "complete", "input_listing": listing}
 
 
-def record_path(output: str | os.PathLike[str], p: int, iy: int, ix: int) -> Path:
-    """The completion record of the chunk at plane ``p``, row ``iy``, column ``ix``."""
-    return Path(output) / PROGRESS_DIR / f"{p}.{iy}.{ix}.json"
+def record_path(output: str | os.PathLike[str], p: int, *position: int) -> Path:
+    """The completion record of the chunk at plane ``p`` and grid ``position`` (row
+    ``iy``, column ``ix``)."""
+    return Path(output) / PROGRESS_DIR / f"{'.'.join(str(int(i)) for i in (p, *position))}.json"
 
 
 def digest(*arrays: np.ndarray) -> str:

@@ -62,13 +62,13 @@ def _sync(monkeypatch):
     """Run the chunk tasks in this process (the same tasks as on a cluster, faster to start)."""
     import contextlib
 
-    import asn2n_dask.pipeline as pl
+    import asn2n_dask.connect as connect
 
     @contextlib.contextmanager
     def sync(*args, **kwargs):
         yield "sync", None
 
-    monkeypatch.setattr(pl, "_client_for", sync)
+    monkeypatch.setattr(connect, "open_client", sync)
 
 
 def _denoise(src: Path, out: Path, model: Path, *extra: str):

@@ -364,3 +364,32 @@ def test_renamed_options_keep_their_old_spelling_with_one_warning(work, tmp_path
         assert lines[-1].startswith("error: ") and needle in lines[-1], r.output
         quiet = invoke(*args)
         assert "warning" not in quiet.stderr and quiet.exit_code == 2
+
+
+def test_help_states_the_limits_that_the_configuration_enforces(monkeypatch):
+    """The limits in --help are read from the constants the configuration checks
+    (changed there, the help follows), not restated."""
+    import importlib
+
+    from typer.main import get_command
+
+    import asn2n_dask.cli as cli
+    from asn2n_dask import config, ome, plan, store
+
+    changed = {(config, "MAX_PATCH"): 777, (config, "MAX_BATCH"): 333, (config, "MIN_TILE"): 12,
+               (config, "MAX_TILE"): 2222, (config, "MAX_OVERLAP"): 0.66, (config, "MIN_STRIDE"): 5,
+               (config, "MIN_MEMORY_LIMIT"): 99 * 2**20, (plan, "MIN_CHUNK"): 48, (plan, "DEFAULT_CHUNK"): (512, 4000),
+               (store, "MIN_LEVEL"): 24, (ome, "MAX_LEVELS"): 7}
+    for (module, name), value in changed.items():
+        monkeypatch.setattr(module, name, value)
+    try:
+        helps = {p.opts[0]: p for p in get_command(importlib.reload(cli).app).commands["run"].params}
+        assert "at most 777" in helps["--patch"].help and "1 to 333" in helps["--batch"].help
+        assert "12 to 2222" in helps["--tile"].help and "up to 333" in helps["--tile-batch"].help
+        assert "[0, 0.66]" in helps["--overlap"].help and "at least 5 pixels" in helps["--overlap"].help
+        assert "at least 48" in helps["--chunks"].help and "512 to 4000" in helps["--chunks"].help
+        assert "at least 99MiB" in helps["--memory-limit"].help
+        assert "smaller than 24" in helps["--pyramid"].help and helps["--pyramid"].max == 7
+    finally:
+        monkeypatch.undo()
+        importlib.reload(cli)

@@ -143,11 +143,12 @@ def test_torch_threads_come_from_the_profile(tmp_path, cluster, want):
 
 
 def test_the_pipeline_gives_batch_workers_the_profiles_torch_threads(tmp_path, home):
-    from asn2n_dask.pipeline import _client_for
+    from asn2n_dask.connect import ClusterOptions, open_client
 
     p = _profile(tmp_path, "kind: slurm\nmin_jobs: 0\nmax_jobs: 1\ncluster:\n  cores: 2\n  job_cpu: 8\n"
                            "  memory: 1GB\n")
-    with _client_for(None, None, None, None, None, lambda m: None, "cpu", p, 1) as (client, torch_threads):
+    with open_client(ClusterOptions(cluster=p, jobs=1), echo=lambda m: None, device="cpu") as (client,
+                                                                                            torch_threads):
         assert client.cluster.job_script()
     assert torch_threads == 4
 

@@ -95,7 +95,7 @@ def test_npe2_reads_an_output_with_our_reader_and_finds_the_widget(output):
 def output(tmp_path_factory) -> Path:
     """An output of ``asn2n denoise`` (tiny model, tile 32) of a (T=2, C=2, 64, 80)
     OME-Zarr with scale, units and channel names."""
-    import asn2n_dask.pipeline as pl
+    import asn2n_dask.connect as connect
 
     d = tmp_path_factory.mktemp("plugin")
     frames = np.stack([np.stack([noisy_frame((64, 80), photons=6.0 + 4 * c, seed=10 * t + c)[0] for c in range(2)])
@@ -109,7 +109,7 @@ def output(tmp_path_factory) -> Path:
         yield "sync", None
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pl, "_client_for", sync)
+        mp.setattr(connect, "open_client", sync)
         r = CliRunner().invoke(app, ["-q", "denoise", str(d / "in.zarr"), "-o", str(d / "out.zarr"), "--model",
                                      str(d / "model"), "--tile", "32"])
     assert r.exit_code == 0, r.output

@@ -317,7 +317,7 @@ def test_one_label_image_per_channel_that_napari_shows_with_its_channel_at_every
 def test_a_run_stopped_while_finishing_is_not_complete_and_resumes(work, tmp_path, monkeypatch):
     """Stopped after the label pyramid, before the image metadata: not presented as
     complete; the same run again finishes it without recomputing a chunk."""
-    import asn2n_dask.pipeline as pl
+    import asn2n_dask.store as store
 
     class Stopped(Exception):
         pass
@@ -325,7 +325,7 @@ def test_a_run_stopped_while_finishing_is_not_complete_and_resumes(work, tmp_pat
     def stop(*args, **kwargs):
         raise Stopped
 
-    monkeypatch.setattr(pl.ome, "image_attrs", stop)
+    monkeypatch.setattr(store.ome, "image_attrs", stop)
     out = tmp_path / "stopped.zarr"
     opts = RunOptions(infer=INFER, pyramid=2)
     with pytest.raises(Stopped):

@@ -81,7 +81,7 @@ def test_the_pipeline_takes_a_profile_by_name(monkeypatch):
     """``--cluster slurm-gpu`` reaches the batch-system client as the name, and the
     worker's torch threads come from the packaged profile (8 cores booked, 4 chunks)."""
     import asn2n_dask.hpc as hpc
-    from asn2n_dask.pipeline import _client_for
+    from asn2n_dask.connect import ClusterOptions, open_client
 
     seen = []
 
@@ -91,7 +91,7 @@ def test_the_pipeline_takes_a_profile_by_name(monkeypatch):
         yield "client"
 
     monkeypatch.setattr(hpc, "jobqueue_client", fake_client)
-    with _client_for(None, None, None, None, None, echo=print, cluster="slurm-gpu", jobs=3) as (client, threads):
+    with open_client(ClusterOptions(cluster="slurm-gpu", jobs=3), echo=print) as (client, threads):
         assert client == "client" and threads == 2
     assert seen == [("slurm-gpu (built in)", 3)]
 

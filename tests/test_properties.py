@@ -91,7 +91,7 @@ def test_selections_read_lazily_equal_indexing_in_memory(tmp_path_factory, image
        overlap=st.sampled_from([0.0, 0.25, 0.5, 0.75]), patch=st.sampled_from([4, 16, 48, 64]))
 def test_a_plans_read_arithmetic_equals_counting_every_window(n, chunk, tile, overlap, patch):
     from asn2n_dask.config import InferConfig
-    from asn2n_dask.pipeline import _axis_reads
+    from asn2n_dask.plan import _axis_reads
     from asn2n_dask.predict import window_plan
 
     infer = InferConfig(tile=tile, overlap=overlap)

@@ -19,8 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "asn2n_dask"
 #: edges that the upper layers call; training reuses the array stages and the models.
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("_version", "errors", "config", "axes"),
-    "edges": ("ome", "io", "resume", "source", "cluster", "hpc", "plots", "progress"),
-    "arrays": ("risk", "stats", "method", "normalize", "blend", "pairs", "standalone", "model", "compiled",
+    "edges": ("ome", "store", "io", "resume", "source", "cluster", "hpc", "connect", "plots", "progress"),
+    "arrays": ("plan", "risk", "stats", "method", "normalize", "blend", "pairs", "standalone", "model", "compiled",
                "checks", "synthetic", "testing"),
     "blocks": ("predict", "checkpoint", "stats_pass"),
     "training": ("sampling", "train", "train3d"),
