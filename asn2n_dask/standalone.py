@@ -35,13 +35,28 @@ __all__ = ["UNet", "UNet3d", "ChannelDenoiser", "Denoiser", "self_inspired_twins
 
 
 class _Block(nn.Sequential):
+    conv: type[nn.Module] = nn.Conv2d
+
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1),
+            self.conv(cin, cout, 3, padding=1),
             nn.LeakyReLU(0.1, inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1),
+            self.conv(cout, cout, 3, padding=1),
             nn.LeakyReLU(0.1, inplace=True),
         )
+
+
+def _encoder_decoder(widths: list[int], block: type[nn.Module]) -> tuple[nn.ModuleList, nn.ModuleList, int]:
+    """The down and up blocks of a U-Net of ``widths``, and the width its head takes."""
+    down, up = nn.ModuleList(), nn.ModuleList()
+    cin = 1
+    for w in widths:
+        down.append(block(cin, w))
+        cin = w
+    for w_skip in reversed(widths[:-1]):
+        up.append(block(cin + w_skip, w_skip))
+        cin = w_skip
+    return down, up, cin
 
 
 class UNet(nn.Module):
@@ -51,15 +66,7 @@ class UNet(nn.Module):
 
     def __init__(self, widths: list[int]) -> None:
         super().__init__()
-        self.down = nn.ModuleList()
-        cin = 1
-        for w in widths:
-            self.down.append(_Block(cin, w))
-            cin = w
-        self.up = nn.ModuleList()
-        for w_skip in reversed(widths[:-1]):
-            self.up.append(_Block(cin + w_skip, w_skip))
-            cin = w_skip
+        self.down, self.up, cin = _encoder_decoder(widths, _Block)
         self.head = nn.Conv2d(cin, 1, 1)
         self.levels = len(widths)
 
@@ -78,14 +85,8 @@ class UNet(nn.Module):
         return x + self.head(h)
 
 
-class _Block3d(nn.Sequential):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(
-            nn.Conv3d(cin, cout, 3, padding=1),
-            nn.LeakyReLU(0.1, inplace=True),
-            nn.Conv3d(cout, cout, 3, padding=1),
-            nn.LeakyReLU(0.1, inplace=True),
-        )
+class _Block3d(_Block):
+    conv = nn.Conv3d
 
 
 class UNet3d(nn.Module):
@@ -96,15 +97,7 @@ class UNet3d(nn.Module):
 
     def __init__(self, widths: list[int], pools: list[list[int]]) -> None:
         super().__init__()
-        self.down = nn.ModuleList()
-        cin = 1
-        for w in widths:
-            self.down.append(_Block3d(cin, w))
-            cin = w
-        self.up = nn.ModuleList()
-        for w_skip in reversed(widths[:-1]):
-            self.up.append(_Block3d(cin + w_skip, w_skip))
-            cin = w_skip
+        self.down, self.up, cin = _encoder_decoder(widths, _Block3d)
         self.head = nn.Conv3d(cin, 1, 1)
         self.levels = len(widths)
         self.pools: list[list[int]] = [[int(k) for k in p] for p in pools]
