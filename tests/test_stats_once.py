@@ -4,7 +4,6 @@ hands its training's statistics to the denoising."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -29,6 +28,9 @@ FAST = ["--preset", "tiny", "--steps", "3", "--patch", "32", "--batch", "2"]
 OPTS = RunOptions(infer=InferConfig(tile=32))
 
 
+from tests.test_trust import tree_digest  # noqa: E402
+
+
 def invoke(*args: object):
     return runner.invoke(app, list(map(str, args)))
 
@@ -40,15 +42,6 @@ def settle(path: Path) -> None:
     for p in [path, *path.rglob("*")]:
         if p.is_file():
             os.utime(p, ns=(past, past))
-
-
-def tree_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        h.update(str(p.relative_to(path)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def write_input(path: Path, frames: np.ndarray) -> zarr.Array:
