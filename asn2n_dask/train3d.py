@@ -11,7 +11,7 @@ run plan calls them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,32 +77,44 @@ def volume_patch(shape: tuple[int, int, int], config: VolumeTrainConfig) -> tupl
     return pz // mz * mz, min(config.patch[1], y // m * m), min(config.patch[2], x // m * m)
 
 
-def sample_volume_patches(volume: NDArray[np.number], patch: tuple[int, int, int], n: int,
-                          rng: np.random.Generator) -> NDArray[np.float64]:
+def sample_volume_patches(volumes: NDArray[np.number] | Sequence[NDArray[np.number]], patch: tuple[int, int, int],
+                          n: int, rng: np.random.Generator) -> NDArray[np.float64]:
     """``n`` sub-volumes of ``patch`` (Z, Y, X) voxels at uniformly random positions.
 
     Parameters
     ----------
-    volume : ndarray, shape (Z, Y, X)
-        At least ``patch`` along every axis.
+    volumes : ndarray (Z, Y, X), or a sequence of them
+        At least ``patch`` along every axis.  From several volumes (a channel's time
+        points) each sub-volume comes from one chosen at random, in proportion to its
+        number of voxels.
     patch : (int, int, int)
         Sub-volume size.
     n : int
         How many.
     rng : numpy Generator
-        Draws the positions.
+        Draws the volumes and positions.
 
     Returns
     -------
     ndarray, shape (n, pz, py, px), float64
         Copies of the sub-volumes, input units.
     """
-    if volume.ndim != 3 or any(p < 1 or p > s for p, s in zip(patch, volume.shape)):
-        raise ValueError(f"patches of {patch} do not fit a volume of shape {volume.shape}")
-    starts = [rng.integers(0, s - p + 1, n) for s, p in zip(volume.shape, patch)]
+    vols = [volumes] if isinstance(volumes, np.ndarray) else list(volumes)
+    for v in vols:
+        if v.ndim != 3 or any(p < 1 or p > s for p, s in zip(patch, v.shape)):
+            raise ValueError(f"patches of {patch} do not fit a volume of shape {v.shape}")
+    if len(vols) == 1:  # the draws of one volume, as they always were
+        which = np.zeros(n, np.int64)
+    else:
+        sizes = np.array([v.size for v in vols], np.float64)
+        which = rng.choice(len(vols), size=n, p=sizes / sizes.sum())
     pz, py, px = patch
-    return np.stack([np.asarray(volume[z : z + pz, y : y + py, x : x + px], dtype=np.float64)
-                     for z, y, x in zip(*starts)])
+    out = []
+    for i in which:
+        v = vols[int(i)]
+        z, y, x = (int(rng.integers(0, s - p + 1)) for s, p in zip(v.shape, patch))
+        out.append(np.asarray(v[z : z + pz, y : y + py, x : x + px], dtype=np.float64))
+    return np.stack(out)
 
 
 def volume_twins_batch(patches: NDArray[np.floating], stats: FrameStats,
@@ -131,21 +143,24 @@ def volume_twins_batch(patches: NDArray[np.floating], stats: FrameStats,
     return tuple(((v - stats.lo) / stats.span).float().unsqueeze(1) for v in (a, b))  # type: ignore[return-value]
 
 
-def fit_volume(volume: NDArray[np.number], config: VolumeTrainConfig = VolumeTrainConfig(), *,
+def fit_volume(volume: NDArray[np.number] | Sequence[NDArray[np.number]],
+               config: VolumeTrainConfig = VolumeTrainConfig(), *,
                stats: FrameStats | None = None, device: torch.device | str = "cpu",
                progress: Callable[[int, int, float], None] | None = None) -> VolumeFit:
-    """Train a 3-D U-Net on the sub-volumes of one noisy volume.
+    """Train a 3-D U-Net on the sub-volumes of one channel's noisy volumes.
 
     Parameters
     ----------
-    volume : ndarray, shape (Z, Y, X)
-        One channel's noisy volume (or an x-y-t stack with T as Z) in input units,
-        finite; Y and X at least four times the preset's Y-X pooling factor.
+    volume : ndarray (Z, Y, X) or (N, Z, Y, X), or a sequence of (Z, Y, X) arrays
+        One channel's noisy volume, or its volumes at several time points (an x-y-t
+        stack with T as Z is one volume), in input units, finite; Y and X at least four
+        times the preset's Y-X pooling factor.  Each step's sub-volumes come from the
+        volumes in proportion to their sizes.
     config : VolumeTrainConfig
         Preset, steps, sub-volume, batch, anisotropy, loss, seed, percentiles.
     stats : FrameStats, optional
         The normalisation range (a channel's, from a reduction over more data); by
-        default the volume's ``config.norm`` percentiles.
+        default the ``config.norm`` percentiles of all the volumes together.
     device : torch device
         Where to train.
     progress : callable, optional
@@ -159,20 +174,30 @@ def fit_volume(volume: NDArray[np.number], config: VolumeTrainConfig = VolumeTra
     Raises
     ------
     InputError
-        Not a 3-D array, non-finite values, or a volume too small for the preset.
+        Not 3-D volumes, non-finite values, or a volume too small for the preset.
     """
     t0 = time.perf_counter()
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise InputError(f"a volume must have three axes (Z, Y, X); got shape {vol.shape}: pass one channel "
-                         "and one time point.")
-    if not np.issubdtype(vol.dtype, np.number) or np.issubdtype(vol.dtype, np.complexfloating):
-        raise InputError(f"a volume must hold real numbers; got dtype {vol.dtype}.")
-    if not np.isfinite(vol).all():
-        raise InputError("the volume holds NaN or infinite values; replace them before training.")
-    patch = volume_patch(vol.shape, config)
+    if isinstance(volume, np.ndarray) and volume.ndim == 4:
+        vols = list(volume)
+    elif isinstance(volume, np.ndarray) or not isinstance(volume, Sequence):
+        vols = [np.asarray(volume)]
+    else:
+        vols = [np.asarray(v) for v in volume]
+    if not vols:
+        raise InputError("no volume to train on.")
+    for vol in vols:
+        if vol.ndim != 3:
+            raise InputError(f"a volume must have three axes (Z, Y, X); got shape {vol.shape}: pass one channel "
+                             "and one time point.")
+        if not np.issubdtype(vol.dtype, np.number) or np.issubdtype(vol.dtype, np.complexfloating):
+            raise InputError(f"a volume must hold real numbers; got dtype {vol.dtype}.")
+        if not np.isfinite(vol).all():
+            raise InputError("the volume holds NaN or infinite values; replace them before training.")
+    zs, ys, xs = (int(min(v.shape[i] for v in vols)) for i in range(3))
+    patch = volume_patch((zs, ys, xs), config)
     if stats is None:
-        stats = frame_stats(vol, low=config.norm.low_percentile, high=config.norm.high_percentile)
+        both = vols[0] if len(vols) == 1 else np.concatenate([v.ravel() for v in vols])
+        stats = frame_stats(both, low=config.norm.low_percentile, high=config.norm.high_percentile)
     dev = torch.device(device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 3])
@@ -182,7 +207,7 @@ def fit_volume(volume: NDArray[np.number], config: VolumeTrainConfig = VolumeTra
     fit = VolumeFit(net=net, stats=stats, patch=patch)
     net.train()
     for step in range(1, config.steps + 1):
-        a, b = volume_twins_batch(sample_volume_patches(vol, patch, config.batch, rng), stats, rng)
+        a, b = volume_twins_batch(sample_volume_patches(vols, patch, config.batch, rng), stats, rng)
         a, b = a.to(dev), b.to(dev)
         pred = net(torch.cat([a, b]))
         loss = self_constrained_loss(pred[: len(a)], pred[len(a):], a, b, kind=config.loss,

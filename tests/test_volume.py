@@ -321,6 +321,17 @@ def test_sampled_patches_are_sub_volumes():
         sample_volume_patches(vol, (7, 4, 5), 1, np.random.default_rng(0))
 
 
+def test_patches_from_several_volumes_come_from_each_in_proportion():
+    small = np.zeros((4, 8, 8), np.uint16)
+    large = np.ones((4, 8, 24), np.uint16)  # three times the voxels
+    p = sample_volume_patches([small, large], (2, 4, 4), 4000, np.random.default_rng(0))
+    share = float((p[:, 0, 0, 0] == 1).mean())
+    assert abs(share - 0.75) < 0.03
+    assert all(len(np.unique(q)) == 1 for q in p)  # each patch from one volume
+    with pytest.raises(ValueError, match="do not fit"):
+        sample_volume_patches([large, small[:1]], (2, 4, 4), 1, np.random.default_rng(0))
+
+
 def test_twin_batch_is_normalised_and_shaped_for_the_network():
     patches = np.full((3, 2, 8, 8), 150.0)
     a, b = volume_twins_batch(patches, FrameStats(100.0, 200.0), np.random.default_rng(0))
@@ -349,6 +360,17 @@ def test_fit_volume_is_seeded():
     assert a.losses == b.losses
     for p, q in zip(a.net.parameters(), b.net.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_fit_volume_trains_on_several_time_points_with_their_joint_range():
+    cfg = VolumeTrainConfig(preset="tiny3d", patch=(4, 16, 16), batch=2, steps=2)
+    dim, bright = noisy_volume(0), noisy_volume(1) + 1000
+    fit = fit_volume(np.stack([dim, bright]), cfg)
+    assert fit.stats.lo <= dim.min() + 1 and fit.stats.hi >= 1000  # the range spans both volumes
+    same = fit_volume([dim, bright], cfg)
+    assert same.losses == fit.losses
+    one = fit_volume(dim, cfg)
+    assert one.stats.hi < 1000
 
 
 @pytest.mark.parametrize(("shape", "match"), [((32, 32), "three axes"), ((4, 6, 32), "too small in Y-X")])
