@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Volumes: a 3-D network against per-plane 2-D and the best 3-D Gaussian filter.
+
+The data are ``../shared/bench/simulate.py sim3d`` at its default size: a (T, C, Z, Y, X)
+= (2, 1, 48, 256, 256) OME-Zarr of filaments and vesicles at 5 photons through an
+anisotropic PSF (Z voxel 0.15 um, Y-X 0.1 um), with its ground truth.  Every row is
+scored with the shared scorer (``score_stack``: slice by slice, averaged) per time point,
+and the means over the time points are reported.
+
+Stages (each writes its rows into ``benchmarks/results/volume.json``):
+
+- ``data``: make the volume and its ground truth under ``benchmarks/data``.
+- ``gaussian``: the best 3-D Gaussian filter per volume, sigmas along Z and in Y-X chosen
+  by the squared error against the ground truth (an oracle; sigma_z 0 is the 2-D filter).
+- ``dims3``: a 3-D U-Net (:func:`asn2n_dask.train3d.fit_volume`, preset ``small3d``, the
+  voxels' anisotropy) trained on both time points, applied with Gaussian-weighted 3-D tiles
+  on the twins of each tile (as 2-D inference does by default).
+- ``dims2``: the per-plane 2-D default (``asn2n_dask.fit`` and ``denoise``, every option at
+  its default) on the same volumes' 96 slices as frames, for the same training time as the
+  ``dims3`` row (steps from a probe of the 2-D step time).
+
+Usage (from the repository root)::
+
+    python benchmarks/volume.py --stage data gaussian dims3 dims2
+    python benchmarks/volume.py --stage report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(SHARED / "bench"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from pipeline import provenance  # noqa: E402  (the benchmarks' one record of what made a row)
+from score import score_stack  # noqa: E402  (the shared scorer)
+
+DATA = ROOT / "benchmarks" / "data"
+NOISY, GT = DATA / "sim3d.zarr", DATA / "sim3d-gt.zarr"
+RESULTS = ROOT / "benchmarks" / "results"
+RECORD = RESULTS / "volume.json"
+METRICS = ("psnr", "psnr_raw", "ssim", "false_obj", "false_fg", "fg_dice")
+ANISOTROPY = 0.15 / 0.1  # simulate.py sim3d's default voxel: Z over Y-X
+
+
+def ensure_data() -> None:
+    if not (NOISY / "zarr.json").is_file() or not (GT / "zarr.json").is_file():
+        subprocess.run([sys.executable, str(SHARED / "bench" / "simulate.py"), "sim3d", "--out", str(NOISY),
+                        "--gt-out", str(GT)], check=True)
+
+
+def volumes() -> tuple[np.ndarray, np.ndarray]:
+    """Noisy and ground-truth channel 0, (T, Z, Y, X) each."""
+    import zarr
+
+    ensure_data()
+    noisy = np.asarray(zarr.open_array(str(NOISY / "0"), mode="r")[:, 0])
+    gt = np.asarray(zarr.open_array(str(GT / "0"), mode="r")[:, 0])
+    return noisy, gt
+
+
+def scores(pred: np.ndarray, gt: np.ndarray) -> dict:
+    per = [score_stack(np.asarray(p, np.float64), np.asarray(g, np.float64)) for p, g in zip(pred, gt)]
+    return {"mean": {k: float(np.mean([r[k] for r in per])) for k in METRICS}, "per_volume": per}
+
+
+def stage_gaussian(noisy: np.ndarray, gt: np.ndarray) -> dict:
+    from scipy import ndimage as ndi
+
+    out, sig = [], []
+    for vol, ref in zip(noisy.astype(np.float64), gt):
+        ref64 = ref.astype(np.float64)
+        grid = [(sz, sy) for sz in (0.0, 0.5, 1.0, 1.5, 2.0) for sy in (0.75, 1.0, 1.25, 1.5, 2.0)]
+
+        def error(s: tuple[float, float], vol: np.ndarray = vol, ref64: np.ndarray = ref64) -> float:
+            # the pick only (the least squared error in input units): every row is scored below
+            return float(np.mean((ndi.gaussian_filter(vol, (s[0], s[1], s[1])) - ref64) ** 2))
+
+        best = min(grid, key=error)
+        sig.append(best)
+        out.append(ndi.gaussian_filter(vol, (best[0], best[1], best[1])))
+    return {"method": "best 3-D Gaussian per volume (sigmas z, yx by error against the truth)",
+            "sigmas_zyx": [[s[0], s[1], s[1]] for s in sig], "scores": scores(np.stack(out), gt)}
+
+
+def volume_fn(net, infer_on: str):  # noqa: ANN001, ANN201
+    """The network on normalised (N, 1, tz, t, t) tiles: the mean over the twins of each."""
+    import torch
+
+    from asn2n_dask.pairs import make_volume_twins
+
+    def fn(tiles: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if infer_on == "raw":
+                return net(tiles.float())
+            a, b = make_volume_twins(tiles.double())
+            return (net(a.float()) + net(b.float())) / 2
+
+    return fn
+
+
+def stage_dims3(noisy: np.ndarray, gt: np.ndarray, steps: int, preset: str, patch: tuple[int, int, int]) -> dict:
+    from asn2n_dask.blend import predict_tiled_volume
+    from asn2n_dask.config import InferConfig, VolumeTrainConfig
+    from asn2n_dask.train3d import fit_volume
+
+    cfg = VolumeTrainConfig(preset=preset, steps=steps, patch=patch, anisotropy=ANISOTROPY)
+    t0 = time.perf_counter()
+    fit = fit_volume(list(noisy), cfg)
+    train_s = time.perf_counter() - t0
+    infer = InferConfig()
+    t1 = time.perf_counter()
+    preds = []
+    for vol in noisy.astype(np.float64):
+        x = (vol - fit.stats.lo) / fit.stats.span
+        y = predict_tiled_volume(x, volume_fn(fit.net, infer.infer_on), tile_z=fit.patch[0], config=infer,
+                                 multiple=fit.net.multiple)
+        preds.append(y.astype(np.float64) * fit.stats.span + fit.stats.lo)
+    infer_s = time.perf_counter() - t1
+    return {"method": f"3-D U-Net ({preset}, {steps} steps, patch {'x'.join(map(str, fit.patch))}, "
+                      f"anisotropy {ANISOTROPY:g}, global range, twins inference)",
+            "train_seconds": train_s, "infer_seconds": infer_s, "steps": steps, "patch": list(fit.patch),
+            "final_loss": float(np.mean(fit.losses[-20:])), "scores": scores(np.stack(preds), gt)}
+
+
+def stage_dims2(noisy: np.ndarray, gt: np.ndarray, seconds: float, probe: int = 30) -> dict:
+    from asn2n_dask import TrainConfig, denoise, fit
+
+    t, z, h, w = noisy.shape
+    frames = noisy.reshape(t * z, h, w)
+    t0 = time.perf_counter()
+    fit(frames, axes="TYX", config=TrainConfig(steps=probe))
+    per_step = (time.perf_counter() - t0) / probe
+    steps = max(probe, int(round(seconds / per_step)))
+    t1 = time.perf_counter()
+    model = fit(frames, axes="TYX", config=TrainConfig(steps=steps))
+    train_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    pred = np.asarray(denoise(frames, model, axes="TYX"), np.float64).reshape(noisy.shape)
+    infer_s = time.perf_counter() - t2
+    return {"method": f"per-plane 2-D default ({steps} steps, the 3-D row's training time; every other option at "
+                      "its default)",
+            "train_seconds": train_s, "infer_seconds": infer_s, "steps": steps,
+            "probe_seconds_per_step": per_step, "scores": scores(pred, gt)}
+
+
+def render(rows: dict) -> str:
+    lines = ["# Volumes: 3-D against per-plane 2-D", "",
+             "`python benchmarks/volume.py --stage STAGE` on `simulate.py sim3d` at its default size ((2, 1, 48, "
+             "256, 256), 5 photons, Z voxel 0.15 um, Y-X 0.1 um), scored with `../shared/bench/score.py` "
+             "(`score_stack`, slice by slice) per time point and averaged over the two.", "",
+             "| row | psnr | psnr_raw | ssim | false_obj /Mpx | fg_dice | train s | wall s | commit |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key in ("noisy", "gaussian", "dims2", "dims3"):
+        if key not in rows:
+            continue
+        r = rows[key]
+        m = r["scores"]["mean"]
+        train = f"{r['train_seconds']:.0f}" if "train_seconds" in r else ""
+        lines.append(f"| {r['method']} | {m['psnr']:.2f} | {m['psnr_raw']:.2f} | {m['ssim']:.3f} | "
+                     f"{m['false_obj']:.2f} | {m['fg_dice']:.3f} | {train} | {r['wall_s']:.0f} | "
+                     f"`{r['commit']}`{'+' if r['dirty'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stage", nargs="+", default=["data", "gaussian", "dims3", "dims2"],
+                    choices=["data", "gaussian", "dims3", "dims2", "report"])
+    ap.add_argument("--steps", type=int, default=1000, help="3-D training steps (default 1000)")
+    ap.add_argument("--preset", default="small3d")
+    ap.add_argument("--patch", type=int, nargs=3, default=[16, 64, 64], metavar=("Z", "Y", "X"))
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="2-D training time (default: the recorded 3-D row's)")
+    args = ap.parse_args()
+    rows = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+    cmd = "python benchmarks/volume.py --stage"
+
+    def put(key: str, row: dict, command: str, t0: float) -> None:
+        rows[key] = {**row, **provenance(command, time.perf_counter() - t0)}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        RECORD.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+
+    stages = set(args.stage)
+    if stages & {"data", "gaussian", "dims3", "dims2"}:
+        t0 = time.perf_counter()
+        noisy, gt = volumes()
+        if "data" in stages:
+            put("noisy", {"method": "noisy input", "scores": scores(noisy, gt)}, f"{cmd} data", t0)
+    if "gaussian" in stages:
+        t0 = time.perf_counter()
+        put("gaussian", stage_gaussian(noisy, gt), f"{cmd} gaussian", t0)
+    if "dims3" in stages:
+        t0 = time.perf_counter()
+        put("dims3", stage_dims3(noisy, gt, args.steps, args.preset, tuple(args.patch)),
+            f"{cmd} dims3 --steps {args.steps} --preset {args.preset} --patch {' '.join(map(str, args.patch))}", t0)
+    if "dims2" in stages:
+        seconds = args.seconds if args.seconds is not None else rows.get("dims3", {}).get("train_seconds")
+        if seconds is None:
+            raise SystemExit("the dims2 stage trains as long as the dims3 row did: run --stage dims3 first, "
+                             "or give --seconds")
+        t0 = time.perf_counter()
+        put("dims2", stage_dims2(noisy, gt, float(seconds)), f"{cmd} dims2 --seconds {seconds:.0f}", t0)
+    (RESULTS / "volume.md").write_text(render(rows))
+    print(render(rows))
+
+
+if __name__ == "__main__":
+    main()
