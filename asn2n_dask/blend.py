@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .plan import (  # noqa: F401  (re-exported: the tile positions, asn2n_dask.blend.window_tiles, ...)
     TileGrid,
     WindowTiles,
+    axis_stride,
     check_tile_frame,
     reflect_index,
     tile_grid,
@@ -47,12 +48,6 @@ def blend_window(config: InferConfig) -> NDArray[np.float32]:
     if config.blend == "gaussian":
         w = np.maximum(w, config.weight_floor)
     return w.astype(np.float32)
-
-
-def axis_stride(tile: int, overlap: float) -> int:
-    """Distance between tile origins along an axis: ``tile * (1 - overlap)``, rounded,
-    at least 1 (:attr:`asn2n_dask.config.InferConfig.stride` for Y and X)."""
-    return max(1, int(round(tile * (1.0 - overlap))))
 
 
 def window_1d(tile: int, stride: int, blend: BlendMode, sigma_fraction: float) -> NDArray[np.float64]:
