@@ -175,3 +175,78 @@ def test_a_window_refuses_a_region_or_tiles_that_do_not_match(net):
         denoise_window_3d(region, wp, SHAPE, lambda t: t, stats=stats, infer=INFER, tile_z=4)
     with pytest.raises(ConfigError, match="Z tile must be a multiple of 2"):
         denoise_window_3d(region, wp, SHAPE, lambda t: t, stats=stats, infer=INFER, tile_z=5, multiple=net.multiple)
+
+
+# --- the chunked pipeline with a 3-D model -----------------------------------------------
+
+class VolumeModel:
+    """A stand-in for a saved 3-D model, as the pipeline uses one: ``dims`` 3, the Z of its
+    training sub-volumes (``volume.patch``), one 3-D network per channel."""
+
+    dims = 3
+
+    def __init__(self, net):
+        from types import SimpleNamespace
+
+        self.volume = SimpleNamespace(patch=(TILE_Z, 16, 16))
+        self.channels = [SimpleNamespace(name="0", net=net, risk_estimator=None)]
+        self.train = SimpleNamespace(norm=NormConfig(mode="global"))
+        self.n_channels = 1
+
+
+@pytest.fixture
+def volume_run(tmp_path, net, monkeypatch):
+    """A (T=1, C=1, Z=36, Y=40, X=48) OME-Zarr, a model folder and the 3-D model it loads as."""
+    import asn2n_dask.checkpoint as checkpoint
+    from asn2n_dask.io import ImageMeta, write_image
+
+    z, y, x = np.mgrid[0:36, 0:40, 0:48]
+    clean = 200 + 3 * z + 30 * np.sin(x / 6) * np.cos(y / 5)
+    vol = np.random.default_rng(1).poisson(clean).astype(np.uint16)[None, None]
+    write_image(tmp_path / "vol.zarr", vol, ImageMeta(axes="TCZYX", format="ome-zarr"))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.json").write_text('{"dims": 3}')
+    model = VolumeModel(net)
+    monkeypatch.setattr(checkpoint, "load_model", lambda path, allow_unfinished=False: model)
+    return tmp_path, vol, model
+
+
+def test_a_3d_model_denoises_an_ome_zarr_chunked_along_z_y_and_x_as_the_whole_volume(volume_run):
+    import zarr
+
+    from asn2n_dask.pipeline import RunOptions, make_plan, run_pipeline
+    from asn2n_dask.source import open_source
+
+    d, vol, model = volume_run
+    src = open_source(d / "vol.zarr")
+    opts = RunOptions(infer=INFER, chunks=(16, 16, 24))
+    s = run_pipeline(src, d / "out.zarr", d / "model", options=opts, client="sync")
+    assert s.computed == s.tasks == 3 * 3 * 2 and s.plan["chunks"] == [1, 1, 16, 16, 24]
+    assert s.plan["halo"][0] > 0  # chunks read a halo along Z
+    root = zarr.open_group(str(d / "out.zarr"), mode="r")
+    out = root["0"][...]
+    assert out.shape == vol.shape and out.dtype == np.float32 and root["0"].chunks == (1, 1, 16, 16, 24)
+    labels = root["labels/risk-0/0"][...]
+    assert labels.shape == vol.shape[:1] + vol.shape[2:] and (labels == VOLUME_RISK).all()
+    # the whole volume in one window, on the channel's statistics
+    stats = channel_stats(vol[0], NormConfig(mode="global"))[0]
+    plan = make_plan(src, options=RunOptions(infer=INFER), patch=1, spatial="ZYX", tile_z=TILE_Z)
+    assert plan.n_tasks == 1
+    want, _ = denoise_window_3d(vol[0, 0], plan.window_plan(0), vol.shape[2:], network_fn(model.channels[0].net, "cpu"),
+                                stats=stats, infer=INFER, tile_z=TILE_Z, multiple=model.channels[0].net.multiple)
+    assert np.abs(want - vol[0, 0]).mean() > 5
+    np.testing.assert_allclose(out[0, 0], want, rtol=0, atol=1e-5 * float(np.ptp(vol)))
+    again = run_pipeline(src, d / "out.zarr", d / "model", options=opts, client="sync")
+    assert again.already_complete and again.computed == 0
+
+
+def test_a_3d_model_is_refused_a_run_over_frames(volume_run):
+    from asn2n_dask.errors import ModelError
+    from asn2n_dask.pipeline import RunOptions, run_pipeline
+    from asn2n_dask.source import open_source
+
+    d, _, _ = volume_run
+    with pytest.raises(ModelError, match="3-D .* over ZYX, not YX"):
+        run_pipeline(open_source(d / "vol.zarr"), d / "out.zarr", d / "model", options=RunOptions(infer=INFER),
+                     client="sync", spatial="YX")
+    assert not (d / "out.zarr").exists()
