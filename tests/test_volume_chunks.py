@@ -250,3 +250,8 @@ def test_a_3d_model_is_refused_a_run_over_frames(volume_run):
         run_pipeline(open_source(d / "vol.zarr"), d / "out.zarr", d / "model", options=RunOptions(infer=INFER),
                      client="sync", spatial="YX")
     assert not (d / "out.zarr").exists()
+    from asn2n_dask.pipeline import parse_spatial
+
+    assert parse_spatial(None, True, "m") == "ZYX" and parse_spatial(None, False, "m") == "YX"
+    with pytest.raises(ModelError, match="2-D .* over YX, not ZYX"):
+        parse_spatial("ZYX", False, "m")
