@@ -6,25 +6,29 @@ its edges to fill the outer tiles.  Predictions are blended with a weight window
 weights (overlap-add with ``torch.nn.functional.fold``).
 
 Volumes (Z, Y, X) are tiled the same way along each of the three axes, with a tile
-size of their own along Z (:func:`predict_tiled_volume`); the weight window is the
-product of the axes' 1-D windows (:func:`blend_window_3d`).
+size of their own along Z; the weight window is the product of the axes' 1-D windows
+(:func:`blend_window_3d`).  One function blends any window of a volume from the region
+holding its tiles (:func:`predict_volume_window`); a whole volume is the window that
+covers it (:func:`predict_tiled_volume`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
-from .config import MAX_TILE, BlendMode, InferConfig
+from .config import BlendMode, InferConfig
 from .errors import ConfigError
 from .plan import (  # noqa: F401  (re-exported: the tile positions, asn2n_dask.blend.window_tiles, ...)
     TileGrid,
     WindowTiles,
+    axis_stride,
     check_tile_frame,
+    check_tile_z,
     reflect_index,
     tile_grid,
     window_tiles,
@@ -32,7 +36,7 @@ from .plan import (  # noqa: F401  (re-exported: the tile positions, asn2n_dask.
 
 __all__ = ["TileGrid", "tile_grid", "blend_window", "reflect_index", "WindowTiles", "window_tiles", "blend_tiles",
            "check_tile", "check_tile_frame", "predict_tiled", "axis_stride", "window_1d", "blend_window_3d",
-           "predict_tiled_volume"]
+           "check_volume_tile", "predict_volume_window", "predict_tiled_volume"]
 
 
 def blend_window(config: InferConfig) -> NDArray[np.float32]:
@@ -47,12 +51,6 @@ def blend_window(config: InferConfig) -> NDArray[np.float32]:
     if config.blend == "gaussian":
         w = np.maximum(w, config.weight_floor)
     return w.astype(np.float32)
-
-
-def axis_stride(tile: int, overlap: float) -> int:
-    """Distance between tile origins along an axis: ``tile * (1 - overlap)``, rounded,
-    at least 1 (:attr:`asn2n_dask.config.InferConfig.stride` for Y and X)."""
-    return max(1, int(round(tile * (1.0 - overlap))))
 
 
 def window_1d(tile: int, stride: int, blend: BlendMode, sigma_fraction: float) -> NDArray[np.float64]:
@@ -169,6 +167,88 @@ def blend_window_3d(config: InferConfig, tile_z: int) -> NDArray[np.float32]:
     return w.astype(np.float32)
 
 
+def check_volume_tile(config: InferConfig, tile_z: object, multiple: Sequence[int] = (1, 1, 1)) -> int:
+    """Refuse tiles of ``(tile_z, config.tile, config.tile)`` voxels a 3-D network cannot
+    take: ``tile_z`` out of range (:func:`asn2n_dask.plan.check_tile_z`), or a side that is
+    not a multiple of the matching entry of ``multiple`` (Z, Y, X:
+    :attr:`asn2n_dask.model.UNet3d.multiple`).  Returns ``tile_z``.
+
+    Raises
+    ------
+    ConfigError
+    """
+    tz = check_tile_z(tile_z)
+    if tz % multiple[0]:
+        raise ConfigError(f"Z tile must be a multiple of {multiple[0]} for this network; got {tz}.")
+    check_tile(config, multiple[1])
+    check_tile(config, multiple[2])
+    return tz
+
+
+def predict_volume_window(region: torch.Tensor, tiles: Sequence[WindowTiles], read: Sequence[tuple[int, int]],
+                          window: Sequence[int], fn: Callable[[torch.Tensor], torch.Tensor], *, tile_z: int,
+                          config: InferConfig = InferConfig()) -> torch.Tensor:
+    """Apply ``fn`` to the tiles covering one window of a volume and blend them there.
+
+    The tiles are the volume's (anchored to its origin, mirrored past its edges:
+    :func:`~asn2n_dask.plan.window_tiles` along each axis, ``tile_z`` slices at
+    :func:`axis_stride` of it along Z, ``config.tile`` at ``config.stride`` along Y and
+    X), so the window equals that part of the whole volume blended at once.  Every voxel
+    is the weighted average (:func:`blend_window_3d`) of the tiles covering it, summed in
+    float64 in the same order whatever the window: a constant comes back exactly.
+
+    Parameters
+    ----------
+    region : Tensor, shape (K, rz, ry, rx)
+        The volume (or K co-registered volumes that ``fn`` receives together) over the
+        voxels ``read``, float32, on the working device.
+    tiles : (WindowTiles, WindowTiles, WindowTiles)
+        The tiles covering the window along Z, Y and X.
+    read : ((int, int), (int, int), (int, int))
+        The volume's slices, rows and columns ``[start, stop)`` that ``region`` holds;
+        they must hold every voxel of the tiles.
+    window : (z0, z1, y0, y1, x0, x1)
+        The voxels computed, volume coordinates.
+    fn : callable
+        Batched model, ``(N, K, tile_z, tile, tile) -> (N, 1, tile_z, tile, tile)``.
+    tile_z : int
+        Tile size along Z.
+    config : InferConfig
+        Y-X tile side, overlap (all axes), blend window and tiles per call.
+
+    Returns
+    -------
+    Tensor, shape (z1 - z0, y1 - y0, x1 - x0), float32, on ``region``'s device
+    """
+    dev = region.device
+    t = config.tile
+    sizes, strides = (tile_z, t, t), (axis_stride(tile_z, config.overlap), config.stride, config.stride)
+    index = []
+    for a, (ti, (r0, r1), n, st) in enumerate(zip(tiles, read, sizes, strides)):
+        if ti.span[1] - ti.span[0] != (ti.count - 1) * st + n:
+            raise ValueError(f"axis {a}: {ti.count} tiles spanning {ti.span} are not tiles of {n} at stride {st}")
+        if r1 - r0 != region.shape[1 + a] or ti.source.min() < r0 or ti.source.max() >= r1:
+            raise ValueError(f"axis {a}: a region of {region.shape[1 + a]} read from [{r0}, {r1}) does not hold "
+                             f"the tiles' voxels {int(ti.source.min())}..{int(ti.source.max())}")
+        index.append(torch.from_numpy(ti.source - r0).to(dev))
+    block = region.index_select(1, index[0]).index_select(2, index[1]).index_select(3, index[2])
+    tz, (az, ay, ax), (sz, s, _) = tile_z, tiles, strides
+    win64 = torch.from_numpy(blend_window_3d(config, tz)).to(dev).double()
+    acc = torch.zeros(block.shape[1:], dtype=torch.float64, device=dev)
+    wsum = torch.zeros_like(acc)
+    origins = [(iz * sz, iy * s, ix * s) for iz in range(az.count) for iy in range(ay.count)
+               for ix in range(ax.count)]
+    for i in range(0, len(origins), config.batch):
+        batch = origins[i : i + config.batch]
+        part = torch.stack([block[:, z : z + tz, y : y + t, x : x + t] for z, y, x in batch])
+        pred = fn(part).float()[:, 0].double() * win64
+        for (z, y, x), p in zip(batch, pred):
+            acc[z : z + tz, y : y + t, x : x + t] += p
+            wsum[z : z + tz, y : y + t, x : x + t] += win64
+    crop = tuple(slice(window[2 * a] - ti.first, window[2 * a + 1] - ti.first) for a, ti in enumerate(tiles))
+    return (acc[crop] / wsum[crop]).float()
+
+
 def predict_tiled_volume(volume: NDArray[np.floating], fn: Callable[[torch.Tensor], torch.Tensor], *,
                          tile_z: int, config: InferConfig = InferConfig(), device: torch.device | str = "cpu",
                          multiple: tuple[int, int, int] = (1, 1, 1)) -> NDArray[np.float32]:
@@ -177,7 +257,8 @@ def predict_tiled_volume(volume: NDArray[np.floating], fn: Callable[[torch.Tenso
     Tiles are ``(tile_z, config.tile, config.tile)`` voxels at ``config.overlap`` along
     every axis, anchored to the volume's origin and mirrored past its edges, as
     :func:`predict_tiled` places them in Y and X; every voxel is the weighted average
-    (:func:`blend_window_3d`) of the tiles covering it.
+    (:func:`blend_window_3d`) of the tiles covering it: :func:`predict_volume_window` of
+    the window that covers the volume.
 
     Parameters
     ----------
@@ -211,33 +292,11 @@ def predict_tiled_volume(volume: NDArray[np.floating], fn: Callable[[torch.Tenso
     if vol.ndim != 4:
         raise ValueError(f"predict_tiled_volume takes a (Z, Y, X) volume or a (K, Z, Y, X) stack; got shape "
                          f"{np.shape(volume)}")
-    if not (isinstance(tile_z, int) and 1 <= tile_z <= MAX_TILE):
-        raise ConfigError(f"Z tile must be between 1 and {MAX_TILE} slices; got {tile_z!r:.40}.")
-    if tile_z % multiple[0]:
-        raise ConfigError(f"Z tile must be a multiple of {multiple[0]} for this network; got {tile_z}.")
-    check_tile(config, multiple[1])
-    check_tile(config, multiple[2])
-    k, nz, h, w = vol.shape
-    tz, t = tile_z, config.tile
-    sz, s = axis_stride(tz, config.overlap), config.stride
-    az = window_tiles(nz, 0, nz, tz, sz)
-    ay = window_tiles(h, 0, h, t, s)
-    ax = window_tiles(w, 0, w, t, s)
-    block = torch.from_numpy(np.ascontiguousarray(
-        vol[:, az.source[:, None, None], ay.source[None, :, None], ax.source[None, None, :]])).to(device)
-    win = torch.from_numpy(blend_window_3d(config, tz)).to(device)
-    # float64 sums: a constant comes back exactly, whatever the weights
-    win64 = win.double()
-    acc = torch.zeros(block.shape[1:], dtype=torch.float64, device=device)
-    wsum = torch.zeros_like(acc)
-    origins = [(iz * sz, iy * s, ix * s) for iz in range(az.count) for iy in range(ay.count)
-               for ix in range(ax.count)]
-    for i in range(0, len(origins), config.batch):
-        batch = origins[i : i + config.batch]
-        tiles = torch.stack([block[:, z : z + tz, y : y + t, x : x + t] for z, y, x in batch])
-        pred = fn(tiles).float()[:, 0].double() * win64
-        for (z, y, x), p in zip(batch, pred):
-            acc[z : z + tz, y : y + t, x : x + t] += p
-            wsum[z : z + tz, y : y + t, x : x + t] += win64
-    out = (acc / wsum).float()
-    return out[-az.first : -az.first + nz, -ay.first : -ay.first + h, -ax.first : -ax.first + w].cpu().numpy()
+    tz = check_volume_tile(config, tile_z, multiple)
+    shape = vol.shape[1:]
+    steps = ((tz, axis_stride(tz, config.overlap)), (config.tile, config.stride), (config.tile, config.stride))
+    tiles = [window_tiles(n, 0, n, t, st) for n, (t, st) in zip(shape, steps)]
+    region = torch.from_numpy(np.ascontiguousarray(vol)).to(device)
+    whole = tuple(v for n in shape for v in (0, n))
+    out = predict_volume_window(region, tiles, [(0, n) for n in shape], whole, fn, tile_z=tz, config=config)
+    return out.cpu().numpy()

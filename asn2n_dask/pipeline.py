@@ -10,7 +10,9 @@ created and finished by :mod:`asn2n_dask.store`.
 
 Every chunk is computed by :func:`asn2n_dask.predict.denoise_window`, the same function
 that denoises a whole frame in memory, from channel statistics computed once; so the
-output does not depend on the chunking.  A run that is stopped part-way is resumed by
+output does not depend on the chunking.  A 3-D model (:func:`is_volume_model`) is run
+over Z, Y and X instead: chunks and halos along Z too, each chunk computed by
+:func:`asn2n_dask.predict.denoise_window_3d`.  A run that is stopped part-way is resumed by
 running the same command again: chunks whose completion record matches the data on
 disk are skipped, the others recomputed.  A finished one run again reads nothing of the
 input when its listing (:func:`source_listing`) shows that the input was not written
@@ -41,6 +43,8 @@ from .plan import (  # noqa: F401  (re-exported: asn2n_dask.pipeline.make_plan, 
     MAX_TASKS,
     MIN_CHUNK,
     OME_ORDER,
+    SPATIAL_AXES,
+    VOLUME_AXES,
     Plan,
     RunOptions,
     channel_labels,
@@ -63,11 +67,23 @@ from .store import MIN_LEVEL  # noqa: F401  (re-exported)
 from .store import open_outputs as _open_outputs
 
 __all__ = ["RunOptions", "Plan", "make_plan", "run_pipeline", "check_output_path", "RunSummary", "PROGRESS_DIR",
-           "run_chunk", "StatsCache", "source_listing"]
+           "run_chunk", "StatsCache", "source_listing", "is_volume_model", "volume_tile_z"]
 
 log = logging.getLogger(__name__)
 
 COMPUTED, SKIPPED = 1, 2
+
+
+# ------------------------------------------------------------------ 2-D or 3-D
+def is_volume_model(model: Any) -> bool:
+    """Whether ``model`` holds 3-D networks (its ``dims`` is 3; models without one are 2-D):
+    the switch between a run over frames (Y, X) and one over volumes (Z, Y, X)."""
+    return int(getattr(model, "dims", 2)) == 3
+
+
+def volume_tile_z(model: Any) -> int:
+    """A 3-D model's Z tile: the Z of the sub-volumes it was trained on (``model.volume.patch``)."""
+    return int(model.volume.patch[0])
 
 
 # ------------------------------------------------------------------ worker side
@@ -113,8 +129,11 @@ def _model(spec: RunSpec) -> Any:
                 import torch
 
                 views = 2 if infer.infer_on == "twins" else 1
+                tz = spec.plan.tile_z
+                shape = (views * infer.batch, 1, infer.tile, infer.tile) if tz is None else \
+                    (infer.batch, 1, tz, infer.tile, infer.tile)
                 for fn in fns:
-                    fn(torch.zeros(views * infer.batch, 1, infer.tile, infer.tile, device=dev))
+                    fn(torch.zeros(shape, device=dev))
             _MODELS[key] = (model, fns, dev)
         return _MODELS[key]
 
@@ -126,10 +145,10 @@ def run_chunk(spec: RunSpec, p: int, *position: int) -> int:
     reading its region, denoising it (risk, normalisation, network, blend; a worker's
     first chunk also loads, and may compile, the network) and writing it.
 
-    ``position``: the chunk's place in the grid of each spatial axis (``iy, ix``).
-    Returns :data:`COMPUTED` or :data:`SKIPPED`.
+    ``position``: the chunk's place in the grid of each spatial axis (``iy, ix``; ``iz,
+    iy, ix`` for a 3-D model's run).  Returns :data:`COMPUTED` or :data:`SKIPPED`.
     """
-    from .predict import denoise_window
+    from .predict import denoise_window, denoise_window_3d
 
     plan = spec.plan
     k = plan.windows.number(position)
@@ -150,11 +169,21 @@ def run_chunk(spec: RunSpec, p: int, *position: int) -> int:
                          "before denoising.")
     model, fns, dev = _model(spec)
     mc = spec.channel_map[c]
-    method = model.method(mc)
-    h, w = plan.frame_shape
-    out, risk = denoise_window(region, wp, (h, w), fns[mc], stats=ChannelStats.from_dict(spec.stats[c]),
-                               norm=method.norm(model.train.norm), infer=plan.infer, device=dev,
-                               multiple=model.multiple, dataset_mode=method.dataset_mode)
+    stats = ChannelStats.from_dict(spec.stats[c])
+    if is_volume_model(model):
+        tz = volume_tile_z(model)
+        if plan.tile_z != tz:
+            raise ModelError(f"the run was planned for Z tiles of {plan.tile_z} slices but the model in "
+                             f"{spec.model_dir} takes {tz}; start again.")
+        z, h, w = plan.frame_shape
+        out, risk = denoise_window_3d(region, wp, (z, h, w), fns[mc], stats=stats, infer=plan.infer, tile_z=tz,
+                                      device=dev, multiple=model.channels[mc].net.multiple)
+    else:
+        method = model.method(mc)
+        h, w = plan.frame_shape
+        out, risk = denoise_window(region, wp, (h, w), fns[mc], stats=stats, norm=method.norm(model.train.norm),
+                                   infer=plan.infer, device=dev, multiple=model.multiple,
+                                   dataset_mode=method.dataset_mode)
     t_denoise = time.perf_counter()
     data = cast_output(out, plan.source.dtype) if spec.dtype == "input" else out
     labels = risk.astype(np.uint8)
@@ -321,7 +350,7 @@ def _finalise(output: Path, plan: Plan, options: RunOptions, client: Any, listin
 
 def pyramid_levels(plan: Plan, extra: int) -> int:
     """Levels written for ``--pyramid extra`` (:func:`asn2n_dask.store.pyramid_levels`)."""
-    return store.pyramid_levels(plan.frame_shape, extra)
+    return store.pyramid_levels(plan.frame_shape[-2:], extra)
 
 
 def check_output_path(input: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
@@ -416,7 +445,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                  echo: Callable[[str], None] = log.info, extra: dict[str, Any] | None = None,
                  torch_threads: int | None = None, cluster: str | os.PathLike[str] | None = None,
                  jobs: int | None = None, dashboard_address: str | None = None,
-                 stats_cache: StatsCache | None = None) -> RunSummary:
+                 stats_cache: StatsCache | None = None, spatial: str | None = None) -> RunSummary:
     """Denoise ``source`` into the OME-Zarr ``output``, chunk by chunk, resumably.
 
     An output that is already the complete result of the same job is left as it is,
@@ -464,6 +493,11 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     stats_cache : StatsCache, optional
         Statistics this process measured for the same input and channels (``asn2n
         run``'s training): used instead of a second pass when still valid.
+    spatial : {"YX", "ZYX"}, optional
+        The axes cut into chunks and tiles: ``"YX"`` for a 2-D model (its frames), ``"ZYX"``
+        for a 3-D one (:func:`is_volume_model`: volumes, tiled along Z with the Z of its
+        training sub-volumes, :func:`volume_tile_z`; ``options.chunks`` then gives Z, Y
+        and X).  Default: the model's.
 
     Returns
     -------
@@ -477,12 +511,20 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
 
         t0 = time.perf_counter()
         model = load_model(model_dir, allow_unfinished=options.allow_unfinished)
-        plan = make_plan(source, selection, options=options, patch=model.train.norm.risk.patch,
-                         out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4)
+        volume = is_volume_model(model)
+        spatial = parse_spatial(spatial, volume, model_dir)
+        plan = make_plan(source, selection, options=options, patch=1 if volume else model.train.norm.risk.patch,
+                         out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4,
+                         spatial=spatial, tile_z=volume_tile_z(model) if volume else None)
         cmap = channel_map(source, selection, model)
-        from .blend import check_tile
+        from .blend import check_tile, check_volume_tile
 
-        check_tile(options.infer, model.multiple)
+        if volume:
+            for ch in model.channels:
+                net: Any = ch.net  # a UNet3d: one factor per axis (Z, Y, X)
+                check_volume_tile(options.infer, plan.tile_z, net.multiple)
+        else:
+            check_tile(options.infer, model.multiple)
         summary = RunSummary(output=str(out), tasks=plan.n_tasks, plan=plan.to_dict())
         prev = resume.existing(out)
         resume.refuse_foreign(out, prev)
@@ -510,7 +552,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                     "package": "asn2n-dask", "version": __version__, "input": source.path, "input_axes": source.axes,
                     "output_axes": plan.axes, "model": str(model_dir),
                     "model_sha256": msha, "norm": model.train.norm.to_dict(),
-                    "risk_estimators": [ch.risk_estimator for ch in model.channels], "infer": options.infer.to_dict(),
+                    "risk_estimators": [getattr(ch, "risk_estimator", None) for ch in model.channels],
+                    "infer": options.infer.to_dict(),
                     "stats": [s.to_dict() for s in stats], "channel_map": list(cmap),
                     "stats_seconds": summary.stats_seconds, **(extra or {})}
             summary.resumed = _prepare_output(out, plan, parts, options, prov)
@@ -534,6 +577,23 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             _finalise(out, plan, options, cl, listing)
         summary.seconds = time.perf_counter() - t0
         return summary
+
+
+def parse_spatial(spatial: str | None, volume: bool, model_dir: str | os.PathLike[str]) -> str:
+    """The axes a run tiles: ``spatial``, or the model's (:data:`~asn2n_dask.plan.VOLUME_AXES`
+    for a 3-D model, :data:`~asn2n_dask.plan.SPATIAL_AXES` else).
+
+    Raises
+    ------
+    ModelError
+        ``spatial`` that the model cannot denoise.
+    """
+    own = VOLUME_AXES if volume else SPATIAL_AXES
+    if spatial is not None and spatial != own:
+        kind = "3-D (volumes)" if volume else "2-D (frames)"
+        raise ModelError(f"the model in {model_dir} is {kind} and denoises over {own}, not {spatial}; use a "
+                         f"{'2-D' if volume else '3-D'} model for that.")
+    return own
 
 
 def task_graph(spec: RunSpec) -> Any:

@@ -6,8 +6,9 @@ tiles, so it reads a halo'd region of the input.  Each spatial axis is described
 small frozen object, :class:`AxisPlan` (its length, chunk, tile, stride and patch: the
 way zarr describes a chunk grid per dimension), and the arithmetic along an axis never
 looks at another axis: a window's region is the product of its per-axis ranges.  A
-:class:`Plan` holds one :class:`AxisPlan` per spatial axis (today Y and X) and the
-non-spatial planes (time points, channels, Z planes).
+:class:`Plan` holds one :class:`AxisPlan` per spatial axis (Y and X for a 2-D network;
+Z, Y and X for a 3-D one, whose Z tile is its own) and the non-spatial planes (time
+points, channels, and Z planes for a 2-D network).
 
 Tiles of side ``tile`` sit at origins ``k * stride - margin`` on each axis, with
 ``margin = (tile - stride) // 2``: the grid depends on frame coordinates alone, never on
@@ -29,7 +30,7 @@ from numpy.typing import NDArray
 
 from . import ome
 from .axes import canonical_order
-from .config import InferConfig
+from .config import MAX_TILE, InferConfig
 from .errors import ConfigError, InputError
 from .normalize import _patch_spans, patch_span
 from .source import Selection, Source, check_source
@@ -37,7 +38,7 @@ from .source import Selection, Source, check_source
 __all__ = ["TileGrid", "tile_grid", "reflect_index", "WindowTiles", "window_tiles", "check_tile_frame",
            "WindowPlan", "window_plan", "axis_window", "axis_reads", "AxisReads", "AxisPlan", "Windows",
            "RunOptions", "Plan", "make_plan", "channel_labels", "MAX_TASKS", "MIN_CHUNK", "DEFAULT_CHUNK", "OME_ORDER",
-           "SPATIAL_AXES"]
+           "SPATIAL_AXES", "VOLUME_AXES", "check_tile_z", "axis_stride"]
 
 #: Most chunk tasks one run schedules (a graph of more would take more memory and
 #: scheduling time than the work itself).
@@ -53,6 +54,8 @@ DEFAULT_CHUNK = (1024, 2048)
 OME_ORDER = "TCZYX"
 #: The axes a run cuts into chunks and tiles, in output order: the last axes of the output.
 SPATIAL_AXES = "YX"
+#: The spatial axes of a run with a 3-D network: Z is tiled too, with a tile of its own.
+VOLUME_AXES = "ZYX"
 
 
 # ------------------------------------------------------------------ tiles along one axis
@@ -155,6 +158,26 @@ def check_tile_frame(config: InferConfig, frame_shape: tuple[int, ...]) -> None:
         frame = "x".join(str(int(v)) for v in frame_shape)
         raise ConfigError(f"tile {config.tile} px is more than twice the {frame} frame; use --tile {limit} or less "
                           "(beyond the frame a tile holds only its mirror images).")
+
+
+def check_tile_z(tile_z: object) -> int:
+    """The Z tile of a 3-D network's run (slices), checked: a whole number from 1 to
+    :data:`~asn2n_dask.config.MAX_TILE`.
+
+    Raises
+    ------
+    ConfigError
+    """
+    if isinstance(tile_z, bool) or not isinstance(tile_z, (int, np.integer)) or not 1 <= int(tile_z) <= MAX_TILE:
+        raise ConfigError(f"Z tile must be between 1 and {MAX_TILE} slices; got {tile_z!r:.40}.")
+    return int(tile_z)
+
+
+def axis_stride(tile: int, overlap: float) -> int:
+    """Distance between tile origins along an axis: ``tile * (1 - overlap)``, rounded,
+    at least 1 (:attr:`asn2n_dask.config.InferConfig.stride` for Y and X; a 3-D run's Z
+    stride from its Z tile)."""
+    return max(1, int(round(tile * (1.0 - overlap))))
 
 
 # ------------------------------------------------------------------ the region a window reads
@@ -441,11 +464,12 @@ class RunOptions:
     ----------
     infer : InferConfig
         Tiles, overlap, blending, inference domain, device.
-    chunks : (int, int), optional
-        Output chunk side along Y and X (default: the input's, at least 1024 and at
-        most 2048: a task recomputes the tiles its halo shares with its neighbours, about
-        (1 + tile / chunk)^2 of the work, so small chunks cost throughput).  One task per
-        output chunk.
+    chunks : (int, int) or (int, int, int), optional
+        Output chunk side along Y and X, or along Z, Y and X for a run with a 3-D
+        network: one size per axis the run tiles (default: the input's, at least 1024 and
+        at most 2048 along each: a task recomputes the tiles its halo shares with its
+        neighbours, about (1 + tile / chunk)^2 of the work, so small chunks cost
+        throughput).  One task per output chunk.
     dtype : {"float32", "input"}
         Output dtype: float32 in input units, or the input's dtype (rounded, clipped).
     ome : {"0.5", "0.4"}
@@ -462,7 +486,7 @@ class RunOptions:
     """
 
     infer: InferConfig = InferConfig()
-    chunks: tuple[int, int] | None = None
+    chunks: tuple[int, ...] | None = None
     dtype: str = "float32"
     ome: str = "0.5"
     pyramid: int = 0
@@ -474,8 +498,9 @@ class RunOptions:
             raise ConfigError(f"--dtype must be float32 or input; got {self.dtype!r}.")
         if self.ome not in ("0.4", "0.5"):
             raise ConfigError(f"--ome must be 0.4 (Zarr v2) or 0.5 (Zarr v3); got {self.ome!r}.")
-        if self.chunks is not None and (len(self.chunks) != 2 or min(self.chunks) < 1):
-            raise ConfigError(f"--chunks must be two positive sizes (Y X); got {self.chunks}.")
+        if self.chunks is not None and (len(self.chunks) not in (2, 3) or min(self.chunks) < 1):
+            raise ConfigError(f"--chunks must be two positive sizes (Y X), or three (Z Y X) for a 3-D model; got "
+                              f"{self.chunks}.")
         if not 0 <= self.pyramid <= ome.MAX_LEVELS:
             raise ConfigError(f"--pyramid must be between 0 and {ome.MAX_LEVELS}; got {self.pyramid}.")
 
@@ -491,8 +516,9 @@ class Plan:
     axes : str
         Output axes: the input's, in T, C, Z, Y, X order (OME-NGFF's).
     spatial : tuple of AxisPlan
-        The axes cut into chunks and tiles (Y, X), the output's last ones: per axis
-        its length, chunk, tiles and patches.
+        The axes cut into chunks and tiles (Y, X; or Z, Y, X for a 3-D network, the
+        Z tile its own: :attr:`tile_z`), the output's last ones: per axis its length,
+        chunk, tiles and patches.
     plane_shape : tuple of int
         Output sizes of the other axes, the planes (planes = their product).
     plane_sources : tuple of sequences of int
@@ -558,8 +584,13 @@ class Plan:
 
     @property
     def patch(self) -> int:
-        """Risk/normalisation patch side."""
-        return self.spatial[0].patch
+        """Risk/normalisation patch side (in Y and X)."""
+        return self.spatial[-1].patch
+
+    @property
+    def tile_z(self) -> int | None:
+        """The Z tile (slices) of a run over Z, Y and X (a 3-D network's); None for a 2-D run."""
+        return self.spatial[0].tile if len(self.spatial) == 3 else None
 
     @property
     def n_planes(self) -> int:
@@ -632,32 +663,40 @@ class Plan:
         region = math.prod(r.largest for r in reads)
         span = math.prod(r.span for r in reads)
         n_tiles = math.prod(r.tiles for r in reads)
-        t2 = self.infer.tile ** len(self.spatial)
-        views = 2 if self.infer.infer_on == "twins" else 1
+        t2 = math.prod(a.tile for a in self.spatial)
+        views = 2 if self.infer.infer_on == "twins" and self.tile_z is None else 1
         acts = self.infer.batch * views * t2 * 4 * 3 * sum(c / 4**i for i, c in enumerate(widths))
         return int(region * 8 * 3 + span * 4 * 3 * 2 + n_tiles * t2 * 4 * 5 + acts + span * 8 * 4)
 
     def describe(self, preset: str = "small") -> str:
         """The plan as text (``--dry-run``), memory estimated for the network ``preset``."""
-        from .config import PRESETS
+        from .config import PRESETS, PRESETS_3D
 
         gib = 1024**3
         reordered = "" if self.axes == self.source.axes else f" (the input's {self.source.axes} in OME order)"
         halo = ", ".join(f"{a.halo} px ({a.name})" for a in self.spatial)
+        tiles = (f"{self.infer.tile} px at {self.infer.overlap:.0%} overlap (stride {self.infer.stride})"
+                 if self.tile_z is None else
+                 f"{self.tile_z} x {self.infer.tile} x {self.infer.tile} voxels (Z Y X) at {self.infer.overlap:.0%} "
+                 f"overlap (strides {self.spatial[0].stride}, {self.infer.stride})")
+        reach = f"tiles overlapping a chunk plus one {self.patch}-px normalisation patch"
+        if self.tile_z is not None:
+            reach = (f"tiles overlapping a chunk plus one {self.patch}-px risk patch in Y and X" if self.patch > 1 else
+                     "tiles overlapping a chunk (one global intensity scale: no normalisation patches)")
         lines = [
             f"input      {self.source.path} ({self.source.kind}, axes {self.source.axes}, shape "
             f"{self.source.shape}, chunks {self.source.chunks}, {self.source.dtype})",
             f"selection  {json.dumps(self.selection.to_dict())}",
             f"output     axes {self.axes}{reordered}, shape {self.shape}, chunks {self.chunks}",
             f"labels     {', '.join('labels/' + n for n in self.labels)} (axes {self.label_axes})",
-            f"tiles      {self.infer.tile} px at {self.infer.overlap:.0%} overlap (stride {self.infer.stride}), "
-            f"{self.infer.blend} blending, anchored to the frame origin",
-            f"halo       {halo}: tiles overlapping a chunk plus one {self.patch}-px normalisation patch",
+            f"tiles      {tiles}, {self.infer.blend} blending, anchored to the frame origin",
+            f"halo       {halo}: {reach}",
             f"tasks      {self.n_tasks} = {self.n_planes} planes x {self._grid_text()} chunks",
             f"read       {self.bytes_read() / gib:.3f} GiB ({self.bytes_read() / max(1, self._input_bytes()):.2f}x "
             "the selected input)",
             f"written    {self.bytes_written() / gib:.3f} GiB (denoised + risk labels)",
-            f"memory     about {self.peak_task_bytes(PRESETS[preset]) / 1024**2:.0f} MiB per running task "
+            f"memory     about {self.peak_task_bytes({**PRESETS, **PRESETS_3D}[preset]) / 1024**2:.0f} MiB per "
+            "running task "
             f"(preset {preset})",
         ]
         return "\n".join(lines)
@@ -690,18 +729,44 @@ def _default_chunk(src_chunk: int, n: int) -> int:
 
 
 def make_plan(source: Source, selection: Selection = Selection(), *, options: RunOptions = RunOptions(),
-              patch: int = 64, out_itemsize: int = 4, spatial: str = SPATIAL_AXES) -> Plan:
+              patch: int = 64, out_itemsize: int = 4, spatial: str = SPATIAL_AXES,
+              tile_z: int | None = None) -> Plan:
     """Plan a run: output chunks and, for each, the region it reads.
 
     The output holds the input's axes in T, C, Z, Y, X order (an ImageJ hyperstack's
     TZCYX gives TCZYX): each task reads its own region of the input as stored, the
-    plan only reorders the index.  ``spatial``: the axes cut into chunks and tiles,
-    the output's last ones (``options.chunks`` gives one side per axis).
+    plan only reorders the index.
+
+    Parameters
+    ----------
+    source : Source
+    selection : Selection
+    options : RunOptions
+        ``options.chunks`` gives one side per axis of ``spatial``; ``options.infer`` the
+        Y-X tile and the overlap of every axis.
+    patch : int
+        Risk/normalisation patch side along Y and X.  A run with a 3-D network passes
+        1: its volumes are normalised on the channel's global range and it assesses no
+        patches, so its tasks read only the tiles around their chunks.
+    out_itemsize : int
+        Bytes per output pixel.
+    spatial : str
+        The axes cut into chunks and tiles, the output's last ones: ``"YX"``
+        (:data:`SPATIAL_AXES`, a 2-D network), or ``"ZYX"`` (:data:`VOLUME_AXES`, a 3-D
+        network, with ``tile_z``).
+    tile_z : int, optional
+        A 3-D network's Z tile, in slices (its training sub-volume's Z): tiles of
+        ``tile_z`` slices at :func:`axis_stride` of it along the first of three spatial
+        axes.  Required with three spatial axes, refused with two.  The Z axis has no
+        patches (patch side 1): the risk patch is a Y-X square of one slice.
 
     Raises
     ------
     InputError
         Frames smaller than 4x4 pixels, or an axis that is not T, C, Z, Y or X.
+    ConfigError
+        Chunks that do not match ``spatial``, or a ``tile_z`` missing, out of range or
+        given to a 2-D run.
     """
     check_source(source)
     if not set(source.axes) <= set(OME_ORDER):
@@ -711,9 +776,14 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
     axes = "".join(source.axes[i] for i in order)
     if not axes.endswith(spatial):
         raise InputError(f"{source.path} has axes {source.axes}; a run over {spatial} needs each of them.")
+    if len(spatial) not in (2, 3):
+        raise ValueError(f"a run tiles two or three spatial axes; got {spatial!r}")
+    if (len(spatial) == 3) != (tile_z is not None):
+        raise ConfigError(f"a run over {spatial} needs a Z tile exactly when it tiles three axes (a 3-D network's); "
+                          f"got Z tile {tile_z}.")
     at = [source.axes.index(a) for a in spatial]  # their positions in the input
     sizes = tuple(int(source.shape[i]) for i in at)
-    check_tile_frame(options.infer, sizes)
+    check_tile_frame(options.infer, sizes[-2:])
     if options.chunks is not None and len(options.chunks) != len(spatial):
         raise ConfigError(f"--chunks must give one size per axis of {spatial}; got {options.chunks}.")
     if options.chunks is not None and any(c < min(MIN_CHUNK, n) for c, n in zip(options.chunks, sizes)):
@@ -725,7 +795,11 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
     idx = [kept[i] for i in order]
     chunk = options.chunks or tuple(_default_chunk(source.chunks[i], n) for i, n in zip(at, sizes))
     tile, stride = options.infer.tile, options.infer.stride
-    axis_plans = tuple(AxisPlan(a, n, min(c, n), tile, stride, patch) for a, n, c in zip(spatial, sizes, chunk))
+    tiles = [(tile, stride, patch)] * 2
+    if tile_z is not None:
+        tz = check_tile_z(tile_z)
+        tiles.insert(0, (tz, axis_stride(tz, options.infer.overlap), 1))
+    axis_plans = tuple(AxisPlan(a, n, min(c, n), *t) for a, n, c, t in zip(spatial, sizes, chunk, tiles))
     planes = axes[:-len(spatial)]
     c_ax = planes.index("C") if "C" in planes else None
     labels = ome.channel_label_names("risk", None if c_ax is None else channel_labels(source, idx[c_ax]))

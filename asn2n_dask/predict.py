@@ -1,7 +1,8 @@
 """Denoise one frame: risk -> normalise -> twins and network per tile -> blend -> input units.
 
 No files, no dask: the one-frame step that every larger path (stacks, Zarr chunks)
-calls.
+calls; :func:`denoise_window_3d` is its counterpart for a 3-D network, one window of a
+volume (Z, Y, X) on the channel's global intensity scale.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .blend import blend_tiles, blend_window, check_tile
+from .blend import blend_tiles, blend_window, check_tile, check_volume_tile, predict_volume_window
 from .config import InferConfig, NormConfig
 from .method import applied_mode, channel_norm
 from .model import channels_last
@@ -24,7 +25,8 @@ from .risk import assess_risk, noise_level
 from .stats import ChannelStats, channel_stats
 
 __all__ = ["resolve_device", "compiles", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
-           "patch_span", "axis_reads", "window_fields", "resolved_norm", "denoise_window", "denoise_frame"]
+           "patch_span", "axis_reads", "window_fields", "resolved_norm", "denoise_window", "denoise_frame",
+           "denoise_window_3d", "VOLUME_RISK"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -47,7 +49,8 @@ def compiles(infer: InferConfig, device: torch.device | str) -> bool:
 def network_fn(net: torch.nn.Module, device: torch.device | str, precision: str = "bf16",
                compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """Wrap a network for batched inference: no autograd; channels-last memory where it
-    is faster (:func:`asn2n_dask.model.channels_last`); on CUDA bf16 autocast with
+    is faster (:func:`asn2n_dask.model.channels_last`; a 3-D network's, of
+    ``(N, C, Z, Y, X)`` tensors, is ``channels_last_3d``); on CUDA bf16 autocast with
     ``precision="bf16"``, and with ``compile=True`` the network compiled by
     ``torch.compile`` on any device (:func:`asn2n_dask.compiled.compile_network`: its
     kernels compiled once per machine and kept in a cache; on a CPU this needs a C++
@@ -62,8 +65,9 @@ def network_fn(net: torch.nn.Module, device: torch.device | str, precision: str 
     amp = cuda and precision == "bf16"
     net = net.to(device).eval()
     nhwc = channels_last(device)
+    layout = torch.channels_last_3d if any(p.dim() == 5 for p in net.parameters()) else torch.channels_last
     if nhwc:
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        net = net.to(memory_format=layout)  # type: ignore[call-overload]
     run: Callable[[torch.Tensor], torch.Tensor] = net
     compiled = compile
     if compiled:
@@ -80,7 +84,7 @@ def network_fn(net: torch.nn.Module, device: torch.device | str, precision: str 
             if n < longest:
                 x = torch.cat([x, x.new_zeros((longest - n, *x.shape[1:]))])
         if nhwc:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=layout)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             return run(x)[:n].float().contiguous()
 
@@ -178,11 +182,7 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
         raise ValueError(f"engine must be torch or numpy; got {engine!r}")
     dev = torch.device(device)
     patch = norm.risk.patch
-    region = np.asarray(region)
-    host = torch.from_numpy(np.ascontiguousarray(region, dtype=region.dtype.newbyteorder("=")))
-    if dev.type == "cuda":
-        host = host.pin_memory()
-    img = host.to(dev, non_blocking=True).double()  # the one copy in
+    img = _to_device(region, dev)  # the one copy in
     ty, tx = plan.tiles
     py, px = plan.patches
     risk_map, offset, scale = window_fields(img, frame_shape, (py, px), ty.source, tx.source, stats=stats,
@@ -200,6 +200,93 @@ def denoise_window(region: NDArray[np.number], plan: WindowPlan, frame_shape: tu
     lx = torch.from_numpy((np.arange(x0, x1) - rx0) // patch).to(dev)
     labels = risk_map.index_select(0, ly).index_select(1, lx)
     return _to_host(out), _to_host(labels)  # the one copy out
+
+
+def _to_device(region: NDArray[np.number], dev: torch.device) -> torch.Tensor:
+    """A region as a float64 tensor on ``dev``: one copy, through pinned memory to a GPU."""
+    region = np.asarray(region)
+    host = torch.from_numpy(np.ascontiguousarray(region, dtype=region.dtype.newbyteorder("=")))
+    if dev.type == "cuda":
+        host = host.pin_memory()
+    return host.to(dev, non_blocking=True).double()
+
+
+#: The risk label of every voxel a 3-D network denoises (:func:`denoise_window_3d`):
+#: 0, nothing flagged.  The risk classes say which patches patch-wise normalisation
+#: would harm; a volume is normalised on its channel's global range alone, so none is.
+VOLUME_RISK = 0
+
+
+def denoise_window_3d(region: NDArray[np.number], plan: WindowPlan, frame_shape: tuple[int, int, int],
+                      fn: Callable[[torch.Tensor], torch.Tensor], *, stats: ChannelStats,
+                      infer: InferConfig = InferConfig(), tile_z: int, device: torch.device | str = "cpu",
+                      multiple: tuple[int, int, int] = (1, 1, 1)) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+    """Denoise one window of a volume with a 3-D network, from the region its plan reads.
+
+    Normalise on the channel's global range -> tiles of ``(tile_z, infer.tile,
+    infer.tile)`` voxels anchored to the volume's origin and mirrored past its edges ->
+    network -> weighted blend (:func:`asn2n_dask.blend.predict_volume_window`, the
+    function that blends a whole volume) -> back to input units, held in the channel's
+    range (:func:`clamp_output`).  Every step runs on ``device``, one copy of the region
+    in and one of the result out.  The window's result depends only on its region and
+    ``stats``, so a volume denoised window by window equals the volume denoised whole.
+
+    The network sees the normalised voxels themselves: ``infer.infer_on`` and
+    ``infer.tta`` are options of 2-D frames and are not applied here.
+
+    Parameters
+    ----------
+    region : ndarray, shape (read_z1 - read_z0, read_y1 - read_y0, read_x1 - read_x0)
+        The volume's voxels over ``plan.read``, input units.
+    plan : WindowPlan
+        The window's tiles and region along Z, Y and X, with the Z tile ``tile_z``
+        (:meth:`asn2n_dask.plan.Plan.window_plan` of a plan over ``"ZYX"``).
+    frame_shape : (int, int, int)
+        The whole volume's (Z, Y, X).
+    fn : callable
+        Batched 3-D network (:func:`network_fn`), ``(N, 1, tile_z, tile, tile)`` tiles on
+        the normalised scale.
+    stats : ChannelStats
+        Statistics of the whole channel: the network sees ``(v - stats.norm.lo) /
+        stats.norm.span``, as in training (:func:`asn2n_dask.train3d.volume_twins_batch`).
+    infer : InferConfig
+        Y-X tile side, overlap (every axis), blending, tiles per call.
+    tile_z : int
+        Tile size along Z, slices (the network's training sub-volume's Z).
+    device : torch device
+    multiple : (int, int, int)
+        The network's size factors along Z, Y and X (:attr:`asn2n_dask.model.UNet3d.multiple`).
+
+    Returns
+    -------
+    denoised : ndarray, shape (z1 - z0, y1 - y0, x1 - x0), float32, input units
+    risk : ndarray, same shape, int8
+        :data:`VOLUME_RISK` everywhere: with one global scale no patch is normalised on
+        its own range, the harm the risk classes flag.
+
+    Raises
+    ------
+    ConfigError
+        Tiles the network cannot take.
+    ValueError
+        A region, plan or volume shape that do not match.
+    """
+    tz = check_volume_tile(infer, tile_z, multiple)
+    if len(frame_shape) != 3 or len(plan.window) != 6 or len(plan.read) != 3:
+        raise ValueError(f"a 3-D window needs a (Z, Y, X) volume and a plan over three axes; got volume "
+                         f"{frame_shape} and window {plan.window}")
+    want = tuple(b - a for a, b in plan.read)
+    if region.shape != want:
+        raise ValueError(f"region has shape {region.shape}; the plan reads {want}")
+    if any(not 0 <= a <= b <= n for (a, b), n in zip(plan.read, frame_shape)):
+        raise ValueError(f"the plan reads {plan.read}, outside a volume of {frame_shape}")
+    dev = torch.device(device)
+    lo, span = stats.norm.lo, stats.norm.span
+    img = _to_device(region, dev)  # the one copy in
+    pred = predict_volume_window(((img - lo) / span).float()[None], plan.tiles, plan.read, plan.window, fn,
+                                 tile_z=tz, config=infer)
+    out = clamp_output(pred.double() * span + lo, stats).float()
+    return _to_host(out), np.full(out.shape, VOLUME_RISK, np.int8)  # the one copy out
 
 
 #: How far beyond the channel's data range (as a fraction of it) a denoised value may go.

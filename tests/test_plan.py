@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 from asn2n_dask.config import InferConfig
+from asn2n_dask.errors import ConfigError
 from asn2n_dask.plan import AxisPlan, RunOptions, Windows, make_plan, window_plan
 from asn2n_dask.source import open_source
 
@@ -55,3 +56,45 @@ def test_a_chunks_region_is_the_product_of_its_axes_regions(plan):
 def test_an_axis_plan_refuses_a_chunk_past_its_axis():
     with pytest.raises(ValueError, match="chunk"):
         AxisPlan("Y", 10, 11, 32, 16, 16)
+
+
+@pytest.fixture
+def volume_source(tmp_path):
+    zarr.create_array(str(tmp_path / "vol.zarr"), shape=(2, 1, 40, 50, 60), chunks=(1, 1, 8, 32, 32),
+                      dtype="uint16", dimension_names=["t", "c", "z", "y", "x"])
+    return open_source(tmp_path / "vol.zarr")
+
+
+def test_a_plan_over_z_y_x_tiles_z_with_its_own_tile_and_reads_halos_along_z(volume_source):
+    opts = RunOptions(infer=INFER, chunks=(16, 20, 24))
+    plan = make_plan(volume_source, options=opts, patch=1, spatial="ZYX", tile_z=8)
+    assert [a.name for a in plan.spatial] == ["Z", "Y", "X"] and plan.tile_z == 8
+    assert plan.shape == (2, 1, 40, 50, 60) and plan.chunks == (1, 1, 16, 20, 24) and plan.grid == (3, 3, 3)
+    z = plan.spatial[0]
+    assert (z.tile, z.stride, z.patch) == (8, 4, 1)  # the Z tile at the run's overlap, no patches along Z
+    assert [(a.tile, a.stride) for a in plan.spatial[1:]] == [(INFER.tile, INFER.stride)] * 2
+    assert plan.n_tasks == 2 * 27 and plan.label_axes == "TZYX"
+    assert plan.halo[0] == z.halo > 0
+    for k, w in enumerate(plan.windows):
+        wp = plan.window_plan(k)
+        (r0, r1), (t0, t1) = wp.read[0], wp.tiles[0].span
+        assert r0 <= max(0, w[0] - z.margin) and r1 >= min(40, w[1] + z.margin)  # the halo along Z
+        assert r0 >= w[0] - plan.halo[0] and r1 <= w[1] + plan.halo[0]
+        assert t1 - t0 == (wp.tiles[0].count - 1) * 4 + 8
+        assert plan.window_slices(k) == tuple(slice(w[2 * i], w[2 * i + 1]) for i in range(3))
+    assert "8 x 32 x 32 voxels (Z Y X)" in plan.describe() and "no normalisation patches" in plan.describe()
+
+
+def test_a_plan_over_z_y_x_takes_the_inputs_chunks_and_refuses_a_missing_z_tile(volume_source):
+    plan = make_plan(volume_source, options=RunOptions(infer=INFER), patch=1, spatial="ZYX", tile_z=8)
+    assert plan.chunks == (1, 1, 40, 50, 60)  # the input's, at least the default's lower bound: the whole volume
+    with pytest.raises(ConfigError, match="Z tile"):
+        make_plan(volume_source, options=RunOptions(infer=INFER), spatial="ZYX")
+    with pytest.raises(ConfigError, match="Z tile"):
+        make_plan(volume_source, options=RunOptions(infer=INFER), tile_z=8)
+    with pytest.raises(ConfigError, match="between 1 and"):
+        make_plan(volume_source, options=RunOptions(infer=INFER), spatial="ZYX", tile_z=0)
+    with pytest.raises(ConfigError, match="one size per axis of ZYX"):
+        make_plan(volume_source, options=RunOptions(infer=INFER, chunks=(20, 20)), spatial="ZYX", tile_z=8)
+    with pytest.raises(ConfigError, match="two positive sizes"):
+        RunOptions(chunks=(1, 2, 3, 4))
