@@ -19,7 +19,7 @@ from .config import InferConfig, NormConfig
 from .method import applied_mode, channel_norm
 from .model import channels_last
 from .normalize import fields_at, patch_ranges, patch_span, window_fields
-from .pairs import normalised_views
+from .pairs import make_volume_twins, normalised_views
 from .plan import WindowPlan, axis_reads, window_plan
 from .risk import assess_risk, noise_level
 from .stats import ChannelStats, channel_stats
@@ -106,18 +106,25 @@ def tile_fn(net_fn: Callable[[torch.Tensor], torch.Tensor], infer_on: str,
     """
 
     def fn(tiles: torch.Tensor) -> torch.Tensor:
-        views = torch.cat(normalised_views(tiles, infer_on))
-        acc = None
-        for k, flip in TTA_TRANSFORMS[tta]:
-            x = torch.rot90(views.flip(-1) if flip else views, k, dims=(-2, -1))
-            y = torch.rot90(net_fn(x), -k, dims=(-2, -1))
-            y = y.flip(-1) if flip else y
-            acc = y if acc is None else acc + y
-        assert acc is not None
-        pred = acc / len(TTA_TRANSFORMS[tta])
-        return pred.reshape(-1, tiles.shape[0], *pred.shape[1:]).mean(0)
+        return views_mean(net_fn, torch.cat(normalised_views(tiles, infer_on)), tiles.shape[0], tta)
 
     return fn
+
+
+def views_mean(net_fn: Callable[[torch.Tensor], torch.Tensor], views: torch.Tensor, n: int,
+               tta: int = 1) -> torch.Tensor:
+    """The network's output averaged over ``views`` (its views of ``n`` tiles, view by
+    view along the batch axis) and over ``tta`` turned/flipped copies of each in the last
+    two axes (turned back before averaging)."""
+    acc = None
+    for k, flip in TTA_TRANSFORMS[tta]:
+        x = torch.rot90(views.flip(-1) if flip else views, k, dims=(-2, -1))
+        y = torch.rot90(net_fn(x), -k, dims=(-2, -1))
+        y = y.flip(-1) if flip else y
+        acc = y if acc is None else acc + y
+    assert acc is not None
+    pred = acc / len(TTA_TRANSFORMS[tta])
+    return pred.reshape(-1, n, *pred.shape[1:]).mean(0)
 
 
 def resolved_norm(norm: NormConfig, frames: Sequence[NDArray[np.number]], stats: ChannelStats) -> NormConfig:
@@ -217,6 +224,27 @@ def _to_device(region: NDArray[np.number], dev: torch.device) -> torch.Tensor:
 VOLUME_RISK = 0
 
 
+def volume_tile_fn(net_fn: Callable[[torch.Tensor], torch.Tensor], infer_on: str,
+                   tta: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-tile step of a 3-D network: views, network, average.
+
+    Takes ``(N, 1, tz, t, t)`` tiles on the normalised scale and returns the mean of the
+    network's output over the views of each: its twins (``infer_on="twins"``, slice by
+    slice in Y-X, :func:`asn2n_dask.pairs.make_volume_twins`: the pairs the network was
+    trained on) or the tile itself (``"raw"``), each also turned and flipped in Y-X
+    ``tta`` ways (turned back before averaging; Z is never flipped: the PSF and the
+    sampling along it differ from Y-X).  The global normalisation is affine and the
+    twins are linear and keep constants, so twins of normalised tiles are the
+    normalised twins.
+    """
+
+    def fn(tiles: torch.Tensor) -> torch.Tensor:
+        views = torch.cat(make_volume_twins(tiles.double())).float() if infer_on == "twins" else tiles.float()
+        return views_mean(net_fn, views, tiles.shape[0], tta)
+
+    return fn
+
+
 def denoise_window_3d(region: NDArray[np.number], plan: WindowPlan, frame_shape: tuple[int, int, int],
                       fn: Callable[[torch.Tensor], torch.Tensor], *, stats: ChannelStats,
                       infer: InferConfig = InferConfig(), tile_z: int, device: torch.device | str = "cpu",
@@ -231,8 +259,8 @@ def denoise_window_3d(region: NDArray[np.number], plan: WindowPlan, frame_shape:
     in and one of the result out.  The window's result depends only on its region and
     ``stats``, so a volume denoised window by window equals the volume denoised whole.
 
-    The network sees the normalised voxels themselves: ``infer.infer_on`` and
-    ``infer.tta`` are options of 2-D frames and are not applied here.
+    The network sees the views of each tile :func:`volume_tile_fn` makes (by default
+    its twins, the domain it was trained on) and their outputs are averaged.
 
     Parameters
     ----------
@@ -244,13 +272,14 @@ def denoise_window_3d(region: NDArray[np.number], plan: WindowPlan, frame_shape:
     frame_shape : (int, int, int)
         The whole volume's (Z, Y, X).
     fn : callable
-        Batched 3-D network (:func:`network_fn`), ``(N, 1, tile_z, tile, tile)`` tiles on
-        the normalised scale.
+        Batched 3-D network (:func:`network_fn`) on ``(N, 1, tile_z, tile, tile)`` tiles
+        of the normalised scale.
     stats : ChannelStats
         Statistics of the whole channel: the network sees ``(v - stats.norm.lo) /
         stats.norm.span``, as in training (:func:`asn2n_dask.train3d.volume_twins_batch`).
     infer : InferConfig
-        Y-X tile side, overlap (every axis), blending, tiles per call.
+        Y-X tile side, overlap (every axis), blending, tiles per call, the views the
+        network sees (``infer_on``, ``tta``: :func:`volume_tile_fn`).
     tile_z : int
         Tile size along Z, slices (the network's training sub-volume's Z).
     device : torch device
@@ -283,8 +312,8 @@ def denoise_window_3d(region: NDArray[np.number], plan: WindowPlan, frame_shape:
     dev = torch.device(device)
     lo, span = stats.norm.lo, stats.norm.span
     img = _to_device(region, dev)  # the one copy in
-    pred = predict_volume_window(((img - lo) / span).float()[None], plan.tiles, plan.read, plan.window, fn,
-                                 tile_z=tz, config=infer)
+    pred = predict_volume_window(((img - lo) / span).float()[None], plan.tiles, plan.read, plan.window,
+                                 volume_tile_fn(fn, infer.infer_on, infer.tta), tile_z=tz, config=infer)
     out = clamp_output(pred.double() * span + lo, stats).float()
     return _to_host(out), np.full(out.shape, VOLUME_RISK, np.int8)  # the one copy out
 

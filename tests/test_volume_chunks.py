@@ -13,7 +13,8 @@ from asn2n_dask.config import NormConfig
 from asn2n_dask.errors import ConfigError
 from asn2n_dask.model import build_unet3d
 from asn2n_dask.plan import AxisPlan, WindowPlan, Windows, axis_stride
-from asn2n_dask.predict import VOLUME_RISK, clamp_output, denoise_window_3d, network_fn
+from asn2n_dask.pairs import make_volume_twins
+from asn2n_dask.predict import VOLUME_RISK, clamp_output, denoise_window_3d, network_fn, volume_tile_fn
 from asn2n_dask.risk import FrameStats
 from asn2n_dask.stats import ChannelStats, channel_stats
 
@@ -109,11 +110,45 @@ def test_the_whole_volume_window_is_the_tiled_prediction_of_the_normalised_volum
     (wp,) = window_plans(SHAPE, SHAPE)
     got, risk = denoise_window_3d(vol, wp, SHAPE, fn, stats=stats, infer=INFER, tile_z=TILE_Z, multiple=net.multiple)
     lo, span = stats.norm.lo, stats.norm.span
-    pred = predict_tiled_volume(((vol - lo) / span).astype(np.float32), fn, tile_z=TILE_Z, config=INFER,
-                                multiple=net.multiple)
+    pred = predict_tiled_volume(((vol - lo) / span).astype(np.float32), volume_tile_fn(fn, INFER.infer_on),
+                                tile_z=TILE_Z, config=INFER, multiple=net.multiple)
     want = clamp_output(pred.astype(np.float64) * span + lo, stats)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * float(np.ptp(vol)))
     assert risk.shape == SHAPE and (risk == 0).all()
+
+
+def test_the_network_sees_each_tiles_twins_and_their_outputs_are_averaged():
+    tiles = torch.from_numpy(np.random.default_rng(1).normal(size=(3, 1, 4, 8, 8)))
+    seen = []
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x)
+        return x * 2
+
+    out = volume_tile_fn(net, "twins")(tiles)
+    a, b = make_volume_twins(tiles.double())
+    (x,) = seen
+    assert x.shape == (6, 1, 4, 8, 8) and x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.cat([a, b]).float())
+    torch.testing.assert_close(out, (a + b).float())  # the mean of 2a and 2b
+    assert not torch.allclose(out, 2 * tiles.float(), atol=1e-3)  # twins, not the tile itself
+
+
+@pytest.mark.parametrize("tta", [1, 2, 4, 8])
+def test_turned_and_flipped_views_are_turned_back_before_averaging(tta):
+    tiles = torch.from_numpy(np.random.default_rng(2).normal(size=(2, 1, 3, 8, 8))).float()
+    z_ramp = torch.arange(3.0).view(1, 1, 3, 1, 1)
+    calls = []
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        # the identity in Y-X (a view not turned back would not give the tile) plus a ramp along Z (which a
+        # flip of Z would reverse)
+        calls.append(1)
+        return x + z_ramp
+
+    out = volume_tile_fn(net, "raw", tta)(tiles)
+    assert len(calls) == tta
+    torch.testing.assert_close(out, tiles + z_ramp)
 
 
 @pytest.mark.parametrize("chunks", [SHAPE, (5, 16, 20)])
