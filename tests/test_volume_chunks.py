@@ -12,8 +12,8 @@ from asn2n_dask.blend import predict_tiled_volume
 from asn2n_dask.config import NormConfig
 from asn2n_dask.errors import ConfigError
 from asn2n_dask.model import build_unet3d
-from asn2n_dask.plan import AxisPlan, WindowPlan, Windows, axis_stride
 from asn2n_dask.pairs import make_volume_twins
+from asn2n_dask.plan import AxisPlan, WindowPlan, Windows, axis_stride
 from asn2n_dask.predict import VOLUME_RISK, clamp_output, denoise_window_3d, network_fn, volume_tile_fn
 from asn2n_dask.risk import FrameStats
 from asn2n_dask.stats import ChannelStats, channel_stats
