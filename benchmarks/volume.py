@@ -91,25 +91,10 @@ def stage_gaussian(noisy: np.ndarray, gt: np.ndarray) -> dict:
             "sigmas_zyx": [[s[0], s[1], s[1]] for s in sig], "scores": scores(np.stack(out), gt)}
 
 
-def volume_fn(net, infer_on: str):  # noqa: ANN001, ANN201
-    """The network on normalised (N, 1, tz, t, t) tiles: the mean over the twins of each."""
-    import torch
-
-    from asn2n_dask.pairs import make_volume_twins
-
-    def fn(tiles: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            if infer_on == "raw":
-                return net(tiles.float())
-            a, b = make_volume_twins(tiles.double())
-            return (net(a.float()) + net(b.float())) / 2
-
-    return fn
-
-
 def stage_dims3(noisy: np.ndarray, gt: np.ndarray, steps: int, preset: str, patch: tuple[int, int, int]) -> dict:
     from asn2n_dask.blend import predict_tiled_volume
     from asn2n_dask.config import InferConfig, VolumeTrainConfig
+    from asn2n_dask.predict import network_fn, volume_tile_fn
     from asn2n_dask.train3d import fit_volume
 
     cfg = VolumeTrainConfig(preset=preset, steps=steps, patch=patch, anisotropy=ANISOTROPY)
@@ -118,10 +103,11 @@ def stage_dims3(noisy: np.ndarray, gt: np.ndarray, steps: int, preset: str, patc
     train_s = time.perf_counter() - t0
     infer = InferConfig()
     t1 = time.perf_counter()
+    net = network_fn(fit.net, "cpu", infer.precision)
     preds = []
     for vol in noisy.astype(np.float64):
         x = (vol - fit.stats.lo) / fit.stats.span
-        y = predict_tiled_volume(x, volume_fn(fit.net, infer.infer_on), tile_z=fit.patch[0], config=infer,
+        y = predict_tiled_volume(x, volume_tile_fn(net, infer.infer_on, infer.tta), tile_z=fit.patch[0], config=infer,
                                  multiple=fit.net.multiple)
         preds.append(y.astype(np.float64) * fit.stats.span + fit.stats.lo)
     infer_s = time.perf_counter() - t1
