@@ -16,8 +16,13 @@ Stages (each writes its rows into ``benchmarks/results/volume.json``):
   voxels' anisotropy) trained on both time points, applied with Gaussian-weighted 3-D tiles
   on the twins of each tile (as 2-D inference does by default).
 - ``dims2``: the per-plane 2-D default (``asn2n_dask.fit`` and ``denoise``, every option at
-  its default) on the same volumes' 96 slices as frames, for the same training time as the
-  ``dims3`` row (steps from a probe of the 2-D step time).
+  its default) on the same volumes' 96 slices as frames.
+
+Both networks get the same training budget, ``--cpu-seconds`` of CPU time on one thread
+(run with ``OMP_NUM_THREADS=1``): each stage probes its own step cost and trains for the
+steps that fit.  CPU time rather than wall time, so that other jobs on the machine do not
+change the comparison; the probe's fixed costs (statistics) count as steps, which errs
+against the side whose fixed costs are larger.
 
 Usage (from the repository root)::
 
@@ -32,6 +37,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,16 +97,29 @@ def stage_gaussian(noisy: np.ndarray, gt: np.ndarray) -> dict:
             "sigmas_zyx": [[s[0], s[1], s[1]] for s in sig], "scores": scores(np.stack(out), gt)}
 
 
-def stage_dims3(noisy: np.ndarray, gt: np.ndarray, steps: int, preset: str, patch: tuple[int, int, int]) -> dict:
+def cpu_steps(train: Callable[[int], object], budget: float, probe: int) -> tuple[int, float]:
+    """Steps that fit ``budget`` CPU seconds of this process, from ``probe`` steps of ``train``,
+    and the probe's CPU seconds a step.  CPU time, not wall time: the machine is shared, and
+    both networks train on one thread, so CPU seconds are the compute each one gets."""
+    t0 = time.process_time()
+    train(probe)
+    per_step = (time.process_time() - t0) / probe
+    return max(probe, int(round(budget / per_step))), per_step
+
+
+def stage_dims3(noisy: np.ndarray, gt: np.ndarray, budget: float, preset: str, patch: tuple[int, int, int]) -> dict:
     from asn2n_dask.blend import predict_tiled_volume
     from asn2n_dask.config import InferConfig, VolumeTrainConfig
     from asn2n_dask.predict import network_fn, volume_tile_fn
     from asn2n_dask.train3d import fit_volume
 
-    cfg = VolumeTrainConfig(preset=preset, steps=steps, patch=patch, anisotropy=ANISOTROPY)
-    t0 = time.perf_counter()
-    fit = fit_volume(list(noisy), cfg)
-    train_s = time.perf_counter() - t0
+    def cfg(steps: int) -> VolumeTrainConfig:
+        return VolumeTrainConfig(preset=preset, steps=steps, patch=patch, anisotropy=ANISOTROPY)
+
+    steps, per_step = cpu_steps(lambda n: fit_volume(list(noisy), cfg(n)), budget, probe=10)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fit = fit_volume(list(noisy), cfg(steps))
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     infer = InferConfig()
     t1 = time.perf_counter()
     net = network_fn(fit.net, "cpu", infer.precision)
@@ -113,29 +132,26 @@ def stage_dims3(noisy: np.ndarray, gt: np.ndarray, steps: int, preset: str, patc
     infer_s = time.perf_counter() - t1
     return {"method": f"3-D U-Net ({preset}, {steps} steps, patch {'x'.join(map(str, fit.patch))}, "
                       f"anisotropy {ANISOTROPY:g}, global range, twins inference)",
-            "train_seconds": train_s, "infer_seconds": infer_s, "steps": steps, "patch": list(fit.patch),
+            "train_seconds": train_s, "train_cpu_seconds": train_cpu, "probe_cpu_seconds_per_step": per_step,
+            "infer_seconds": infer_s, "steps": steps, "patch": list(fit.patch),
             "final_loss": float(np.mean(fit.losses[-20:])), "scores": scores(np.stack(preds), gt)}
 
 
-def stage_dims2(noisy: np.ndarray, gt: np.ndarray, seconds: float, probe: int = 30) -> dict:
+def stage_dims2(noisy: np.ndarray, gt: np.ndarray, budget: float) -> dict:
     from asn2n_dask import TrainConfig, denoise, fit
 
     t, z, h, w = noisy.shape
     frames = noisy.reshape(t * z, h, w)
-    t0 = time.perf_counter()
-    fit(frames, axes="TYX", config=TrainConfig(steps=probe))
-    per_step = (time.perf_counter() - t0) / probe
-    steps = max(probe, int(round(seconds / per_step)))
-    t1 = time.perf_counter()
+    steps, per_step = cpu_steps(lambda n: fit(frames, axes="TYX", config=TrainConfig(steps=n)), budget, probe=30)
+    t1, c1 = time.perf_counter(), time.process_time()
     model = fit(frames, axes="TYX", config=TrainConfig(steps=steps))
-    train_s = time.perf_counter() - t1
+    train_s, train_cpu = time.perf_counter() - t1, time.process_time() - c1
     t2 = time.perf_counter()
     pred = np.asarray(denoise(frames, model, axes="TYX"), np.float64).reshape(noisy.shape)
     infer_s = time.perf_counter() - t2
-    return {"method": f"per-plane 2-D default ({steps} steps, the 3-D row's training time; every other option at "
-                      "its default)",
-            "train_seconds": train_s, "infer_seconds": infer_s, "steps": steps,
-            "probe_seconds_per_step": per_step, "scores": scores(pred, gt)}
+    return {"method": f"per-plane 2-D default ({steps} steps; every other option at its default)",
+            "train_seconds": train_s, "train_cpu_seconds": train_cpu, "probe_cpu_seconds_per_step": per_step,
+            "infer_seconds": infer_s, "steps": steps, "scores": scores(pred, gt)}
 
 
 def render(rows: dict) -> str:
@@ -161,16 +177,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["data", "gaussian", "dims3", "dims2"],
                     choices=["data", "gaussian", "dims3", "dims2", "report"])
-    ap.add_argument("--steps", type=int, default=1000, help="3-D training steps (default 1000)")
+    ap.add_argument("--cpu-seconds", type=float, default=1000.0,
+                    help="training budget of each network, CPU seconds on one thread (default 1000)")
     ap.add_argument("--preset", default="small3d")
     ap.add_argument("--patch", type=int, nargs=3, default=[16, 64, 64], metavar=("Z", "Y", "X"))
-    ap.add_argument("--seconds", type=float, default=None,
-                    help="2-D training time (default: the recorded 3-D row's)")
     args = ap.parse_args()
     rows = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
     cmd = "python benchmarks/volume.py --stage"
 
     def put(key: str, row: dict, command: str, t0: float) -> None:
+        if RECORD.is_file():  # another stage may have run beside this one: keep its rows
+            rows.update({k: v for k, v in json.loads(RECORD.read_text()).items() if k != key})
         rows[key] = {**row, **provenance(command, time.perf_counter() - t0)}
         RESULTS.mkdir(parents=True, exist_ok=True)
         RECORD.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
@@ -186,15 +203,12 @@ def main() -> None:
         put("gaussian", stage_gaussian(noisy, gt), f"{cmd} gaussian", t0)
     if "dims3" in stages:
         t0 = time.perf_counter()
-        put("dims3", stage_dims3(noisy, gt, args.steps, args.preset, tuple(args.patch)),
-            f"{cmd} dims3 --steps {args.steps} --preset {args.preset} --patch {' '.join(map(str, args.patch))}", t0)
+        put("dims3", stage_dims3(noisy, gt, args.cpu_seconds, args.preset, tuple(args.patch)),
+            f"{cmd} dims3 --cpu-seconds {args.cpu_seconds:g} --preset {args.preset} "
+            f"--patch {' '.join(map(str, args.patch))}", t0)
     if "dims2" in stages:
-        seconds = args.seconds if args.seconds is not None else rows.get("dims3", {}).get("train_seconds")
-        if seconds is None:
-            raise SystemExit("the dims2 stage trains as long as the dims3 row did: run --stage dims3 first, "
-                             "or give --seconds")
         t0 = time.perf_counter()
-        put("dims2", stage_dims2(noisy, gt, float(seconds)), f"{cmd} dims2 --seconds {seconds:.0f}", t0)
+        put("dims2", stage_dims2(noisy, gt, args.cpu_seconds), f"{cmd} dims2 --cpu-seconds {args.cpu_seconds:g}", t0)
     (RESULTS / "volume.md").write_text(render(rows))
     print(render(rows))
 
