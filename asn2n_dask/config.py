@@ -28,6 +28,7 @@ __all__ = [
     "OmeVersion",
     "PRESETS",
     "Preset3d",
+    "AnyPreset",
     "PRESETS_3D",
     "VolumeTrainConfig",
     "DepthAxis",
@@ -47,6 +48,8 @@ RiskEstimator = Literal["auto", "reference", "noise-aware"]
 LossKind = Literal["l1", "l2"]
 Preset = Literal["tiny", "small", "paper"]
 Preset3d = Literal["tiny3d", "small3d", "large3d"]
+#: Every preset, 2-D then 3-D (``asn2n fit --preset`` takes either kind, by ``--dims``).
+AnyPreset = Literal[Preset, Preset3d]
 #: The axis a 3-D network sees as depth: ``Z`` (volumes), or ``T`` (an x-y-t stack seen as
 #: one volume per channel).
 DepthAxis = Literal["Z", "T"]
