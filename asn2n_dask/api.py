@@ -224,6 +224,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
     >>> denoise(noisy, model, config=InferConfig(tile=32)).shape
     (64, 64)
     >>> vol = np.random.default_rng(0).poisson(5.0, (8, 32, 32)).astype(np.uint16)
+    >>> from asn2n_dask import VolumeTrainConfig
     >>> m3 = fit(vol, axes="ZYX", dims=3, volume=VolumeTrainConfig(preset="tiny3d", steps=2, patch=(8, 16, 16)))
     >>> m3.dims, m3.volume.tile_z, denoise(vol, m3, axes="ZYX", config=InferConfig(tile=16)).shape
     (3, 8, (8, 32, 32))
