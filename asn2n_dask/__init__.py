@@ -10,7 +10,7 @@ work on numpy arrays and files; the ``asn2n`` command line is a thin shell over 
 from ._version import __version__
 from .api import assess_risk, denoise, fit, risk_summary
 from .checkpoint import Model, load_model, save_model
-from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig
+from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig, VolumeTrainConfig
 from .errors import Asn2nError
 from .report import make_report
 
@@ -25,6 +25,7 @@ __all__ = [
     "make_report",
     "Model",
     "TrainConfig",
+    "VolumeTrainConfig",
     "InferConfig",
     "NormConfig",
     "RiskThresholds",

@@ -1,7 +1,9 @@
 """The package's verbs on arrays and files: fit, denoise, assess risk.
 
 Stacks are processed plane by plane and channel by channel; each colour channel has its
-own network.  These functions are what the command line calls.
+own network.  A model of 3-D networks (``fit(..., dims=3)``) sees volumes instead: per
+channel, the (Z, Y, X) volume of each time point, or an x-y-t stack's (T, Y, X) as one
+volume.  These functions are what the command line calls.
 
 Arrays come back as they were given:
 
@@ -30,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .axes import from_planes, parse_axes, to_planes
+from .axes import check_depth_axis, from_planes, from_volumes, parse_axes, to_planes, to_volumes
 from .blend import check_tile_frame
-from .checkpoint import ChannelModel, Model, TrainState, save_model
-from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig
-from .errors import InputError, ModelError
+from .checkpoint import ChannelModel, Model, TrainState, model_dims, save_model
+from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig, VolumeSpec, VolumeTrainConfig
+from .errors import ConfigError, InputError, ModelError
 from .predict import compiles, denoise_frame, network_fn, resolve_device
 from .risk import FrameStats, RiskReport
 from .risk import assess_risk as _frame_risk
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from .stats_pass import StatsCache
 
 __all__ = ["fit", "denoise", "denoise_to_file", "denoise_with_risk", "assess_risk", "risk_summary", "check_image",
-           "MIN_FRAME_SIDE", "Progress"]
+           "check_file_model", "MIN_FRAME_SIDE", "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +135,20 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         progress: Progress | None = None, model_dir: str | os.PathLike[str] | None = None,
         channels: Sequence[str] | None = None, time: str | None = None, resume: bool = False,
         workers: int = 0, client: Any = None, series: int | None = None,
-        stats_cache: StatsCache | None = None) -> Model:
+        stats_cache: StatsCache | None = None, dims: int = 2, depth_axis: str | None = None,
+        volume: VolumeTrainConfig | None = None, anisotropy: float | None = None) -> Model:
     """Train one Adaptive-SN2N network per colour channel on noisy data itself.
 
     Patches are cut lazily (:mod:`asn2n_dask.sampling`), so a file of any size trains
     in bounded memory: only the chunks under the sampled regions are read.
+
+    With ``dims=3`` each channel gets a 3-D network (:func:`asn2n_dask.train3d.fit_volume`)
+    trained on sub-volumes of its volumes, which are read into memory: the (Z, Y, X)
+    volume of every time point (``depth_axis="Z"``), or, for data without a Z axis, the
+    (T, Y, X) stack as one volume (``depth_axis="T"``).  Each channel is normalised on
+    its percentile range over all its data (:func:`asn2n_dask.stats.channel_stats`, the
+    statistics 2-D training takes); there are no risk classes, checkpoints or
+    validation regions, and ``model_dir`` receives the model and its training curves.
 
     Parameters
     ----------
@@ -179,10 +190,30 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         same input next in this process need not read it again for them (``asn2n
         run``); statistics it holds for these inputs, still valid, are used instead of
         a pass.
+    dims : {2, 3}
+        Networks that see frames (2) or volumes (3).
+    depth_axis : {"Z", "T"}, optional
+        ``dims=3``: the axis the networks see as depth (default ``Z``).
+    volume : VolumeTrainConfig, optional
+        ``dims=3``: the training options (default ``VolumeTrainConfig()``); ``config``
+        is for 2-D networks and must be left at its default.
+    anisotropy : float, optional
+        ``dims=3``: voxel size along the depth axis over voxel size in Y-X.  Default:
+        for depth ``Z``, Z spacing over Y spacing from the input's physical scale (a
+        file's OME or ImageJ metadata, a DataArray's ``z`` and ``y`` coordinates) when
+        it records both; otherwise ``volume.anisotropy``.
 
     Returns
     -------
     Model
+
+    Raises
+    ------
+    InputError
+        ``dims=3`` on data whose axes do not hold the depth axis (no Z for depth Z; a Z
+        axis with depth T), or volumes too small in Y-X for the preset.
+    ConfigError
+        Options of one kind of network given for the other.
 
     Examples
     --------
@@ -192,7 +223,26 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
     >>> model = fit(noisy, config=TrainConfig(preset="tiny", steps=2, patch=32, batch=2))
     >>> denoise(noisy, model, config=InferConfig(tile=32)).shape
     (64, 64)
+    >>> vol = np.random.default_rng(0).poisson(5.0, (8, 32, 32)).astype(np.uint16)
+    >>> from asn2n_dask import VolumeTrainConfig
+    >>> m3 = fit(vol, axes="ZYX", dims=3, volume=VolumeTrainConfig(preset="tiny3d", steps=2, patch=(8, 16, 16)))
+    >>> m3.dims, m3.volume.tile_z, denoise(vol, m3, axes="ZYX", config=InferConfig(tile=16)).shape
+    (3, 8, (8, 32, 32))
     """
+    if dims not in (2, 3) or isinstance(dims, bool):
+        raise ConfigError(f"dims must be 2 (frames) or 3 (volumes); got {dims!r:.40}.")
+    if dims == 3:
+        if config != TrainConfig():
+            raise ConfigError("config holds the options of 2-D networks; with dims=3 pass "
+                              "volume=VolumeTrainConfig(...) instead.")
+        if resume or workers:
+            raise ConfigError("resume and loader workers apply to 2-D training only; leave them out with dims=3.")
+        return _fit_volumes(data, axes=axes, config=volume if volume is not None else VolumeTrainConfig(),
+                            depth_axis="Z" if depth_axis is None else depth_axis, anisotropy=anisotropy,
+                            channel_names=channel_names, device=device, progress=progress, model_dir=model_dir,
+                            channels=channels, time=time, client=client, series=series, stats_cache=stats_cache)
+    if volume is not None or depth_axis is not None or anisotropy is not None:
+        raise ConfigError("volume, depth_axis and anisotropy apply to 3-D networks only; pass dims=3 with them.")
     if isinstance(data, (str, os.PathLike)) or (isinstance(data, (list, tuple)) and data
                                                  and isinstance(data[0], (str, os.PathLike))):
         items, info = _file_channels(data, axes, config, channels, time, client, series, stats_cache)
@@ -239,7 +289,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
                 save_model(Model(train=config, channels=done + [_channel_model(name, r)], info=provenance()), model_dir,
                            complete=False)
                 save_train_state(model_dir, job, c, ts)
-                _write_curves(model_dir, c, name, r)
+                _write_curves(model_dir, c, name, r.history)
 
         result = train_channel(readers, config, stats=st, device=dev, progress=step_cb, checkpoint=ckpt,
                                resume=state if c == first_channel else None, workers=workers)
@@ -247,7 +297,7 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
         ch = _channel_model(name, result)
         done.append(ch)
         if model_dir is not None and rank == 0:
-            _write_curves(model_dir, c, name, result)
+            _write_curves(model_dir, c, name, result.history)
             _write_montage(model_dir, c, name, result, dev)
         log.info("channel %s: %d steps in %.1f s, dataset decision %s, high-risk ratio %.3f",
                  name, result.steps, result.seconds, result.method.dataset_mode, result.method.high_risk_ratio)
@@ -380,7 +430,7 @@ def _world() -> int:
         torch.distributed.is_initialized() else 1
 
 
-def _write_curves(model_dir: str | os.PathLike[str], c: int, name: str, r: TrainResult) -> None:
+def _write_curves(model_dir: str | os.PathLike[str], c: int, name: str, history: list[dict[str, Any]]) -> None:
     """``curves-<c>.csv`` and ``curves-<c>.png``: train and validation loss against steps."""
     import csv
     from pathlib import Path
@@ -393,10 +443,10 @@ def _write_curves(model_dir: str | os.PathLike[str], c: int, name: str, r: Train
     with open(d / f"curves-{c}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
-        for row in r.history:
+        for row in history:
             w.writerow(["" if row.get(k) is None else row.get(k) for k in cols])
-    if r.history:
-        curves_png(r.history, d / f"curves-{c}.png", title=f"channel {name}")
+    if history:
+        curves_png(history, d / f"curves-{c}.png", title=f"channel {name}")
 
 
 def _write_montage(model_dir: str | os.PathLike[str], c: int, name: str, r: TrainResult, dev: Any) -> None:
@@ -419,10 +469,307 @@ def _write_montage(model_dir: str | os.PathLike[str], c: int, name: str, r: Trai
                 title=f"channel {name}: validation patches (never trained on)")
 
 
+# ---------------------------------------------------------------- 3-D networks
+def _volume_size_check(shape: tuple[int, ...], config: VolumeTrainConfig) -> None:
+    """Refuse volumes too small for the preset before any statistics are computed."""
+    from .train3d import volume_patch
+
+    volume_patch((int(shape[-3]), int(shape[-2]), int(shape[-1])), config)
+
+
+def _recorded_anisotropy(scale: Sequence[float] | None, units: Sequence[str | None] | None, axes: str,
+                         stated: bool) -> float | None:
+    """Z spacing over Y spacing from a physical scale, when it records both in one unit
+    (``stated``: a unit is needed to tell a size the file states from a default 1)."""
+    if scale is None or "Z" not in axes or len(scale) != len(axes):
+        return None
+    z, y = axes.index("Z"), axes.index("Y")
+    u = tuple(units) if units is not None and len(units) == len(axes) else (None,) * len(axes)
+    if u[z] != u[y] or (stated and u[z] is None):
+        return None  # a size the file does not state, or sizes in different units
+    ratio = float(scale[z]) / float(scale[y])
+    return ratio if math.isfinite(ratio) and ratio > 0 else None
+
+
+def _coords_anisotropy(data: Any, axes: str) -> float | None:
+    """Z spacing over Y spacing from a DataArray's evenly spaced numeric coordinates."""
+    steps = []
+    for letter in "ZY":
+        dim = data.dims[axes.index(letter)]
+        if dim not in data.coords or data.sizes[dim] < 2 or not np.issubdtype(data.coords[dim].dtype, np.number):
+            return None
+        values = np.asarray(data.coords[dim].values, np.float64)
+        steps.append((values[-1] - values[0]) / (values.size - 1))
+    ratio = abs(steps[0] / steps[1]) if steps[1] else math.nan
+    return ratio if math.isfinite(ratio) and ratio > 0 else None
+
+
+def _array_volumes(data: Any, axes: str | None, config: VolumeTrainConfig, depth: str,
+                   channel_names: Sequence[str] | None
+                   ) -> tuple[list[tuple[str, list[Any], ChannelStats]], dict[str, Any], float | None]:
+    """:func:`fit`'s channels of an array for 3-D networks: per channel its name,
+    volumes and statistics; the data's description; the anisotropy its coordinates
+    record."""
+    recorded = None
+    if _is_xarray(data):
+        axes = _xarray_axes(data, axes)
+        c_dim = data.dims[axes.find("C")] if "C" in axes else None
+        if channel_names is None and c_dim is not None and c_dim in data.coords:
+            channel_names = [str(v) for v in data.coords[c_dim].values]
+        if depth == "Z" and "Z" in axes:
+            recorded = _coords_anisotropy(data, axes)
+        data = data.data
+    check_image(data, name="training data")
+    ax = parse_axes(axes, np.ndim(data))
+    check_depth_axis(ax, depth, "the training data")
+    vols = to_volumes(np.asarray(data), ax, depth)
+    _volume_size_check(vols.shape, config)
+    names = list(channel_names) if channel_names is not None else [str(i) for i in range(vols.shape[0])]
+    if len(names) != vols.shape[0]:
+        raise InputError(f"{len(names)} channel names given for {vols.shape[0]} channels.")
+    stats_all = channel_stats(vols, config.norm)
+    items = [(name, list(vols[c]), stats_all[c]) for c, name in enumerate(names)]
+    info = {"inputs": ["<array>"], "shape": [list(np.shape(data))], "dtype": str(np.asarray(data).dtype),
+            "axes": ax}
+    return items, info, recorded
+
+
+def _file_volumes(data: Any, axes: str | None, config: VolumeTrainConfig, depth: str,
+                  channels: Sequence[str] | None, time: str | None, client: Any, series: int | None,
+                  stats_cache: StatsCache | None
+                  ) -> tuple[list[tuple[str, list[Any], ChannelStats]], dict[str, Any], float | None]:
+    """:func:`fit`'s channels of files for 3-D networks, as :func:`_array_volumes`: the
+    statistics from one pass over every time point, the selected volumes read into
+    memory."""
+    from .source import Selection, check_source, open_source, read_selection
+    from .stats_pass import selection_stats
+
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    sources = [open_source(p, axes, series=series) for p in paths]
+    first = sources[0]
+    sels = [Selection.parse(s, list(channels) if channels else None, time) for s in sources]
+
+    def n_ch(s: Any, sel: Any) -> int:
+        return len(sel.indices(s)[s.axes.index("C")]) if "C" in s.axes else 1
+
+    for s, sel in zip(sources, sels):
+        check_source(s)
+        check_depth_axis(s.axes, depth, s.path)
+        if s.axes != first.axes:
+            raise InputError(f"{s.path} has axes {s.axes}, unlike {first.path} ({first.axes}); train on inputs "
+                             "with the same axes.")
+        if n_ch(s, sel) != n_ch(first, sels[0]):
+            raise InputError(f"{s.path} has different channels than {first.path}; train on inputs with the "
+                             "same channels.")
+        kept = [len(i) for i in sel.indices(s)]
+        _volume_size_check((kept[s.axes.index(depth)], *s.frame_shape), config)
+    order = [_channel_order(first, sels[0], s, sel) for s, sel in zip(sources, sels)]
+    if any(o != list(range(len(o))) for o in order):  # every file's channels in the first file's order
+        sels = [replace(sel, channels=tuple(int(sel.indices(s)[s.axes.index("C")][k]) for k in o))
+                for s, sel, o in zip(sources, sels, order)]
+    stats_all = selection_stats(sources, sels, config.norm, client, cache=stats_cache)
+    c_idx = sels[0].indices(first)[first.axes.find("C")] if "C" in first.axes else np.array([0])
+    names = list(first.meta.channel_names or [])
+    volumes: list[list[Any]] = [[] for _ in c_idx]
+    for s, sel in zip(sources, sels):
+        vols = to_volumes(read_selection(s, sel), s.axes, depth)
+        for j in range(len(c_idx)):
+            volumes[j].extend(vols[j])
+    items = [(names[int(c)] if len(names) > int(c) else str(int(c)), volumes[j], stats_all[j])
+             for j, c in enumerate(c_idx)]
+    info = {"inputs": [s.path for s in sources], "shape": [list(s.shape) for s in sources],
+            "dtype": first.dtype, "axes": first.axes, "time": time}
+    recorded = None
+    if depth == "Z":
+        recorded = _recorded_anisotropy(first.meta.scale, first.meta.units, first.axes,
+                                        stated=first.meta.format == "tiff")
+    return items, info, recorded
+
+
+def _loss_history(losses: Sequence[float], rows: int = 100) -> list[dict[str, Any]]:
+    """Training losses as at most about ``rows`` history rows: the mean loss of each
+    run of steps, at the run's last step."""
+    n = len(losses)
+    every = max(1, n // rows)
+    ends = list(range(every, n + 1, every))
+    if n and ends[-1] != n:
+        ends.append(n)
+    out, start = [], 0
+    for end in ends:
+        out.append({"step": end, "train_loss": float(np.mean(losses[start:end]))})
+        start = end
+    return out
+
+
+def _fit_volumes(data: Any, *, axes: str | None, config: VolumeTrainConfig, depth_axis: str,
+                 anisotropy: float | None, channel_names: Sequence[str] | None, device: str,
+                 progress: Progress | None, model_dir: str | os.PathLike[str] | None,
+                 channels: Sequence[str] | None, time: str | None, client: Any, series: int | None,
+                 stats_cache: StatsCache | None) -> Model:
+    """:func:`fit` with ``dims=3``: one 3-D network per channel."""
+    from .train3d import fit_volume
+
+    depth = str(depth_axis).upper()
+    if depth not in ("Z", "T"):
+        raise ConfigError(f"depth axis must be Z or T; got {depth_axis!r:.40}.")
+    t_start = _time.perf_counter()
+    if isinstance(data, (str, os.PathLike)) or (isinstance(data, (list, tuple)) and data
+                                                 and isinstance(data[0], (str, os.PathLike))):
+        items, info, recorded = _file_volumes(data, axes, config, depth, channels, time, client, series, stats_cache)
+    else:
+        if channels or time is not None:
+            raise InputError("channel and time selections apply to file inputs only; index the array instead.")
+        items, info, recorded = _array_volumes(data, axes, config, depth, channel_names)
+    if anisotropy is not None:
+        aniso, where = anisotropy, "given"
+    elif recorded is not None:
+        aniso, where = recorded, "the input's pixel sizes"
+    else:
+        aniso, where = config.anisotropy, "the training options"
+    cfg = replace(config, anisotropy=aniso)
+    log.info("anisotropy %.4g (from %s)", cfg.anisotropy, where)
+    dev = resolve_device(device)
+    rank = _rank()
+    estimator = cfg.norm.risk.estimator if cfg.norm.risk.estimator != "auto" else "reference"
+    done: list[ChannelModel] = []
+    spec: VolumeSpec | None = None
+    for c, (name, vols, st) in enumerate(items):
+        what = f"training channel {name}" if len(items) > 1 else "training"
+
+        def step_cb(step: int, total: int, loss: float, what: str = what) -> None:
+            if progress is not None:
+                progress(what, step, total)
+
+        fitted = fit_volume(vols, cfg, stats=st.norm, device=dev, progress=step_cb)
+        this = VolumeSpec(cfg.preset, fitted.patch, cfg.anisotropy, fitted.net.kernels, depth)  # type: ignore[arg-type]
+        if spec is not None and this != spec:  # every channel's volumes have the same shape
+            raise RuntimeError(f"channel {name} was trained as {this}, unlike the others ({spec})")
+        spec = this
+        history = _loss_history(fitted.losses)
+        done.append(ChannelModel(name=name, net=fitted.net, stats=st.norm, dataset_mode="global",
+                                 risk_estimator=estimator, steps=cfg.steps, seconds=fitted.seconds,
+                                 history=history))
+        if model_dir is not None and rank == 0:
+            _write_curves(model_dir, c, name, history)
+        log.info("channel %s: %d steps on %d volume(s) in %.1f s, sub-volume %s", name, cfg.steps, len(vols),
+                 fitted.seconds, "x".join(map(str, fitted.patch)))
+    info = {**info, "statistics": {n: st.to_dict() for n, _, st in items}, "device": str(dev),
+            "depth_axis": depth, "anisotropy": {"value": cfg.anisotropy, "from": where}, "processes": _world(),
+            "wall_seconds": _time.perf_counter() - t_start}
+    model = Model(train=cfg, channels=done, info=info, volume=spec)
+    if model_dir is not None and rank == 0:
+        from .checkpoint import clear_train_state
+
+        save_model(model, model_dir)
+        clear_train_state(model_dir)
+    return model
+
+
+def _denoise_volumes(data: Any, model: Model, axes: str | None, config: InferConfig, progress: Progress | None,
+                     tile_z: int | None) -> Any:
+    """:func:`denoise` of an array with a model of 3-D networks: one volume at a time,
+    each channel normalised on its statistics over all the array's volumes."""
+    from .predict3d import denoise_volume, volume_network_fn
+
+    spec = model.volume
+    assert spec is not None
+    tz = spec.tile_z if tile_z is None else tile_z
+    if _is_dask_array(data):
+        return _denoise_volumes_lazy(data, model, axes, config, tz)
+    check_image(data)
+    arr = np.asarray(data)
+    ax = parse_axes(axes, arr.ndim)
+    check_depth_axis(ax, spec.depth_axis, "the input")
+    vols = to_volumes(arr, ax, spec.depth_axis)
+    check_tile_frame(config, vols.shape[-2:])
+    if vols.shape[0] != model.n_channels:
+        raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has "
+                         f"{vols.shape[0]}; train a model on data with the same channels.")
+    dev = resolve_device(config.device)
+    stats = channel_stats(vols, model.train.norm)
+    out = np.empty(vols.shape, np.float32)
+    total, done = vols.shape[0] * vols.shape[1], 0
+    for c in range(vols.shape[0]):
+        fn = volume_network_fn(model.channels[c].net, dev, config.precision)
+        for n in range(vols.shape[1]):
+            out[c, n] = denoise_volume(vols[c, n], fn, stats=stats[c], infer=config, tile_z=tz, device=dev,
+                                       multiple=spec.multiple)
+            done += 1
+            if progress is not None:
+                progress("denoising", done, total)
+    return from_volumes(out, ax, spec.depth_axis, arr.shape)
+
+
+def _denoise_volume_block(block: NDArray[Any], stats: Sequence[ChannelStats], *, c_axis: int,
+                          fns: Sequence[Callable[..., Any]], infer: InferConfig, device: Any, tile_z: int,
+                          multiple: tuple[int, int, int], block_id: tuple[int, ...] | None = None
+                          ) -> NDArray[np.float32]:
+    """One volume (a block whose only axes longer than 1 are the depth axis, Y and X),
+    denoised with its channel's network."""
+    from .predict3d import denoise_volume
+
+    c = block_id[c_axis] if c_axis >= 0 and block_id is not None else 0
+    out = denoise_volume(block.reshape(-1, *block.shape[-2:]), fns[c], stats=stats[c], infer=infer, tile_z=tile_z,
+                         device=device, multiple=multiple)
+    return out.reshape(block.shape)
+
+
+def _denoise_volumes_lazy(data: Any, model: Model, axes: str | None, config: InferConfig, tile_z: int) -> Any:
+    """:func:`_denoise_volumes` of a dask array, as a dask array: one task per volume,
+    after one task of channel statistics."""
+    import dask
+    import dask.array as da
+    from dask.base import tokenize
+
+    from .predict3d import volume_network_fn
+
+    spec = model.volume
+    assert spec is not None
+    check_image(data)
+    ax = parse_axes(axes, data.ndim)
+    check_depth_axis(ax, spec.depth_axis, "the input")
+    check_tile_frame(config, tuple(data.shape[-2:]))
+    c_axis = ax.find("C")
+    n_ch = data.shape[c_axis] if c_axis >= 0 else 1
+    if n_ch != model.n_channels:
+        raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has {n_ch}; train "
+                         "a model on data with the same channels.")
+    dev = resolve_device(config.device)
+    token = tokenize(data.name, _weights_digest(model), config.to_dict(), model.train.norm.to_dict(),
+                     spec.to_dict(), tile_z)
+    stats = dask.delayed(_lazy_stats, pure=True)(_Deferred(data), c_axis, model.train.norm,
+                                                 dask_key_name=f"asn2n-stats-{token}")
+    whole = {ax.index(spec.depth_axis), data.ndim - 2, data.ndim - 1}
+    vols = data.rechunk({i: -1 if i in whole else 1 for i in range(data.ndim)})
+    return da.map_blocks(
+        _denoise_volume_block, vols, stats, name=f"asn2n-denoise3d-{token}", dtype=np.float32,
+        meta=np.empty((0,) * data.ndim, np.float32), c_axis=c_axis,
+        fns=[volume_network_fn(ch.net, dev, config.precision) for ch in model.channels], infer=config, device=dev,
+        tile_z=tile_z, multiple=spec.multiple)
+
+
+def check_file_model(model: Model | str | os.PathLike[str]) -> None:
+    """Refuse a model of 3-D networks on the file routes (a ``.tif`` output in memory,
+    a ``.zarr`` output chunk by chunk), which tile frames.
+
+    Raises
+    ------
+    ConfigError
+        ``model`` (a Model or a model directory) holds 3-D networks.
+    """
+    # 3-D models reach files when the chunked pipeline tiles volumes; until then, arrays only
+    dims = model.dims if isinstance(model, Model) else model_dims(model)
+    if dims == 3:
+        raise ConfigError("denoising files with a model of 3-D networks is not available yet, only arrays in "
+                          "memory (asn2n_dask.denoise(volume, model)); train a 2-D model (asn2n fit without --dims "
+                          "3) to denoise files.")
+
+
 def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | os.PathLike[str] | None = None,
             output: str | os.PathLike[str] | None = None, axes: str | None = None,
             config: InferConfig = InferConfig(), progress: Progress | None = None, client: Any = None,
-            channels: Sequence[str] | None = None, time: str | None = None, **run: Any) -> Any:
+            channels: Sequence[str] | None = None, time: str | None = None, tile_z: int | None = None,
+            **run: Any) -> Any:
     """Denoise an image with a trained model, in the input's own units.
 
     Two forms, one method (every chunk of a file goes through the same
@@ -436,6 +783,11 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
       OME-Zarr or TIFF file of any size, chunk by chunk on a Dask cluster (embedded
       LocalCluster by default), into OME-Zarr; resumable.  Returns a
       :class:`asn2n_dask.pipeline.RunSummary`.
+
+    A model of 3-D networks (``model.dims == 3``) denoises arrays only, one volume at a
+    time (:func:`asn2n_dask.predict3d.denoise_volume`): per time point and channel its
+    (Z, Y, X) volume, or per channel the (T, Y, X) stack for a model trained with depth
+    axis T; each channel normalised on its percentile range over the whole array.
 
     Parameters
     ----------
@@ -459,6 +811,10 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
         Path form: the cluster to run on (default: an embedded LocalCluster).
     channels, time : optional
         Path form: channel names/indices and a time range ``"A:B"`` to process.
+    tile_z : int, optional
+        A model of 3-D networks: the tile size along the depth axis, a multiple of
+        ``model.volume.multiple[0]`` (default: the training sub-volume's,
+        ``model.volume.tile_z``).
     **run
         Path form: :class:`asn2n_dask.pipeline.RunOptions` fields (``chunks``,
         ``dtype``, ``ome``, ``pyramid``, ``overwrite``) and the cluster (``scheduler``,
@@ -472,6 +828,8 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
         per block.
     """
     if isinstance(data, (str, os.PathLike)):
+        if tile_z is not None:
+            raise ConfigError("tile_z applies to models of 3-D networks, which denoise arrays only.")
         return _denoise_path(data, output if output is not None else model_or_output, model=model,
                              config=config, progress=progress, client=client, channels=channels, time=time,
                              axes=axes, **run)
@@ -485,18 +843,24 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
     if run or client is not None or channels or time:
         raise InputError("cluster, selection and output options apply to file inputs only; index the array "
                          "instead.")
+    if tile_z is not None and m.volume is None:
+        raise ConfigError("tile_z applies to models of 3-D networks; this model's networks see 2-D frames.")
     if _is_xarray(data):
         ax = _xarray_axes(data, axes)
-        out = _denoise_array(data.data, m, ax, config, progress)
+        out = _denoise_array(data.data, m, ax, config, progress, tile_z)
+        volume = {} if m.volume is None else {"volume": m.volume.to_dict(),
+                                              "tile_z": m.volume.tile_z if tile_z is None else tile_z}
         return _like(data, out, _provenance(
             "denoise", ax, units="input", infer=config.to_dict(), norm=m.train.norm.to_dict(),
             risk_estimators=[ch.risk_estimator for ch in m.channels], channels=[ch.name for ch in m.channels],
-            weights_sha256=_weights_digest(m)))
-    return _denoise_array(data, m, axes, config, progress)
+            weights_sha256=_weights_digest(m), **volume))
+    return _denoise_array(data, m, axes, config, progress, tile_z)
 
 
 def _denoise_array(data: Any, model: Model, axes: str | None, config: InferConfig,
-                   progress: Progress | None) -> Any:
+                   progress: Progress | None, tile_z: int | None = None) -> Any:
+    if model.volume is not None:
+        return _denoise_volumes(data, model, axes, config, progress, tile_z)
     if _is_dask_array(data):
         return _denoise_lazy(data, model, axes, config)
     return denoise_with_risk(np.asarray(data), model, axes=axes, config=config, progress=progress)[0]
@@ -573,6 +937,7 @@ def _denoise_path(data: str | os.PathLike[str], output: Any, *, model: Any, conf
         raise InputError("denoise(path, output, model=...) needs an output .zarr path.")
     if model is None:
         raise ModelError("denoise(path, output, model=...) needs a model directory.")
+    check_file_model(model)
     if isinstance(model, Model):
         model_dir = str(output).rstrip("/") + ".model"
         save_model(model, model_dir)
@@ -619,6 +984,7 @@ def denoise_to_file(source: Any, selection: Any, output: str | os.PathLike[str],
 
     if dtype not in ("input", "float32"):
         raise InputError(f"--dtype must be float32 or input; got {dtype!r}.")
+    check_file_model(model)
     cmap = channel_map(source, selection, model)  # before reading any pixel
     with output_lock(output):
         note, gaps = missing_note(source)
@@ -667,6 +1033,9 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
         (:func:`asn2n_dask.pipeline.channel_map`).  Default: by position, and the model
         must have as many networks as ``data`` channels.
     """
+    if model.volume is not None:
+        raise ModelError("a model of 3-D networks gives no risk classes; denoise volumes with denoise(array, "
+                         "model).")
     check_image(data)
     arr = np.asarray(data)
     ax = parse_axes(axes, arr.ndim)

@@ -12,7 +12,8 @@ from numpy.typing import NDArray
 
 from .errors import InputError
 
-__all__ = ["parse_axes", "default_axes", "merge_axes", "NAMED_AXES", "to_planes", "from_planes", "canonical_order"]
+__all__ = ["parse_axes", "default_axes", "merge_axes", "NAMED_AXES", "to_planes", "from_planes", "canonical_order",
+           "check_depth_axis", "to_volumes", "from_volumes"]
 
 #: Axes the package acts on; where a file names one of them, that name stands.
 NAMED_AXES = "TCZYX"
@@ -112,3 +113,53 @@ def from_planes(planes: NDArray[np.generic], axes: str, shape: tuple[int, ...]) 
         moved = (shape[c],) + tuple(s for i, s in enumerate(shape) if i != c)
         return np.moveaxis(planes.reshape(moved), 0, c)
     return planes.reshape(shape)
+
+
+def check_depth_axis(axes: str, depth: str, where: str = "the data") -> None:
+    """Refuse axes a 3-D network cannot take with ``depth`` (``"Z"`` or ``"T"``) as its
+    depth: depth ``Z`` needs a Z axis; depth ``T`` (an x-y-t stack seen as one volume)
+    needs a T axis and no Z axis.
+
+    Raises
+    ------
+    InputError
+        Naming the axes and the remedy.
+    """
+    if depth == "Z" and "Z" not in axes:
+        raise InputError(f"{where} has axes {axes}, without the Z axis that volumes (depth axis Z) need; name the "
+                         "axes of a volume (e.g. ZYX), or take the time axis as depth (depth axis T).")
+    if depth == "T" and "Z" in axes:
+        raise InputError(f"{where} has axes {axes}: with depth axis T its Z axis would be left out; use depth "
+                         "axis Z (one volume per time point).")
+    if depth == "T" and "T" not in axes:
+        raise InputError(f"{where} has axes {axes}, without the T axis that depth axis T takes as depth; name it "
+                         "(e.g. TYX), or use depth axis Z for volumes.")
+
+
+def _volume_order(axes: str, depth: str) -> tuple[int, ...]:
+    """The transpose to (C, other stack axes..., depth, Y, X), C where there is one."""
+    n = len(axes)
+    c = (axes.index("C"),) if "C" in axes else ()
+    others = tuple(i for i, a in enumerate(axes[:-2]) if a not in ("C", depth))
+    return (*c, *others, axes.index(depth), n - 2, n - 1)
+
+
+def to_volumes(data: NDArray[np.generic], axes: str, depth: str) -> NDArray[np.generic]:
+    """Reshape to (C, N, D, Y, X): channels first, the ``depth`` axis (``Z`` or ``T``)
+    as D, every other stack axis flattened to N (one volume each).
+
+    >>> to_volumes(np.zeros((3, 2, 5, 8, 8)), "TCZYX", "Z").shape
+    (2, 3, 5, 8, 8)
+    >>> to_volumes(np.zeros((6, 8, 8)), "TYX", "T").shape
+    (1, 1, 6, 8, 8)
+    """
+    arr = np.transpose(data, _volume_order(axes, depth))
+    if "C" not in axes:
+        arr = arr[None]
+    return arr.reshape(arr.shape[0], -1, *arr.shape[-3:])
+
+
+def from_volumes(volumes: NDArray[np.generic], axes: str, depth: str, shape: tuple[int, ...]) -> NDArray[np.generic]:
+    """Inverse of :func:`to_volumes` for an array of the original ``shape``."""
+    order = _volume_order(axes, depth)
+    return np.transpose(volumes.reshape(tuple(shape[i] for i in order)), tuple(np.argsort(order)))

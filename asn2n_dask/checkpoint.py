@@ -6,6 +6,18 @@ statistics, the ``dataset`` decision, the risk estimator, the whole
 :class:`asn2n_dask.method.ChannelMethod` as ``method``, training history) and one
 ``channel-<i>.safetensors`` per colour channel.  Files written before ``method`` was
 kept load with the method their other fields give.
+
+A model of 3-D networks (:class:`asn2n_dask.model.UNet3d`) says ``"dims": 3`` and
+``"format_version": 2``, keeps its :class:`asn2n_dask.config.VolumeTrainConfig` as
+``train`` and how its networks are built and applied
+(:class:`asn2n_dask.config.VolumeSpec`) as ``volume``::
+
+    "dims": 3,
+    "volume": {"preset": "small3d", "patch": [16, 64, 64], "anisotropy": 1.0,
+               "pools": [[2, 2, 2], [1, 2, 2]], "depth_axis": "Z"}
+
+A ``model.json`` without ``dims`` is a model of 2-D networks, written and read as before
+3-D models existed.
 """
 
 from __future__ import annotations
@@ -22,17 +34,20 @@ import torch
 from safetensors.torch import load_file, save
 
 from ._version import __version__
-from .config import PRESETS, NormConfig, TrainConfig
+from .config import PRESETS, PRESETS_3D, NormConfig, TrainConfig, VolumeSpec, VolumeTrainConfig
 from .errors import ConfigError, ModelError
 from .method import ChannelMethod
-from .model import UNet
+from .model import UNet, UNet3d
 from .risk import FrameStats
 
-__all__ = ["ChannelModel", "Model", "save_model", "load_model", "model_is_complete", "MODEL_FORMAT",
+__all__ = ["ChannelModel", "Model", "save_model", "load_model", "model_is_complete", "model_dims", "MODEL_FORMAT",
            "TrainState", "save_train_state", "load_train_state", "clear_train_state"]
 
 MODEL_FORMAT = "asn2n-dask-model"
-FORMAT_VERSION = 1
+#: The newest format this version reads: 1 for 2-D models (written as they always were),
+#: 2 for 3-D ones, so that a version without 3-D models refuses them in one sentence.
+FORMAT_VERSION = 2
+FORMAT_VERSION_2D = 1
 
 
 @dataclass
@@ -45,7 +60,7 @@ class ChannelModel:
     """
 
     name: str
-    net: UNet
+    net: UNet | UNet3d
     stats: FrameStats
     dataset_mode: str = "local"
     high_risk_ratio: float = 0.0
@@ -64,18 +79,34 @@ class Model:
 
     Attributes
     ----------
-    train : TrainConfig
-        Every training option (preset, normalisation, loss, seed...).
+    train : TrainConfig or VolumeTrainConfig
+        Every training option (preset, normalisation, loss, seed...): a
+        :class:`TrainConfig` for 2-D networks, a :class:`VolumeTrainConfig` for 3-D ones.
     channels : list of ChannelModel
         In the order of the input's channel axis (one entry for single-channel data).
     info : dict
         Provenance: inputs, shapes, dtype, per-channel statistics and their digests,
         device, wall time.
+    volume : VolumeSpec or None
+        3-D networks: how they were built and are applied (preset, training sub-volume,
+        anisotropy, pooling kernels, depth axis); None for 2-D networks.
     """
 
-    train: TrainConfig
+    train: TrainConfig | VolumeTrainConfig
     channels: list[ChannelModel]
     info: dict[str, Any] = field(default_factory=dict)
+    volume: VolumeSpec | None = None
+
+    def __post_init__(self) -> None:
+        if (self.volume is None) != isinstance(self.train, TrainConfig):
+            raise ConfigError("a model of 2-D networks has a TrainConfig and no volume description, one of 3-D "
+                              "networks a VolumeTrainConfig and a VolumeSpec; got "
+                              f"{type(self.train).__name__} and {type(self.volume).__name__}.")
+
+    @property
+    def dims(self) -> int:
+        """Spatial axes the networks see at once: 2 (frames, Y-X) or 3 (volumes)."""
+        return 2 if self.volume is None else 3
 
     @property
     def n_channels(self) -> int:
@@ -88,7 +119,7 @@ class Model:
         noise = ch.extra.get("risk_noise_sd")
         return ChannelMethod.of(self.train.norm, ch.stats, risk_estimator=ch.risk_estimator,
                                 dataset_mode=ch.dataset_mode, high_risk_ratio=ch.high_risk_ratio,
-                                noise_sd=None if noise is None else float(noise))
+                                noise_sd=None if noise is None else float(noise), spatial_dims=self.dims)
 
     def norm(self, channel: int) -> NormConfig:
         """The normalisation of one channel: the training options with the risk
@@ -97,7 +128,16 @@ class Model:
 
     @property
     def multiple(self) -> int:
+        """Frame sides (Y and X) must be multiples of this; a 3-D network's three
+        multiples are ``volume.multiple``."""
+        if self.volume is not None:
+            return self.volume.multiple[1]
         return 2 ** (len(PRESETS[self.train.preset]) - 1)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Feature channels per level of every channel's network."""
+        return PRESETS_3D[self.train.preset] if self.volume is not None else PRESETS[self.train.preset]
 
 
 def _sha256(path: Path) -> str:
@@ -154,18 +194,22 @@ def save_model(model: Model, directory: str | os.PathLike[str], *, complete: boo
             "history": ch.history,
             "training": ch.extra,
         })
-    doc = {
+    doc: dict[str, Any] = {
         "format": MODEL_FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION_2D if model.volume is None else FORMAT_VERSION,
         "package_version": __version__,
         "torch_version": torch.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "complete": complete,
-        "widths": list(PRESETS[model.train.preset]),
-        "train": model.train.to_dict(),
-        "channels": channels,
-        "provenance": model.info,
     }
+    if model.volume is not None:  # 2-D models: no key of their own, as before 3-D models existed
+        doc["dims"] = 3
+    doc["widths"] = list(model.widths)
+    doc["train"] = model.train.to_dict()
+    if model.volume is not None:
+        doc["volume"] = model.volume.to_dict()
+    doc["channels"] = channels
+    doc["provenance"] = model.info
     path = d / "model.json"
     _atomic_write_text(path, json.dumps(doc, indent=2))
     return path
@@ -202,6 +246,17 @@ def model_is_complete(directory: str | os.PathLike[str]) -> bool:
         return False
 
 
+def model_dims(directory: str | os.PathLike[str]) -> int:
+    """The ``dims`` a model directory's ``model.json`` says, without reading its
+    weights: 3 for 3-D networks, else 2 (an unreadable or malformed file is left to
+    :func:`load_model` to refuse)."""
+    try:
+        doc = json.loads((Path(directory) / "model.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return 2
+    return 3 if isinstance(doc, dict) and doc.get("dims") == 3 else 2
+
+
 def load_model(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu",
                allow_unfinished: bool = False) -> Model:
     """Read a model directory written by :func:`save_model`.
@@ -222,7 +277,7 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
     if not allow_unfinished and _marked_unfinished(path):
         raise ModelError(f"the model in {d} is a checkpoint of a training that did not finish ({_progress_of(d)}); "
                          "finish it with 'asn2n fit ... --resume', or pass --allow-unfinished to use it as it is.")
-    doc, train, fields = _read_model_json(path)
+    doc, train, volume, fields = _read_model_json(path)
     channels: list[ChannelModel] = []
     for e, f in zip(doc["channels"], fields):
         try:
@@ -232,7 +287,8 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
             if _sha256(wpath) != e["sha256"]:
                 raise ModelError(f"weights {wpath} do not match the checksum in {path}; the file was "
                                  "altered or damaged: re-train or restore the model.")
-            net = UNet(PRESETS[train.preset])
+            net: UNet | UNet3d = UNet(PRESETS[train.preset]) if volume is None else \
+                UNet3d(PRESETS_3D[volume.preset], volume.pools)
             net.load_state_dict(load_file(str(wpath), device="cpu"), strict=True)
         except ModelError:
             raise
@@ -242,7 +298,7 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
             raise ModelError(f"cannot load weights from {d} ({type(exc).__name__}: {why}); re-train the model with "
                              "'asn2n fit' or restore it.") from None
         channels.append(ChannelModel(net=net.to(device).eval(), **f))
-    return Model(train=train, channels=channels, info=dict(doc.get("provenance") or {}))
+    return Model(train=train, channels=channels, info=dict(doc.get("provenance") or {}), volume=volume)
 
 
 def _short(value: Any) -> str:
@@ -250,9 +306,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _read_model_json(path: Path) -> tuple[dict[str, Any], TrainConfig, list[dict[str, Any]]]:
-    """``model.json`` read and every field checked: the document, the training options
-    and, per channel, the :class:`ChannelModel` fields besides the network.
+def _read_model_json(path: Path) -> tuple[dict[str, Any], TrainConfig | VolumeTrainConfig, VolumeSpec | None,
+                                          list[dict[str, Any]]]:
+    """``model.json`` read and every field checked: the document, the training options,
+    the 3-D networks' description (None for 2-D ones) and, per channel, the
+    :class:`ChannelModel` fields besides the network.
 
     Raises
     ------
@@ -296,13 +354,36 @@ def _read_model_json(path: Path) -> tuple[dict[str, Any], TrainConfig, list[dict
     version = integer("format_version", doc.get("format_version", 0))
     if version > FORMAT_VERSION:
         raise ModelError(f"{path} was written by a newer asn2n-dask (format {version}); upgrade the package.")
+    dims = doc.get("dims", 2)  # absent: a 2-D model, as every model was before 3-D ones
+    if dims not in (2, 3) or isinstance(dims, bool):
+        raise bad("dims", "2 (frames) or 3 (volumes)", dims)
+    if dims == 2 and "volume" in doc:
+        raise bad("volume", "absent from a model of 2-D networks (dims 2)", doc["volume"])
     if not isinstance(doc.get("train"), dict):
         raise bad("train", "an object of training options", doc.get("train"))
+
+    def invalid(field: str, err: Exception) -> ModelError:
+        return ModelError(f"{path}: field {field} is not valid ({' '.join(str(err).split()).rstrip('.')}); re-train "
+                          "the model with 'asn2n fit' or restore its model.json.")
+
+    train: TrainConfig | VolumeTrainConfig
+    volume: VolumeSpec | None = None
     try:
-        train = TrainConfig.from_dict(doc["train"])
+        train = TrainConfig.from_dict(doc["train"]) if dims == 2 else VolumeTrainConfig.from_dict(doc["train"])
     except (ConfigError, TypeError, ValueError, AttributeError, OverflowError) as err:
-        raise ModelError(f"{path}: field train is not valid ({' '.join(str(err).split()).rstrip('.')}); re-train "
-                         "the model with 'asn2n fit' or restore its model.json.") from None
+        raise invalid("train", err) from None
+    if dims == 3:
+        assert isinstance(train, VolumeTrainConfig)
+        if not isinstance(doc.get("volume"), dict):
+            raise bad("volume", "an object describing the 3-D networks", doc.get("volume"))
+        try:
+            volume = VolumeSpec.from_dict(doc["volume"])
+        except (ConfigError, TypeError, ValueError, AttributeError, OverflowError) as err:
+            raise invalid("volume", err) from None
+        for key in ("preset", "anisotropy"):
+            if getattr(volume, key) != getattr(train, key):
+                raise bad(f"volume.{key}", f"the training option's {getattr(train, key)!r}",
+                          getattr(volume, key))
     entries = doc.get("channels")
     if not isinstance(entries, list) or not entries:
         raise bad("channels", "a non-empty list of channel networks", entries)
@@ -343,9 +424,11 @@ def _read_model_json(path: Path) -> tuple[dict[str, Any], TrainConfig, list[dict
         noise = extra.get("risk_noise_sd")
         if noise is not None:
             noise = real(f"{at}.training.risk_noise_sd", noise)
+        if dims == 3 and mode != "global":
+            raise bad(f"{at}.dataset_mode", "global for a model of 3-D networks", mode)
         # the channel's method, from the fields above (as every model.json has them)
         method = ChannelMethod.of(train.norm, FrameStats(lo=lo, hi=hi), risk_estimator=estimator,
-                                  dataset_mode=mode, high_risk_ratio=ratio, noise_sd=noise)
+                                  dataset_mode=mode, high_risk_ratio=ratio, noise_sd=noise, spatial_dims=dims)
         if "method" in e:  # ... and as saved whole since it is kept: the two must agree
             try:
                 saved = ChannelMethod.from_dict(e["method"])
@@ -362,7 +445,7 @@ def _read_model_json(path: Path) -> tuple[dict[str, Any], TrainConfig, list[dict
             "risk_estimator": method.risk_estimator, "steps": integer(f"{at}.steps", e.get("steps", 0)),
             "best_step": None if best is None else integer(f"{at}.best_step", best),
             "seconds": real(f"{at}.seconds", e.get("seconds", 0.0)), "history": list(history), "extra": dict(extra)})
-    return doc, train, fields
+    return doc, train, volume, fields
 
 
 @dataclass

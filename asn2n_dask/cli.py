@@ -41,7 +41,11 @@ from .config import (
     MIN_MEMORY_LIMIT,
     MIN_STRIDE,
     MIN_TILE,
+    PRESETS,
+    PRESETS_3D,
+    AnyPreset,
     BlendMode,
+    DepthAxis,
     InferConfig,
     InferOn,
     LossKind,
@@ -53,6 +57,7 @@ from .config import (
     RiskEstimator,
     TrainConfig,
     TtaCopies,
+    VolumeTrainConfig,
 )
 from .errors import Asn2nError, ConfigError, InputError, OutputError
 from .ome import MAX_LEVELS
@@ -67,6 +72,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: The defaults of the options: those of the configuration classes, stated there once.
 TRAIN = TrainConfig()
+VOLUME = VolumeTrainConfig()
 INFER = InferConfig()
 RUN = RunOptions()
 
@@ -382,6 +388,8 @@ PyramidOpt = Annotated[int, typer.Option("--pyramid", min=0, max=MAX_LEVELS, hel
                                          f"(2x2 most frequent value), none smaller than {MIN_LEVEL} pixels.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (chunks, halo, tasks, bytes, memory) "
                                          "and exit.")]
+#: Networks that see 2-D frames or 3-D volumes.
+Dims = Literal[2, 3]
 
 
 def _checked(check: str) -> Callable[[Any], Any]:
@@ -660,18 +668,35 @@ def risk(
 @app.command()
 @friendly
 def fit(
+    ctx: typer.Context,
     inputs: Annotated[list[Path], typer.Argument(help="Noisy TIFF or Zarr images to learn from (read lazily).",
                                                  show_default=False)],
     model_dir: Annotated[Path, typer.Option("--model", "-m", help="Model directory to write.",
                                             show_default=False)],
     config: ConfigOpt = None,
-    preset: PresetOpt = TRAIN.preset,
-    steps: StepsOpt = TRAIN.steps,
+    dims: Annotated[Dims, typer.Option("--dims", help="Networks that see 2-D frames (2) or 3-D volumes (3): with 3, "
+                                       "one volume per time point and channel, read into memory.")] = 2,
+    depth_axis: Annotated[DepthAxis | None, typer.Option(
+        "--depth-axis", case_sensitive=False, help="With --dims 3: the axis seen as depth, Z (volumes; the "
+        "default), or T for data without Z (each channel's time series as one volume).")] = None,
+    anisotropy: Annotated[float | None, typer.Option(
+        "--anisotropy", help="With --dims 3: voxel size along the depth axis over voxel size in Y-X (default: Z "
+        f"spacing over Y spacing from the file's pixel sizes, else {VOLUME.anisotropy:g}).")] = None,
+    preset: Annotated[AnyPreset, typer.Option("--preset", case_sensitive=False, help="Network size: tiny "
+                                              "(tests), small (CPU), paper (GPU); with --dims 3: tiny3d (tests), "
+                                              f"small3d (CPU), large3d (GPU), default {VOLUME.preset}.")
+                      ] = TRAIN.preset,
+    steps: Annotated[int, typer.Option("--steps", min=1, help=f"Training steps (with --dims 3 default "
+                                       f"{VOLUME.steps}).")] = TRAIN.steps,
     norm: NormOpt = TRAIN.norm.mode,
     risk_estimator: RiskOpt = TRAIN.norm.risk.estimator,
     seed: SeedOpt = TRAIN.seed,
-    patch: PatchOpt = TRAIN.patch,
-    batch: BatchOpt = TRAIN.batch,
+    patch: Annotated[str, typer.Option("--patch", help=f"Training patch side in pixels, at most {MAX_PATCH} (and "
+                                       "the frame). With --dims 3: the sub-volume as Z,Y,X (default "
+                                       f"{','.join(map(str, VOLUME.patch))}), or one Y-X side with Z "
+                                       f"{VOLUME.patch[0]}; Z is cut to the data's depth.")] = str(TRAIN.patch),
+    batch: Annotated[int, typer.Option("--batch", help=f"Training patches per step, 1 to {MAX_BATCH} (with --dims 3 "
+                                       f"sub-volumes, default {VOLUME.batch}).")] = TRAIN.batch,
     loss: LossOpt = TRAIN.loss,
     consistency: LambdaOpt = TRAIN.consistency,
     channels: Annotated[list[str] | None, typer.Option(
@@ -709,9 +734,19 @@ def fit(
     patches (montage-N.png) per channel.  Data-parallel on several GPUs (or CPU
     processes) when launched with torchrun.
 
+    With --dims 3, one 3-D network per channel learns from sub-volumes (Z, Y, X) of
+    the channel's volumes, read into memory and normalised on the channel's global
+    range.  The options --risk-estimator, --risk-share, --val-every, --patience,
+    --checkpoint-every, --resume, --loader-workers, --precision and --compile are for
+    2-D networks, and --norm can only be global then.  Such a model denoises arrays in
+    memory (asn2n_dask.denoise); 'asn2n denoise' and 'asn2n run' take 2-D models only
+    so far.
+
     Examples:
 
       asn2n fit cells.tif --model cells.model --preset small --steps 3000
+
+      asn2n fit stack.tif --model stack.model --dims 3 --preset small3d --patch 16,64,64
 
       asn2n fit movie.zarr --model models/ --channels all --risk-share 0.3 --loader-workers 2
 
@@ -726,9 +761,19 @@ def fit(
 
     from .checkpoint import model_is_complete
 
-    cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency, risk_estimator)
-    cfg = replace(cfg, risk_share=risk_share, val_every=val_every, patience=patience,
-                  checkpoint_every=checkpoint_every, precision=precision, compile=compile_net)
+    options: dict[str, Any]
+    if dims == 3:
+        options = _volume_options(ctx, preset=preset, steps=steps, norm=norm, seed=seed, patch=patch, batch=batch,
+                                  loss=loss, consistency=consistency, depth_axis=depth_axis, anisotropy=anisotropy)
+    else:
+        _refuse_given(ctx, ("depth_axis", "anisotropy"), "to 3-D training only", "add --dims 3 or leave {} out")
+        if preset in PRESETS_3D:
+            raise ConfigError(f"preset {preset} is a 3-D network; use {', '.join(PRESETS)} for 2-D training, or add "
+                              "--dims 3.")
+        cfg = _train_config(preset, steps, norm, seed, _patch_2d(patch), batch, loss, consistency, risk_estimator)
+        cfg = replace(cfg, risk_share=risk_share, val_every=val_every, patience=patience,
+                      checkpoint_every=checkpoint_every, precision=precision, compile=compile_net)
+        options = {"config": cfg, "resume": resume, "workers": loader_workers}
     words = [w.strip() for c in channels or [] for w in c.split(",") if w.strip()]
     picked = None if not words or words == ["all"] else words
     has_state = (model_dir / "train-state.json").is_file()
@@ -751,14 +796,77 @@ def fit(
             from .io import output_lock
 
             stack.enter_context(output_lock(model_dir))
-        _fit_locked(inputs, model_dir, cfg, picked, time=time, resume=resume, overwrite=overwrite, device=device,
-                    axes=axes, loader_workers=loader_workers, series=series)
+        _fit_locked(inputs, model_dir, options, picked, time=time, resume=resume, overwrite=overwrite,
+                    device=device, axes=axes, series=series)
 
 
-def _fit_locked(inputs: list[Path], model_dir: Path, cfg: Any, picked: list[str] | None, *, time: str | None,
-                resume: bool, overwrite: bool, device: str, axes: str | None, loader_workers: int,
+#: Options of 'asn2n fit' for 2-D networks only.
+FIT_2D_ONLY = ("risk_estimator", "risk_share", "val_every", "patience", "checkpoint_every", "resume",
+               "loader_workers", "precision", "compile_net")
+
+
+def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
+    """The flags of the parameters ``names`` given on the command line or in --config
+    (not left at their defaults)."""
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    names_of = {n: getattr(ctx.get_parameter_source(n), "name", "DEFAULT") for n in names}
+    return [flags[n] for n in names if names_of[n] != "DEFAULT"]
+
+
+def _refuse_given(ctx: typer.Context, names: tuple[str, ...], where: str, remedy: str) -> None:
+    """Refuse the options ``names`` that were given: they apply ``where``; ``remedy``
+    with ``{}`` for "it" or "them"."""
+    given = _given(ctx, names)
+    if given:
+        one = len(given) == 1
+        flags = given[0] if one else f"{', '.join(given[:-1])} and {given[-1]}"
+        raise ConfigError(f"{flags} {'applies' if one else 'apply'} {where}; "
+                          f"{remedy.format('it' if one else 'them')}.")
+
+
+def _patch_2d(text: str) -> int:
+    """--patch of 2-D training: one side in pixels."""
+    if not text.strip().isdigit():
+        raise ConfigError(f"--patch takes one side in pixels for 2-D training (Z,Y,X with --dims 3); got {text!r}.")
+    return int(text)
+
+
+def _patch_3d(text: str) -> tuple[int, int, int]:
+    """--patch of 3-D training: Z,Y,X, or one Y-X side with the default Z."""
+    parts = [p.strip() for p in text.lower().replace("x", ",").split(",")]
+    if not all(p.isdigit() for p in parts) or len(parts) not in (1, 3):
+        raise ConfigError(f"--patch with --dims 3 takes Z,Y,X (e.g. {','.join(map(str, VOLUME.patch))}) or one Y-X "
+                          f"side; got {text!r}.")
+    vals = [int(p) for p in parts]
+    return (VOLUME.patch[0], vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1], vals[2])
+
+
+def _volume_options(ctx: typer.Context, *, preset: str, steps: int, norm: str, seed: int, patch: str, batch: int,
+                    loss: str, consistency: float, depth_axis: str | None, anisotropy: float | None
+                    ) -> dict[str, Any]:
+    """The library options of 'asn2n fit --dims 3': the 3-D training options (each one
+    not given is :class:`VolumeTrainConfig`'s default), the depth axis, the anisotropy."""
+    _refuse_given(ctx, FIT_2D_ONLY, "to 2-D training only", "leave {} out with --dims 3")
+    if norm != "global" and _given(ctx, ("norm",)):
+        raise ConfigError(f"volumes are normalised on one global scale; leave --norm out with --dims 3 (got {norm}).")
+    if preset not in PRESETS_3D and _given(ctx, ("preset",)):
+        raise ConfigError(f"preset {preset} is a 2-D network; with --dims 3 use {', '.join(PRESETS_3D)}.")
+    given = set(_given(ctx, ("preset", "steps", "patch", "batch")))
+    volume = VolumeTrainConfig(
+        preset=preset if "--preset" in given else VOLUME.preset,  # type: ignore[arg-type]
+        steps=steps if "--steps" in given else VOLUME.steps,
+        patch=_patch_3d(patch) if "--patch" in given else VOLUME.patch,
+        batch=batch if "--batch" in given else VOLUME.batch,
+        loss=loss, consistency=consistency, seed=seed)  # type: ignore[arg-type]
+    return {"dims": 3, "depth_axis": depth_axis, "volume": volume, "anisotropy": anisotropy}
+
+
+def _fit_locked(inputs: list[Path], model_dir: Path, options: dict[str, Any], picked: list[str] | None, *,
+                time: str | None, resume: bool, overwrite: bool, device: str, axes: str | None,
                 series: int | None = None) -> None:
-    """'asn2n fit' once the model directory is locked."""
+    """'asn2n fit' once the model directory is locked; ``options``: the library's
+    training options (``config``, ``resume``, ``workers`` for 2-D networks; ``dims``,
+    ``depth_axis``, ``volume``, ``anisotropy`` for 3-D ones)."""
     import os
 
     from .api import fit as fit_fn
@@ -771,17 +879,22 @@ def _fit_locked(inputs: list[Path], model_dir: Path, cfg: Any, picked: list[str]
             old.unlink()
     with _distributed(device) as (dev, rank):
         with progress_bar(not state["quiet"] and rank == 0) as bar:
-            model = fit_fn([str(p) for p in inputs], axes=axes, config=cfg, device=dev, progress=bar,
-                           model_dir=model_dir, channels=picked, time=time, resume=resume, workers=loader_workers,
-                           series=series)
+            model = fit_fn([str(p) for p in inputs], axes=axes, device=dev, progress=bar, model_dir=model_dir,
+                           channels=picked, time=time, series=series, **options)
     if rank == 0:
         for c in range(model.n_channels):
             _info(_channel_line(model, c))
-        _info(f"model written to {model_dir} (training curves and montages beside it)")
+        beside = "training curves" if model.dims == 3 else "training curves and montages"
+        _info(f"model written to {model_dir} ({beside} beside it)")
 
 
 def _channel_line(model: Any, c: int) -> str:
     """What training decided for one channel, in one line."""
+    if model.volume is not None:
+        v = model.volume
+        return (f"channel {model.channels[c].name}: 3-D network on {'x'.join(map(str, v.patch))} sub-volumes "
+                f"(depth axis {v.depth_axis}, anisotropy {v.anisotropy:g}), range {model.channels[c].stats.lo:g} to "
+                f"{model.channels[c].stats.hi:g}")
     m = model.method(c)
     why = f" (pixel noise {m.noise_sd:.3f} of the range)" if m.noise_sd is not None else ""
     return (f"channel {model.channels[c].name}: risk estimator {m.risk_estimator}{why}, {m.high_risk_ratio:.0%} of "
@@ -895,10 +1008,12 @@ def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, c
               series: int | None = None, stats_cache: StatsCache | None = None) -> None:
     """Chunked, resumable denoising into OME-Zarr on a Dask cluster (``stats_cache``:
     :class:`asn2n_dask.stats_pass.StatsCache` of this command's training)."""
+    from .api import check_file_model
     from .checkpoint import load_model
     from .pipeline import RunOptions, make_plan, run_pipeline
     from .source import Selection, open_source
 
+    check_file_model(model_dir)  # the chunked pipeline tiles frames; 3-D models join when it tiles volumes
     src = open_source(input, axes, series=series)
     sel = Selection.parse(src, channel, time)
     opts = RunOptions(infer=infer, chunks=_parse_chunks(chunks), dtype=dtype, ome=ome, pyramid=pyramid,
@@ -980,6 +1095,7 @@ def denoise(
 
       asn2n denoise movie.zarr -o out.zarr --model movie.model --config denoise.yaml --tile 256
     """
+    from .api import check_file_model
     from .checkpoint import load_model
 
     infer = _infer_config(tile, overlap, blend, infer_on, device, tta, tile_batch, infer_precision, compile_net)
@@ -995,6 +1111,7 @@ def denoise(
         return
     check_out(output, input, overwrite)
     model = load_model(model_dir, allow_unfinished=allow_unfinished)
+    check_file_model(model)  # files are denoised frame by frame so far: 3-D models join with the chunked pipeline
     src, sel = _open_selection(input, axes, channel, time, series)
     if dry_run:
         shape = tuple(len(i) for i in sel.indices(src))
@@ -1020,6 +1137,8 @@ def run(
     model_dir: Annotated[Path | None, typer.Option("--model", "-m", help="Where to keep the trained model "
                                                    "(default: OUTPUT name + '.model').")] = None,
     config: ConfigOpt = None,
+    dims: Annotated[Dims, typer.Option("--dims", help="Networks that see 2-D frames (2) or 3-D volumes (3, not yet "
+                                       "for files: 'asn2n fit --dims 3' trains them).")] = 2,
     preset: PresetOpt = TRAIN.preset,
     steps: StepsOpt = TRAIN.steps,
     norm: NormOpt = TRAIN.norm.mode,
@@ -1072,7 +1191,10 @@ def run(
 
       asn2n run movie.zarr -o movie-denoised.zarr --config run.yaml --steps 500   (the file, then the flags)
     """
-
+    if dims == 3:  # 3-D models denoise files once the chunked pipeline tiles volumes
+        raise ConfigError("'asn2n run --dims 3' is not available yet, as files are denoised with 2-D networks only; "
+                          "train 3-D networks with 'asn2n fit --dims 3' and denoise volumes in memory with "
+                          "asn2n_dask.denoise.")
     cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency, risk_estimator)
     infer = _infer_config(tile, overlap, blend, infer_on, device, tta, tile_batch, infer_precision, compile_net)
     if not input.exists():

@@ -28,8 +28,11 @@ __all__ = [
     "OmeVersion",
     "PRESETS",
     "Preset3d",
+    "AnyPreset",
     "PRESETS_3D",
     "VolumeTrainConfig",
+    "DepthAxis",
+    "VolumeSpec",
     "RiskThresholds",
     "NormConfig",
     "TrainConfig",
@@ -45,6 +48,11 @@ RiskEstimator = Literal["auto", "reference", "noise-aware"]
 LossKind = Literal["l1", "l2"]
 Preset = Literal["tiny", "small", "paper"]
 Preset3d = Literal["tiny3d", "small3d", "large3d"]
+#: Every preset, 2-D then 3-D (``asn2n fit --preset`` takes either kind, by ``--dims``).
+AnyPreset = Literal[Preset, Preset3d]
+#: The axis a 3-D network sees as depth: ``Z`` (volumes), or ``T`` (an x-y-t stack seen as
+#: one volume per channel).
+DepthAxis = Literal["Z", "T"]
 Precision = Literal["fp32", "bf16"]
 #: Flipped/rotated copies averaged by test-time augmentation.
 TtaCopies = Literal[1, 2, 4, 8]
@@ -540,4 +548,106 @@ class VolumeTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VolumeTrainConfig:
+        return _from_dict(cls, data)
+
+
+#: Pooling kernels (kz, ky, kx) a level of a 3-D U-Net may have.
+POOL_KERNELS = ((1, 2, 2), (2, 2, 2))
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """How the 3-D networks of a model were built and how they are applied.
+
+    Attributes
+    ----------
+    preset
+        Network size (:data:`PRESETS_3D`).
+    patch
+        The sub-volume (Z, Y, X) the networks were trained on, in voxels: the training
+        option cut down to the data (:func:`asn2n_dask.train3d.volume_patch`).  Its Z
+        is the default Z tile at inference.
+    anisotropy
+        Voxel size along the depth axis over voxel size in Y-X, as trained.
+    pools
+        Pooling kernel (kz, ky, kx) of each level, each ``(1, 2, 2)`` or ``(2, 2, 2)``
+        (:func:`asn2n_dask.model.pooling_kernels` at training time; kept, so that the
+        networks are rebuilt as they were trained whatever that rule becomes).
+    depth_axis
+        ``Z``: the networks see (Z, Y, X) volumes, one per time point and channel;
+        ``T``: data without a Z axis, the time axis playing Z, one (T, Y, X) volume per
+        channel.
+
+    Examples
+    --------
+    >>> spec = VolumeSpec("tiny3d", (8, 32, 32), 1.0, ((2, 2, 2),))
+    >>> spec.multiple, spec.tile_z
+    ((2, 2, 2), 8)
+    """
+
+    preset: Preset3d
+    patch: tuple[int, int, int]
+    anisotropy: float
+    pools: tuple[tuple[int, int, int], ...]
+    depth_axis: DepthAxis = "Z"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "preset", parse_choice(self.preset, Preset3d, "3-D preset"))
+        _check(isinstance(self.depth_axis, str) and self.depth_axis.upper() in get_args(DepthAxis),
+               f"depth axis must be Z or T; got {self.depth_axis!r:.40}.")
+        object.__setattr__(self, "depth_axis", self.depth_axis.upper())
+        _types(self, reals=("anisotropy",))
+        _check(self.anisotropy > 0, f"anisotropy must be positive; got {self.anisotropy}.")
+
+        def whole(v: Any) -> bool:
+            return isinstance(v, Integral) and not isinstance(v, bool)
+
+        patch = self.patch
+        _check(isinstance(patch, (tuple, list)) and len(patch) == 3 and all(whole(v) for v in patch)
+               and all(1 <= v <= MAX_PATCH for v in patch),
+               f"patch must be three whole numbers (Z, Y, X) from 1 to {MAX_PATCH}; got {patch!r:.40}.")
+        object.__setattr__(self, "patch", tuple(int(v) for v in patch))
+        levels = len(PRESETS_3D[self.preset])
+        pools = self.pools
+        _check(isinstance(pools, (tuple, list)) and len(pools) == levels - 1
+               and all(isinstance(k, (tuple, list)) and tuple(k) in POOL_KERNELS for k in pools),
+               f"pools must be {levels - 1} pooling kernel(s) for preset {self.preset}, each [1, 2, 2] or "
+               f"[2, 2, 2]; got {pools!r:.60}.")
+        object.__setattr__(self, "pools", tuple(tuple(int(v) for v in k) for k in pools))
+        bad = [f"{n} {v}" for n, v, m in zip("ZYX", self.patch, self.multiple) if v % m]
+        _check(not bad, f"patch {self.patch} does not fit the network: {', '.join(bad)} not a multiple of "
+               f"{self.multiple}.")
+
+    @property
+    def multiple(self) -> tuple[int, int, int]:
+        """Input sizes along (Z, Y, X) must be multiples of these
+        (:attr:`asn2n_dask.model.UNet3d.multiple`)."""
+        z = y = x = 1
+        for kz, ky, kx in self.pools:
+            z, y, x = z * kz, y * ky, x * kx
+        return z, y, x
+
+    @property
+    def tile_z(self) -> int:
+        """The default Z tile at inference: the training sub-volume's Z."""
+        return self.patch[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "patch": list(self.patch), "anisotropy": self.anisotropy,
+                "pools": [list(k) for k in self.pools], "depth_axis": self.depth_axis}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VolumeSpec:
+        """Read :meth:`to_dict`'s output.
+
+        Raises
+        ------
+        ConfigError
+            An unknown or missing key, or a value of the wrong type or out of range.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"a volume description must be an object; got {type(data).__name__}.")
+        missing = sorted({f.name for f in dataclasses.fields(cls)} - set(data))
+        if missing:
+            raise ConfigError(f"a volume description has no key(s) {', '.join(missing)}.")
         return _from_dict(cls, data)

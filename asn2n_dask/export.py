@@ -462,6 +462,9 @@ def export_bioimageio(model_dir: str | os.PathLike[str], output: str | os.PathLi
     if bad or not weights:
         raise ConfigError(f"weight formats must be among {', '.join(WEIGHT_FORMATS)}; got {', '.join(weights)}.")
     model = load_model(model_dir)
+    if model.dims != 2:
+        raise ModelError(f"the model in {model_dir} holds 3-D networks, which bioimage.io packages do not carry yet; "
+                         "export a model trained without --dims 3.")
     picked = pick_channels(model, channels)
     infer = replace(infer, device="cpu", precision="fp32", compile=False)
     from .blend import check_tile

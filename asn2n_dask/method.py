@@ -131,7 +131,10 @@ class ChannelMethod:
         The pixel noise on the reference risk scale that resolved ``"auto"``; None when
         the estimator was set.
     spatial_dims : int
-        Spatial axes the network sees at once (2: frames, Y and X).
+        Spatial axes the network sees at once: 2, frames (Y, X); 3, volumes (Z, Y, X, or
+        T, Y, X for a stack seen as one volume).  Volumes are normalised on one global
+        scale, the channel's percentile range (``norm_mode`` and ``dataset_mode``
+        ``global``, no risk classes).
     """
 
     risk_estimator: ResolvedEstimator
@@ -154,15 +157,18 @@ class ChannelMethod:
                 raise ConfigError(f"{name} must be a number in [0, {high}]; got {v!r:.40}.")
         if not isinstance(self.stats, FrameStats):
             raise ConfigError(f"stats must be frame statistics; got {self.stats!r:.40}.")
-        if self.spatial_dims != 2 or isinstance(self.spatial_dims, bool):
-            raise ConfigError(f"spatial_dims must be 2 (this version denoises 2-D frames); got "
-                              f"{self.spatial_dims!r:.40}.")
+        if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
+            raise ConfigError(f"spatial_dims must be 2 (frames) or 3 (volumes); got {self.spatial_dims!r:.40}.")
+        if self.spatial_dims == 3 and (self.norm_mode, self.dataset_mode) != ("global", "global"):
+            raise ConfigError(f"spatial_dims 3 (volumes) takes one global scale, norm_mode and dataset_mode "
+                              f"global; got {self.norm_mode} and {self.dataset_mode}.")
 
     @classmethod
     def of(cls, norm: NormConfig, stats: FrameStats, *, risk_estimator: str | None, dataset_mode: str,
-           high_risk_ratio: float = 0.0, noise_sd: float | None = None) -> ChannelMethod:
+           high_risk_ratio: float = 0.0, noise_sd: float | None = None, spatial_dims: int = 2) -> ChannelMethod:
         """The method of a channel from decisions already taken, with what ``norm``
-        implies (``norm_mode``, ``range_fraction``).
+        implies (``norm_mode``, ``range_fraction``); ``spatial_dims`` 3 for a 3-D
+        network's channel.
 
         ``risk_estimator=None``: not recorded (models saved before the choice was kept
         per channel), which means the configured estimator, ``"reference"`` for ``"auto"``.
@@ -171,7 +177,8 @@ class ChannelMethod:
             risk_estimator = norm.risk.estimator if norm.risk.estimator != "auto" else "reference"
         _, fraction = applied_mode(norm, dataset_mode)
         return cls(risk_estimator=risk_estimator, norm_mode=norm.mode, dataset_mode=dataset_mode,  # type: ignore[arg-type]
-                   range_fraction=fraction, stats=stats, high_risk_ratio=high_risk_ratio, noise_sd=noise_sd)
+                   range_fraction=fraction, stats=stats, high_risk_ratio=high_risk_ratio, noise_sd=noise_sd,
+                   spatial_dims=spatial_dims)
 
     @property
     def mode(self) -> str:

@@ -22,7 +22,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "edges": ("ome", "store", "io", "resume", "source", "cluster", "hpc", "connect", "plots", "progress"),
     "arrays": ("plan", "risk", "stats", "method", "normalize", "blend", "pairs", "standalone", "model", "compiled",
                "checks", "synthetic", "testing"),
-    "blocks": ("predict", "checkpoint", "stats_pass"),
+    "blocks": ("predict", "predict3d", "checkpoint", "stats_pass"),
     "training": ("sampling", "train", "train3d"),
     "runs": ("pipeline",),
     "verbs": ("api", "report", "export", "view", "widget"),
