@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from .axes import check_depth_axis, from_planes, from_volumes, parse_axes, to_planes, to_volumes
 from .blend import check_tile_frame
-from .checkpoint import ChannelModel, Model, TrainState, model_dims, save_model
+from .checkpoint import ChannelModel, Model, TrainState, save_model
 from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig, VolumeSpec, VolumeTrainConfig
 from .errors import ConfigError, InputError, ModelError
 from .predict import compiles, denoise_frame, network_fn, resolve_device
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .stats_pass import StatsCache
 
 __all__ = ["fit", "denoise", "denoise_to_file", "denoise_with_risk", "assess_risk", "risk_summary", "check_image",
-           "check_file_model", "MIN_FRAME_SIDE", "Progress"]
+           "MIN_FRAME_SIDE", "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -666,10 +666,14 @@ def _fit_volumes(data: Any, *, axes: str | None, config: VolumeTrainConfig, dept
 
 
 def _denoise_volumes(data: Any, model: Model, axes: str | None, config: InferConfig, progress: Progress | None,
-                     tile_z: int | None) -> Any:
+                     tile_z: int | None, *, stats: Sequence[ChannelStats] | None = None,
+                     channel_map: Sequence[int] | None = None) -> Any:
     """:func:`denoise` of an array with a model of 3-D networks: one volume at a time,
-    each channel normalised on its statistics over all the array's volumes."""
-    from .predict3d import denoise_volume, volume_network_fn
+    each channel normalised on its statistics over all the array's volumes (or on
+    ``stats``, one per channel of ``data``: a file's whole channels), with the network
+    ``channel_map`` names for it (default: by position)."""
+    from .predict import network_fn
+    from .predict3d import denoise_volume
 
     spec = model.volume
     assert spec is not None
@@ -682,17 +686,22 @@ def _denoise_volumes(data: Any, model: Model, axes: str | None, config: InferCon
     check_depth_axis(ax, spec.depth_axis, "the input")
     vols = to_volumes(arr, ax, spec.depth_axis)
     check_tile_frame(config, vols.shape[-2:])
-    if vols.shape[0] != model.n_channels:
-        raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has "
-                         f"{vols.shape[0]}; train a model on data with the same channels.")
+    if channel_map is None:
+        if vols.shape[0] != model.n_channels:
+            raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has "
+                             f"{vols.shape[0]}; train a model on data with the same channels.")
+        channel_map = range(model.n_channels)
+    if len(channel_map) != vols.shape[0] or (stats is not None and len(stats) != vols.shape[0]):
+        raise ModelError(f"{vols.shape[0]} channel(s) to denoise but {len(channel_map)} networks and "
+                         f"{len(stats) if stats is not None else vols.shape[0]} statistics were given.")
     dev = resolve_device(config.device)
-    stats = channel_stats(vols, model.train.norm)
+    all_stats = list(stats) if stats is not None else channel_stats(vols, model.train.norm)
     out = np.empty(vols.shape, np.float32)
     total, done = vols.shape[0] * vols.shape[1], 0
-    for c in range(vols.shape[0]):
-        fn = volume_network_fn(model.channels[c].net, dev, config.precision)
+    for c, mc in enumerate(channel_map):
+        fn = network_fn(model.channels[mc].net, dev, config.precision)
         for n in range(vols.shape[1]):
-            out[c, n] = denoise_volume(vols[c, n], fn, stats=stats[c], infer=config, tile_z=tz, device=dev,
+            out[c, n] = denoise_volume(vols[c, n], fn, stats=all_stats[c], infer=config, tile_z=tz, device=dev,
                                        multiple=spec.multiple)
             done += 1
             if progress is not None:
@@ -721,7 +730,7 @@ def _denoise_volumes_lazy(data: Any, model: Model, axes: str | None, config: Inf
     import dask.array as da
     from dask.base import tokenize
 
-    from .predict3d import volume_network_fn
+    from .predict import network_fn
 
     spec = model.volume
     assert spec is not None
@@ -744,25 +753,8 @@ def _denoise_volumes_lazy(data: Any, model: Model, axes: str | None, config: Inf
     return da.map_blocks(
         _denoise_volume_block, vols, stats, name=f"asn2n-denoise3d-{token}", dtype=np.float32,
         meta=np.empty((0,) * data.ndim, np.float32), c_axis=c_axis,
-        fns=[volume_network_fn(ch.net, dev, config.precision) for ch in model.channels], infer=config, device=dev,
+        fns=[network_fn(ch.net, dev, config.precision) for ch in model.channels], infer=config, device=dev,
         tile_z=tile_z, multiple=spec.multiple)
-
-
-def check_file_model(model: Model | str | os.PathLike[str]) -> None:
-    """Refuse a model of 3-D networks on the file routes (a ``.tif`` output in memory,
-    a ``.zarr`` output chunk by chunk), which tile frames.
-
-    Raises
-    ------
-    ConfigError
-        ``model`` (a Model or a model directory) holds 3-D networks.
-    """
-    # 3-D models reach files when the chunked pipeline tiles volumes; until then, arrays only
-    dims = model.dims if isinstance(model, Model) else model_dims(model)
-    if dims == 3:
-        raise ConfigError("denoising files with a model of 3-D networks is not available yet, only arrays in "
-                          "memory (asn2n_dask.denoise(volume, model)); train a 2-D model (asn2n fit without --dims "
-                          "3) to denoise files.")
 
 
 def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | os.PathLike[str] | None = None,
@@ -937,7 +929,6 @@ def _denoise_path(data: str | os.PathLike[str], output: Any, *, model: Any, conf
         raise InputError("denoise(path, output, model=...) needs an output .zarr path.")
     if model is None:
         raise ModelError("denoise(path, output, model=...) needs a model directory.")
-    check_file_model(model)
     if isinstance(model, Model):
         model_dir = str(output).rstrip("/") + ".model"
         save_model(model, model_dir)
@@ -984,7 +975,6 @@ def denoise_to_file(source: Any, selection: Any, output: str | os.PathLike[str],
 
     if dtype not in ("input", "float32"):
         raise InputError(f"--dtype must be float32 or input; got {dtype!r}.")
-    check_file_model(model)
     cmap = channel_map(source, selection, model)  # before reading any pixel
     with output_lock(output):
         note, gaps = missing_note(source)
@@ -999,8 +989,11 @@ def denoise_to_file(source: Any, selection: Any, output: str | os.PathLike[str],
             stats = selection_stats([source], [selection], model.train.norm, cache=stats_cache)
         if progress is not None:
             progress("statistics", 1, 1)
-        out = denoise_with_risk(data, model, axes=source.axes, config=infer, progress=progress, stats=stats,
-                                channel_map=cmap)[0]
+        if model.volume is not None:  # one volume at a time, in memory
+            out = _denoise_volumes(data, model, source.axes, infer, progress, None, stats=stats, channel_map=cmap)
+        else:
+            out = denoise_with_risk(data, model, axes=source.axes, config=infer, progress=progress, stats=stats,
+                                    channel_map=cmap)[0]
         if dtype == "input":
             out = cast_output(out, data.dtype)
         names = source.meta.channel_names

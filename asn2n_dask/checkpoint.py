@@ -40,7 +40,7 @@ from .method import ChannelMethod
 from .model import UNet, UNet3d
 from .risk import FrameStats
 
-__all__ = ["ChannelModel", "Model", "save_model", "load_model", "model_is_complete", "model_dims", "MODEL_FORMAT",
+__all__ = ["ChannelModel", "Model", "save_model", "load_model", "model_is_complete", "MODEL_FORMAT",
            "TrainState", "save_train_state", "load_train_state", "clear_train_state"]
 
 MODEL_FORMAT = "asn2n-dask-model"
@@ -244,17 +244,6 @@ def model_is_complete(directory: str | os.PathLike[str]) -> bool:
         return bool(json.loads((Path(directory) / "model.json").read_text()).get("complete", True))
     except (OSError, ValueError, RecursionError, AttributeError):
         return False
-
-
-def model_dims(directory: str | os.PathLike[str]) -> int:
-    """The ``dims`` a model directory's ``model.json`` says, without reading its
-    weights: 3 for 3-D networks, else 2 (an unreadable or malformed file is left to
-    :func:`load_model` to refuse)."""
-    try:
-        doc = json.loads((Path(directory) / "model.json").read_text())
-    except (OSError, ValueError, RecursionError):
-        return 2
-    return 3 if isinstance(doc, dict) and doc.get("dims") == 3 else 2
 
 
 def load_model(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu",

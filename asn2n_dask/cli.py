@@ -380,7 +380,8 @@ ChannelOpt = Annotated[list[str] | None, typer.Option("--channel", "-c", help="C
 TimeOpt = Annotated[str | None, typer.Option("--time", help="Time points to process, as start:stop (e.g. 0:100).")]
 ChunksOpt = Annotated[str | None, typer.Option("--chunks", help="Zarr output: chunk side in Y and X, e.g. 1024 "
                                               f"or 512x1024, at least {MIN_CHUNK} (default: the input's, "
-                                              f"{DEFAULT_CHUNK[0]} to {DEFAULT_CHUNK[1]}). One task per chunk.")]
+                                              f"{DEFAULT_CHUNK[0]} to {DEFAULT_CHUNK[1]}); with a 3-D model ZxYxX "
+                                              "(Y-X alone: Z as the input's). One task per chunk.")]
 OmeOpt = Annotated[OmeVersion, typer.Option("--ome", help="Zarr output: OME-Zarr 0.5 (Zarr v3) or 0.4 (Zarr "
                                             "v2).")]
 PyramidOpt = Annotated[int, typer.Option("--pyramid", min=0, max=MAX_LEVELS, help="Zarr output: extra downsampled "
@@ -390,6 +391,25 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (chun
                                          "and exit.")]
 #: Networks that see 2-D frames or 3-D volumes.
 Dims = Literal[2, 3]
+DimsOpt = Annotated[Dims, typer.Option("--dims", help="Networks that see 2-D frames (2) or 3-D volumes (3): with 3, "
+                                       "one volume per time point and channel, read into memory for training.")]
+DepthAxisOpt = Annotated[DepthAxis | None, typer.Option(
+    "--depth-axis", case_sensitive=False, help="With --dims 3: the axis seen as depth, Z (volumes; the default), or "
+    "T for data without Z (each channel's time series as one volume).")]
+AnisotropyOpt = Annotated[float | None, typer.Option(
+    "--anisotropy", help="With --dims 3: voxel size along the depth axis over voxel size in Y-X (default: Z spacing "
+    f"over Y spacing from the file's pixel sizes, else {VOLUME.anisotropy:g}).")]
+AnyPresetOpt = Annotated[AnyPreset, typer.Option("--preset", case_sensitive=False, help="Network size: tiny (tests), "
+                                                 "small (CPU), paper (GPU); with --dims 3: tiny3d (tests), small3d "
+                                                 f"(CPU), large3d (GPU), default {VOLUME.preset}.")]
+AnyStepsOpt = Annotated[int, typer.Option("--steps", min=1, help=f"Training steps (with --dims 3 default "
+                                          f"{VOLUME.steps}).")]
+AnyPatchOpt = Annotated[str, typer.Option("--patch", help=f"Training patch side in pixels, at most {MAX_PATCH} (and "
+                                          "the frame). With --dims 3: the sub-volume as Z,Y,X (default "
+                                          f"{','.join(map(str, VOLUME.patch))}), or one Y-X side with Z "
+                                          f"{VOLUME.patch[0]}; Z is cut to the data's depth.")]
+AnyBatchOpt = Annotated[int, typer.Option("--batch", help=f"Training patches per step, 1 to {MAX_BATCH} (with --dims "
+                                          f"3 sub-volumes, default {VOLUME.batch}).")]
 
 
 def _checked(check: str) -> Callable[[Any], Any]:
@@ -674,29 +694,16 @@ def fit(
     model_dir: Annotated[Path, typer.Option("--model", "-m", help="Model directory to write.",
                                             show_default=False)],
     config: ConfigOpt = None,
-    dims: Annotated[Dims, typer.Option("--dims", help="Networks that see 2-D frames (2) or 3-D volumes (3): with 3, "
-                                       "one volume per time point and channel, read into memory.")] = 2,
-    depth_axis: Annotated[DepthAxis | None, typer.Option(
-        "--depth-axis", case_sensitive=False, help="With --dims 3: the axis seen as depth, Z (volumes; the "
-        "default), or T for data without Z (each channel's time series as one volume).")] = None,
-    anisotropy: Annotated[float | None, typer.Option(
-        "--anisotropy", help="With --dims 3: voxel size along the depth axis over voxel size in Y-X (default: Z "
-        f"spacing over Y spacing from the file's pixel sizes, else {VOLUME.anisotropy:g}).")] = None,
-    preset: Annotated[AnyPreset, typer.Option("--preset", case_sensitive=False, help="Network size: tiny "
-                                              "(tests), small (CPU), paper (GPU); with --dims 3: tiny3d (tests), "
-                                              f"small3d (CPU), large3d (GPU), default {VOLUME.preset}.")
-                      ] = TRAIN.preset,
-    steps: Annotated[int, typer.Option("--steps", min=1, help=f"Training steps (with --dims 3 default "
-                                       f"{VOLUME.steps}).")] = TRAIN.steps,
+    dims: DimsOpt = 2,
+    depth_axis: DepthAxisOpt = None,
+    anisotropy: AnisotropyOpt = None,
+    preset: AnyPresetOpt = TRAIN.preset,
+    steps: AnyStepsOpt = TRAIN.steps,
     norm: NormOpt = TRAIN.norm.mode,
     risk_estimator: RiskOpt = TRAIN.norm.risk.estimator,
     seed: SeedOpt = TRAIN.seed,
-    patch: Annotated[str, typer.Option("--patch", help=f"Training patch side in pixels, at most {MAX_PATCH} (and "
-                                       "the frame). With --dims 3: the sub-volume as Z,Y,X (default "
-                                       f"{','.join(map(str, VOLUME.patch))}), or one Y-X side with Z "
-                                       f"{VOLUME.patch[0]}; Z is cut to the data's depth.")] = str(TRAIN.patch),
-    batch: Annotated[int, typer.Option("--batch", help=f"Training patches per step, 1 to {MAX_BATCH} (with --dims 3 "
-                                       f"sub-volumes, default {VOLUME.batch}).")] = TRAIN.batch,
+    patch: AnyPatchOpt = str(TRAIN.patch),
+    batch: AnyBatchOpt = TRAIN.batch,
     loss: LossOpt = TRAIN.loss,
     consistency: LambdaOpt = TRAIN.consistency,
     channels: Annotated[list[str] | None, typer.Option(
@@ -761,17 +768,11 @@ def fit(
 
     from .checkpoint import model_is_complete
 
-    options: dict[str, Any]
-    if dims == 3:
-        options = _volume_options(ctx, preset=preset, steps=steps, norm=norm, seed=seed, patch=patch, batch=batch,
-                                  loss=loss, consistency=consistency, depth_axis=depth_axis, anisotropy=anisotropy)
-    else:
-        _refuse_given(ctx, ("depth_axis", "anisotropy"), "to 3-D training only", "add --dims 3 or leave {} out")
-        if preset in PRESETS_3D:
-            raise ConfigError(f"preset {preset} is a 3-D network; use {', '.join(PRESETS)} for 2-D training, or add "
-                              "--dims 3.")
-        cfg = _train_config(preset, steps, norm, seed, _patch_2d(patch), batch, loss, consistency, risk_estimator)
-        cfg = replace(cfg, risk_share=risk_share, val_every=val_every, patience=patience,
+    options = _kind_options(ctx, dims, preset=preset, steps=steps, norm=norm, seed=seed, patch=patch, batch=batch,
+                            loss=loss, consistency=consistency, risk_estimator=risk_estimator, depth_axis=depth_axis,
+                            anisotropy=anisotropy)
+    if dims == 2:
+        cfg = replace(options["config"], risk_share=risk_share, val_every=val_every, patience=patience,
                       checkpoint_every=checkpoint_every, precision=precision, compile=compile_net)
         options = {"config": cfg, "resume": resume, "workers": loader_workers}
     words = [w.strip() for c in channels or [] for w in c.split(",") if w.strip()]
@@ -809,6 +810,7 @@ def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
     """The flags of the parameters ``names`` given on the command line or in --config
     (not left at their defaults)."""
     flags = {p.name: p.opts[0] for p in ctx.command.params}
+    names = tuple(n for n in names if n in flags)  # a command without the option cannot have been given it
     names_of = {n: getattr(ctx.get_parameter_source(n), "name", "DEFAULT") for n in names}
     return [flags[n] for n in names if names_of[n] != "DEFAULT"]
 
@@ -839,6 +841,31 @@ def _patch_3d(text: str) -> tuple[int, int, int]:
                           f"side; got {text!r}.")
     vals = [int(p) for p in parts]
     return (VOLUME.patch[0], vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1], vals[2])
+
+
+def _kind_options(ctx: typer.Context, dims: int, *, preset: str, steps: int, norm: str, seed: int, patch: str,
+                  batch: int, loss: str, consistency: float, risk_estimator: str, depth_axis: str | None,
+                  anisotropy: float | None) -> dict[str, Any]:
+    """The library's training options of 'asn2n fit' and 'run' for networks of ``dims``:
+    ``{"config": TrainConfig}`` for 2-D ones, :func:`_volume_options` for 3-D ones; the
+    options of the other kind refused when given."""
+    if dims == 3:
+        return _volume_options(ctx, preset=preset, steps=steps, norm=norm, seed=seed, patch=patch, batch=batch,
+                               loss=loss, consistency=consistency, depth_axis=depth_axis, anisotropy=anisotropy)
+    _refuse_given(ctx, ("depth_axis", "anisotropy"), "to 3-D training only", "add --dims 3 or leave {} out")
+    if preset in PRESETS_3D:
+        raise ConfigError(f"preset {preset} is a 3-D network; use {', '.join(PRESETS)} for 2-D training, or add "
+                          "--dims 3.")
+    return {"config": _train_config(preset, steps, norm, seed, _patch_2d(patch), batch, loss, consistency,
+                                    risk_estimator)}
+
+
+def _train_record(options: dict[str, Any]) -> dict[str, Any]:
+    """The training options of :func:`_kind_options` as the provenance records them."""
+    if "volume" in options:
+        return {"dims": 3, "depth_axis": options["depth_axis"], "anisotropy": options["anisotropy"],
+                **options["volume"].to_dict()}
+    return dict(options["config"].to_dict())
 
 
 def _volume_options(ctx: typer.Context, *, preset: str, steps: int, norm: str, seed: int, patch: str, batch: int,
@@ -927,7 +954,8 @@ def _distributed(device: str) -> Iterator[tuple[str, int]]:
         torch.distributed.destroy_process_group()
 
 
-def _parse_chunks(text: str | None) -> tuple[int, int] | None:
+def _parse_chunks(text: str | None) -> tuple[int, ...] | None:
+    """--chunks: one Y-X side, YxX, or ZxYxX (a run of a 3-D model)."""
     if text is None:
         return None
     parts = text.lower().replace(",", "x").split("x")
@@ -935,9 +963,10 @@ def _parse_chunks(text: str | None) -> tuple[int, int] | None:
         vals = [int(v) for v in parts]
     except ValueError:
         vals = []
-    if len(vals) not in (1, 2) or min(vals) < 1:
-        raise InputError(f"--chunks {text!r} must be one size or YxX, e.g. 1024 or 512x1024.")
-    return (vals[0], vals[-1])
+    if len(vals) not in (1, 2, 3) or min(vals) < 1:
+        raise InputError(f"--chunks {text!r} must be one size, YxX or (with a 3-D model) ZxYxX, e.g. 1024, 512x1024 "
+                         "or 32x1024x1024.")
+    return (vals[0], vals[0]) if len(vals) == 1 else tuple(vals)
 
 
 def _is_zarr_out(output: Path) -> bool:
@@ -1008,19 +1037,17 @@ def _pipeline(input: Path, output: Path, model_dir: Path, *, axes: str | None, c
               series: int | None = None, stats_cache: StatsCache | None = None) -> None:
     """Chunked, resumable denoising into OME-Zarr on a Dask cluster (``stats_cache``:
     :class:`asn2n_dask.stats_pass.StatsCache` of this command's training)."""
-    from .api import check_file_model
     from .checkpoint import load_model
-    from .pipeline import RunOptions, make_plan, run_pipeline
+    from .pipeline import RunOptions, model_plan, run_pipeline
     from .source import Selection, open_source
 
-    check_file_model(model_dir)  # the chunked pipeline tiles frames; 3-D models join when it tiles volumes
     src = open_source(input, axes, series=series)
     sel = Selection.parse(src, channel, time)
     opts = RunOptions(infer=infer, chunks=_parse_chunks(chunks), dtype=dtype, ome=ome, pyramid=pyramid,
                       overwrite=overwrite, allow_unfinished=allow_unfinished)
     if dry_run:
         model = load_model(model_dir, allow_unfinished=allow_unfinished)
-        typer.echo(make_plan(src, sel, options=opts, patch=model.train.norm.risk.patch).describe(model.train.preset))
+        typer.echo(model_plan(src, sel, opts, model, model_dir).describe(model.train.preset))
         return
     with progress_bar(not state["quiet"]) as bar:
         summary = run_pipeline(src, output, model_dir, selection=sel, options=opts, scheduler=scheduler,
@@ -1095,7 +1122,6 @@ def denoise(
 
       asn2n denoise movie.zarr -o out.zarr --model movie.model --config denoise.yaml --tile 256
     """
-    from .api import check_file_model
     from .checkpoint import load_model
 
     infer = _infer_config(tile, overlap, blend, infer_on, device, tta, tile_batch, infer_precision, compile_net)
@@ -1111,7 +1137,6 @@ def denoise(
         return
     check_out(output, input, overwrite)
     model = load_model(model_dir, allow_unfinished=allow_unfinished)
-    check_file_model(model)  # files are denoised frame by frame so far: 3-D models join with the chunked pipeline
     src, sel = _open_selection(input, axes, channel, time, series)
     if dry_run:
         shape = tuple(len(i) for i in sel.indices(src))
@@ -1132,20 +1157,22 @@ def check_out(output: Path, input: Path, overwrite: bool) -> None:
 @app.command()
 @friendly
 def run(
+    ctx: typer.Context,
     input: Annotated[Path, typer.Argument(help="Noisy TIFF or Zarr image.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .tif/.tiff/.zarr.", show_default=False)],
     model_dir: Annotated[Path | None, typer.Option("--model", "-m", help="Where to keep the trained model "
                                                    "(default: OUTPUT name + '.model').")] = None,
     config: ConfigOpt = None,
-    dims: Annotated[Dims, typer.Option("--dims", help="Networks that see 2-D frames (2) or 3-D volumes (3, not yet "
-                                       "for files: 'asn2n fit --dims 3' trains them).")] = 2,
-    preset: PresetOpt = TRAIN.preset,
-    steps: StepsOpt = TRAIN.steps,
+    dims: DimsOpt = 2,
+    depth_axis: DepthAxisOpt = None,
+    anisotropy: AnisotropyOpt = None,
+    preset: AnyPresetOpt = TRAIN.preset,
+    steps: AnyStepsOpt = TRAIN.steps,
     norm: NormOpt = TRAIN.norm.mode,
     risk_estimator: RiskOpt = TRAIN.norm.risk.estimator,
     seed: SeedOpt = TRAIN.seed,
-    patch: PatchOpt = TRAIN.patch,
-    batch: BatchOpt = TRAIN.batch,
+    patch: AnyPatchOpt = str(TRAIN.patch),
+    batch: AnyBatchOpt = TRAIN.batch,
     loss: LossOpt = TRAIN.loss,
     consistency: LambdaOpt = TRAIN.consistency,
     tile: TileOpt = INFER.tile,
@@ -1190,12 +1217,12 @@ def run(
       asn2n run movie.zarr -o movie-denoised.zarr --channel 1 --time 0:50
 
       asn2n run movie.zarr -o movie-denoised.zarr --config run.yaml --steps 500   (the file, then the flags)
+
+      asn2n run stack.zarr -o stack-denoised.zarr --dims 3   (a 3-D network on Z-Y-X volumes)
     """
-    if dims == 3:  # 3-D models denoise files once the chunked pipeline tiles volumes
-        raise ConfigError("'asn2n run --dims 3' is not available yet, as files are denoised with 2-D networks only; "
-                          "train 3-D networks with 'asn2n fit --dims 3' and denoise volumes in memory with "
-                          "asn2n_dask.denoise.")
-    cfg = _train_config(preset, steps, norm, seed, patch, batch, loss, consistency, risk_estimator)
+    options = _kind_options(ctx, dims, preset=preset, steps=steps, norm=norm, seed=seed, patch=patch, batch=batch,
+                            loss=loss, consistency=consistency, risk_estimator=risk_estimator, depth_axis=depth_axis,
+                            anisotropy=anisotropy)
     infer = _infer_config(tile, overlap, blend, infer_on, device, tta, tile_batch, infer_precision, compile_net)
     if not input.exists():
         raise InputError(f"input {input} does not exist.")
@@ -1212,27 +1239,30 @@ def run(
     _check_model_out(mdir, [input])
     src, sel = _open_selection(input, axes, channel, time, series)  # a bad selection is said before training
     with output_lock(output), output_lock(mdir):
-        _run_locked(input, output, mdir, src, sel, cfg, infer, zarr_out, overwrite, axes=axes, channel=channel,
+        _run_locked(input, output, mdir, src, sel, options, infer, zarr_out, overwrite, axes=axes, channel=channel,
                     time=time, device=device, chunks=chunks, dtype=dtype, ome=ome, pyramid=pyramid,
                     scheduler=scheduler, workers=workers, threads=threads, memory_limit=memory_limit, cluster=cluster,
                     jobs=jobs, dashboard_address=dashboard_address, series=series, record=_file_record(config))
     _info(f"model kept in {mdir}")
 
 
-def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: Any, infer: Any, zarr_out: bool,
+def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, options: dict[str, Any], infer: Any,
+                zarr_out: bool,
                 overwrite: bool, *, axes: str | None, channel: list[str] | None, time: str | None, device: str,
                 chunks: str | None, dtype: str, ome: str, pyramid: int, scheduler: str | None, workers: int | None,
                 threads: int | None, memory_limit: str | None, cluster: Path | None, jobs: int | None,
                 dashboard_address: str | None = None, series: int | None = None,
                 record: dict[str, Any] | None = None) -> None:
     """'asn2n run' once the output and the model directory are locked: fit (or reuse), then denoise;
-    ``record``: more provenance for the output."""
+    ``options``: the library's training options (:func:`_kind_options`); ``record``: more
+    provenance for the output."""
     from .api import fit as fit_fn
     from .checkpoint import load_model
 
     cache = StatsCache()  # the training's statistics pass, handed to the denoising when the input is unchanged
     model = None
-    job = {"input": str(input.absolute()), "axes": axes, "channel": channel, "time": time, "train": cfg.to_dict(),
+    train = _train_record(options)
+    job = {"input": str(input.absolute()), "axes": axes, "channel": channel, "time": time, "train": train,
            **({"series": series} if series is not None else {})}
     if zarr_out and (mdir / "model.json").is_file() and not overwrite:
         from .checkpoint import model_is_complete
@@ -1251,25 +1281,25 @@ def _run_locked(input: Path, output: Path, mdir: Path, src: Any, sel: Any, cfg: 
     if zarr_out:
         if model is None:
             with progress_bar(not state["quiet"]) as bar:
-                model = fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device,
-                               progress=bar, model_dir=mdir, series=series, stats_cache=cache)
+                model = fit_fn(str(input), axes=axes, channels=channel, time=time, device=device, progress=bar,
+                               model_dir=mdir, series=series, stats_cache=cache, **options)
             for c in range(model.n_channels):
                 _info(_channel_line(model, c))
             (mdir / "run.json").write_text(json.dumps(job, indent=2))
         _pipeline(input, output, mdir, axes=axes, channel=channel, time=time, infer=infer, chunks=chunks,
                   dtype=dtype, ome=ome, pyramid=pyramid, overwrite=overwrite, dry_run=False, scheduler=scheduler,
                   workers=workers, threads=threads, memory_limit=memory_limit,
-                  extra={"command": "run", "model": str(mdir), "train": cfg.to_dict(), **(record or {})},
+                  extra={"command": "run", "model": str(mdir), "train": train, **(record or {})},
                   cluster=cluster, jobs=jobs,
                   dashboard_address=dashboard_address, series=series, stats_cache=cache)
         return
     with progress_bar(not state["quiet"]) as bar:  # trained as 'asn2n fit' does: the same file route
-        model = fit_fn(str(input), axes=axes, config=cfg, channels=channel, time=time, device=device,
-                       progress=bar, model_dir=mdir, series=series, stats_cache=cache)
+        model = fit_fn(str(input), axes=axes, channels=channel, time=time, device=device, progress=bar,
+                       model_dir=mdir, series=series, stats_cache=cache, **options)
     for c in range(model.n_channels):
         _info(_channel_line(model, c))
     _denoise_to(input, output, model, src, sel, infer, dtype, overwrite,
-                {"model": str(mdir), "train": cfg.to_dict(), **(record or {})}, stats_cache=cache)
+                {"model": str(mdir), "train": train, **(record or {})}, stats_cache=cache)
 
 
 @app.command()

@@ -511,20 +511,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
 
         t0 = time.perf_counter()
         model = load_model(model_dir, allow_unfinished=options.allow_unfinished)
-        volume = is_volume_model(model)
-        spatial = parse_spatial(spatial, volume, model_dir)
-        plan = make_plan(source, selection, options=options, patch=1 if volume else model.train.norm.risk.patch,
-                         out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4,
-                         spatial=spatial, tile_z=volume_tile_z(model) if volume else None)
+        plan = model_plan(source, selection, options, model, model_dir, spatial)
         cmap = channel_map(source, selection, model)
-        from .blend import check_tile, check_volume_tile
-
-        if volume:
-            for ch in model.channels:
-                net: Any = ch.net  # a UNet3d: one factor per axis (Z, Y, X)
-                check_volume_tile(options.infer, plan.tile_z, net.multiple)
-        else:
-            check_tile(options.infer, model.multiple)
         summary = RunSummary(output=str(out), tasks=plan.n_tasks, plan=plan.to_dict())
         prev = resume.existing(out)
         resume.refuse_foreign(out, prev)
@@ -577,6 +565,39 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
             _finalise(out, plan, options, cl, listing)
         summary.seconds = time.perf_counter() - t0
         return summary
+
+
+def model_plan(source: Source, selection: Selection, options: RunOptions, model: Any,
+               model_dir: str | os.PathLike[str], spatial: str | None = None) -> Plan:
+    """The plan of running ``model`` over a selection: over Y-X frames for a 2-D model,
+    over Z-Y-X volumes (its training Z as the Z tile) for a 3-D one, with the tiles
+    checked against its networks.
+
+    Raises
+    ------
+    ModelError
+        ``spatial`` the model cannot denoise, or a 3-D model trained with time as its
+        depth axis (the chunked route tiles Z; such a model denoises in memory).
+    InputError, ConfigError
+        As :func:`make_plan`, and tiles the networks cannot take.
+    """
+    from .blend import check_tile, check_volume_tile
+
+    volume = is_volume_model(model)
+    spatial = parse_spatial(spatial, volume, model_dir)
+    if volume and getattr(model.volume, "depth_axis", "Z") != "Z":
+        raise ModelError(f"the model in {model_dir} uses time as its depth axis; the chunked .zarr route tiles Z "
+                         "volumes, so write a .tif output (denoised in memory) with this model.")
+    plan = make_plan(source, selection, options=options, patch=1 if volume else model.train.norm.risk.patch,
+                     out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4,
+                     spatial=spatial, tile_z=volume_tile_z(model) if volume else None)
+    if volume:
+        for ch in model.channels:
+            net: Any = ch.net  # a UNet3d: one factor per axis (Z, Y, X)
+            check_volume_tile(options.infer, plan.tile_z, net.multiple)
+    else:
+        check_tile(options.infer, model.multiple)
+    return plan
 
 
 def parse_spatial(spatial: str | None, volume: bool, model_dir: str | os.PathLike[str]) -> str:

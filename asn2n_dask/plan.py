@@ -50,6 +50,10 @@ MIN_CHUNK = 16
 #: (a task recomputes the tiles its halo shares with its neighbours, so small chunks
 #: cost throughput).
 DEFAULT_CHUNK = (1024, 2048)
+#: Default output chunk depth of a run over volumes (Z, Y, X): the input's, within these
+#: slices (a task holds its chunk, its halo and the network's activations for every
+#: Z-Y-X tile it computes).
+DEFAULT_CHUNK_Z = (64, 256)
 #: The output's axis order (OME-NGFF's).
 OME_ORDER = "TCZYX"
 #: The axes a run cuts into chunks and tiles, in output order: the last axes of the output.
@@ -723,8 +727,8 @@ def _compact(index: Any) -> Sequence[int]:
     return tuple(v)
 
 
-def _default_chunk(src_chunk: int, n: int) -> int:
-    lo, hi = DEFAULT_CHUNK
+def _default_chunk(src_chunk: int, n: int, bounds: tuple[int, int] = DEFAULT_CHUNK) -> int:
+    lo, hi = bounds
     return int(min(n, max(lo, min(hi, src_chunk))))
 
 
@@ -742,8 +746,9 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
     source : Source
     selection : Selection
     options : RunOptions
-        ``options.chunks`` gives one side per axis of ``spatial``; ``options.infer`` the
-        Y-X tile and the overlap of every axis.
+        ``options.chunks`` gives one side per axis of ``spatial`` (over Z, Y and X also
+        Y and X alone, Z then as by default: :data:`DEFAULT_CHUNK_Z`); ``options.infer``
+        the Y-X tile and the overlap of every axis.
     patch : int
         Risk/normalisation patch side along Y and X.  A run with a 3-D network passes
         1: its volumes are normalised on the channel's global range and it assesses no
@@ -784,16 +789,23 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
     at = [source.axes.index(a) for a in spatial]  # their positions in the input
     sizes = tuple(int(source.shape[i]) for i in at)
     check_tile_frame(options.infer, sizes[-2:])
-    if options.chunks is not None and len(options.chunks) != len(spatial):
-        raise ConfigError(f"--chunks must give one size per axis of {spatial}; got {options.chunks}.")
-    if options.chunks is not None and any(c < min(MIN_CHUNK, n) for c, n in zip(options.chunks, sizes)):
-        raise ConfigError(f"--chunks {'x'.join(map(str, options.chunks))} is too small: chunks must be at least "
+    def default(i: int, n: int, bounds: tuple[int, int] = DEFAULT_CHUNK) -> int:
+        return _default_chunk(source.chunks[i], n, bounds)
+
+    chunks = options.chunks
+    if chunks is not None and len(spatial) == 3 and len(chunks) == 2:  # Y-X given: Z as by default
+        chunks = (default(at[0], sizes[0], DEFAULT_CHUNK_Z), *chunks)
+    if chunks is not None and len(chunks) != len(spatial):
+        raise ConfigError(f"--chunks must give one size per axis of {spatial}; got {chunks}.")
+    if chunks is not None and any(c < min(MIN_CHUNK, n) for c, n in zip(chunks, sizes)):
+        raise ConfigError(f"--chunks {'x'.join(map(str, chunks))} is too small: chunks must be at least "
                           f"{MIN_CHUNK} pixels (or the frame's {'x'.join(map(str, sizes))}) along "
                           f"{' and '.join(spatial)}, each task reading tiles and a normalisation patch around its "
                           "chunk; use 1024 or more.")
     kept = selection.indices(source)  # per input axis
     idx = [kept[i] for i in order]
-    chunk = options.chunks or tuple(_default_chunk(source.chunks[i], n) for i, n in zip(at, sizes))
+    chunk = chunks or tuple(default(i, n, DEFAULT_CHUNK_Z if len(spatial) == 3 and k == 0 else DEFAULT_CHUNK)
+                            for k, (i, n) in enumerate(zip(at, sizes)))
     tile, stride = options.infer.tile, options.infer.stride
     tiles = [(tile, stride, patch)] * 2
     if tile_z is not None:

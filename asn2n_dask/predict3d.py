@@ -19,56 +19,10 @@ from numpy.typing import NDArray
 
 from .blend import check_tile_frame, predict_tiled_volume
 from .config import InferConfig
-from .pairs import make_volume_twins
-from .predict import TTA_TRANSFORMS, clamp_output
+from .predict import clamp_output, volume_tile_fn
 from .stats import ChannelStats
 
-__all__ = ["volume_network_fn", "volume_fn", "denoise_volume"]
-
-
-def volume_network_fn(net: torch.nn.Module, device: torch.device | str,
-                      precision: str = "bf16") -> Callable[[torch.Tensor], torch.Tensor]:
-    """Wrap a 3-D network for batched inference: no autograd, the network on ``device``
-    in eval mode, on CUDA bf16 autocast with ``precision="bf16"``; the CPU computes in
-    fp32.  (:func:`asn2n_dask.predict.network_fn` does this for 2-D networks, with their
-    channels-last layout and compilation.)"""
-    dev = torch.device(device)
-    amp = dev.type == "cuda" and precision == "bf16"
-    net = net.to(dev).eval()
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            return net(x).float().contiguous()
-
-    return fn
-
-
-def volume_fn(net_fn: Callable[[torch.Tensor], torch.Tensor], infer_on: str,
-              tta: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The per-tile step of a 3-D network: views, network, average.
-
-    Takes ``(N, 1, tz, t, t)`` normalised tiles and returns ``(N, 1, tz, t, t)``
-    predictions, normalised: with ``infer_on="twins"`` the mean of the network on the
-    tile's two twins (:func:`asn2n_dask.pairs.make_volume_twins`, made in float64: the
-    domain it was trained on), with ``"raw"`` the network on the tile itself; each view
-    also averaged over ``tta`` copies flipped and turned in Y-X (turned back first).  Z
-    is never turned: the network learnt Z and Y-X at their own sampling.
-    """
-
-    def fn(tiles: torch.Tensor) -> torch.Tensor:
-        views = make_volume_twins(tiles.double()) if infer_on == "twins" else (tiles,)
-        x0 = torch.cat([v.float() for v in views])
-        acc = None
-        for k, flip in TTA_TRANSFORMS[tta]:
-            x = torch.rot90(x0.flip(-1) if flip else x0, k, dims=(-2, -1))
-            y = torch.rot90(net_fn(x), -k, dims=(-2, -1))
-            y = y.flip(-1) if flip else y
-            acc = y if acc is None else acc + y
-        assert acc is not None
-        pred = acc / len(TTA_TRANSFORMS[tta])
-        return pred.reshape(len(views), tiles.shape[0], *pred.shape[1:]).mean(0)
-
-    return fn
+__all__ = ["denoise_volume"]
 
 
 def denoise_volume(volume: NDArray[np.number], fn: Callable[[torch.Tensor], torch.Tensor], *,
@@ -84,7 +38,8 @@ def denoise_volume(volume: NDArray[np.number], fn: Callable[[torch.Tensor], torc
         seen as one volume.
     fn : callable
         The network, batched: ``(N, 1, tz, t, t) -> (N, 1, tz, t, t)`` float32
-        (:func:`asn2n_dask.predict.network_fn`).
+        (:func:`asn2n_dask.predict.network_fn`), applied to each tile's views
+        (:func:`asn2n_dask.predict.volume_tile_fn`).
     stats : ChannelStats
         Statistics of the volume's channel (all its volumes): ``stats.norm`` is mapped
         to [0, 1], and the result is held within ``stats``' range
@@ -116,7 +71,7 @@ def denoise_volume(volume: NDArray[np.number], fn: Callable[[torch.Tensor], torc
     check_tile_frame(infer, vol.shape[-2:])
     lo, span = stats.norm.lo, stats.norm.span
     scaled = ((vol.astype(np.float64) - lo) / span).astype(np.float32)
-    pred = predict_tiled_volume(scaled, volume_fn(fn, infer.infer_on, infer.tta), tile_z=tile_z, config=infer,
+    pred = predict_tiled_volume(scaled, volume_tile_fn(fn, infer.infer_on, infer.tta), tile_z=tile_z, config=infer,
                                 device=device, multiple=multiple)
     out = clamp_output(pred.astype(np.float64) * span + lo, stats)
     return np.asarray(out, dtype=np.float32)

@@ -110,20 +110,3 @@ def test_bad_combinations_exit_with_one_sentence(files, tmp_path, name, args, ne
     assert r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
     assert not (tmp_path / "m" / "model.json").exists()
-
-
-@pytest.mark.parametrize("args", [
-    ["denoise", "{in}", "-o", "{out}.tif", "-m", "{model}"],
-    ["denoise", "{in}", "-o", "{out}.tif", "-m", "{model}", "--dry-run"],
-    ["denoise", "{in}", "-o", "{out}.zarr", "-m", "{model}"],
-    ["denoise", "{in}", "-o", "{out}.zarr", "-m", "{model}", "--dry-run"],
-    ["run", "{in}", "-o", "{out}.tif", "--dims", "3"],
-    ["run", "{in}", "-o", "{out}.zarr", "--dims", "3"],
-])
-def test_denoising_files_with_3d_networks_is_refused_in_one_sentence(files, tmp_path, args):
-    words = [a.format(**{"in": files / "zyx.tif", "out": tmp_path / "out", "model": files / "m3"}) for a in args]
-    r = invoke(*words)
-    assert r.exit_code == 2, r.output
-    assert r.stderr.startswith("error: ") and "not available yet" in r.stderr and "3" in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
-    assert list(tmp_path.iterdir()) == []  # no output, no model

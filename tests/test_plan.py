@@ -94,7 +94,22 @@ def test_a_plan_over_z_y_x_takes_the_inputs_chunks_and_refuses_a_missing_z_tile(
         make_plan(volume_source, options=RunOptions(infer=INFER), tile_z=8)
     with pytest.raises(ConfigError, match="between 1 and"):
         make_plan(volume_source, options=RunOptions(infer=INFER), spatial="ZYX", tile_z=0)
-    with pytest.raises(ConfigError, match="one size per axis of ZYX"):
-        make_plan(volume_source, options=RunOptions(infer=INFER, chunks=(20, 20)), spatial="ZYX", tile_z=8)
+    yx = make_plan(volume_source, options=RunOptions(infer=INFER, chunks=(20, 24)), spatial="ZYX", tile_z=8)
+    assert yx.chunks == (1, 1, 40, 20, 24)  # Y-X given: Z as by default (here the whole depth)
+    deep = make_plan(volume_source, options=RunOptions(infer=INFER, chunks=(16, 20, 24)), spatial="ZYX", tile_z=8)
+    assert deep.chunks == (1, 1, 16, 20, 24)
+    with pytest.raises(ConfigError, match="one size per axis of YX"):
+        make_plan(volume_source, options=RunOptions(infer=INFER, chunks=(16, 20, 24)), spatial="YX")
     with pytest.raises(ConfigError, match="two positive sizes"):
         RunOptions(chunks=(1, 2, 3, 4))
+
+
+def test_a_deep_volume_is_chunked_along_z_by_default(tmp_path):
+    from asn2n_dask.plan import DEFAULT_CHUNK_Z
+
+    for src_z, want in ((1, DEFAULT_CHUNK_Z[0]), (128, 128), (1000, DEFAULT_CHUNK_Z[1])):
+        zarr.create_array(str(tmp_path / f"{src_z}.zarr"), shape=(1, 1, 1000, 64, 64), chunks=(1, 1, src_z, 64, 64),
+                          dtype="uint16", dimension_names=["t", "c", "z", "y", "x"])
+        plan = make_plan(open_source(tmp_path / f"{src_z}.zarr"), options=RunOptions(infer=INFER), patch=1,
+                         spatial="ZYX", tile_z=8)
+        assert plan.chunks == (1, 1, want, 64, 64), src_z  # the input's Z chunk within the bounds

@@ -208,13 +208,14 @@ def test_the_output_is_in_input_units(fitted, stack):
 
 def test_each_volume_is_denoised_on_its_own(fitted, stack):
     """One time point's output equals its volume denoised with the same channel range."""
-    from asn2n_dask.predict3d import denoise_volume, volume_network_fn
+    from asn2n_dask.predict import network_fn
+    from asn2n_dask.predict3d import denoise_volume
     from asn2n_dask.stats import channel_stats
 
     model, _ = fitted
     out = denoise(stack, model, axes="TZYX", config=INFER)
     stats = channel_stats(stack[None], model.train.norm)[0]
-    one = denoise_volume(stack[1], volume_network_fn(model.channels[0].net, "cpu"), stats=stats, infer=INFER,
+    one = denoise_volume(stack[1], network_fn(model.channels[0].net, "cpu"), stats=stats, infer=INFER,
                          tile_z=8, multiple=(2, 2, 2))
     np.testing.assert_array_equal(out[1], one)
 
@@ -323,22 +324,24 @@ def test_several_channels_of_a_file_get_a_network_each(tmp_path):
     assert out.shape == two.shape and out[:, 1].mean() > 2 * out[:, 0].mean()
 
 
-def test_file_routes_refuse_a_3d_model_in_one_sentence(fitted, tmp_path):
+def test_the_file_routes_give_the_array_result(fitted, tmp_path):
     import tifffile
+    import zarr
 
     from asn2n_dask.api import denoise_to_file, denoise_with_risk
-    from asn2n_dask.errors import ConfigError
     from asn2n_dask.source import Selection, open_source
 
     model, d = fitted
-    tifffile.imwrite(tmp_path / "v.tif", noisy((8, 32, 32)).astype(np.uint16), metadata={"axes": "ZYX"})
-    for call in (lambda: denoise(str(tmp_path / "v.tif"), str(tmp_path / "out.zarr"), model=str(d)),
-                 lambda: denoise(str(tmp_path / "v.tif"), str(tmp_path / "out.zarr"), model=model),
-                 lambda: denoise_to_file(open_source(tmp_path / "v.tif"), Selection(), tmp_path / "o.tif", model)):
-        with pytest.raises(ConfigError, match="3-D networks is not available yet") as e:
-            call()
-        assert "\n" not in str(e.value) and str(e.value).endswith(".")
-    assert not (tmp_path / "out.zarr").exists() and not (tmp_path / "o.tif").exists()
+    vol = noisy((8, 32, 32)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "v.tif", vol, metadata={"axes": "ZYX"})
+    want = denoise(vol, model, axes="ZYX", config=INFER)
+    tol = 1e-5 * float(np.ptp(vol))
+    denoise(str(tmp_path / "v.tif"), str(tmp_path / "a.zarr"), model=str(d), config=INFER, client="sync")
+    denoise(str(tmp_path / "v.tif"), str(tmp_path / "b.zarr"), model=model, config=INFER, client="sync")
+    for name in ("a.zarr", "b.zarr"):
+        np.testing.assert_allclose(zarr.open_group(str(tmp_path / name), mode="r")["0"][...], want, rtol=0, atol=tol)
+    denoise_to_file(open_source(tmp_path / "v.tif"), Selection(), tmp_path / "o.tif", model, infer=INFER)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "o.tif"), want, rtol=0, atol=tol)
     with pytest.raises(ModelError, match="no risk classes"):
         denoise_with_risk(noisy((8, 32, 32)), model, axes="ZYX")
 
