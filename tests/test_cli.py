@@ -257,7 +257,7 @@ def test_help_lists_the_choices_of_the_config_literals_and_no_placeholders_for_f
                            "--infer-precision", "--dtype", "--ome"],
                    "denoise": ["--blend", "--infer-on", "--tta", "--infer-precision", "--dtype", "--ome"],
                    "risk": ["--risk-estimator"]}
-    own = {("fit", "--preset"): config.AnyPreset}  # fit takes 3-D presets too (--dims 3)
+    own = {("fit", "--preset"): config.AnyPreset, ("run", "--preset"): config.AnyPreset}  # 3-D ones too (--dims 3)
     for cmd, options in per_command.items():
         text = help_text(cmd)
         for option in options:
@@ -284,7 +284,7 @@ def test_options_file_keys_values_and_types(tmp_path):
         "risk_estimator": "noise-aware", "infer_on": "raw", "time": "10:20", "channel": ["mito", "2"], "tta": 4,
         "ome": "0.4", "consistency": 0.001, "overwrite": True, "model_dir": "m.model", "workers": None}
     for text, needle in [
-        ("tiles: 32\n", "unknown option 'tiles'; 'asn2n run' takes axes, batch, blend, channel, chunks,"),
+        ("tiles: 32\n", "unknown option 'tiles'; 'asn2n run' takes anisotropy, axes, batch, blend, channel, chunks,"),
         ("model-dir: m\n", "unknown option 'model-dir'"),  # an old spelling is not a key
         ("norm: fancy\n", "norm must be one of adaptive, local, global, dataset; got 'fancy'."),
         ("steps: 3.5\n", "steps must be a whole number; got 3.5."),
