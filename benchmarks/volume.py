@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(SHARED / "bench"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from pipeline import provenance  # noqa: E402  (the benchmarks' one record of what made a row)
+from pipeline import PeakRSS, provenance  # noqa: E402  (the benchmarks' memory sampler and record of a row)
 from score import score_stack  # noqa: E402  (the shared scorer)
 
 DATA = ROOT / "benchmarks" / "data"
@@ -154,6 +154,43 @@ def stage_dims2(noisy: np.ndarray, gt: np.ndarray, budget: float) -> dict:
             "infer_seconds": infer_s, "steps": steps, "scores": scores(pred, gt)}
 
 
+def stage_zchunks(depths: tuple[int, ...], chunk_z: int, side: int = 256) -> dict:
+    """``asn2n denoise`` from the command line with a ``small3d`` model (one training step:
+    speed and memory do not depend on the weights) on (1, 1, Z, side, side) uint16 Zarr
+    volumes of each depth, chunked ``chunk_z`` x side x side: peak resident memory of
+    the command and its workers, and voxels per second, per depth."""
+    import zarr
+
+    from asn2n_dask import VolumeTrainConfig, fit
+
+    work = ROOT / "benchmarks" / "work" / "volume"
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    model = work / "small3d.model"
+    if not (model / "model.json").is_file():
+        fit(rng.poisson(50, (32, 64, 64)).astype(np.uint16), axes="ZYX", dims=3, device="cpu", model_dir=model,
+            volume=VolumeTrainConfig(steps=1))
+    out = {}
+    for depth in depths:
+        src = work / f"vol-{depth}x{side}.zarr"
+        if not (src / "zarr.json").is_file():
+            z = zarr.create_array(str(src), shape=(1, 1, depth, side, side), chunks=(1, 1, chunk_z, side, side),
+                                  dtype="uint16", dimension_names=list("tczyx"))
+            for k in range(0, depth, chunk_z):
+                z[0, 0, k : k + chunk_z] = rng.poisson(50, (min(chunk_z, depth - k), side, side))
+        dst = work / f"out-{depth}x{side}.zarr"
+        cmd = [sys.executable, "-m", "asn2n_dask", "-q", "denoise", str(src), "-o", str(dst), "-m", str(model),
+               "--chunks", f"{chunk_z}x{side}x{side}", "--workers", "1", "--threads", "1", "--overwrite"]
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, cwd=ROOT)
+            secs = time.perf_counter() - t0
+        out[str(depth)] = {"depth": depth, "z_chunks": -(-depth // chunk_z), "seconds": secs,
+                           "voxels_per_s": depth * side * side / secs, "peak_rss_mib": mem.peak / 2**20}
+    return {"method": f"asn2n denoise, small3d, chunks {chunk_z}x{side}x{side}, 1 worker of 1 thread",
+            "runs": out}
+
+
 def render(rows: dict) -> str:
     lines = ["# Volumes: 3-D against per-plane 2-D", "",
              "`python benchmarks/volume.py --stage STAGE` on `simulate.py sim3d` at its default size ((2, 1, 48, "
@@ -170,13 +207,22 @@ def render(rows: dict) -> str:
         lines.append(f"| {r['method']} | {m['psnr']:.2f} | {m['psnr_raw']:.2f} | {m['ssim']:.3f} | "
                      f"{m['false_obj']:.2f} | {m['fg_dice']:.3f} | {train} | {r['wall_s']:.0f} | "
                      f"`{r['commit']}`{'+' if r['dirty'] else ''} |")
+    if "zchunks" in rows:
+        r = rows["zchunks"]
+        lines += ["", f"Memory against depth: {r['method']} (`{r['command']}`, `{r['commit']}`).", "",
+                  "| depth | Z chunks | seconds | voxels/s | peak RSS MiB |", "|---|---|---|---|---|"]
+        for v in r["runs"].values():
+            lines.append(f"| {v['depth']} | {v['z_chunks']} | {v['seconds']:.0f} | {v['voxels_per_s']:.0f} | "
+                         f"{v['peak_rss_mib']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["data", "gaussian", "dims3", "dims2"],
-                    choices=["data", "gaussian", "dims3", "dims2", "report"])
+                    choices=["data", "gaussian", "dims3", "dims2", "zchunks", "report"])
+    ap.add_argument("--depths", type=int, nargs="+", default=[64, 256], help="zchunks: volume depths")
+    ap.add_argument("--chunk-z", type=int, default=32, help="zchunks: output chunk depth")
     ap.add_argument("--cpu-seconds", type=float, default=1000.0,
                     help="training budget of each network, CPU seconds on one thread (default 1000)")
     ap.add_argument("--preset", default="small3d")
@@ -209,6 +255,10 @@ def main() -> None:
     if "dims2" in stages:
         t0 = time.perf_counter()
         put("dims2", stage_dims2(noisy, gt, args.cpu_seconds), f"{cmd} dims2 --cpu-seconds {args.cpu_seconds:g}", t0)
+    if "zchunks" in stages:
+        t0 = time.perf_counter()
+        put("zchunks", stage_zchunks(tuple(args.depths), args.chunk_z),
+            f"{cmd} zchunks --depths {' '.join(map(str, args.depths))} --chunk-z {args.chunk_z}", t0)
     (RESULTS / "volume.md").write_text(render(rows))
     print(render(rows))
 
