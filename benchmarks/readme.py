@@ -314,7 +314,9 @@ def volume_section(rows: dict) -> list[str]:
            "`simulate.py sim3d` at its default size: two time points of a 48x256x256 volume at 5 photons, Z voxel "
            "0.15 um against 0.1 um in Y-X, scored slice by slice with the shared scorer and averaged (`python "
            "benchmarks/volume.py`). The 2-D row trains for the 3-D row's training time; `train s` is each "
-           "network's training time, `wall s` the row's. Library calls, not yet `asn2n run --dims 3`.", "",
+           "network's training time, `wall s` the row's. Both networks get the same training budget in CPU "
+           "seconds on one thread, each its own number of steps; library calls, the method of `asn2n run --dims "
+           "3`.", "",
            "| method | psnr | psnr_raw | ssim | false objects /Mpx | steps | train s | wall s | commit |",
            "|---|---|---|---|---|---|---|---|---|"]
     for label, k in present:
@@ -329,6 +331,14 @@ def volume_section(rows: dict) -> list[str]:
                 f"{signed(d3['psnr'] - g['psnr'])}; false objects per Mpx {d3['false_obj']:.2f} (2-D "
                 f"{d2['false_obj']:.2f}). The targets: +0.5 dB over 2-D and +1.5 dB over the Gaussian, with no more "
                 "false objects than 2-D."]
+    if "zchunks" in rows and rows["zchunks"].get("commit"):
+        r = quoted(rows, "zchunks", "volume")
+        out += ["", f"Memory against depth: {r['method']} (`{r['command']}`), peak resident memory of the command "
+                "and its processes.", "", "| depth | Z chunks | seconds | voxels/s | peak RSS MiB | commit |",
+                "|---|---|---|---|---|---|"]
+        for v in r["runs"].values():
+            out.append(f"| {v['depth']} | {v['z_chunks']} | {v['seconds']:.0f} | {v['voxels_per_s']:.0f} | "
+                       f"{v['peak_rss_mib']:.0f} | {commit(r)} |")
     return out
 
 
