@@ -143,19 +143,24 @@ def fit(data: Any, *, axes: str | None = None, config: TrainConfig = TrainConfig
     in bounded memory: only the chunks under the sampled regions are read.
 
     With ``dims=3`` each channel gets a 3-D network (:func:`asn2n_dask.train3d.fit_volume`)
-    trained on sub-volumes of its volumes, which are read into memory: the (Z, Y, X)
-    volume of every time point (``depth_axis="Z"``), or, for data without a Z axis, the
-    (T, Y, X) stack as one volume (``depth_axis="T"``).  Each channel is normalised on
+    trained on sub-volumes of its volumes: the (Z, Y, X) volume of every time point
+    (``depth_axis="Z"``), or, for data without a Z axis, the (T, Y, X) stack as one
+    volume (``depth_axis="T"``).  Files and dask arrays are read a sub-volume at a time
+    (:class:`asn2n_dask.train3d.SourceVolumes`: only the storage chunks under it), so
+    memory is bounded by the batch, the sub-volume and those chunks, not by the data;
+    a numpy array trains from its own memory, to the same network.  Each channel is normalised on
     its percentile range over all its data (:func:`asn2n_dask.stats.channel_stats`, the
-    statistics 2-D training takes); there are no risk classes, checkpoints or
-    validation regions, and ``model_dir`` receives the model and its training curves.
+    statistics 2-D training takes; for files, one lazy pass); there are no risk
+    classes, checkpoints or validation regions, and ``model_dir`` receives the model
+    and its training curves.
 
     Parameters
     ----------
     data : ndarray, xarray.DataArray, dask array, path, or sequence of paths
         Noisy image(s) in input units: an array (a frame (Y, X) or a stack named by
-        ``axes``; a dask array is read into memory once), or TIFF / Zarr / OME-Zarr
-        files (read lazily; several files must have the same channels and frame size).
+        ``axes``; a dask array is read into memory once, or with ``dims=3`` a
+        sub-volume at a time), or TIFF / Zarr / OME-Zarr files (read lazily; several
+        files must have the same channels and frame size).
     axes : str, optional
         One letter per dimension ending in ``YX``, ``C`` for colour channels
         (default ``YX`` for 2-D, ``TYX`` for 3-D; files and DataArrays name their own).
@@ -506,10 +511,12 @@ def _coords_anisotropy(data: Any, axes: str) -> float | None:
 
 def _array_volumes(data: Any, axes: str | None, config: VolumeTrainConfig, depth: str,
                    channel_names: Sequence[str] | None
-                   ) -> tuple[list[tuple[str, list[Any], ChannelStats]], dict[str, Any], float | None]:
+                   ) -> tuple[list[tuple[str, Any, ChannelStats]], dict[str, Any], float | None]:
     """:func:`fit`'s channels of an array for 3-D networks: per channel its name,
     volumes and statistics; the data's description; the anisotropy its coordinates
-    record."""
+    record.  A numpy array's volumes are views of it; a dask array's are read a
+    sub-volume at a time (:class:`asn2n_dask.train3d.SourceVolumes`), after one
+    statistics pass over it, as a file's are."""
     recorded = None
     if _is_xarray(data):
         axes = _xarray_axes(data, axes)
@@ -522,6 +529,9 @@ def _array_volumes(data: Any, axes: str | None, config: VolumeTrainConfig, depth
     check_image(data, name="training data")
     ax = parse_axes(axes, np.ndim(data))
     check_depth_axis(ax, depth, "the training data")
+    if _is_dask_array(data):
+        return _dask_volumes(data, ax, config, depth, channel_names), {
+            "inputs": ["<array>"], "shape": [list(data.shape)], "dtype": str(data.dtype), "axes": ax}, recorded
     vols = to_volumes(np.asarray(data), ax, depth)
     _volume_size_check(vols.shape, config)
     names = list(channel_names) if channel_names is not None else [str(i) for i in range(vols.shape[0])]
@@ -534,15 +544,36 @@ def _array_volumes(data: Any, axes: str | None, config: VolumeTrainConfig, depth
     return items, info, recorded
 
 
+def _dask_volumes(data: Any, axes: str, config: VolumeTrainConfig, depth: str,
+                  channel_names: Sequence[str] | None) -> list[tuple[str, Any, ChannelStats]]:
+    """:func:`_array_volumes`'s channels of a dask array: statistics from one pass over
+    it (:func:`asn2n_dask.stats.channel_stats`, the numpy route's numbers), the volumes
+    read a sub-volume at a time."""
+    from .train3d import SourceVolumes
+
+    _volume_size_check(tuple(data.shape[axes.index(a)] for a in (depth, "Y", "X")), config)
+    c = axes.find("C")
+    n_c = int(data.shape[c]) if c >= 0 else 1
+    names = list(channel_names) if channel_names is not None else [str(i) for i in range(n_c)]
+    if len(names) != n_c:
+        raise InputError(f"{len(names)} channel names given for {n_c} channels.")
+    planes = data[None] if c < 0 else data.transpose([c, *(i for i in range(data.ndim) if i != c)])
+    stats_all = channel_stats(planes, config.norm)
+    whole = [range(int(n)) for n in data.shape]
+    return [(name, SourceVolumes.of([data], axes, depth, [_one_channel(whole, axes, k)]), stats_all[k])
+            for k, name in enumerate(names)]
+
+
 def _file_volumes(data: Any, axes: str | None, config: VolumeTrainConfig, depth: str,
                   channels: Sequence[str] | None, time: str | None, client: Any, series: int | None,
                   stats_cache: StatsCache | None
-                  ) -> tuple[list[tuple[str, list[Any], ChannelStats]], dict[str, Any], float | None]:
+                  ) -> tuple[list[tuple[str, Any, ChannelStats]], dict[str, Any], float | None]:
     """:func:`fit`'s channels of files for 3-D networks, as :func:`_array_volumes`: the
-    statistics from one pass over every time point, the selected volumes read into
-    memory."""
-    from .source import Selection, check_source, open_source, read_selection
+    statistics from one pass over every time point; the selected volumes read lazily,
+    a sub-volume at a time (:class:`asn2n_dask.train3d.SourceVolumes`), never whole."""
+    from .source import Selection, check_source, open_source
     from .stats_pass import selection_stats
+    from .train3d import SourceVolumes
 
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     sources = [open_source(p, axes, series=series) for p in paths]
@@ -570,13 +601,12 @@ def _file_volumes(data: Any, axes: str | None, config: VolumeTrainConfig, depth:
     stats_all = selection_stats(sources, sels, config.norm, client, cache=stats_cache)
     c_idx = sels[0].indices(first)[first.axes.find("C")] if "C" in first.axes else np.array([0])
     names = list(first.meta.channel_names or [])
-    volumes: list[list[Any]] = [[] for _ in c_idx]
-    for s, sel in zip(sources, sels):
-        vols = to_volumes(read_selection(s, sel), s.axes, depth)
-        for j in range(len(c_idx)):
-            volumes[j].extend(vols[j])
-    items = [(names[int(c)] if len(names) > int(c) else str(int(c)), volumes[j], stats_all[j])
-             for j, c in enumerate(c_idx)]
+    indices = [sel.indices(s) for s, sel in zip(sources, sels)]
+    items: list[tuple[str, Any, ChannelStats]] = []
+    for j, c in enumerate(c_idx):  # channel j: the one each input's selection holds at position j
+        per = [_one_channel(ind, first.axes, j) for ind in indices]
+        items.append((names[int(c)] if len(names) > int(c) else str(int(c)),
+                      SourceVolumes.of(sources, first.axes, depth, per), stats_all[j]))
     info = {"inputs": [s.path for s in sources], "shape": [list(s.shape) for s in sources],
             "dtype": first.dtype, "axes": first.axes, "time": time}
     recorded = None
@@ -584,6 +614,11 @@ def _file_volumes(data: Any, axes: str | None, config: VolumeTrainConfig, depth:
         recorded = _recorded_anisotropy(first.meta.scale, first.meta.units, first.axes,
                                         stated=first.meta.format == "tiff")
     return items, info, recorded
+
+
+def _one_channel(indices: Sequence[Sequence[int]], axes: str, j: int) -> list[Sequence[int]]:
+    """Per-axis indices with the channel axis narrowed to its ``j``-th index."""
+    return [(int(ind[j]),) if a == "C" else ind for a, ind in zip(axes, indices)]
 
 
 def _loss_history(losses: Sequence[float], rows: int = 100) -> list[dict[str, Any]]:
@@ -607,7 +642,7 @@ def _fit_volumes(data: Any, *, axes: str | None, config: VolumeTrainConfig, dept
                  channels: Sequence[str] | None, time: str | None, client: Any, series: int | None,
                  stats_cache: StatsCache | None) -> Model:
     """:func:`fit` with ``dims=3``: one 3-D network per channel."""
-    from .train3d import fit_volume
+    from .train3d import VolumeSampler, fit_volume
 
     depth = str(depth_axis).upper()
     if depth not in ("Z", "T"):
@@ -651,7 +686,8 @@ def _fit_volumes(data: Any, *, axes: str | None, config: VolumeTrainConfig, dept
                                  history=history))
         if model_dir is not None and rank == 0:
             _write_curves(model_dir, c, name, history)
-        log.info("channel %s: %d steps on %d volume(s) in %.1f s, sub-volume %s", name, cfg.steps, len(vols),
+        n_vols = len(vols.shapes) if isinstance(vols, VolumeSampler) else len(vols)
+        log.info("channel %s: %d steps on %d volume(s) in %.1f s, sub-volume %s", name, cfg.steps, n_vols,
                  fitted.seconds, "x".join(map(str, fitted.patch)))
     info = {**info, "statistics": {n: st.to_dict() for n, _, st in items}, "device": str(dev),
             "depth_axis": depth, "anisotropy": {"value": cfg.anisotropy, "from": where}, "processes": _world(),

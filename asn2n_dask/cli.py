@@ -392,7 +392,7 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (chun
 #: Networks that see 2-D frames or 3-D volumes.
 Dims = Literal[2, 3]
 DimsOpt = Annotated[Dims, typer.Option("--dims", help="Networks that see 2-D frames (2) or 3-D volumes (3): with 3, "
-                                       "one volume per time point and channel, read into memory for training.")]
+                                       "one volume per time point and channel, trained on a sub-volume at a time.")]
 DepthAxisOpt = Annotated[DepthAxis | None, typer.Option(
     "--depth-axis", case_sensitive=False, help="With --dims 3: the axis seen as depth, Z (volumes; the default), or "
     "T for data without Z (each channel's time series as one volume).")]
@@ -742,12 +742,12 @@ def fit(
     processes) when launched with torchrun.
 
     With --dims 3, one 3-D network per channel learns from sub-volumes (Z, Y, X) of
-    the channel's volumes, read into memory and normalised on the channel's global
-    range.  The options --risk-estimator, --risk-share, --val-every, --patience,
-    --checkpoint-every, --resume, --loader-workers, --precision and --compile are for
-    2-D networks, and --norm can only be global then.  Such a model denoises arrays in
-    memory (asn2n_dask.denoise); 'asn2n denoise' and 'asn2n run' take 2-D models only
-    so far.
+    the channel's volumes, each read on its own from the file (training memory
+    bounded by --batch, --patch and the file's chunks, whatever the volumes' size)
+    and normalised on the channel's global range.  The options --risk-estimator, --risk-share, --val-every,
+    --patience, --checkpoint-every, --resume, --loader-workers, --precision and
+    --compile are for 2-D networks, and --norm can only be global then.  'asn2n
+    denoise' and 'asn2n run' apply such a model to volumes.
 
     Examples:
 

@@ -1,31 +1,160 @@
-"""Self-constrained Noise2Noise training of a 3-D U-Net on one in-memory volume.
+"""Self-constrained Noise2Noise training of a 3-D U-Net on a channel's volumes.
 
 Sub-volumes (Z, Y, X) are drawn at random positions, flipped along random axes (and
 turned in Y-X when the patch is square there), split into their twins slice by slice
-(:func:`asn2n_dask.pairs.make_volume_twins`) and normalised on the volume's global
+(:func:`asn2n_dask.pairs.make_volume_twins`) and normalised on the channel's global
 percentile range; the network learns twin to twin, both ways, with the loss of 2-D
 training (:func:`asn2n_dask.train.self_constrained_loss`).  Library functions only: the
 run plan calls them.
+
+The volumes are arrays in memory or a :class:`VolumeSampler`, which reads one
+sub-volume at a time: :class:`SourceVolumes` reads each from a file (only the storage
+chunks under it) or a dask array, so training memory is bounded by the batch, the
+sub-volume and the chunks under it, whatever the data's size.  Both give the same
+draws, hence the same network, for the same voxels.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from .config import PRESETS_3D, VolumeTrainConfig
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .model import UNet3d, build_unet3d, pooling_kernels
 from .pairs import make_volume_twins
 from .risk import FrameStats, frame_stats
+from .source import Source
 from .train import self_constrained_loss
 
-__all__ = ["VolumeFit", "volume_patch", "sample_volume_patches", "volume_twins_batch", "fit_volume"]
+__all__ = ["VolumeFit", "VolumeSampler", "ArrayVolumes", "SourceVolumes", "volume_patch", "sample_volume_patches",
+           "volume_twins_batch", "fit_volume"]
+
+Shape3 = tuple[int, int, int]
+
+
+@runtime_checkable
+class VolumeSampler(Protocol):
+    """A channel's volumes, read a sub-volume at a time.
+
+    ``shapes[i]`` is volume ``i``'s (Z, Y, X); ``read(i, start, size)`` returns its
+    voxels ``start[k] : start[k] + size[k]`` along each axis, shape ``size``, in input
+    units (any real dtype), reading no more than that region needs.
+    """
+
+    @property
+    def shapes(self) -> Sequence[Shape3]: ...
+
+    def read(self, i: int, start: Shape3, size: Shape3) -> NDArray[Any]: ...
+
+
+@dataclass(frozen=True)
+class ArrayVolumes:
+    """Volumes held in memory, each (Z, Y, X): a :class:`VolumeSampler` over arrays."""
+
+    volumes: tuple[NDArray[Any], ...]
+
+    @property
+    def shapes(self) -> list[Shape3]:
+        return [(int(v.shape[0]), int(v.shape[1]), int(v.shape[2])) for v in self.volumes]
+
+    def read(self, i: int, start: Shape3, size: Shape3) -> NDArray[Any]:
+        (z, y, x), (pz, py, px) = start, size
+        return self.volumes[i][z : z + pz, y : y + py, x : x + px]  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class SourceVolumes:
+    """One channel's volumes in stacks on disk or in dask arrays, read lazily.
+
+    The volumes are those :func:`asn2n_dask.axes.to_volumes` makes of each input, in
+    the same order (the inputs one after the other; within one, its stack axes other
+    than the channel and depth axes in C order).  A sub-volume is one basic indexing of
+    the input as stored (a file's :meth:`asn2n_dask.source.Source.open`, reading only
+    the storage chunks under it; a dask array, computing only its blocks there): the
+    axis order of the input stays, the key names each axis where it is.
+
+    Attributes
+    ----------
+    inputs : tuple
+        Per input, a :class:`asn2n_dask.source.Source` (opened where it is read) or an
+        array taking numpy basic indexing (a dask array), with axes ``axes``.
+    axes : str
+        One letter per dimension, ending in ``YX``.
+    depth : {"Z", "T"}
+        The axis seen as depth.
+    index : tuple
+        Per input, per stack axis (every axis but Y and X), the indices kept: one for
+        ``C``, a unit-step ``range`` for the depth axis.
+    """
+
+    inputs: tuple[Any, ...]
+    axes: str
+    depth: str
+    index: tuple[tuple[Sequence[int], ...], ...]
+
+    @classmethod
+    def of(cls, inputs: Sequence[Any], axes: str, depth: str,
+           indices: Sequence[Sequence[Sequence[int]]]) -> SourceVolumes:
+        """The volumes of ``inputs`` within their ``indices``: per input, per axis, the
+        indices kept (as :meth:`asn2n_dask.source.Selection.indices` gives them, the
+        channel axis narrowed to one channel; those of Y and X are not used)."""
+        index = []
+        for ind_of in indices:
+            per: list[Sequence[int]] = []
+            for a, ind in zip(axes[:-2], ind_of[:-2]):
+                if a == depth and not (isinstance(ind, range) and ind.step == 1 and len(ind)):
+                    raise ValueError(f"the depth axis must be kept as one run of indices; got {ind!r:.80}")
+                if a == "C" and len(ind) != 1:
+                    raise ValueError(f"one channel's volumes take one index of the channel axis; got {ind!r:.80}")
+                per.append(ind if isinstance(ind, range) else tuple(int(i) for i in ind))
+            index.append(tuple(per))
+        return cls(tuple(inputs), axes, depth, tuple(index))
+
+    @cached_property
+    def _others(self) -> list[int]:
+        """The stack axes that number the volumes of an input."""
+        return [k for k, a in enumerate(self.axes[:-2]) if a not in ("C", self.depth)]
+
+    @cached_property
+    def _counts(self) -> list[int]:
+        """Volumes per input."""
+        return [math.prod(len(idx[k]) for k in self._others) for idx in self.index]
+
+    @cached_property
+    def shapes(self) -> list[Shape3]:
+        d = self.axes.index(self.depth)
+        out: list[Shape3] = []
+        for inp, idx, n in zip(self.inputs, self.index, self._counts):
+            out += [(len(idx[d]), int(inp.shape[-2]), int(inp.shape[-1]))] * n
+        return out
+
+    def read(self, i: int, start: Shape3, size: Shape3) -> NDArray[Any]:
+        counts = self._counts
+        k = 0
+        while i >= counts[k]:
+            i, k = i - counts[k], k + 1
+        idx, others = self.index[k], self._others
+        pos = dict(zip(others, np.unravel_index(i, [len(idx[j]) for j in others]))) if others else {}
+        (z, y, x), (pz, py, px) = start, size
+        key: list[Any] = []
+        for j, a in enumerate(self.axes[:-2]):
+            if a == self.depth:
+                first = int(idx[j][0])
+                key.append(slice(first + z, first + z + pz))
+            else:
+                key.append(int(idx[j][int(pos.get(j, 0))]))
+        inp = self.inputs[k]
+        arr = inp.open() if isinstance(inp, Source) else inp
+        return np.asarray(arr[tuple(key) + (slice(y, y + py), slice(x, x + px))])
 
 
 @dataclass
@@ -77,16 +206,18 @@ def volume_patch(shape: tuple[int, int, int], config: VolumeTrainConfig) -> tupl
     return pz // mz * mz, min(config.patch[1], y // m * m), min(config.patch[2], x // m * m)
 
 
-def sample_volume_patches(volumes: NDArray[np.number] | Sequence[NDArray[np.number]], patch: tuple[int, int, int],
-                          n: int, rng: np.random.Generator) -> NDArray[np.float64]:
+def sample_volume_patches(volumes: NDArray[np.number] | Sequence[NDArray[np.number]] | VolumeSampler,
+                          patch: tuple[int, int, int], n: int, rng: np.random.Generator) -> NDArray[np.float64]:
     """``n`` sub-volumes of ``patch`` (Z, Y, X) voxels at uniformly random positions.
 
     Parameters
     ----------
-    volumes : ndarray (Z, Y, X), or a sequence of them
+    volumes : ndarray (Z, Y, X), a sequence of them, or a VolumeSampler
         At least ``patch`` along every axis.  From several volumes (a channel's time
         points) each sub-volume comes from one chosen at random, in proportion to its
-        number of voxels.
+        number of voxels.  A :class:`VolumeSampler` reads only the sub-volumes drawn;
+        the draws depend on the volumes' shapes only, so arrays and a sampler over the
+        same voxels give the same sub-volumes.
     patch : (int, int, int)
         Sub-volume size.
     n : int
@@ -99,21 +230,27 @@ def sample_volume_patches(volumes: NDArray[np.number] | Sequence[NDArray[np.numb
     ndarray, shape (n, pz, py, px), float64
         Copies of the sub-volumes, input units.
     """
-    vols = [volumes] if isinstance(volumes, np.ndarray) else list(volumes)
-    for v in vols:
-        if v.ndim != 3 or any(p < 1 or p > s for p, s in zip(patch, v.shape)):
-            raise ValueError(f"patches of {patch} do not fit a volume of shape {v.shape}")
-    if len(vols) == 1:  # the draws of one volume, as they always were
+    if isinstance(volumes, VolumeSampler):
+        sampler: VolumeSampler = volumes
+    else:
+        vols = [volumes] if isinstance(volumes, np.ndarray) else list(volumes)
+        for v in vols:
+            if v.ndim != 3:
+                raise ValueError(f"patches of {patch} do not fit a volume of shape {v.shape}")
+        sampler = ArrayVolumes(tuple(vols))
+    shapes = list(sampler.shapes)
+    for shape in shapes:
+        if len(shape) != 3 or any(p < 1 or p > s for p, s in zip(patch, shape)):
+            raise ValueError(f"patches of {patch} do not fit a volume of shape {tuple(shape)}")
+    if len(shapes) == 1:  # the draws of one volume, as they always were
         which = np.zeros(n, np.int64)
     else:
-        sizes = np.array([v.size for v in vols], np.float64)
-        which = rng.choice(len(vols), size=n, p=sizes / sizes.sum())
-    pz, py, px = patch
+        sizes = np.array([math.prod(shape) for shape in shapes], np.float64)
+        which = rng.choice(len(shapes), size=n, p=sizes / sizes.sum())
     out = []
     for i in which:
-        v = vols[int(i)]
-        z, y, x = (int(rng.integers(0, s - p + 1)) for s, p in zip(v.shape, patch))
-        out.append(np.asarray(v[z : z + pz, y : y + py, x : x + px], dtype=np.float64))
+        z, y, x = (int(rng.integers(0, s - p + 1)) for s, p in zip(shapes[int(i)], patch))
+        out.append(np.asarray(sampler.read(int(i), (z, y, x), patch), dtype=np.float64))
     return np.stack(out)
 
 
@@ -143,7 +280,7 @@ def volume_twins_batch(patches: NDArray[np.floating], stats: FrameStats,
     return tuple(((v - stats.lo) / stats.span).float().unsqueeze(1) for v in (a, b))  # type: ignore[return-value]
 
 
-def fit_volume(volume: NDArray[np.number] | Sequence[NDArray[np.number]],
+def fit_volume(volume: NDArray[np.number] | Sequence[NDArray[np.number]] | VolumeSampler,
                config: VolumeTrainConfig = VolumeTrainConfig(), *,
                stats: FrameStats | None = None, device: torch.device | str = "cpu",
                progress: Callable[[int, int, float], None] | None = None) -> VolumeFit:
@@ -151,16 +288,22 @@ def fit_volume(volume: NDArray[np.number] | Sequence[NDArray[np.number]],
 
     Parameters
     ----------
-    volume : ndarray (Z, Y, X) or (N, Z, Y, X), or a sequence of (Z, Y, X) arrays
+    volume : ndarray (Z, Y, X) or (N, Z, Y, X), a sequence of (Z, Y, X) arrays, or a VolumeSampler
         One channel's noisy volume, or its volumes at several time points (an x-y-t
         stack with T as Z is one volume), in input units, finite; Y and X at least four
         times the preset's Y-X pooling factor.  Each step's sub-volumes come from the
-        volumes in proportion to their sizes.
+        volumes in proportion to their sizes.  A :class:`VolumeSampler` (volumes in a
+        file: :class:`SourceVolumes`) is read one sub-volume at a time, never whole:
+        memory is bounded by the batch and the sub-volume (and the storage chunks
+        under it); it takes the same draws, so it trains the same network as the same
+        voxels in memory.
     config : VolumeTrainConfig
         Preset, steps, sub-volume, batch, anisotropy, loss, seed, percentiles.
     stats : FrameStats, optional
         The normalisation range (a channel's, from a reduction over more data); by
-        default the ``config.norm`` percentiles of all the volumes together.
+        default the ``config.norm`` percentiles of all the volumes together (arrays
+        only: a sampler needs the range given, e.g. from
+        :func:`asn2n_dask.stats_pass.selection_stats`).
     device : torch device
         Where to train.
     progress : callable, optional
@@ -174,29 +317,46 @@ def fit_volume(volume: NDArray[np.number] | Sequence[NDArray[np.number]],
     Raises
     ------
     InputError
-        Not 3-D volumes, non-finite values, or a volume too small for the preset.
+        Not 3-D volumes, non-finite values (a sampler's: in a sub-volume read), or a
+        volume too small for the preset.
+    ConfigError
+        A sampler without ``stats``.
     """
     t0 = time.perf_counter()
-    if isinstance(volume, np.ndarray) and volume.ndim == 4:
-        vols = list(volume)
-    elif isinstance(volume, np.ndarray) or not isinstance(volume, Sequence):
-        vols = [np.asarray(volume)]
+    lazy = isinstance(volume, VolumeSampler)
+    vols: NDArray[Any] | Sequence[NDArray[Any]] | VolumeSampler
+    if isinstance(volume, VolumeSampler):
+        vols = volume
+        shapes = [tuple(int(v) for v in s) for s in volume.shapes]
+        for shape in shapes:
+            if len(shape) != 3:
+                raise InputError(f"a volume must have three axes (Z, Y, X); got shape {shape}: pass one channel "
+                                 "and one time point.")
+        if stats is None:
+            raise ConfigError("volumes read a sub-volume at a time need their normalisation range (stats=...); "
+                              "compute it with asn2n_dask.stats_pass.selection_stats or channel_stats.")
     else:
-        vols = [np.asarray(v) for v in volume]
-    if not vols:
+        if isinstance(volume, np.ndarray) and volume.ndim == 4:
+            arrays = list(volume)
+        elif isinstance(volume, np.ndarray) or not isinstance(volume, Sequence):
+            arrays = [np.asarray(volume)]
+        else:
+            arrays = [np.asarray(v) for v in volume]
+        for vol in arrays:
+            if vol.ndim != 3:
+                raise InputError(f"a volume must have three axes (Z, Y, X); got shape {vol.shape}: pass one "
+                                 "channel and one time point.")
+            if not np.issubdtype(vol.dtype, np.number) or np.issubdtype(vol.dtype, np.complexfloating):
+                raise InputError(f"a volume must hold real numbers; got dtype {vol.dtype}.")
+            if not np.isfinite(vol).all():
+                raise InputError("the volume holds NaN or infinite values; replace them before training.")
+        vols, shapes = arrays, [v.shape for v in arrays]
+    if not shapes:
         raise InputError("no volume to train on.")
-    for vol in vols:
-        if vol.ndim != 3:
-            raise InputError(f"a volume must have three axes (Z, Y, X); got shape {vol.shape}: pass one channel "
-                             "and one time point.")
-        if not np.issubdtype(vol.dtype, np.number) or np.issubdtype(vol.dtype, np.complexfloating):
-            raise InputError(f"a volume must hold real numbers; got dtype {vol.dtype}.")
-        if not np.isfinite(vol).all():
-            raise InputError("the volume holds NaN or infinite values; replace them before training.")
-    zs, ys, xs = (int(min(v.shape[i] for v in vols)) for i in range(3))
+    zs, ys, xs = (int(min(s[i] for s in shapes)) for i in range(3))
     patch = volume_patch((zs, ys, xs), config)
-    if stats is None:
-        both = vols[0] if len(vols) == 1 else np.concatenate([v.ravel() for v in vols])
+    if stats is None:  # arrays (a sampler was refused above)
+        both = arrays[0] if len(arrays) == 1 else np.concatenate([v.ravel() for v in arrays])
         stats = frame_stats(both, low=config.norm.low_percentile, high=config.norm.high_percentile)
     dev = torch.device(device)
     torch.manual_seed(config.seed)
@@ -207,7 +367,10 @@ def fit_volume(volume: NDArray[np.number] | Sequence[NDArray[np.number]],
     fit = VolumeFit(net=net, stats=stats, patch=patch)
     net.train()
     for step in range(1, config.steps + 1):
-        a, b = volume_twins_batch(sample_volume_patches(vols, patch, config.batch, rng), stats, rng)
+        patches = sample_volume_patches(vols, patch, config.batch, rng)
+        if lazy and not np.isfinite(patches).all():  # arrays were checked whole; a sampler's reads are checked
+            raise InputError("the volumes hold NaN or infinite values; replace them before training.")
+        a, b = volume_twins_batch(patches, stats, rng)
         a, b = a.to(dev), b.to(dev)
         pred = net(torch.cat([a, b]))
         loss = self_constrained_loss(pred[: len(a)], pred[len(a):], a, b, kind=config.loss,
