@@ -1238,6 +1238,10 @@ def run(
     mdir = model_dir or output.with_name(output.name + ".model")
     _check_model_out(mdir, [input])
     src, sel = _open_selection(input, axes, channel, time, series)  # a bad selection is said before training
+    if zarr_out:  # and bad chunks
+        from .plan import SPATIAL_AXES, VOLUME_AXES, output_chunks
+
+        output_chunks(src, _parse_chunks(chunks), VOLUME_AXES if dims == 3 else SPATIAL_AXES)
     with output_lock(output), output_lock(mdir):
         _run_locked(input, output, mdir, src, sel, options, infer, zarr_out, overwrite, axes=axes, channel=channel,
                     time=time, device=device, chunks=chunks, dtype=dtype, ome=ome, pyramid=pyramid,

@@ -732,6 +732,43 @@ def _default_chunk(src_chunk: int, n: int, bounds: tuple[int, int] = DEFAULT_CHU
     return int(min(n, max(lo, min(hi, src_chunk))))
 
 
+def output_chunks(source: Source, chunks: Sequence[int] | None, spatial: str = SPATIAL_AXES) -> tuple[int, ...]:
+    """The output chunk along each axis of ``spatial`` (the run's tiled axes): ``chunks``
+    (``--chunks``; over Z, Y and X also Y and X alone, Z then by default), else the
+    input's within :data:`DEFAULT_CHUNK` (:data:`DEFAULT_CHUNK_Z` along Z of a run over
+    volumes).  Decided from the input's metadata alone, so that a bad value is said
+    before any training or reading.
+
+    Raises
+    ------
+    InputError
+        The input lacks one of the ``spatial`` axes.
+    ConfigError
+        ``chunks`` with a size for each of other axes, or smaller than :data:`MIN_CHUNK`.
+    """
+    if any(a not in source.axes for a in spatial):
+        raise InputError(f"{source.path} has axes {source.axes}; a run over {spatial} needs each of them.")
+    at = [source.axes.index(a) for a in spatial]  # their positions in the input
+    sizes = tuple(int(source.shape[i]) for i in at)
+
+    def default(i: int, n: int, bounds: tuple[int, int] = DEFAULT_CHUNK) -> int:
+        return _default_chunk(source.chunks[i], n, bounds)
+
+    if chunks is None:
+        return tuple(default(i, n, DEFAULT_CHUNK_Z if len(spatial) == 3 and k == 0 else DEFAULT_CHUNK)
+                     for k, (i, n) in enumerate(zip(at, sizes)))
+    if len(spatial) == 3 and len(chunks) == 2:  # Y-X given: Z as by default
+        chunks = (default(at[0], sizes[0], DEFAULT_CHUNK_Z), *chunks)
+    if len(chunks) != len(spatial):
+        raise ConfigError(f"--chunks must give one size per axis of {spatial}; got {tuple(chunks)}.")
+    if any(c < min(MIN_CHUNK, n) for c, n in zip(chunks, sizes)):
+        raise ConfigError(f"--chunks {'x'.join(map(str, chunks))} is too small: chunks must be at least "
+                          f"{MIN_CHUNK} pixels (or the image's {'x'.join(map(str, sizes))}) along "
+                          f"{' and '.join(spatial)}, each task reading the tiles around its chunk; use 1024 or more "
+                          "along Y and X.")
+    return tuple(int(c) for c in chunks)
+
+
 def make_plan(source: Source, selection: Selection = Selection(), *, options: RunOptions = RunOptions(),
               patch: int = 64, out_itemsize: int = 4, spatial: str = SPATIAL_AXES,
               tile_z: int | None = None) -> Plan:
@@ -789,23 +826,9 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
     at = [source.axes.index(a) for a in spatial]  # their positions in the input
     sizes = tuple(int(source.shape[i]) for i in at)
     check_tile_frame(options.infer, sizes[-2:])
-    def default(i: int, n: int, bounds: tuple[int, int] = DEFAULT_CHUNK) -> int:
-        return _default_chunk(source.chunks[i], n, bounds)
-
-    chunks = options.chunks
-    if chunks is not None and len(spatial) == 3 and len(chunks) == 2:  # Y-X given: Z as by default
-        chunks = (default(at[0], sizes[0], DEFAULT_CHUNK_Z), *chunks)
-    if chunks is not None and len(chunks) != len(spatial):
-        raise ConfigError(f"--chunks must give one size per axis of {spatial}; got {chunks}.")
-    if chunks is not None and any(c < min(MIN_CHUNK, n) for c, n in zip(chunks, sizes)):
-        raise ConfigError(f"--chunks {'x'.join(map(str, chunks))} is too small: chunks must be at least "
-                          f"{MIN_CHUNK} pixels (or the frame's {'x'.join(map(str, sizes))}) along "
-                          f"{' and '.join(spatial)}, each task reading tiles and a normalisation patch around its "
-                          "chunk; use 1024 or more.")
+    chunk = output_chunks(source, options.chunks, spatial)
     kept = selection.indices(source)  # per input axis
     idx = [kept[i] for i in order]
-    chunk = chunks or tuple(default(i, n, DEFAULT_CHUNK_Z if len(spatial) == 3 and k == 0 else DEFAULT_CHUNK)
-                            for k, (i, n) in enumerate(zip(at, sizes)))
     tile, stride = options.infer.tile, options.infer.stride
     tiles = [(tile, stride, patch)] * 2
     if tile_z is not None:

@@ -163,3 +163,11 @@ def test_2d_only_options_and_a_time_depth_model_on_the_chunked_route_are_refused
     assert not (tmp_path / "t.zarr").exists()
     r = invoke("denoise", tmp_path / "tyx.tif", "-o", tmp_path / "t.tif", "-m", tmp_path / "mt", *INFER)
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(("dims", "chunks"), [(["--dims", "3", "--preset", "tiny3d"], "8x32x40"), ([], "8")])
+def test_chunks_too_small_are_refused_before_any_training(vol, tmp_path, dims, chunks):
+    d, _ = vol
+    r = invoke("run", d / "zyx.tif", "-o", tmp_path / "o.zarr", *dims, "--steps", "2", "--chunks", chunks)
+    assert r.exit_code == 2 and "is too small" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert list(tmp_path.iterdir()) == []  # no model trained, no output
