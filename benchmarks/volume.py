@@ -198,7 +198,8 @@ def render(rows: dict) -> str:
              "(`score_stack`, slice by slice) per time point and averaged over the two.", "",
              "| row | psnr | psnr_raw | ssim | false_obj /Mpx | fg_dice | train s | wall s | commit |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for key in ("noisy", "gaussian", "dims2", "dims3"):
+    extra = sorted(k for k in rows if k.startswith(("dims2 ", "dims3 ")))
+    for key in ("noisy", "gaussian", "dims2", "dims3", *extra):
         if key not in rows:
             continue
         r = rows[key]
@@ -221,6 +222,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["data", "gaussian", "dims3", "dims2"],
                     choices=["data", "gaussian", "dims3", "dims2", "zchunks", "report"])
+    ap.add_argument("--row", default=None, help="dims3/dims2: the row's key (default: the stage's name, the "
+                    "pair compared at one budget)")
     ap.add_argument("--depths", type=int, nargs="+", default=[64, 256], help="zchunks: volume depths")
     ap.add_argument("--chunk-z", type=int, default=32, help="zchunks: output chunk depth")
     ap.add_argument("--cpu-seconds", type=float, default=1000.0,
@@ -249,12 +252,15 @@ def main() -> None:
         put("gaussian", stage_gaussian(noisy, gt), f"{cmd} gaussian", t0)
     if "dims3" in stages:
         t0 = time.perf_counter()
-        put("dims3", stage_dims3(noisy, gt, args.cpu_seconds, args.preset, tuple(args.patch)),
+        row = f" --row '{args.row}'" if args.row else ""
+        put(args.row or "dims3", stage_dims3(noisy, gt, args.cpu_seconds, args.preset, tuple(args.patch)),
             f"{cmd} dims3 --cpu-seconds {args.cpu_seconds:g} --preset {args.preset} "
-            f"--patch {' '.join(map(str, args.patch))}", t0)
+            f"--patch {' '.join(map(str, args.patch))}{row}", t0)
     if "dims2" in stages:
         t0 = time.perf_counter()
-        put("dims2", stage_dims2(noisy, gt, args.cpu_seconds), f"{cmd} dims2 --cpu-seconds {args.cpu_seconds:g}", t0)
+        row = f" --row '{args.row}'" if args.row else ""
+        put(args.row or "dims2", stage_dims2(noisy, gt, args.cpu_seconds),
+            f"{cmd} dims2 --cpu-seconds {args.cpu_seconds:g}{row}", t0)
     if "zchunks" in stages:
         t0 = time.perf_counter()
         put("zchunks", stage_zchunks(tuple(args.depths), args.chunk_z),
