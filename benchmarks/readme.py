@@ -333,7 +333,8 @@ def volume_section(rows: dict) -> list[str]:
         met = (d3["psnr"] - d2["psnr"] >= 0.5 and d3["psnr"] - g["psnr"] >= 1.5
                and d3["false_obj"] <= d2["false_obj"])
         out += ["", f"With {rows['dims3']['train_cpu_seconds']:.0f} (3-D) and {rows['dims2']['train_cpu_seconds']:.0f} "
-                f"(2-D) CPU seconds of training, 3-D against per-plane 2-D: {signed(d3['psnr'] - d2['psnr'])}; against the best 3-D Gaussian: "
+                f"(2-D) CPU seconds of training, 3-D against per-plane 2-D: {signed(d3['psnr'] - d2['psnr'])}; "
+                f"against the best 3-D Gaussian: "
                 f"{signed(d3['psnr'] - g['psnr'])}; false objects per Mpx {d3['false_obj']:.2f} (2-D "
                 f"{d2['false_obj']:.2f}). The targets, +0.5 dB over 2-D and +1.5 dB over the Gaussian with no more "
                 f"false objects than 2-D: {'met' if met else 'not met'}. Per-plane 2-D stays the default (`--dims 2`)."]
