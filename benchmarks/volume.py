@@ -226,6 +226,7 @@ def main() -> None:
                     "pair compared at one budget)")
     ap.add_argument("--depths", type=int, nargs="+", default=[64, 256], help="zchunks: volume depths")
     ap.add_argument("--chunk-z", type=int, default=32, help="zchunks: output chunk depth")
+    ap.add_argument("--side", type=int, default=256, help="zchunks: the volumes' Y and X size")
     ap.add_argument("--cpu-seconds", type=float, default=1000.0,
                     help="training budget of each network, CPU seconds on one thread (default 1000)")
     ap.add_argument("--preset", default="small3d")
@@ -263,8 +264,9 @@ def main() -> None:
             f"{cmd} dims2 --cpu-seconds {args.cpu_seconds:g}{row}", t0)
     if "zchunks" in stages:
         t0 = time.perf_counter()
-        put("zchunks", stage_zchunks(tuple(args.depths), args.chunk_z),
-            f"{cmd} zchunks --depths {' '.join(map(str, args.depths))} --chunk-z {args.chunk_z}", t0)
+        put("zchunks", stage_zchunks(tuple(args.depths), args.chunk_z, args.side),
+            f"{cmd} zchunks --depths {' '.join(map(str, args.depths))} --chunk-z {args.chunk_z} --side {args.side}",
+            t0)
     (RESULTS / "volume.md").write_text(render(rows))
     print(render(rows))
 
