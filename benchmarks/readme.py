@@ -340,12 +340,17 @@ def volume_section(rows: dict) -> list[str]:
                 f"false objects than 2-D: {'met' if met else 'not met'}. Per-plane 2-D stays the default (`--dims 2`)."]
     if "zchunks" in rows and rows["zchunks"].get("commit"):
         r = quoted(rows, "zchunks", "volume")
-        out += ["", f"Memory against depth: {r['method']} (`{r['command']}`), peak resident memory of the command "
-                "and its processes.", "", "| depth | Z chunks | seconds | voxels/s | peak RSS MiB | commit |",
-                "|---|---|---|---|---|---|"]
-        for v in r["runs"].values():
+        runs = sorted(r["runs"].values(), key=lambda v: v["depth"])
+        out += ["", f"Memory against depth: {r['method']} (`{r['command']}`); `voxels/s` over the whole command, "
+                "start-up, statistics and cluster included; peak resident memory summed over the command's "
+                "processes (client, scheduler, worker: libraries they share count in each).", "",
+                "| depth | Z chunks | seconds | voxels/s | peak RSS MiB | commit |", "|---|---|---|---|---|---|"]
+        for v in runs:
             out.append(f"| {v['depth']} | {v['z_chunks']} | {v['seconds']:.0f} | {v['voxels_per_s']:.0f} | "
                        f"{v['peak_rss_mib']:.0f} | {commit(r)} |")
+        first, last = runs[0], runs[-1]
+        out += ["", f"From {first['z_chunks']} to {last['z_chunks']} Z chunks the peak memory changed by "
+                f"{signed(100 * (last['peak_rss_mib'] / first['peak_rss_mib'] - 1), '%')}."]
     return out
 
 

@@ -212,7 +212,7 @@ def render(rows: dict) -> str:
         r = rows["zchunks"]
         lines += ["", f"Memory against depth: {r['method']} (`{r['command']}`, `{r['commit']}`).", "",
                   "| depth | Z chunks | seconds | voxels/s | peak RSS MiB |", "|---|---|---|---|---|"]
-        for v in r["runs"].values():
+        for v in sorted(r["runs"].values(), key=lambda v: v["depth"]):
             lines.append(f"| {v['depth']} | {v['z_chunks']} | {v['seconds']:.0f} | {v['voxels_per_s']:.0f} | "
                          f"{v['peak_rss_mib']:.0f} |")
     return "\n".join(lines) + "\n"
