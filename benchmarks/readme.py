@@ -27,6 +27,8 @@ END = "<!-- end of measured -->"
 
 #: W2S target of the method issue: best Gaussian per image + 1 dB, at most 2 false objects per Mpx
 W2S_GAIN_DB, W2S_MAX_FALSE_OBJ = 1.0, 2.0
+#: Targets of the default command on the whole 5-photon frame (the method issue)
+P5_MIN_PSNR, P5_MAX_SEAM = 31.5, 1.05
 
 
 class RecordError(ValueError):
@@ -179,6 +181,14 @@ def p5_section(rows: dict) -> list[str]:
     if len(present) < len(keys):
         out += ["", "Not yet recorded at a commit: " + ", ".join(label for label, k in keys
                                                                  if (label, k) not in present) + "."]
+    elif rows[keys[2][1]].get("seam") is not None:
+        d, g = rows[keys[2][1]], rows[keys[1][1]]
+        checks = [(f"psnr at least {P5_MIN_PSNR:g} dB", d["psnr"] >= P5_MIN_PSNR),
+                  ("psnr_raw within 1 dB of psnr", abs(d["psnr"] - d["psnr_raw"]) <= 1.0),
+                  (f"seam ratio at most {P5_MAX_SEAM:g}", d["seam"] <= P5_MAX_SEAM),
+                  ("no more false objects than the Gaussian", d["false_obj"] <= g["false_obj"])]
+        out += ["", "The default command against the targets: " + "; ".join(
+            f"{what}: {'met' if ok else 'not met'}" for what, ok in checks) + "."]
     return out
 
 
