@@ -432,14 +432,22 @@ def run(args: argparse.Namespace) -> None:
         model_dir = WORK / "default" / "out.tif.model"
         if not (model_dir / "model.json").is_file():
             raise SystemExit("the blend stage needs the default stage's model: run --stage default first")
+        from asn2n_dask.api import denoise_with_risk
+        from asn2n_dask.stats import channel_stats
+
         m = load_model(model_dir)
-        noisy = crop(tifffile.imread(DATA / "sim2d" / "p5" / "noisy" / "1.tif"), args.blend_crop)
+        frame = tifffile.imread(DATA / "sim2d" / "p5" / "noisy" / "1.tif")
+        # the crop normalised as the default command normalised it, on the whole frame's statistics: a crop's
+        # own range (its minimum and 99.99th percentile, a few ADU off at 5 photons) changes the result far more
+        # than the blending does
+        stats = channel_stats(frame[None], m.train.norm)
+        noisy = crop(frame, args.blend_crop)
         gt = crop(tifffile.imread(DATA / "sim2d" / "p5" / "gt" / "1.tif"), args.blend_crop)
         for side in args.blend_tiles:
             for blend in ("gaussian", "uniform", "none"):
                 cfg = InferConfig(tile=side, blend=blend)
                 t0 = time.perf_counter()
-                pred = denoise(noisy, m, config=cfg)
+                pred = denoise_with_risk(noisy, m, config=cfg, stats=stats)[0]
                 secs = time.perf_counter() - t0
                 put(f"p5 blend {blend} tile {side}", {
                     "peak": 5, "tile": side, "blend": blend, "crop": args.blend_crop,
