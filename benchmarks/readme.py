@@ -263,7 +263,8 @@ def blend_section(rows: dict) -> list[str]:
     first = quoted(rows, keys[0], "quality")
     out = ["### Blending tiles", "",
            f"The default command's model on the central {first['crop']}x{first['crop']} crop of that frame, denoised "
-           "with tiles of each side at 50% overlap and each blend (`python benchmarks/quality.py --stage blend`). "
+           "with tiles of each side at 50% overlap and each blend, normalised on the whole frame's statistics as the "
+           "default command normalised it (`python benchmarks/quality.py --stage blend`). "
            "`none` takes each pixel from the one tile whose core holds it; `seam` as above (1.0: no seams). Each "
            "cell: psnr / seam.", "",
            "| tile side | " + " | ".join(f"`{b}`" for b in blends) + " | commit |",
