@@ -318,9 +318,13 @@ def volume_section(rows: dict) -> list[str]:
     """3-D against per-plane 2-D on ``simulate.py sim3d`` (``benchmarks/volume.py``)."""
     labels = [("noisy input", "noisy"), ("best 3-D Gaussian filter (sigmas by error against the truth)", "gaussian"),
               ("per-plane 2-D, every other option at its default", "dims2"), ("3-D U-Net (`small3d`)", "dims3")]
-    labels += [(f"3-D U-Net (`small3d`), budget {rows[k]['train_cpu_seconds']:.0f} CPU s" if k.startswith("dims3")
-                else f"per-plane 2-D, budget {rows[k]['train_cpu_seconds']:.0f} CPU s", k)
-               for k in sorted(rows) if k.startswith(("dims2 ", "dims3 "))]
+    def single(k: str) -> str:  # a row without its pair at the same budget
+        kind = "3-D U-Net (`small3d`)" if k.startswith("dims3") else "per-plane 2-D"
+        other = ("dims2 " if k.startswith("dims3") else "dims3 ") + k.split(" ", 1)[1]
+        alone = "" if other in rows else ", no run of the other kind at this budget"
+        return f"{kind}, {rows[k]['train_cpu_seconds']:.0f} CPU s of training{alone}"
+
+    labels += [(single(k), k) for k in sorted(rows) if k.startswith(("dims2 ", "dims3 "))]
     present = [(label, k) for label, k in labels if k in rows and rows[k].get("commit")]
     if not present:
         return []
