@@ -326,23 +326,35 @@ def _channel_model(name: str, r: TrainResult) -> ChannelModel:
                         best_step=r.best_step, seconds=r.seconds, history=r.history, extra=extra)
 
 
+def _open_inputs(data: Any, axes: str | None, channels: Sequence[str] | None, time: str | None,
+                 series: int | None) -> tuple[list[Any], list[Any]]:
+    """The sources of ``data`` (one path or several) and each one's selection of
+    ``channels`` and ``time``."""
+    from .source import Selection, open_source
+
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    sources = [open_source(p, axes, series=series) for p in paths]
+    return sources, [Selection.parse(s, list(channels) if channels else None, time) for s in sources]
+
+
+def _selected_channels(source: Any, selection: Any) -> int:
+    """How many channels ``selection`` keeps of ``source``."""
+    return len(selection.indices(source)[source.axes.index("C")]) if "C" in source.axes else 1
+
+
 def _file_channels(data: Any, axes: str | None, config: TrainConfig, channels: Sequence[str] | None,
                    time: str | None, client: Any, series: int | None, stats_cache: StatsCache | None
                    ) -> tuple[list[tuple[str, list[Any], ChannelStats]], dict[str, Any]]:
     """:func:`fit`'s channels of one or more files: per channel its name, lazy readers
     over every file and statistics (one pass), and the data's description."""
     from .sampling import SourcePlanes
-    from .source import Selection, check_source, open_source
+    from .source import check_source
     from .stats_pass import selection_stats
 
     items: list[tuple[str, list[Any], ChannelStats]] = []
-    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    sources = [open_source(p, axes, series=series) for p in paths]
+    sources, sels = _open_inputs(data, axes, channels, time, series)
     first = sources[0]
-    sels = [Selection.parse(s, list(channels) if channels else None, time) for s in sources]
-
-    def n_ch(s: Any, sel: Any) -> int:
-        return len(sel.indices(s)[s.axes.index("C")]) if "C" in s.axes else 1
+    n_ch = _selected_channels
 
     for s, sel in zip(sources, sels):
         check_source(s)
@@ -571,17 +583,13 @@ def _file_volumes(data: Any, axes: str | None, config: VolumeTrainConfig, depth:
     """:func:`fit`'s channels of files for 3-D networks, as :func:`_array_volumes`: the
     statistics from one pass over every time point; the selected volumes read lazily,
     a sub-volume at a time (:class:`asn2n_dask.train3d.SourceVolumes`), never whole."""
-    from .source import Selection, check_source, open_source
+    from .source import check_source
     from .stats_pass import selection_stats
     from .train3d import SourceVolumes
 
-    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    sources = [open_source(p, axes, series=series) for p in paths]
+    sources, sels = _open_inputs(data, axes, channels, time, series)
     first = sources[0]
-    sels = [Selection.parse(s, list(channels) if channels else None, time) for s in sources]
-
-    def n_ch(s: Any, sel: Any) -> int:
-        return len(sel.indices(s)[s.axes.index("C")]) if "C" in s.axes else 1
+    n_ch = _selected_channels
 
     for s, sel in zip(sources, sels):
         check_source(s)

@@ -13,6 +13,17 @@ SHARED = ROOT.parent / "shared"
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    the tiny 3-D convolutions of the volume tests gain nothing from a second thread, and lose a lot to
+    waiting for it on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def frame() -> tuple[np.ndarray, np.ndarray]:
     """A small noisy uint16 frame and its ground truth (expected ADU)."""

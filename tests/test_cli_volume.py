@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from typer.testing import CliRunner
 
 from asn2n_dask.cli import app
@@ -15,12 +14,7 @@ runner = CliRunner()
 FAST3D = ["--dims", "3", "--preset", "tiny3d", "--steps", "2", "--batch", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def invoke(*args):

@@ -14,15 +14,7 @@ from asn2n_dask.risk import FrameStats
 from asn2n_dask.testing import make_twins
 from asn2n_dask.train3d import fit_volume, sample_volume_patches, volume_patch, volume_twins_batch
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """3-D convolutions on these tiny volumes gain nothing from a second thread, and lose a
-    lot to waiting for it on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def n_params(net: torch.nn.Module) -> int:

@@ -20,12 +20,7 @@ from asn2n_dask.train3d import ArrayVolumes, SourceVolumes, VolumeSampler, fit_v
 TINY3D = VolumeTrainConfig(preset="tiny3d", steps=3, patch=(8, 16, 16), batch=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def noisy(shape, seed=0):

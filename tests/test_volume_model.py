@@ -13,13 +13,7 @@ from asn2n_dask.errors import ConfigError, ModelError
 from asn2n_dask.model import UNet, UNet3d
 from asn2n_dask.train3d import fit_volume
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def volume_model(depth_axis: str = "Z") -> Model:

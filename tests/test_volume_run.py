@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 from typer.testing import CliRunner
 
@@ -19,12 +18,7 @@ SHAPE = (36, 32, 40)  # Z, Y, X: three Z chunks of 16 (the smallest chunk)
 INFER = ["--tile", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def invoke(*args):
