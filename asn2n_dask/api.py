@@ -709,6 +709,28 @@ def _fit_volumes(data: Any, *, axes: str | None, config: VolumeTrainConfig, dept
     return model
 
 
+def _networks_of(model: Model, n: int, channel_map: Sequence[int] | None,
+                 stats: Sequence[ChannelStats] | None) -> Sequence[int]:
+    """The model network for each of ``n`` channels to denoise: ``channel_map``, else one
+    each by position.
+
+    Raises
+    ------
+    ModelError
+        By position, a model of another number of channels; else a map or ``stats``
+        that do not give one per channel.
+    """
+    if channel_map is None:
+        if n != model.n_channels:
+            raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has {n}; "
+                             "train a model on data with the same channels.")
+        channel_map = range(model.n_channels)
+    if len(channel_map) != n or (stats is not None and len(stats) != n):
+        raise ModelError(f"{n} channel(s) to denoise but {len(channel_map)} networks and "
+                         f"{len(stats) if stats is not None else n} statistics were given.")
+    return channel_map
+
+
 def _denoise_volumes(data: Any, model: Model, axes: str | None, config: InferConfig, progress: Progress | None,
                      tile_z: int | None, *, stats: Sequence[ChannelStats] | None = None,
                      channel_map: Sequence[int] | None = None) -> Any:
@@ -730,14 +752,7 @@ def _denoise_volumes(data: Any, model: Model, axes: str | None, config: InferCon
     check_depth_axis(ax, spec.depth_axis, "the input")
     vols = to_volumes(arr, ax, spec.depth_axis)
     check_tile_frame(config, vols.shape[-2:])
-    if channel_map is None:
-        if vols.shape[0] != model.n_channels:
-            raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has "
-                             f"{vols.shape[0]}; train a model on data with the same channels.")
-        channel_map = range(model.n_channels)
-    if len(channel_map) != vols.shape[0] or (stats is not None and len(stats) != vols.shape[0]):
-        raise ModelError(f"{vols.shape[0]} channel(s) to denoise but {len(channel_map)} networks and "
-                         f"{len(stats) if stats is not None else vols.shape[0]} statistics were given.")
+    channel_map = _networks_of(model, vols.shape[0], channel_map, stats)
     dev = resolve_device(config.device)
     all_stats = list(stats) if stats is not None else channel_stats(vols, model.train.norm)
     out = np.empty(vols.shape, np.float32)
@@ -1078,14 +1093,7 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
     ax = parse_axes(axes, arr.ndim)
     planes = to_planes(arr, ax)
     check_tile_frame(config, planes.shape[-2:])
-    if channel_map is None:
-        if planes.shape[0] != model.n_channels:
-            raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has "
-                             f"{planes.shape[0]}; train a model on data with the same channels.")
-        channel_map = range(model.n_channels)
-    if len(channel_map) != planes.shape[0] or (stats is not None and len(stats) != planes.shape[0]):
-        raise ModelError(f"{planes.shape[0]} channel(s) to denoise but {len(channel_map)} networks and "
-                         f"{len(stats) if stats is not None else planes.shape[0]} statistics were given.")
+    channel_map = _networks_of(model, planes.shape[0], channel_map, stats)
     dev = resolve_device(config.device)
     out = np.empty(planes.shape, np.float32)
     risk = np.empty(planes.shape, np.int8)
