@@ -798,10 +798,7 @@ def _denoise_volumes_lazy(data: Any, model: Model, axes: str | None, config: Inf
     check_depth_axis(ax, spec.depth_axis, "the input")
     check_tile_frame(config, tuple(data.shape[-2:]))
     c_axis = ax.find("C")
-    n_ch = data.shape[c_axis] if c_axis >= 0 else 1
-    if n_ch != model.n_channels:
-        raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has {n_ch}; train "
-                         "a model on data with the same channels.")
+    _networks_of(model, data.shape[c_axis] if c_axis >= 0 else 1, None, None)  # one per channel, by position
     dev = resolve_device(config.device)
     token = tokenize(data.name, _weights_digest(model), config.to_dict(), model.train.norm.to_dict(),
                      spec.to_dict(), tile_z)
@@ -957,10 +954,7 @@ def _denoise_lazy(data: Any, model: Model, axes: str | None, config: InferConfig
     ax = parse_axes(axes, data.ndim)
     check_tile_frame(config, tuple(data.shape[-2:]))
     c_axis = ax.find("C")
-    n_ch = data.shape[c_axis] if c_axis >= 0 else 1
-    if n_ch != model.n_channels:
-        raise ModelError(f"the model was trained for {model.n_channels} channel(s) but the input has {n_ch}; train "
-                         "a model on data with the same channels.")
+    _networks_of(model, data.shape[c_axis] if c_axis >= 0 else 1, None, None)  # one per channel, by position
     dev = resolve_device(config.device)
     methods = [model.method(i) for i in range(model.n_channels)]
     token = tokenize(data.name, _weights_digest(model), config.to_dict(), model.train.norm.to_dict(),

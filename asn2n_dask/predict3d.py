@@ -3,10 +3,10 @@
 The counterpart of :func:`asn2n_dask.predict.denoise_frame` for the networks of a model
 trained on volumes (:class:`asn2n_dask.model.UNet3d`).  A volume is normalised on its
 channel's global percentile range (the only normalisation of volumes so far), cut into
-``(tile_z, tile, tile)`` tiles that are blended back
-(:func:`asn2n_dask.blend.predict_tiled_volume`), brought back into input units and held
-within the channel's range as 2-D results are (:func:`asn2n_dask.predict.clamp_output`).
-No dask, no files.
+``(tile_z, tile, tile)`` tiles that are blended back, brought back into input units and
+held within the channel's range as 2-D results are: the window of
+:func:`asn2n_dask.predict.denoise_window_3d` that covers the volume, so a volume in memory
+and the chunked route give the same numbers.  No dask, no files.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .blend import check_tile_frame, predict_tiled_volume
+from .blend import check_tile_frame
 from .config import InferConfig
-from .predict import clamp_output, volume_tile_fn
+from .plan import WindowPlan, axis_stride, axis_window, check_tile_z
+from .predict import denoise_window_3d
 from .stats import ChannelStats
 
 __all__ = ["denoise_volume"]
@@ -69,9 +70,11 @@ def denoise_volume(volume: NDArray[np.number], fn: Callable[[torch.Tensor], torc
     if vol.ndim != 3:
         raise ValueError(f"denoise_volume takes one (D, Y, X) volume; got shape {vol.shape}")
     check_tile_frame(infer, vol.shape[-2:])
-    lo, span = stats.norm.lo, stats.norm.span
-    scaled = ((vol.astype(np.float64) - lo) / span).astype(np.float32)
-    pred = predict_tiled_volume(scaled, volume_tile_fn(fn, infer.infer_on, infer.tta), tile_z=tile_z, config=infer,
-                                device=device, multiple=multiple)
-    out = clamp_output(pred.astype(np.float64) * span + lo, stats)
-    return np.asarray(out, dtype=np.float32)
+    nz, ny, nx = vol.shape
+    tz = check_tile_z(tile_z)
+    axes = [axis_window(nz, 0, nz, tz, axis_stride(tz, infer.overlap), 1),
+            axis_window(ny, 0, ny, infer.tile, infer.stride, 1), axis_window(nx, 0, nx, infer.tile, infer.stride, 1)]
+    whole = WindowPlan((0, nz, 0, ny, 0, nx), tuple(a[0] for a in axes), tuple(a[1] for a in axes),
+                       tuple(a[2] for a in axes))  # the window that covers the volume
+    return denoise_window_3d(vol, whole, (nz, ny, nx), fn, stats=stats, infer=infer, tile_z=tz, device=device,
+                             multiple=multiple)[0]
