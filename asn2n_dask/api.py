@@ -37,6 +37,7 @@ from .blend import check_tile_frame
 from .checkpoint import ChannelModel, Model, TrainState, save_model
 from .config import InferConfig, NormConfig, RiskThresholds, TrainConfig, VolumeSpec, VolumeTrainConfig
 from .errors import ConfigError, InputError, ModelError
+from .method import denoising_stats
 from .predict import compiles, denoise_frame, network_fn, resolve_device
 from .risk import FrameStats, RiskReport
 from .risk import assess_risk as _frame_risk
@@ -731,6 +732,15 @@ def _networks_of(model: Model, n: int, channel_map: Sequence[int] | None,
     return channel_map
 
 
+def _denoising_stats(model: Model, channel_map: Sequence[int], stats: Sequence[ChannelStats], rule: str, *,
+                     warn: bool = True) -> list[ChannelStats]:
+    """The statistics of the data's channels with the range each is normalised on
+    (:func:`asn2n_dask.method.denoising_stats`: the training range of the network
+    ``channel_map`` names for it, or the data's own)."""
+    return denoising_stats([model.method(mc) for mc in channel_map], stats, rule,  # type: ignore[arg-type]
+                           names=[model.channels[mc].name for mc in channel_map], warn=warn)
+
+
 def _denoise_volumes(data: Any, model: Model, axes: str | None, config: InferConfig, progress: Progress | None,
                      tile_z: int | None, *, stats: Sequence[ChannelStats] | None = None,
                      channel_map: Sequence[int] | None = None) -> Any:
@@ -754,7 +764,8 @@ def _denoise_volumes(data: Any, model: Model, axes: str | None, config: InferCon
     check_tile_frame(config, vols.shape[-2:])
     channel_map = _networks_of(model, vols.shape[0], channel_map, stats)
     dev = resolve_device(config.device)
-    all_stats = list(stats) if stats is not None else channel_stats(vols, model.train.norm)
+    all_stats = _denoising_stats(model, channel_map, stats if stats is not None else
+                                 channel_stats(vols, model.train.norm), config.norm_range)
     out = np.empty(vols.shape, np.float32)
     total, done = vols.shape[0] * vols.shape[1], 0
     for c, mc in enumerate(channel_map):
@@ -803,6 +814,8 @@ def _denoise_volumes_lazy(data: Any, model: Model, axes: str | None, config: Inf
     token = tokenize(data.name, _weights_digest(model), config.to_dict(), model.train.norm.to_dict(),
                      spec.to_dict(), tile_z)
     stats = dask.delayed(_lazy_stats, pure=True)(_Deferred(data), c_axis, model.train.norm,
+                                                 [model.method(i) for i in range(model.n_channels)],
+                                                 [ch.name for ch in model.channels], config.norm_range,
                                                  dask_key_name=f"asn2n-stats-{token}")
     whole = {ax.index(spec.depth_axis), data.ndim - 2, data.ndim - 1}
     vols = data.rechunk({i: -1 if i in whole else 1 for i in range(data.ndim)})
@@ -925,12 +938,16 @@ class _Deferred:
         return ("asn2n-deferred", self.array.name)
 
 
-def _lazy_stats(deferred: _Deferred, c_axis: int, norm: Any) -> list[ChannelStats]:
-    """The channel statistics of a dask array, as a task: its passes stream over the
-    blocks in this thread (the same functions, so the same numbers, as for numpy)."""
+def _lazy_stats(deferred: _Deferred, c_axis: int, norm: NormConfig, methods: Sequence[Any], names: Sequence[str],
+                rule: str) -> list[ChannelStats]:
+    """The channel statistics of a dask array, with the ranges its channels are
+    normalised on (:func:`asn2n_dask.method.denoising_stats`), as a task: its passes
+    stream over the blocks in this thread (the same functions, so the same numbers, as
+    for numpy)."""
     arr = deferred.array
     planes = arr[None] if c_axis < 0 else arr.transpose([c_axis, *(i for i in range(arr.ndim) if i != c_axis)])
-    return channel_stats(planes, norm, scheduler="sync")
+    return denoising_stats(methods, channel_stats(planes, norm, scheduler="sync"), rule,  # type: ignore[arg-type]
+                           names=names)
 
 
 def _denoise_block(block: NDArray[Any], stats: Sequence[ChannelStats], *, c_axis: int,
@@ -960,6 +977,8 @@ def _denoise_lazy(data: Any, model: Model, axes: str | None, config: InferConfig
     token = tokenize(data.name, _weights_digest(model), config.to_dict(), model.train.norm.to_dict(),
                      [ch.risk_estimator for ch in model.channels], [ch.dataset_mode for ch in model.channels])
     stats = dask.delayed(_lazy_stats, pure=True)(_Deferred(data), c_axis, model.train.norm,
+                                                 [model.method(i) for i in range(model.n_channels)],
+                                                 [ch.name for ch in model.channels], config.norm_range,
                                                  dask_key_name=f"asn2n-stats-{token}")
     frames = data.rechunk({**{i: 1 for i in range(data.ndim - 2)}, data.ndim - 2: -1, data.ndim - 1: -1})
     return da.map_blocks(
@@ -1054,7 +1073,10 @@ def denoise_to_file(source: Any, selection: Any, output: str | os.PathLike[str],
         if names and selection.channels is not None:
             meta = replace(meta, channel_names=tuple(names[i] for i in selection.channels))
         prov = {**(provenance or {}), "infer": infer.to_dict(), "selection": selection.to_dict(),
-                "channel_map": list(cmap), "stats": [s.to_dict() for s in stats], "input_missing_chunks": gaps,
+                "channel_map": list(cmap), "stats": [s.to_dict() for s in stats],
+                "norm_ranges": [s.norm.to_dict() for s in _denoising_stats(model, cmap, stats, infer.norm_range,
+                                                                           warn=False)],
+                "input_missing_chunks": gaps,
                 **(extra or {})}
         write_image(output, out, meta, overwrite=overwrite, attrs=prov)
 
@@ -1092,7 +1114,8 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
     out = np.empty(planes.shape, np.float32)
     risk = np.empty(planes.shape, np.int8)
     total, done = planes.shape[0] * planes.shape[1], 0
-    all_stats = list(stats) if stats is not None else channel_stats(planes, model.train.norm)
+    all_stats = _denoising_stats(model, channel_map, stats if stats is not None else
+                                 channel_stats(planes, model.train.norm), config.norm_range)
     for c, mc in enumerate(channel_map):
         fn = network_fn(model.channels[mc].net, dev, config.precision, compiles(config, dev))
         method = model.method(mc)

@@ -50,6 +50,7 @@ from .config import (
     InferOn,
     LossKind,
     NormMode,
+    NormRange,
     OmeVersion,
     OutputDtype,
     Precision,
@@ -364,6 +365,11 @@ BlendOpt = Annotated[BlendMode, typer.Option("--blend", case_sensitive=False, he
 InferOnOpt = Annotated[InferOn, typer.Option("--infer-on", case_sensitive=False, help="Apply the network to the "
                                              "frame's twins (averaged; the domain it was trained on) or to the raw "
                                              "frame.")]
+NormRangeOpt = Annotated[NormRange, typer.Option("--norm-range", case_sensitive=False, help="The intensity range "
+                                                 "each channel is normalised on: the model's training data's "
+                                                 "(model), the input's own (data), or auto: the model's unless the "
+                                                 "two ranges barely overlap (another camera offset or units), then "
+                                                 "the input's, with a warning.")]
 TtaOpt = Annotated[TtaCopies, typer.Option("--tta", help="Test-time augmentation: average the network over this "
                                            "many flipped/rotated copies of each tile.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")]
@@ -610,10 +616,10 @@ def _train_config(preset: str, steps: int, norm: str, seed: int, patch: int, bat
 
 
 def _infer_config(tile: int, overlap: float, blend: str, infer_on: str, device: str, tta: int, batch: int,
-                  precision: str, compile_net: bool) -> Any:
+                  precision: str, compile_net: bool, norm_range: str = INFER.norm_range) -> Any:
     return InferConfig(tile=tile, overlap=overlap, blend=blend, infer_on=infer_on,  # type: ignore[arg-type]
                        device=device, tta=tta, batch=batch, precision=precision,  # type: ignore[arg-type]
-                       compile=compile_net)
+                       compile=compile_net, norm_range=norm_range)  # type: ignore[arg-type]
 
 
 def _read(path: Path, axes: str | None, series: int | None = None) -> tuple[np.ndarray, Any]:
@@ -1079,6 +1085,7 @@ def denoise(
     infer_precision: InferPrecisionOpt = INFER.precision,
     compile_net: CompileNetOpt = INFER.compile,
     device: DeviceOpt = INFER.device,
+    norm_range: NormRangeOpt = INFER.norm_range,
     dtype: DtypeOpt = cast(OutputDtype, RUN.dtype),
     axes: AxesOpt = None,
     series: SeriesOpt = None,
@@ -1124,7 +1131,8 @@ def denoise(
     """
     from .checkpoint import load_model
 
-    infer = _infer_config(tile, overlap, blend, infer_on, device, tta, tile_batch, infer_precision, compile_net)
+    infer = _infer_config(tile, overlap, blend, infer_on, device, tta, tile_batch, infer_precision, compile_net,
+                          norm_range)
     if not input.exists():
         raise InputError(f"input {input} does not exist.")
     if _is_zarr_out(output):

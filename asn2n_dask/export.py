@@ -9,7 +9,8 @@ tensor) cannot express the per-patch adaptive normalisation, so the package decl
 none: its network takes and returns intensities in the input's own units.  Running the
 package on its test input gives ``asn2n denoise`` of that input to float precision; the
 packaged README says what differs on other inputs (statistics are per image, not per
-channel of a stack).
+channel of a stack).  Each channel's training range goes into the package, which
+normalises on it as ``asn2n denoise`` does (``InferConfig.norm_range``).
 
 Pure functions build the parts (:func:`build_denoiser`, :func:`synthetic_frames`,
 :func:`cover_image`, :func:`readme`, :func:`describe`); :func:`export_bioimageio` reads
@@ -78,14 +79,15 @@ def standalone_kwargs(model: Model, channels: Sequence[int], infer: InferConfig)
     for c in channels:
         method = model.method(c)
         per_channel.append({"mode": method.mode, "min_fraction": method.range_fraction,
-                            "estimator": method.risk_estimator})
+                            "estimator": method.risk_estimator, "trained": [method.stats.lo, method.stats.hi]})
     flat = asdict(norm) | asdict(norm.risk)
     used = ("low_percentile", "high_percentile", "adaptive_weight", "patch", "clip_percentile", "floor_percentile",
             "bg_mean", "bg_std", "bg_skew", "bg_std_skew", "sb_mean", "sb_std", "sb_skew")
     return {"widths": list(PRESETS[model.train.preset]), "channels": per_channel, "norm": {k: flat[k] for k in used},
             "infer": {"tile": infer.tile, "stride": infer.stride, "blend": infer.blend,
                       "sigma_fraction": infer.sigma_fraction, "weight_floor": infer.weight_floor,
-                      "infer_on": infer.infer_on, "tta": infer.tta, "batch": infer.batch}}
+                      "infer_on": infer.infer_on, "tta": infer.tta, "batch": infer.batch,
+                      "norm_range": infer.norm_range}}
 
 
 def build_denoiser(model: Model, channels: Sequence[int], infer: InferConfig) -> Denoiser:
@@ -176,7 +178,8 @@ def readme(model: Model, channels: Sequence[int], infer: InferConfig, *, name: s
     kw = standalone_kwargs(model, channels, infer)
     rows = "\n".join(
         f"| {model.channels[c].name} | {k['mode']} | {k['estimator']} | {k['min_fraction']:g} | "
-        f"{model.channels[c].dataset_mode} | {model.channels[c].steps} |"
+        f"{model.channels[c].dataset_mode} | {k['trained'][0]:.6g} to {k['trained'][1]:.6g} | "
+        f"{model.channels[c].steps} |"
         for c, k in zip(channels, kw["channels"]))
     inputs = ", ".join("an in-memory array" if str(p) == "<array>" else Path(str(p)).name
                        for p in model.info.get("inputs", [])) or "not recorded"
@@ -184,6 +187,12 @@ def readme(model: Model, channels: Sequence[int], infer: InferConfig, *, name: s
     low = "minimum" if t.norm.low_percentile == 0 else f"{t.norm.low_percentile}th percentile"
     unet = (f"{t.preset}: widths {'-'.join(str(w) for w in PRESETS[t.preset])}; {infer.tta} flipped/rotated "
             f"cop{'ies' if infer.tta > 1 else 'y'}")
+    range_rule = {
+        "auto": "The image is then normalised on its channel's range in the training data instead (the "
+                "table's), unless the two ranges overlap by less than half the narrower one (another camera "
+                "offset or other units): the network sees intensities where it learned them.",
+        "model": "The image is then normalised on its channel's range in the training data instead (the table's).",
+        "data": "The image is normalised on that range of its own."}[infer.norm_range]
     cites = "\n".join(f"- {text} {'https://doi.org/' + doi if doi else url}" for text, doi, url in CITATIONS)
     return f"""# {name}
 
@@ -202,6 +211,7 @@ image (one batch entry of one channel) goes in and comes out in its own units.
 1. The image's statistics: the normalisation range from its {low} to its
    {t.norm.high_percentile}th percentile, and the risk scale from its minimum (noise-aware risk
    estimator: its {t.norm.risk.floor_percentile}th percentile) to its {t.norm.risk.clip_percentile}th percentile.
+   {range_rule}
 2. Risk classes of every {t.norm.risk.patch}x{t.norm.risk.patch} patch (weak background, sparse bright, safe)
    from its mean, standard deviation and skewness on that scale.
 3. A normalisation range per patch, interpolated bilinearly between patch centres
@@ -214,15 +224,15 @@ image (one batch entry of one channel) goes in and comes out in its own units.
 5. {infer.blend.capitalize()} blending of the tiles, the normalisation inverted, and the result held
    within the image's range widened by a quarter of it.
 
-| channel | normalisation | risk estimator | narrowest local range | dataset decision | training steps |
-|---|---|---|---|---|---|
+| channel | normalisation | risk estimator | narrowest local range | dataset decision | training range | steps |
+|---|---|---|---|---|---|---|
 {rows}
 
 ## Use
 
 Input `raw`, axes (batch, channel, y, x), float32 (integer images are converted), each
 side at least {min_side} pixels; output `denoised`, the same shape, float32, in the input's
-units. Give whole images: every image is normalised with its own statistics, so a tool
+units. Give whole images: every image has its own statistics and risk classes, so a tool
 that cuts an image into blocks and runs them one by one changes the result at block
 scale. bioimage.io's Python tools run the whole image by default:
 

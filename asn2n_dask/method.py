@@ -15,21 +15,28 @@ the model keeps it (:meth:`asn2n_dask.checkpoint.Model.method`, the ``method`` o
 channel in ``model.json``) and denoising, the chunked pipeline and exported packages
 read it instead of deciding again.  :func:`applied_mode` is the same rule for code that
 normalises without a model (one frame, a window): there the decision comes from the
-image itself.
+image itself.  :func:`normalisation_range` chooses the range data is normalised on when
+a model denoises it: the model's training range, or the data's own.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from .config import NormConfig, NormMode, parse_choice
+from .config import NormConfig, NormMode, NormRange, parse_choice
 from .errors import ConfigError
 from .risk import FrameStats, dataset_rule, resolve_estimator
+from .stats import ChannelStats
 
-__all__ = ["ChannelMethod", "ResolvedEstimator", "DatasetMode", "decide_method", "channel_norm", "applied_mode"]
+log = logging.getLogger(__name__)
+
+__all__ = ["ChannelMethod", "ResolvedEstimator", "DatasetMode", "decide_method", "channel_norm", "applied_mode",
+           "normalisation_range", "ranges_agree",
+           "denoising_stats"]
 
 #: A risk estimator once ``"auto"`` is resolved.
 ResolvedEstimator = Literal["reference", "noise-aware"]
@@ -253,3 +260,94 @@ def decide_method(norm: NormConfig, stats: FrameStats, *, noise_sd: Callable[[],
     ratio = float(high_risk_ratio(resolved))
     return ChannelMethod.of(norm, stats, risk_estimator=resolved.risk.estimator,
                             dataset_mode=dataset_rule(ratio, norm.risk), high_risk_ratio=ratio, noise_sd=noise)
+
+
+#: Two ranges agree when their overlap covers at least this share of the narrower one.
+RANGE_AGREEMENT = 0.5
+
+
+def ranges_agree(a: FrameStats, b: FrameStats) -> bool:
+    """Whether two intensity ranges overlap by at least :data:`RANGE_AGREEMENT` of the
+    narrower one: data from the same instrument and settings as the training data
+    (a brighter or dimmer field, a minimum an ADU away) agree; data with another camera
+    offset or gain, or in other units, do not."""
+    overlap = min(a.hi, b.hi) - max(a.lo, b.lo)
+    return overlap >= RANGE_AGREEMENT * min(a.span, b.span)
+
+
+def normalisation_range(trained: FrameStats, data: FrameStats, rule: NormRange) -> tuple[FrameStats, bool]:
+    """The range a channel is normalised on when a model denoises new data.
+
+    Parameters
+    ----------
+    trained : FrameStats
+        The channel's range in the model's training data (:attr:`ChannelMethod.stats`).
+    data : FrameStats
+        The same percentiles of the data being denoised.
+    rule : {"auto", "model", "data"}
+        ``model``: ``trained``; ``data``: ``data``; ``auto``: ``trained`` when the two
+        :func:`ranges_agree`, else ``data``.
+
+    Returns
+    -------
+    range : FrameStats
+    unlike : bool
+        True when ``auto`` fell back to ``data`` because the ranges do not agree: the
+        data is unlike the training data, which the caller should tell the user.
+
+    Notes
+    -----
+    A network learns intensities in the units its training data was normalised to.
+    The default range is the minimum to the 99.99th percentile, extreme statistics that
+    move by an ADU or two between frames of the same low-photon acquisition; the p5
+    benchmark model lost 3 dB on a frame whose minimum was 91 instead of its training
+    data's 90 when that frame was normalised on its own range, and nothing on the
+    model's.  Normalising on the training range keeps the intensities the network sees
+    where they were in training, as CAREamics does with its training mean and
+    standard deviation.
+    """
+    parse_choice(rule, NormRange, "normalisation range")
+    if rule == "model":
+        return trained, False
+    if rule == "data":
+        return data, False
+    agree = ranges_agree(trained, data)
+    return (trained if agree else data), not agree
+
+
+def denoising_stats(methods: Sequence[ChannelMethod], stats: Sequence[ChannelStats], rule: NormRange, *,
+                    names: Sequence[str] | None = None, warn: bool = True) -> list[ChannelStats]:
+    """Each channel's statistics with the normalisation range it is denoised on.
+
+    Parameters
+    ----------
+    methods : sequence of ChannelMethod
+        The method of the network that denoises each channel (its training range).
+    stats : sequence of ChannelStats
+        The statistics of the data of each channel.
+    rule : {"auto", "model", "data"}
+        :func:`normalisation_range`'s rule.
+    names : sequence of str, optional
+        Channel names for the warning (default: their positions).
+    warn : bool
+        Log a warning for each channel whose range ``auto`` took from the data because
+        it does not agree with the training range.
+
+    Returns
+    -------
+    list of ChannelStats
+        ``stats`` with ``norm`` replaced; the risk scale and everything else stay the data's.
+    """
+    if len(methods) != len(stats):
+        raise ValueError(f"{len(stats)} channel statistics for {len(methods)} networks")
+    out = []
+    for c, (m, s) in enumerate(zip(methods, stats)):
+        chosen, unlike = normalisation_range(m.stats, s.norm, rule)
+        if unlike and warn:
+            name = names[c] if names is not None else str(c)
+            log.warning("channel %s ranges %.6g to %.6g, unlike the model's training data (%.6g to %.6g); it is "
+                        "normalised on its own range, and the network sees intensities it was not trained on. "
+                        "Check that the model fits this data (same instrument and settings), or pass "
+                        "--norm-range model or data to choose.", name, s.norm.lo, s.norm.hi, m.stats.lo, m.stats.hi)
+        out.append(s if chosen == s.norm else replace(s, norm=chosen))
+    return out

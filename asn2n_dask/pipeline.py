@@ -39,6 +39,7 @@ from ._version import __version__
 from .connect import ClusterOptions
 from .errors import InputError, ModelError, OutputError
 from .io import TIFF_SUFFIXES, cast_output
+from .method import denoising_stats
 from .plan import (  # noqa: F401  (re-exported: asn2n_dask.pipeline.make_plan, ...)
     MAX_TASKS,
     MIN_CHUNK,
@@ -96,7 +97,7 @@ class RunSpec:
     model_dir: str
     model_sha: str
     channel_map: tuple[int, ...]
-    stats: tuple[dict[str, Any], ...]
+    stats: tuple[dict[str, Any], ...]  # each channel's, with the range it is normalised on
     dtype: str
     device: str
     torch_threads: int | None = None
@@ -533,6 +534,8 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                 cl.register_plugin(AllocatorPlugin())  # before the statistics pass, on every worker
             stats = _timed_stats(plan, model.train.norm, cl, stats_cache, listing, progress, summary)
             parts["stats"] = [s.to_dict() for s in stats]
+            used = denoising_stats([model.method(mc) for mc in cmap], stats, options.infer.norm_range,
+                                   names=[model.channels[mc].name for mc in cmap])
             note, gaps = missing_note(source)
             if note:
                 echo(note)
@@ -543,6 +546,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                     "risk_estimators": [getattr(ch, "risk_estimator", None) for ch in model.channels],
                     "infer": options.infer.to_dict(),
                     "stats": [s.to_dict() for s in stats], "channel_map": list(cmap),
+                    "norm_ranges": [s.norm.to_dict() for s in used],
                     "stats_seconds": summary.stats_seconds, **(extra or {})}
             summary.resumed = _prepare_output(out, plan, parts, options, prov)
             if summary.resumed and (prev or {}).get("status") == "complete":
@@ -553,7 +557,7 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
                 done = resume.records_written(out)
                 echo(f"resuming the unfinished run in {out}: {done} of {plan.n_tasks} chunks recorded as done.")
             spec = RunSpec(plan=plan, output=str(out), model_dir=str(Path(model_dir).absolute()), model_sha=msha,
-                           channel_map=cmap, stats=tuple(s.to_dict() for s in stats), dtype=options.dtype,
+                           channel_map=cmap, stats=tuple(s.to_dict() for s in used), dtype=options.dtype,
                            device=options.infer.device, torch_threads=torch_threads)
             results = _execute_explained(spec, cl, progress, out)
             summary.computed = int(np.sum(results == COMPUTED))

@@ -239,15 +239,25 @@ class ChannelDenoiser(nn.Module):
         ``bg_std``, ``bg_skew``, ``bg_std_skew``, ``sb_mean``, ``sb_std``, ``sb_skew``).
     infer : dict
         ``tile``, ``stride``, ``blend`` (gaussian, uniform or none), ``sigma_fraction``,
-        ``weight_floor``, ``infer_on`` (twins or raw), ``tta`` (1, 2, 4 or 8) and
-        ``batch`` (tiles per network call).
+        ``weight_floor``, ``infer_on`` (twins or raw), ``tta`` (1, 2, 4 or 8),
+        ``batch`` (tiles per network call) and ``norm_range`` (auto, model or data;
+        default data).
+    trained : list of float, optional
+        The channel's normalisation range in its training data, ``[lo, hi]``: with
+        ``norm_range`` ``model``, or ``auto`` when the image's own range agrees with it
+        (:func:`asn2n_dask.method.ranges_agree`), the image is normalised on it.
+        Without it, every image on its own range.
     """
 
     window: torch.Tensor
 
     def __init__(self, widths: list[int], mode: str, min_fraction: float, estimator: str,
-                 norm: dict[str, Any], infer: dict[str, Any]) -> None:
+                 norm: dict[str, Any], infer: dict[str, Any], trained: list[float] | None = None) -> None:
         super().__init__()
+        rule = str(infer.get("norm_range", "data")) if trained is not None else "data"
+        self.range_rule = rule
+        self.trained_lo = float(trained[0]) if trained is not None else 0.0
+        self.trained_hi = float(trained[1]) if trained is not None else 1.0
         self.net = UNet(widths)
         self.mode = str(mode)
         self.min_fraction = float(min_fraction)
@@ -289,6 +299,12 @@ class ChannelDenoiser(nn.Module):
         if blend == "gaussian":
             w = torch.clamp(w, min=floor)
         return w.to(torch.float32)
+
+    def _agrees(self, lo: float, hi: float) -> bool:
+        """The image's range and the training range overlap by at least half the narrower
+        one (:func:`asn2n_dask.method.ranges_agree`)."""
+        overlap = min(hi, self.trained_hi) - max(lo, self.trained_lo)
+        return overlap >= 0.5 * min(_span(lo, hi), _span(self.trained_lo, self.trained_hi))
 
     def _risk(self, img: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         """Risk class per patch (0 safe, 1 weak background, 2 sparse bright)."""
@@ -382,6 +398,8 @@ class ChannelDenoiser(nn.Module):
             hi_q = mx
         norm_lo = lo_q if self.low > 0 else mn
         norm_hi = hi_q
+        if self.range_rule == "model" or (self.range_rule == "auto" and self._agrees(norm_lo, norm_hi)):
+            norm_lo, norm_hi = self.trained_lo, self.trained_hi
         risk_lo = floor_q if self.noise_aware and self.floor > 0 else mn
         risk_hi = clip_q if clip_q > risk_lo else mx
         risk = self._risk(img, risk_lo, risk_hi)
@@ -416,14 +434,16 @@ class Denoiser(nn.Module):
     """Denoise images of one or more channels, each with its own network:
     ``(B, C, H, W) -> (B, C, H, W)`` float32, in the input's units.
 
-    Every image (one batch entry of one channel) is denoised on its own statistics.
+    Every image (one batch entry of one channel) is denoised on its own statistics, and
+    normalised on its channel's training range unless the two ranges disagree
+    (``infer["norm_range"]``).
 
     Parameters
     ----------
     widths : list of int
         The U-Nets' feature channels per level.
     channels : list of dict
-        Per channel: ``mode``, ``min_fraction`` and ``estimator`` (see
+        Per channel: ``mode``, ``min_fraction``, ``estimator`` and ``trained`` (see
         :class:`ChannelDenoiser`).
     norm, infer : dict
         As for :class:`ChannelDenoiser`.
@@ -433,7 +453,8 @@ class Denoiser(nn.Module):
                  infer: dict[str, Any]) -> None:
         super().__init__()
         self.channels = nn.ModuleList([ChannelDenoiser(list(widths), str(c["mode"]), float(c["min_fraction"]),
-                                                       str(c["estimator"]), norm, infer) for c in channels])
+                                                       str(c["estimator"]), norm, infer, c.get("trained"))
+                                       for c in channels])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)

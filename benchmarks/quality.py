@@ -452,6 +452,35 @@ def run(args: argparse.Namespace) -> None:
                 put(f"p5 blend {blend} tile {side}", {
                     "peak": 5, "tile": side, "blend": blend, "crop": args.blend_crop,
                     "seam": seam_ratio(pred, side, cfg.stride), **mean_scores([pred], [gt]), "wall_s": secs})
+    if stages & {"transfer"}:
+        # train once, apply to more data: the default command's model (trained on frame 1) applied by
+        # `asn2n denoise` to the other two frames of the same acquisition, with the default normalisation
+        # range (the model's training range here: the frames' ranges agree) and with each frame's own
+        model_dir = WORK / "default" / "out.tif.model"
+        if not (model_dir / "model.json").is_file():
+            raise SystemExit("the transfer stage needs the default stage's model: run --stage default first")
+        from asn2n_dask.stats import channel_stats
+
+        m = load_model(model_dir)
+        for frame in args.transfer_frames:
+            src = DATA / "sim2d" / "p5" / "noisy" / f"{frame}.tif"
+            gt = tifffile.imread(DATA / "sim2d" / "p5" / "gt" / f"{frame}.tif")
+            own = channel_stats(tifffile.imread(src)[None], m.train.norm)[0].norm
+            for rule in ("auto", "data"):
+                out = WORK / "transfer" / f"{frame}-{rule}.tif"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                flags = [] if rule == "auto" else ["--norm-range", rule]
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "asn2n_dask", "-q", "denoise", str(src), "-o", str(out),
+                                "--model", str(model_dir), "--overwrite", *flags], check=True, cwd=ROOT)
+                secs = time.perf_counter() - t0
+                pred = tifffile.imread(out)
+                cmd = " ".join(["asn2n denoise", str(src.relative_to(ROOT.parent)), "-o out.tif",
+                                "--model out.tif.model", *flags])
+                put(f"p5 transfer frame {frame} norm-range {rule}", {
+                    "peak": 5, "frame": frame, "norm_range": rule, "frame_range": [own.lo, own.hi],
+                    "model_range": [m.method(0).stats.lo, m.method(0).stats.hi], **mean_scores([pred], [gt]),
+                    **provenance(cmd, secs)})
     if not args.rows or stages & {"merge"}:  # a side file's rows reach the tables through merge
         report(rows, args)
 
@@ -573,7 +602,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["all"],
                     choices=["all", "baselines", "bm3d", "sn2n", "modes", "sparse", "default", "reference", "aware",
-                             "auto", "mixed", "weight", "merge", "report", "sparse-default", "blend"])
+                             "auto", "mixed", "weight", "merge", "report", "sparse-default", "blend",
+                             "transfer"])
     ap.add_argument("--rows", default=None, help="write rows to this JSON file instead (merge: read it)")
     ap.add_argument("--steps", type=int, default=TrainConfig().steps)
     ap.add_argument("--sparse-steps", type=int, default=600)
@@ -588,6 +618,8 @@ def main() -> None:
     ap.add_argument("--weight-rows", nargs="+", default=["sparse", "p5"], choices=["sparse", "p5"])
     ap.add_argument("--blend-tiles", type=int, nargs="+", default=[32, 64, 128, 256], help="blend stage: tile sides")
     ap.add_argument("--blend-crop", type=int, default=512, help="blend stage: central crop side")
+    ap.add_argument("--transfer-frames", type=int, nargs="+", default=[2, 3],
+                    help="transfer stage: the frames the default stage's model (trained on frame 1) denoises")
     ap.add_argument("--mixed-size", type=int, default=512, help="mixed stage: frame side")
     ap.add_argument("--mixed-steps", type=int, default=300, help="mixed stage: training steps")
     ap.add_argument("--mixed-variants", nargs="+", default=list(MIXED_VARIANTS), choices=list(MIXED_VARIANTS))

@@ -281,6 +281,28 @@ def blend_section(rows: dict) -> list[str]:
     return out
 
 
+def transfer_section(rows: dict) -> list[str]:
+    keys = sorted((k for k in rows if k.startswith("p5 transfer frame ") and rows[k].get("commit")),
+                  key=lambda k: (rows[k]["frame"], rows[k]["norm_range"] != "auto"))
+    if not keys:
+        return []
+    out = ["### One model, more frames: the normalisation range", "",
+           "The default command's model (trained on frame 1 above) applied by `asn2n denoise` to frames 2 and 3 of "
+           "the same simulation, whole frames (`python benchmarks/quality.py --stage transfer`). A range is the "
+           "minimum to the 99.99th percentile, in ADU. `--norm-range auto` (the default) normalises a frame on the "
+           "model's training range when the two ranges agree; `data` on the frame's own, as every version before "
+           "this option did.", "",
+           "| frame | `--norm-range` | frame's range | range used | psnr | psnr_raw | ssim | false objects /Mpx "
+           "| wall s | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in keys:
+        r = quoted(rows, k, "quality")
+        own, trained = r["frame_range"], r["model_range"]
+        used = trained if r["norm_range"] != "data" else own
+        out.append(f"| {r['frame']} | `{r['norm_range']}` | {own[0]:.0f}-{own[1]:.0f} | {used[0]:.0f}-{used[1]:.0f} "
+                   f"| {score_cells(r)} | {secs(r)} | {commit(r)} |")
+    return out
+
+
 def scale_section(rows: dict) -> list[str]:
     """The 1 TB plan and the statistics pass (``benchmarks/pipeline.py``), rows with provenance only."""
     out: list[str] = []
@@ -383,7 +405,8 @@ def render() -> str:
               "benchmarks/readme.py`, and only from rows that record their command, commit, machine and wall "
               "time (`wall s`: the training time where only that was recorded); a test fails when the two differ. "
               "Machine: 2 CPU cores, shared with other jobs while these ran, unless a row says otherwise."]]
-    parts += [s for s in (realdata_section(realdata), p5_section(quality), blend_section(quality),
+    parts += [s for s in (realdata_section(realdata), p5_section(quality), transfer_section(quality),
+                          blend_section(quality),
                           sparse_section(quality), mixed_section(quality), volume_section(load("volume")),
                           scale_section(pipeline)) if s]
     parts.append(["### Not quoted here", "",

@@ -211,17 +211,25 @@ def test_a_window_refuses_a_region_or_tiles_that_do_not_match(net):
 
 class VolumeModel:
     """A stand-in for a saved 3-D model, as the pipeline uses one: ``dims`` 3, the Z of its
-    training sub-volumes (``volume.patch``), one 3-D network per channel."""
+    training sub-volumes (``volume.patch``), one 3-D network per channel, trained on data of
+    the range ``trained``."""
 
     dims = 3
 
-    def __init__(self, net):
+    def __init__(self, net, trained):
         from types import SimpleNamespace
 
         self.volume = SimpleNamespace(patch=(TILE_Z, 16, 16))
         self.channels = [SimpleNamespace(name="0", net=net, risk_estimator=None)]
         self.train = SimpleNamespace(norm=NormConfig(mode="global"))
         self.n_channels = 1
+        self.trained = trained
+
+    def method(self, channel):
+        from asn2n_dask.method import ChannelMethod
+
+        return ChannelMethod.of(self.train.norm, self.trained, risk_estimator="reference", dataset_mode="global",
+                                spatial_dims=3)
 
 
 @pytest.fixture
@@ -236,7 +244,7 @@ def volume_run(tmp_path, net, monkeypatch):
     write_image(tmp_path / "vol.zarr", vol, ImageMeta(axes="TCZYX", format="ome-zarr"))
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model.json").write_text('{"dims": 3}')
-    model = VolumeModel(net)
+    model = VolumeModel(net, channel_stats(vol[0], NormConfig(mode="global"))[0].norm)  # trained on this volume
     monkeypatch.setattr(checkpoint, "load_model", lambda path, allow_unfinished=False: model)
     return tmp_path, vol, model
 
