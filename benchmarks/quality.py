@@ -481,6 +481,22 @@ def run(args: argparse.Namespace) -> None:
                     "peak": 5, "frame": frame, "norm_range": rule, "frame_range": [own.lo, own.hi],
                     "model_range": [m.method(0).stats.lo, m.method(0).stats.hi], **mean_scores([pred], [gt]),
                     **provenance(cmd, secs)})
+    if stages & {"drift"}:
+        # how much the network depends on where intensities sit in its normalised range: frame 2 with a
+        # constant added (a camera offset that drifted by that many ADU), normalised on the model's range
+        model_dir = WORK / "default" / "out.tif.model"
+        if not (model_dir / "model.json").is_file():
+            raise SystemExit("the drift stage needs the default stage's model: run --stage default first")
+        from asn2n_dask.api import denoise_with_risk
+
+        m = load_model(model_dir)
+        noisy = crop(tifffile.imread(DATA / "sim2d" / "p5" / "noisy" / "2.tif"), args.drift_crop).astype(np.float32)
+        gt = crop(tifffile.imread(DATA / "sim2d" / "p5" / "gt" / "2.tif"), args.drift_crop).astype(np.float32)
+        for d in args.drift_adu:
+            t0 = time.perf_counter()
+            pred = denoise_with_risk(noisy + d, m, config=InferConfig(norm_range="model"))[0] - d
+            put(f"p5 drift {d:+g} ADU", {"peak": 5, "frame": 2, "drift_adu": d, "crop": args.drift_crop,
+                                         **mean_scores([pred], [gt]), "wall_s": time.perf_counter() - t0})
     if not args.rows or stages & {"merge"}:  # a side file's rows reach the tables through merge
         report(rows, args)
 
@@ -603,7 +619,7 @@ def main() -> None:
     ap.add_argument("--stage", nargs="+", default=["all"],
                     choices=["all", "baselines", "bm3d", "sn2n", "modes", "sparse", "default", "reference", "aware",
                              "auto", "mixed", "weight", "merge", "report", "sparse-default", "blend",
-                             "transfer"])
+                             "transfer", "drift"])
     ap.add_argument("--rows", default=None, help="write rows to this JSON file instead (merge: read it)")
     ap.add_argument("--steps", type=int, default=TrainConfig().steps)
     ap.add_argument("--sparse-steps", type=int, default=600)
@@ -620,6 +636,9 @@ def main() -> None:
     ap.add_argument("--blend-crop", type=int, default=512, help="blend stage: central crop side")
     ap.add_argument("--transfer-frames", type=int, nargs="+", default=[2, 3],
                     help="transfer stage: the frames the default stage's model (trained on frame 1) denoises")
+    ap.add_argument("--drift-adu", type=float, nargs="+", default=[-2, -1, -0.5, 0, 0.5, 1, 2],
+                    help="drift stage: constants added to frame 2 (ADU)")
+    ap.add_argument("--drift-crop", type=int, default=512, help="drift stage: central crop side")
     ap.add_argument("--mixed-size", type=int, default=512, help="mixed stage: frame side")
     ap.add_argument("--mixed-steps", type=int, default=300, help="mixed stage: training steps")
     ap.add_argument("--mixed-variants", nargs="+", default=list(MIXED_VARIANTS), choices=list(MIXED_VARIANTS))
