@@ -300,6 +300,20 @@ def transfer_section(rows: dict) -> list[str]:
         used = trained if r["norm_range"] != "data" else own
         out.append(f"| {r['frame']} | `{r['norm_range']}` | {own[0]:.0f}-{own[1]:.0f} | {used[0]:.0f}-{used[1]:.0f} "
                    f"| {score_cells(r)} | {secs(r)} | {commit(r)} |")
+    drift = sorted((k for k in rows if k.startswith("p5 drift ") and rows[k].get("commit")),
+                   key=lambda k: rows[k]["drift_adu"])
+    if drift:
+        zero = next((rows[k] for k in drift if rows[k]["drift_adu"] == 0), None)
+        first = quoted(rows, drift[0], "quality")
+        out += ["", f"Not fixed: the network depends on where intensities sit in its range. The same model on the "
+                f"central {first['crop']}x{first['crop']} crop of frame 2 with a constant added, as if the camera "
+                "offset had drifted, normalised on the training range (`python benchmarks/quality.py --stage "
+                f"drift`, at {commit(first)}):", "",
+                "| drift (ADU) | psnr | psnr_raw | change in psnr |", "|---|---|---|---|"]
+        for k in drift:
+            r = rows[k]
+            change = signed(r["psnr"] - zero["psnr"]) if zero is not None else ""
+            out.append(f"| {r['drift_adu']:+g} | {r['psnr']:.2f} | {r['psnr_raw']:.2f} | {change} |")
     return out
 
 
