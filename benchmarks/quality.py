@@ -579,6 +579,13 @@ def report(rows: dict, args: argparse.Namespace) -> None:
                   "safe patches by range (mean weight 0.024) where the earlier rule equalled `local`; the p5 "
                   "`adaptive` and `default` rows are the earlier rule's and were not rerun (`global` scored 0.9 dB "
                   "above `local` there)."]
+    if any(k.startswith(("p5 transfer", "p5 drift")) for k in rows):
+        lines += ["", "## One model on other frames", "",
+                  "`p5 transfer` rows (`--stage transfer`): the default stage's model, trained on frame 1, applied "
+                  "by `asn2n denoise` to whole frames 2 and 3, with `--norm-range auto` (the default: the training "
+                  "range where the frame's range agrees with it) and `data` (the frame's own). `p5 drift` rows "
+                  "(`--stage drift`): that model on the central crop of frame 2 plus a constant (a drifted camera "
+                  "offset), normalised on the training range; the result is shifted back before scoring."]
     lines += ["", "CAREamics N2V2 was not run here: careamics 0.3.5 needs torchvision, whose registry builds do "
               "not load beside the pinned CPU torch. Figures quoted from the project's own probe (same crops, "
               "8 minutes of training on 2 CPU cores): 28.8 dB psnr, ssim 0.925, 1.9 false objects/Mpx; BM3D "
