@@ -850,6 +850,10 @@ def denoise(data: Any, model_or_output: Any = None, /, *, model: Model | str | o
     (Z, Y, X) volume, or per channel the (T, Y, X) stack for a model trained with depth
     axis T; each channel normalised on its percentile range over the whole array.
 
+    Each channel is normalised on the range ``config.norm_range`` chooses (default: the
+    model's training range, unless the data's own range disagrees with it; then the
+    data's, with a warning): :func:`asn2n_dask.method.normalisation_range`.
+
     Parameters
     ----------
     data : ndarray, xarray.DataArray, dask array or path
@@ -1088,7 +1092,9 @@ def denoise_with_risk(data: NDArray[np.number], model: Model, *, axes: str | Non
     """As :func:`denoise`, also returning the per-pixel risk classes (int8, same shape).
 
     Every frame of a channel is normalised with the statistics of the whole channel
-    (:func:`asn2n_dask.stats.channel_stats`), as the chunked pipeline does.
+    (:func:`asn2n_dask.stats.channel_stats`), as the chunked pipeline does, on the range
+    ``config.norm_range`` chooses: by default the model's training range, unless the
+    channel's own disagrees with it (:func:`asn2n_dask.method.normalisation_range`).
 
     Parameters
     ----------
