@@ -347,6 +347,9 @@ BatchOpt = Annotated[int, typer.Option("--batch", help=f"Training patches per st
 LossOpt = Annotated[LossKind, typer.Option("--loss", case_sensitive=False, help="Twin-to-twin loss.")]
 LambdaOpt = Annotated[float, typer.Option("--consistency", help="Weight of the consistency term |f(A)-f(B)| (0: off; "
                                           "a weight smooths the result: fewer false objects, less detail).")]
+JitterOpt = Annotated[float, typer.Option("--offset-jitter", min=0.0, max=0.5, help="Shift each training patch and "
+                                          "its twin by one random offset up to this fraction of the range, so the "
+                                          "network does not depend on the camera offset (0: off).")]
 TileOpt = Annotated[int, typer.Option("--tile", help=f"Inference tile side in pixels, {MIN_TILE} to {MAX_TILE} (and "
                                      "at most twice the frame's longer side).")]
 TileBatchOpt = Annotated[int, typer.Option("--tile-batch", min=1, help="Tiles per network call when denoising, up "
@@ -712,6 +715,7 @@ def fit(
     batch: AnyBatchOpt = TRAIN.batch,
     loss: LossOpt = TRAIN.loss,
     consistency: LambdaOpt = TRAIN.consistency,
+    offset_jitter: JitterOpt = TRAIN.offset_jitter,
     channels: Annotated[list[str] | None, typer.Option(
         "--channels", help="Channels to train, by name or index (repeat, or comma-separated; default all): one "
         "network each, picked by name when denoising.")] = None,
@@ -779,7 +783,8 @@ def fit(
                             anisotropy=anisotropy)
     if dims == 2:
         cfg = replace(options["config"], risk_share=risk_share, val_every=val_every, patience=patience,
-                      checkpoint_every=checkpoint_every, precision=precision, compile=compile_net)
+                      checkpoint_every=checkpoint_every, precision=precision, compile=compile_net,
+                      offset_jitter=offset_jitter)
         options = {"config": cfg, "resume": resume, "workers": loader_workers}
     words = [w.strip() for c in channels or [] for w in c.split(",") if w.strip()]
     picked = None if not words or words == ["all"] else words
@@ -809,7 +814,7 @@ def fit(
 
 #: Options of 'asn2n fit' for 2-D networks only.
 FIT_2D_ONLY = ("risk_estimator", "risk_share", "val_every", "patience", "checkpoint_every", "resume",
-               "loader_workers", "precision", "compile_net")
+               "loader_workers", "precision", "compile_net", "offset_jitter")
 
 
 def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
@@ -1183,6 +1188,7 @@ def run(
     batch: AnyBatchOpt = TRAIN.batch,
     loss: LossOpt = TRAIN.loss,
     consistency: LambdaOpt = TRAIN.consistency,
+    offset_jitter: JitterOpt = TRAIN.offset_jitter,
     tile: TileOpt = INFER.tile,
     overlap: OverlapOpt = INFER.overlap,
     blend: BlendOpt = INFER.blend,
@@ -1231,6 +1237,10 @@ def run(
     options = _kind_options(ctx, dims, preset=preset, steps=steps, norm=norm, seed=seed, patch=patch, batch=batch,
                             loss=loss, consistency=consistency, risk_estimator=risk_estimator, depth_axis=depth_axis,
                             anisotropy=anisotropy)
+    if dims == 2:
+        from dataclasses import replace
+
+        options["config"] = replace(options["config"], offset_jitter=offset_jitter)
     infer = _infer_config(tile, overlap, blend, infer_on, device, tta, tile_batch, infer_precision, compile_net)
     if not input.exists():
         raise InputError(f"input {input} does not exist.")

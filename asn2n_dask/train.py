@@ -35,7 +35,7 @@ from .model import UNet, build_unet, channels_last
 from .sampling import ArrayPlanes, BatchPlan, BatchStream, PlaneReader, RegionSampler, channel_noise, validation_batch
 from .stats import ChannelStats, channel_stats
 
-__all__ = ["self_constrained_loss", "TrainResult", "TrainState", "train_channel", "min_train_side",
+__all__ = ["self_constrained_loss", "jitter_offsets", "TrainResult", "TrainState", "train_channel", "min_train_side",
            "readers_of", "estimate_risk"]
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,17 @@ def self_constrained_loss(pred_a: torch.Tensor, pred_b: torch.Tensor, a: torch.T
     """``D(f(A), B) + D(f(B), A) + consistency * mean|f(A) - f(B)|``, D = L1 or L2."""
     d = F.l1_loss if kind == "l1" else F.mse_loss
     return d(pred_a, b) + d(pred_b, a) + consistency * (pred_a - pred_b).abs().mean()
+
+
+def jitter_offsets(a: torch.Tensor, b: torch.Tensor, amount: float, *, seed: int, step: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin batches ``(N, C, H, W)`` with one offset per sample, drawn uniformly from
+    ``[-amount, amount]`` and added to both twins of it (a drifted camera offset moves the
+    noisy frame and its twin together).  The offsets depend on ``seed`` and ``step`` only,
+    so a resumed run draws the ones it would have."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    d = ((torch.rand((a.shape[0], 1, 1, 1), generator=g, dtype=torch.float64) * 2 - 1) * amount).to(a.dtype)
+    return a + d.to(a.device), b + d.to(b.device)
 
 
 def min_train_side(preset: str) -> int:
@@ -258,6 +269,8 @@ def train_channel(data: Sequence[Any], config: TrainConfig = TrainConfig(), *,
         w0 = time.perf_counter()
         i, ta, tb, risky = next(it)
         waited += time.perf_counter() - w0
+        if config.offset_jitter > 0:
+            ta, tb = jitter_offsets(ta, tb, config.offset_jitter, seed=config.seed, step=step)
         assert i == step - 1, (i, step)
         model.train()
         if cuda:

@@ -88,6 +88,7 @@ def test_dims_3_from_an_options_file(files, tmp_path):
     ("zyx", [*FAST3D, "--risk-share", "0.3", "--patience", "2"],
      "--risk-share and --patience apply to 2-D training only"),
     ("zyx", [*FAST3D, "--resume"], "--resume applies to 2-D training only"),
+    ("zyx", [*FAST3D, "--offset-jitter", "0.05"], "--offset-jitter applies to 2-D training only"),
     ("zyx", [*FAST3D, "--norm", "local"], "one global scale"),
     ("zyx", ["--anisotropy", "2"], "--anisotropy applies to 3-D training only; add --dims 3"),
     ("zyx", ["--depth-axis", "T"], "--depth-axis applies to 3-D training only"),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from asn2n_dask import TrainConfig, load_model
-from asn2n_dask.errors import InputError
+from asn2n_dask.errors import ConfigError, InputError
 from asn2n_dask.train import self_constrained_loss, train_channel
 
 
@@ -56,3 +56,34 @@ def test_fit_writes_a_model_that_loads_back(frame, tmp_path):
             assert torch.equal(v0, v1)
         assert c1.stats == c0.stats
     assert back.train == m.train
+
+
+def test_offset_jitter_moves_both_twins_of_a_sample_together():
+    from asn2n_dask.train import jitter_offsets
+
+    a, b = torch.rand(64, 1, 8, 8), torch.rand(64, 1, 8, 8)
+    ja, jb = jitter_offsets(a, b, 0.05, seed=3, step=7)
+    da, db = ja - a, jb - b
+    torch.testing.assert_close(da, db)  # the same offset for a patch and its twin
+    per_sample = da[:, 0, 0, 0]
+    torch.testing.assert_close(da, per_sample[:, None, None, None].expand_as(da))  # constant over each patch
+    assert per_sample.abs().max() <= 0.05 and per_sample.std() > 0.01  # within the bound, and drawn
+    again = jitter_offsets(a, b, 0.05, seed=3, step=7)[0]
+    assert torch.equal(again, ja)  # a resumed run draws the same offsets for a step
+    assert not torch.equal(jitter_offsets(a, b, 0.05, seed=3, step=8)[0], ja)
+
+
+def test_offset_jitter_changes_training_and_is_kept_in_the_model(frame, tmp_path):
+    from asn2n_dask import fit
+
+    cfg = TrainConfig(preset="tiny", steps=6, patch=32, batch=4, val_every=3)
+    plain = fit(frame[0], config=cfg)
+    jittered = fit(frame[0], config=TrainConfig(**{**cfg.to_dict(), "offset_jitter": 0.1}))
+    w0, w1 = (next(m.channels[0].net.parameters()).detach() for m in (plain, jittered))
+    assert not torch.equal(w0, w1)
+    from asn2n_dask import save_model
+
+    save_model(jittered, tmp_path / "m")
+    assert load_model(tmp_path / "m").train.offset_jitter == 0.1
+    with pytest.raises(ConfigError, match="offset jitter must be in"):
+        TrainConfig(offset_jitter=0.9)
