@@ -314,6 +314,20 @@ def transfer_section(rows: dict) -> list[str]:
             r = rows[k]
             change = signed(r["psnr"] - zero["psnr"]) if zero is not None else ""
             out.append(f"| {r['drift_adu']:+g} | {r['psnr']:.2f} | {r['psnr_raw']:.2f} | {change} |")
+    jit = [k for k in rows if k.startswith("p5 jitter ") and rows[k].get("commit")]
+    if jit:
+        values = sorted({rows[k]["offset_jitter"] for k in jit})
+        drifts = sorted({rows[k]["drift_adu"] for k in jit})
+        first = quoted(rows, jit[0], "quality")
+        out += ["", "Training with a random offset per patch, the same for its twin (`--offset-jitter J`, a fraction "
+                "of the range; off by default), against that drift: models trained on the central "
+                f"{first['crop']}x{first['crop']} crop of frame 1 ({first['steps']} steps, preset small), applied "
+                f"to frame 2's as above (`python benchmarks/quality.py --stage jitter --jitter-values J`, at "
+                f"{commit(first)}). psnr:", "",
+                "| drift (ADU) | " + " | ".join(f"J = {v:g}" for v in values) + " |", "|---|" + "---|" * len(values)]
+        for d in drifts:
+            cells = [rows.get(f"p5 jitter {v:g} drift {d:+g} ADU") for v in values]
+            out.append(f"| {d:+g} | " + " | ".join(f"{c['psnr']:.2f}" if c else "" for c in cells) + " |")
     return out
 
 
