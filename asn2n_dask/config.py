@@ -440,7 +440,7 @@ class InferConfig:
         training data, e.g. another camera offset), then the data's with a warning.  The
         ranges are extreme percentiles (by default the minimum): on low-photon frames
         they move by an ADU or two between acquisitions, and a network normalised on a
-        range 1 ADU off its training range lost 2 to 3 dB on 5-photon frames.
+        range 1 ADU off its training range lost 2 to 5 dB on 5-photon frames.
     """
 
     tile: int = 128

@@ -300,7 +300,7 @@ def normalisation_range(trained: FrameStats, data: FrameStats, rule: NormRange) 
     A network learns intensities in the units its training data was normalised to.
     The default range is the minimum to the 99.99th percentile, extreme statistics that
     move by an ADU or two between frames of the same low-photon acquisition; the p5
-    benchmark model lost 3 dB on a frame whose minimum was 91 instead of its training
+    benchmark model lost 2.7 dB on a frame whose minimum was 91 instead of its training
     data's 90 when that frame was normalised on its own range, and nothing on the
     model's.  Normalising on the training range keeps the intensities the network sees
     where they were in training, as CAREamics does with its training mean and
