@@ -487,37 +487,36 @@ def run(args: argparse.Namespace) -> None:
         model_dir = WORK / "default" / "out.tif.model"
         if not (model_dir / "model.json").is_file():
             raise SystemExit("the drift stage needs the default stage's model: run --stage default first")
-        from asn2n_dask.api import denoise_with_risk
-
-        m = load_model(model_dir)
-        noisy = crop(tifffile.imread(DATA / "sim2d" / "p5" / "noisy" / "2.tif"), args.drift_crop).astype(np.float32)
-        gt = crop(tifffile.imread(DATA / "sim2d" / "p5" / "gt" / "2.tif"), args.drift_crop).astype(np.float32)
-        for d in args.drift_adu:
-            t0 = time.perf_counter()
-            pred = denoise_with_risk(noisy + d, m, config=InferConfig(norm_range="model"))[0] - d
-            put(f"p5 drift {d:+g} ADU", {"peak": 5, "frame": 2, "drift_adu": d, "crop": args.drift_crop,
-                                         **mean_scores([pred], [gt]), "wall_s": time.perf_counter() - t0})
+        for d, row in drifted(load_model(model_dir), args):
+            put(f"p5 drift {d:+g} ADU", {"peak": 5, "frame": 2, **row})
     if stages & {"jitter"}:
         # training with a random offset per patch (TrainConfig.offset_jitter) against the drift of the drift
         # stage: trained on the central crop of frame 1, applied to that of frame 2 plus a constant
         train_crop = crop(tifffile.imread(DATA / "sim2d" / "p5" / "noisy" / "1.tif"), args.drift_crop)
-        noisy = crop(tifffile.imread(DATA / "sim2d" / "p5" / "noisy" / "2.tif"), args.drift_crop).astype(np.float32)
-        gt = crop(tifffile.imread(DATA / "sim2d" / "p5" / "gt" / "2.tif"), args.drift_crop).astype(np.float32)
-        from asn2n_dask.api import denoise_with_risk
-
         for j in args.jitter_values:
             cfg = TrainConfig(preset=args.preset, steps=args.jitter_steps, offset_jitter=j)
             t0 = time.perf_counter()
             m = fit(train_crop, config=cfg)
             train_s = time.perf_counter() - t0
-            for d in args.drift_adu:
-                t1 = time.perf_counter()
-                pred = denoise_with_risk(noisy + d, m, config=InferConfig(norm_range="model"))[0] - d
-                put(f"p5 jitter {j:g} drift {d:+g} ADU", {
-                    "peak": 5, "offset_jitter": j, "drift_adu": d, "crop": args.drift_crop, "steps": cfg.steps,
-                    "train_s": train_s, **mean_scores([pred], [gt]), "wall_s": time.perf_counter() - t1})
+            for d, row in drifted(m, args):
+                put(f"p5 jitter {j:g} drift {d:+g} ADU", {"peak": 5, "offset_jitter": j, "steps": cfg.steps,
+                                                          "train_s": train_s, **row})
     if not args.rows or stages & {"merge"}:  # a side file's rows reach the tables through merge
         report(rows, args)
+
+
+def drifted(model: object, args: argparse.Namespace):
+    """``(drift, row)`` for each of ``args.drift_adu``: ``model`` on the central crop of p5 frame 2 plus
+    that constant, normalised on the model's training range, shifted back and scored."""
+    from asn2n_dask.api import denoise_with_risk
+
+    noisy = crop(tifffile.imread(DATA / "sim2d" / "p5" / "noisy" / "2.tif"), args.drift_crop).astype(np.float32)
+    gt = crop(tifffile.imread(DATA / "sim2d" / "p5" / "gt" / "2.tif"), args.drift_crop).astype(np.float32)
+    for d in args.drift_adu:
+        t0 = time.perf_counter()
+        pred = denoise_with_risk(noisy + d, model, config=InferConfig(norm_range="model"))[0] - d
+        yield d, {"drift_adu": d, "crop": args.drift_crop, **mean_scores([pred], [gt]),
+                  "wall_s": time.perf_counter() - t0}
 
 
 def report(rows: dict, args: argparse.Namespace) -> None:
