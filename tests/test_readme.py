@@ -43,8 +43,9 @@ def test_a_row_without_its_provenance_cannot_be_quoted(readme_mod):
 
 
 def test_a_figure_changed_in_a_record_changes_the_rendering(readme_mod, monkeypatch):
-    rows = {"mixed global": {"psnr": 33.6, "dense_psnr": 27.45, "sparse_false_obj": 0.0, "norm": {"mode": "global"},
-                             "command": "c", "commit": "635dfcf", "machine": "m", "wall_s": 811.0}}
+    rows = {"mixed global": {"psnr": 33.6, "dense_psnr": 27.45, "sparse_false_obj": 0.0, "false_obj": 0.0,
+                             "norm": {"mode": "global"}, "consistency": 0.0, "command": "c", "commit": "635dfcf",
+                             "machine": "m", "wall_s": 811.0}}
     first = "\n".join(readme_mod.mixed_section(rows))
     rows["mixed global"]["psnr"] = 31.25
     second = "\n".join(readme_mod.mixed_section(rows))
