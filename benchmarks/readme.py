@@ -95,7 +95,8 @@ def realdata_section(rows: dict) -> list[str]:
         return []
     verdicts = []
     for c in sorted({r["channel"] for r in rows.values()}):
-        mine = {r["method"]: r for r in rows.values() if r["channel"] == c and not r["method"].startswith("blend ")}
+        mine = {r["method"]: r for r in rows.values() if r["channel"] == c
+                and not r["method"].startswith(("blend ", "tta "))}
         order = {"noisy input": 0, "best Gaussian per image": 1, "asn2n run (defaults)": 3}
         for method in sorted(mine, key=lambda name: (order.get(name, 2 if name.startswith("N2V") else 4), name)):
             r = quoted(rows, f"c{c} {method}", "realdata")
@@ -115,7 +116,7 @@ def realdata_section(rows: dict) -> list[str]:
     if verdicts:
         out += ["", f"Against the target (best Gaussian + {W2S_GAIN_DB:g} dB, at most {W2S_MAX_FALSE_OBJ:g} false "
                 f"objects per Mpx): " + "; ".join(verdicts) + "."]
-    out += w2s_blend(rows)
+    out += w2s_blend(rows) + w2s_tta(rows)
     missing = [c for c in range(3) if f"c{c} asn2n run (defaults)" not in rows]
     if missing:
         out += ["", "Not yet recorded: the default command on channel(s) "
@@ -126,6 +127,25 @@ def realdata_section(rows: dict) -> list[str]:
         if no_n2v:
             out += ["", "Not yet recorded: N2V at equal compute (`python benchmarks/realdata.py --stage n2v`) on "
                     "channel(s) " + ", ".join(map(str, no_n2v)) + "."]
+    return out
+
+
+def w2s_tta(rows: dict) -> list[str]:
+    """Test-time augmentation rows: the default command's model, each number of copies."""
+    keys = sorted((k for k, r in rows.items() if r.get("method", "").startswith("tta ")),
+                  key=lambda k: (rows[k]["channel"], rows[k]["tta"]))
+    if not keys:
+        return []
+    out = ["", "Test-time augmentation (`--tta N`: the network averaged over N flipped/rotated copies of each "
+           "tile): the model the default command trained, on every field (`python benchmarks/realdata.py "
+           "--stage tta`). `wall s`: denoising only.", "",
+           "| channel | copies | psnr | psnr_raw | ssim | false objects /Mpx | wall s | commit |",
+           "|---|---|---|---|---|---|---|---|"]
+    for k in keys:
+        r = quoted(rows, k, "realdata")
+        m = r["scores"]["mean"]
+        out.append(f"| {r['channel']} | {r['tta']} | {m['psnr']:.2f} | {m['psnr_raw']:.2f} | {m['ssim']:.3f} | "
+                   f"{m['false_obj']:.2f} | {wall(r):.0f} | {commit(r)} |")
     return out
 
 

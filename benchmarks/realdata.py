@@ -201,10 +201,12 @@ def render(rows: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["noisy", "gaussian", "n2v", "default"],
-                    choices=["noisy", "gaussian", "n2v", "default", "blend"])
+                    choices=["noisy", "gaussian", "n2v", "default", "blend", "tta"])
     ap.add_argument("--blend-model", type=Path, default=None,
-                    help="blend stage: the channel's model directory (default: the default stage's)")
+                    help="blend and tta stages: the channel's model directory (default: the default stage's)")
     ap.add_argument("--blend-fields", type=int, default=2, help="blend stage: the first N fields of the channel")
+    ap.add_argument("--tta", type=int, nargs="+", default=[1, 8],
+                    help="tta stage: flipped/rotated copies averaged (InferConfig.tta), one row each")
     ap.add_argument("--blend-tiles", type=int, nargs="+", default=[32, 64, 128, 256],
                     help="blend stage: tile sides")
     ap.add_argument("--channels", nargs="+", type=int, default=[0, 1, 2])
@@ -232,6 +234,22 @@ def main() -> None:
                                                   "model": str(model_dir), **r, **provenance(argv, r["seconds"])}
                 path.write_text(json.dumps(rows, indent=1) + "\n")
                 print(f"channel {c} blend rows written ({time.perf_counter() - t0:.0f} s)", flush=True)
+                continue
+            if stage == "tta":  # the default stage's model, every field, each test-time augmentation
+                from asn2n_dask import InferConfig, denoise, load_model
+
+                model_dir = args.blend_model or WORK / f"c{c}" / "default" / "denoised.tif.model"
+                model = load_model(model_dir)
+                for t in args.tta:
+                    t1 = time.perf_counter()
+                    pred = denoise(noisy, model, axes="TYX", config=InferConfig(tta=t))
+                    wall = time.perf_counter() - t1
+                    rows[f"c{c} tta {t}"] = {"channel": c, "method": f"tta {t}", "fields": names, "tta": t,
+                                             "model": str(model_dir), "scores": scores(pred, gt),
+                                             **provenance(argv, wall)}
+                    path.write_text(json.dumps(rows, indent=1) + "\n")
+                    print(f"channel {c} tta {t}: psnr {rows[f'c{c} tta {t}']['scores']['mean']['psnr']:.3f} "
+                          f"({wall:.0f} s)", flush=True)
                 continue
             extra: dict = {}
             if stage == "noisy":
