@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(SHARED))
+import records  # noqa: E402  (benchmarks/records.py, beside this file)
 from score import score_pair  # noqa: E402  (the shared scorer)
 
 from asn2n_dask import (  # noqa: E402
@@ -253,8 +254,8 @@ def run(args: argparse.Namespace) -> None:
         now = time.perf_counter()
         secs = row.get("wall_s") if row.get("wall_s") is not None else now - last[0]
         last[0] = now
-        rows[name] = {**provenance(argv, secs), **row, "wall_s": secs} if "commit" not in row else row
-        rows_path.write_text(json.dumps(rows, indent=1))
+        rows.update(records.put(rows_path, name, {**provenance(argv, secs), **row, "wall_s": secs}
+                                if "commit" not in row else row))
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 
     n = args.crop

@@ -25,7 +25,6 @@ scores per image and their means) and ``realdata.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 W2S = SHARED / "data" / "w2s_dev"
 sys.path.insert(0, str(SHARED / "bench"))
+import records  # noqa: E402  (benchmarks/records.py, beside this file)
 from score import score_pair  # noqa: E402  (the shared scorer)
 
 WORK = ROOT / "benchmarks" / "work" / "realdata"
@@ -220,7 +220,7 @@ def main() -> None:
     cfg = TrainConfig()
     steps = args.steps or cfg.steps
     path = RESULTS / "realdata.json"
-    rows = json.loads(path.read_text()) if path.exists() else {}
+    rows = records.load(path)
     argv = " ".join(["python benchmarks/realdata.py", *sys.argv[1:]])
     for c in args.channels:
         names, noisy, gt = frames(c)
@@ -230,9 +230,9 @@ def main() -> None:
                 model_dir = args.blend_model or WORK / f"c{c}" / "default" / "denoised.tif.model"
                 k = args.blend_fields
                 for name, r in blend_rows(noisy[:k], gt[:k], model_dir, args.blend_tiles).items():
-                    rows[f"c{c} blend {name}"] = {"channel": c, "method": f"blend {name}", "fields": names[:k],
-                                                  "model": str(model_dir), **r, **provenance(argv, r["seconds"])}
-                path.write_text(json.dumps(rows, indent=1) + "\n")
+                    rows = records.put(path, f"c{c} blend {name}", {
+                        "channel": c, "method": f"blend {name}", "fields": names[:k], "model": str(model_dir), **r,
+                        **provenance(argv, r["seconds"])})
                 print(f"channel {c} blend rows written ({time.perf_counter() - t0:.0f} s)", flush=True)
                 continue
             if stage == "tta":  # the default stage's model, every field, each test-time augmentation
@@ -244,10 +244,9 @@ def main() -> None:
                     t1 = time.perf_counter()
                     pred = denoise(noisy, model, axes="TYX", config=InferConfig(tta=t))
                     wall = time.perf_counter() - t1
-                    rows[f"c{c} tta {t}"] = {"channel": c, "method": f"tta {t}", "fields": names, "tta": t,
-                                             "model": str(model_dir), "scores": scores(pred, gt),
-                                             **provenance(argv, wall)}
-                    path.write_text(json.dumps(rows, indent=1) + "\n")
+                    rows = records.put(path, f"c{c} tta {t}", {
+                        "channel": c, "method": f"tta {t}", "fields": names, "tta": t, "model": str(model_dir),
+                        "scores": scores(pred, gt), **provenance(argv, wall)})
                     print(f"channel {c} tta {t}: psnr {rows[f'c{c} tta {t}']['scores']['mean']['psnr']:.3f} "
                           f"({wall:.0f} s)", flush=True)
                 continue
@@ -269,8 +268,7 @@ def main() -> None:
             wall = time.perf_counter() - t0
             row = {"channel": c, "method": method, "fields": names, "scores": scores(pred, gt),
                    **provenance(command, wall), **extra}
-            rows[f"c{c} {method}"] = row
-            path.write_text(json.dumps(rows, indent=1) + "\n")
+            rows = records.put(path, f"c{c} {method}", row)
             print(f"channel {c} {method}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["scores"]["mean"].items())
                   + f" ({wall:.0f} s)", flush=True)
     (RESULTS / "realdata.md").write_text(render(rows))
