@@ -226,12 +226,9 @@ def provenance(command: str, seconds: float | None) -> dict:
     import os
     import platform
 
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
     # dirty: tracked changes beside the code, not counting the records these runs write
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
-    commit = git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
+    full, changed = records.code_state()
+    commit = full[:7] + ("-dirty" if changed else "")
     return {"command": command, "commit": commit, "wall_s": seconds, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "machine": f"{platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()})"}
 
@@ -688,6 +685,7 @@ def main() -> None:
     ap.add_argument("--mixed-seeds", nargs="+", type=int, default=[0],
                     help="mixed stage: training seeds, one row each (keyed '... seed N' for seeds other than 0)")
     args = ap.parse_args()
+    records.code_state()  # the commit these rows come from: the one checked out now
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.stage == ["report"]:
         report(json.loads((RESULTS / "quality.json").read_text()), args)

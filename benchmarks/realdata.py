@@ -167,11 +167,8 @@ def blend_rows(noisy: np.ndarray, gt: np.ndarray, model_dir: Path, tiles: list[i
 def provenance(command: str, wall: float) -> dict:
     import psutil
 
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return {"command": command, "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")),
+    commit, dirty = records.code_state()
+    return {"command": command, "commit": commit, "dirty": dirty,
             "machine": {"host": platform.node(), "cpus": len(os.sched_getaffinity(0)),
                         "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1)},
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "wall_seconds": round(wall, 1)}
@@ -215,6 +212,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None,
                     help="training steps of both networks (default: the default command's)")
     args = ap.parse_args()
+    records.code_state()  # the commit these rows come from: the one checked out now
     from asn2n_dask.config import TrainConfig
 
     cfg = TrainConfig()

@@ -5,14 +5,22 @@ side by side on a shared machine).  Each writer holds only the rows it makes: :f
 takes an exclusive lock beside the file, re-reads the file, sets the one row and
 replaces the file atomically, so no writer drops another's rows and a reader never sees
 a half-written file.
+
+A row names the commit of the code that made it: :func:`code_state` is read once per
+process, when the benchmark starts, so checking out another commit while a long stage
+runs does not relabel its rows.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
+import subprocess
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load(path: Path) -> dict:
@@ -34,3 +42,15 @@ def put(path: Path, key: str, row: dict) -> dict:
         tmp.write_text(json.dumps(rows, indent=1) + "\n")
         os.replace(tmp, path)
     return rows
+
+
+@functools.cache
+def code_state() -> tuple[str, bool]:
+    """The commit checked out when this process first asked, and whether tracked files
+    other than the records differed from it then."""
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    return git("rev-parse", "HEAD"), bool(changed)
