@@ -143,6 +143,11 @@ def default_command(noisy: np.ndarray, channel: int, steps: int | None,
     return tifffile.imread(out), time.perf_counter() - t0, " ".join(cmd)
 
 
+def default_model(channel: int) -> Path:
+    """Where the default stage leaves the channel's model."""
+    return WORK / f"c{channel}" / "default" / "denoised.tif.model"
+
+
 def blend_rows(noisy: np.ndarray, gt: np.ndarray, model_dir: Path, tiles: list[int]) -> dict[str, dict]:
     """The channel's model on ``noisy`` with each blend at each tile side (50% overlap):
     scores and the seam ratio, per (blend, tile)."""
@@ -225,7 +230,7 @@ def main() -> None:
         for stage in args.stage:
             t0 = time.perf_counter()
             if stage == "blend":
-                model_dir = args.blend_model or WORK / f"c{c}" / "default" / "denoised.tif.model"
+                model_dir = args.blend_model or default_model(c)
                 k = args.blend_fields
                 for name, r in blend_rows(noisy[:k], gt[:k], model_dir, args.blend_tiles).items():
                     rows = records.put(path, f"c{c} blend {name}", {
@@ -236,7 +241,7 @@ def main() -> None:
             if stage == "tta":  # the default stage's model, every field, each test-time augmentation
                 from asn2n_dask import InferConfig, denoise, load_model
 
-                model_dir = args.blend_model or WORK / f"c{c}" / "default" / "denoised.tif.model"
+                model_dir = args.blend_model or default_model(c)
                 model = load_model(model_dir)
                 for t in args.tta:
                     t1 = time.perf_counter()
