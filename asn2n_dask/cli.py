@@ -331,10 +331,11 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 PresetOpt = Annotated[Preset, typer.Option("--preset", case_sensitive=False, help="Network size: tiny (tests), "
                                            "small (CPU), paper (GPU).")]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Training steps.")]
-NormOpt = Annotated[NormMode, typer.Option("--norm", case_sensitive=False, help="Normalisation: adaptive (risky "
+NormOpt = Annotated[NormMode, typer.Option("--norm", case_sensitive=False, help="Normalisation: global "
+                                           "(frame-wise; the best measured on every scene so far), adaptive (risky "
                                            "patches on the frame's scale, safe ones towards their own), local "
-                                           "(patch-wise), global (frame-wise), dataset (global where many patches "
-                                           "are at risk, else local).")]
+                                           "(patch-wise), dataset (global where many patches are at risk, else "
+                                           "local).")]
 RiskOpt = Annotated[RiskEstimator, typer.Option("--risk-estimator", case_sensitive=False, help="Risk classes: auto "
                                                 "(per channel: reference unless pixel noise alone exceeds the "
                                                 "weak-background std threshold, then noise-aware), reference (the "

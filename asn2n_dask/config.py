@@ -231,11 +231,14 @@ class NormConfig:
     Attributes
     ----------
     mode
-        ``adaptive`` (default): high-risk patches use the image-wise global scale, safe
-        patches move towards their own local scale by ``adaptive_weight``, blended
-        smoothly.  ``local``: every patch its own scale.  ``global``: one scale for the
-        image.  ``dataset``: ``global`` when more than ``risk.dataset_ratio`` of all
-        patches are high-risk, else ``local``.
+        ``global`` (default): one scale for the image.  ``adaptive``: high-risk patches
+        use the image-wise global scale, safe patches move towards their own local scale
+        by ``adaptive_weight``, blended smoothly.  ``local``: every patch its own scale.
+        ``dataset``: ``global`` when more than ``risk.dataset_ratio`` of all patches are
+        high-risk, else ``local``.  ``global`` is the default because no scene measured
+        so far (real widefield frames, dense and sparse simulations, and the mixed scene
+        built for ``adaptive``, over five training seeds) scored higher with another mode
+        (``benchmarks/results/quality.md``, ``realdata.md``).
     low_percentile, high_percentile
         Percentiles of the image (global scale) or patch (local scale) mapped to 0 and 1.
     min_range_fraction
@@ -264,7 +267,7 @@ class NormConfig:
         ``adaptive_weight`` load with ``class`` and their own floor, as they were trained.
     """
 
-    mode: NormMode = "adaptive"
+    mode: NormMode = "global"
     low_percentile: float = 0.0
     high_percentile: float = 99.99
     min_range_fraction: float = 0.05

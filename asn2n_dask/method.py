@@ -71,7 +71,7 @@ def applied_mode(norm: NormConfig, dataset_mode: str | None,
     --------
     >>> applied_mode(NormConfig(mode="dataset"), None, 0.5)
     ('global', 0.05)
-    >>> applied_mode(NormConfig(), "global")
+    >>> applied_mode(NormConfig(mode="adaptive"), "global")
     ('adaptive', 1.0)
     """
     mode: str = norm.mode
@@ -251,7 +251,7 @@ def decide_method(norm: NormConfig, stats: FrameStats, *, noise_sd: Callable[[],
 
     Examples
     --------
-    >>> m = decide_method(NormConfig(), FrameStats(100.0, 200.0), noise_sd=lambda: 0.09,
+    >>> m = decide_method(NormConfig(mode="adaptive"), FrameStats(100.0, 200.0), noise_sd=lambda: 0.09,
     ...                   high_risk_ratio=lambda norm: 0.5)
     >>> m.risk_estimator, m.dataset_mode, m.range_fraction
     ('noise-aware', 'global', 1.0)

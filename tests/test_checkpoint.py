@@ -17,7 +17,7 @@ def model_dir(tiny_model, tmp_path):
 def test_config_records_options_statistics_and_checksums(model_dir, tiny_model):
     doc = json.loads((model_dir / "model.json").read_text())
     assert doc["format"] == "asn2n-dask-model"
-    assert doc["train"]["preset"] == "tiny" and doc["train"]["norm"]["mode"] == "adaptive"
+    assert doc["train"]["preset"] == "tiny" and doc["train"]["norm"]["mode"] == "global"
     ch = doc["channels"][0]
     assert set(ch["stats"]) == {"lo", "hi"} and ch["stats"]["hi"] > ch["stats"]["lo"]
     assert len(ch["sha256"]) == 64
