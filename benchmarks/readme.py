@@ -99,7 +99,7 @@ def realdata_section(rows: dict) -> list[str]:
     verdicts = []
     for c in sorted({r["channel"] for r in rows.values()}):
         mine = {r["method"]: r for r in rows.values() if r["channel"] == c
-                and not r["method"].startswith(("blend ", "tta "))}
+                and not r["method"].startswith(("blend ", "tta ", "same-norm"))}
         order = {"noisy input": 0, "best Gaussian per image": 1, "asn2n run (defaults)": 3}
         for method in sorted(mine, key=lambda name: (order.get(name, 2 if name.startswith("N2V") else 4), name)):
             r = quoted(rows, f"c{c} {method}", "realdata")
@@ -119,7 +119,7 @@ def realdata_section(rows: dict) -> list[str]:
     if verdicts:
         out += ["", f"Against the target (best Gaussian + {W2S_GAIN_DB:g} dB, at most {W2S_MAX_FALSE_OBJ:g} false "
                 f"objects per Mpx): " + "; ".join(verdicts) + "."]
-    out += w2s_blend(rows) + w2s_tta(rows)
+    out += w2s_same_norm(rows) + w2s_blend(rows) + w2s_tta(rows)
     missing = [c for c in range(3) if f"c{c} asn2n run (defaults)" not in rows]
     if missing:
         out += ["", "Not yet recorded: the default command on channel(s) "
@@ -131,6 +131,24 @@ def realdata_section(rows: dict) -> list[str]:
             out += ["", "Not yet recorded: N2V at equal compute (`python benchmarks/realdata.py --stage n2v`) on "
                     "channel(s) " + ", ".join(map(str, no_n2v)) + "."]
     return out
+
+
+def w2s_same_norm(rows: dict) -> list[str]:
+    """Why rows recorded under an earlier default normalisation stand for today's."""
+    checks = sorted((k for k in rows if rows[k]["method"] == "same-norm"), key=lambda k: rows[k]["channel"])
+    if not checks:
+        return []
+    cells = []
+    for k in checks:
+        r = quoted(rows, k, "realdata")
+        cells.append(f"channel {r['channel']}: {r['high_risk_ratio']:.0%} of patches at risk, dataset decision "
+                     f"`{r['dataset_mode']}`, largest difference {r['max_abs_diff']:g} ({commit(r)})")
+    steps = sorted({rows[k]["steps"] for k in checks})
+    return ["", "The `asn2n run (defaults)` rows were recorded while the default normalisation was `adaptive`. "
+            "Where the dataset rule calls a channel high-risk, `adaptive` gives every patch the frame's global "
+            "scale, so it is today's default (`global`) there. `asn2n run --norm adaptive` against `--norm global` "
+            f"on each channel's 16 frames, {', '.join(map(str, steps))} steps (`python benchmarks/realdata.py "
+            "--stage same-norm`): " + "; ".join(cells) + "."]
 
 
 def w2s_tta(rows: dict) -> list[str]:
@@ -223,13 +241,21 @@ def p5_section(rows: dict) -> list[str]:
 
 
 def acts_as_default(row: dict, default: dict) -> bool:
-    """Normalised as today's default would: the same options, or options that differ only in
-    ``adaptive_floor`` on data the dataset rule did not call high-risk (where no floor applies)."""
+    """Normalised as today's default would: the same options, or options that differ only where
+    they cannot act. Under ``global`` the adaptive rule's own options (``adaptive_floor``,
+    ``adaptive_weight``) are unused; ``adaptive`` with a floor of 1 on data the dataset rule
+    called high-risk gives every patch the global scale, so it is ``global`` there exactly."""
     norm = row.get("norm") or {}
     if norm == default:
         return True
+    if not norm or default.get("mode") != "global":
+        return False
+    inert = {"adaptive_floor", "adaptive_weight"}
     differs = {k for k in set(norm) | set(default) if norm.get(k) != default.get(k)}
-    return differs == {"adaptive_floor"} and row.get("dataset_mode") == "local"
+    if norm.get("mode") == "global":
+        return differs <= inert
+    return (norm.get("mode") == "adaptive" and norm.get("adaptive_floor") == 1.0
+            and row.get("dataset_mode") == "global" and differs <= inert | {"mode"})
 
 
 def mixed_section(rows: dict) -> list[str]:
@@ -264,20 +290,22 @@ def mixed_section(rows: dict) -> list[str]:
         out.append(f"| {label} | {r['consistency']:g} | {r.get('seed', 0)} | {r['psnr']:.2f} | "
                    f"{r['dense_psnr']:.2f} | {r['sparse_false_obj']:.2f} | {r['false_obj']:.2f} | {wall(r):.0f} | "
                    f"{commit(r)} |")
-    glob = [k for k in today if (rows[k].get("norm") or {}).get("mode") == "global"]
-    seeds = sorted({rows[k].get("seed", 0) for k in default_keys} & {rows[k].get("seed", 0) for k in glob})
+    # the adaptive rule as it is offered (`--norm adaptive`, its other options at their defaults)
+    offered = {**default, "mode": "adaptive"}
+    adaptive = [k for k in today if (rows[k].get("norm") or {}) == offered]
+    seeds = sorted({rows[k].get("seed", 0) for k in default_keys} & {rows[k].get("seed", 0) for k in adaptive})
     if seeds:
         def mean(ks: list[str], key: str) -> float:
             return sum(rows[k][key] for k in ks if rows[k].get("seed", 0) in seeds) / len(seeds)
 
-        d = {key: mean(default_keys, key) for key in ("psnr", "dense_psnr", "sparse_false_obj", "false_obj")}
-        g = {key: mean(glob, key) for key in d}
+        a = {key: mean(adaptive, key) for key in ("psnr", "dense_psnr", "sparse_false_obj", "false_obj")}
+        d = {key: mean(default_keys, key) for key in a}
         out += ["", f"At today's consistency weight, over seed{'s' if len(seeds) > 1 else ''} "
-                f"{', '.join(map(str, seeds))}, the default normalisation against `global`: "
-                f"{signed(d['psnr'] - g['psnr'])} on the whole frame, "
-                f"{signed(d['dense_psnr'] - g['dense_psnr'])} in the dense region, "
-                f"{d['sparse_false_obj'] - g['sparse_false_obj']:+.2f} false objects per Mpx in the sparse region "
-                f"and {d['false_obj'] - g['false_obj']:+.2f} over the whole frame."]
+                f"{', '.join(map(str, seeds))}, `--norm adaptive` against the default (`{default['mode']}`): "
+                f"{signed(a['psnr'] - d['psnr'])} on the whole frame, "
+                f"{signed(a['dense_psnr'] - d['dense_psnr'])} in the dense region, "
+                f"{a['sparse_false_obj'] - d['sparse_false_obj']:+.2f} false objects per Mpx in the sparse region "
+                f"and {a['false_obj'] - d['false_obj']:+.2f} over the whole frame."]
     return out
 
 

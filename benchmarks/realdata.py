@@ -148,6 +148,23 @@ def default_model(channel: int) -> Path:
     return WORK / f"c{channel}" / "default" / "denoised.tif.model"
 
 
+SAME_NORM_STEPS = 20
+
+
+def same_norm(noisy: np.ndarray, channel: int, steps: int) -> dict:
+    """``asn2n run --norm adaptive`` and ``--norm global`` on the channel's frames at a few
+    steps: the largest difference between their outputs (0: the same to the bit) and the
+    dataset rule's decision and high-risk share that make them equal."""
+    from asn2n_dask import load_model
+
+    preds = {}
+    for mode in ("adaptive", "global"):
+        preds[mode], _, _ = default_command(noisy, channel, steps, ("--norm", mode))
+    method = load_model(WORK / f"c{channel}" / "norm-adaptive" / "denoised.tif.model").method(0)
+    return {"steps": steps, "max_abs_diff": float(np.max(np.abs(preds["adaptive"] - preds["global"]))),
+            "dataset_mode": method.dataset_mode, "high_risk_ratio": method.high_risk_ratio}
+
+
 def blend_rows(noisy: np.ndarray, gt: np.ndarray, model_dir: Path, tiles: list[int]) -> dict[str, dict]:
     """The channel's model on ``noisy`` with each blend at each tile side (50% overlap):
     scores and the seam ratio, per (blend, tile)."""
@@ -189,6 +206,8 @@ def render(rows: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(rows):
         r = rows[key]
+        if "scores" not in r:  # a check without scores (same-norm), in the README's words
+            continue
         m = r["scores"]["mean"]
         lines.append(f"| {r['channel']} | {r['method']} | {m['psnr']:.2f} | {m['psnr_raw']:.2f} | {m['ssim']:.3f} | "
                      f"{m['false_obj']:.2f} | {m['fg_dice']:.3f} | {r['wall_seconds']:.0f} | "
@@ -203,7 +222,7 @@ def render(rows: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["noisy", "gaussian", "n2v", "default"],
-                    choices=["noisy", "gaussian", "n2v", "default", "blend", "tta"])
+                    choices=["noisy", "gaussian", "n2v", "default", "blend", "tta", "same-norm"])
     ap.add_argument("--blend-model", type=Path, default=None,
                     help="blend and tta stages: the channel's model directory (default: the default stage's)")
     ap.add_argument("--blend-fields", type=int, default=2, help="blend stage: the first N fields of the channel")
@@ -252,6 +271,13 @@ def main() -> None:
                         "scores": scores(pred, gt), **provenance(argv, wall)})
                     print(f"channel {c} tta {t}: psnr {rows[f'c{c} tta {t}']['scores']['mean']['psnr']:.3f} "
                           f"({wall:.0f} s)", flush=True)
+                continue
+            if stage == "same-norm":  # is adaptive the global scale on these frames? both, short, compared
+                row = same_norm(noisy, c, args.steps or SAME_NORM_STEPS)
+                rows = records.put(path, f"c{c} same-norm", {"channel": c, "method": "same-norm", "fields": names,
+                                                             **row, **provenance(argv, time.perf_counter() - t0)})
+                print(f"channel {c}: --norm adaptive against --norm global, max difference "
+                      f"{row['max_abs_diff']:g} (dataset decision {row['dataset_mode']})", flush=True)
                 continue
             extra: dict = {}
             if stage == "noisy":

@@ -126,8 +126,10 @@ def test_an_old_model_json_loads_to_the_method_it_was_trained_with(tiny_model, t
 def test_older_model_json_fields_default_as_they_always_did(tiny_model, tmp_path):
     from asn2n_dask import load_model
 
-    # no risk estimator per channel, no adaptive_weight (so the floor it was trained with), decided global
+    # an adaptive model saved with no risk estimator per channel, no adaptive_weight (so the floor it was
+    # trained with), decided global
     norm = {k: v for k, v in tiny_model.train.norm.to_dict().items() if k not in ("adaptive_weight", "adaptive_floor")}
+    norm["mode"] = "adaptive"
     d = _old_model_json(tiny_model, tmp_path, risk_estimator=None, norm=norm, dataset_mode="global")
     m = load_model(d).method(0)
     assert (m.risk_estimator, m.norm_mode, m.dataset_mode, m.mode, m.range_fraction) == (

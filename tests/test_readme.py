@@ -52,12 +52,21 @@ def test_a_figure_changed_in_a_record_changes_the_rendering(readme_mod, monkeypa
     assert "33.60" in first and "31.25" in second and "33.60" not in second
 
 
-def test_the_default_is_recognised_where_its_floor_cannot_apply(readme_mod):
+def test_the_default_is_recognised_where_the_options_that_differ_cannot_act(readme_mod):
     from asn2n_dask.config import NormConfig
 
     default = NormConfig().to_dict()
-    other_floor = {**default, "adaptive_floor": 0.05}
+    assert default["mode"] == "global"
     assert readme_mod.acts_as_default({"norm": default}, default)
-    assert readme_mod.acts_as_default({"norm": other_floor, "dataset_mode": "local"}, default)
-    assert not readme_mod.acts_as_default({"norm": other_floor, "dataset_mode": "global"}, default)
-    assert not readme_mod.acts_as_default({"norm": {**default, "mode": "global"}, "dataset_mode": "local"}, default)
+    # global does not use the adaptive rule's options
+    assert readme_mod.acts_as_default({"norm": {**default, "adaptive_floor": 0.05, "adaptive_weight": "class"}},
+                                      default)
+    # adaptive with the floor at 1 on data decided high-risk gives every patch the global scale
+    adaptive = {**default, "mode": "adaptive", "adaptive_floor": 1.0}
+    assert readme_mod.acts_as_default({"norm": adaptive, "dataset_mode": "global"}, default)
+    assert not readme_mod.acts_as_default({"norm": adaptive, "dataset_mode": "local"}, default)
+    assert not readme_mod.acts_as_default({"norm": {**adaptive, "adaptive_floor": 0.05}, "dataset_mode": "global"},
+                                          default)
+    assert not readme_mod.acts_as_default({"norm": {**default, "low_percentile": 1.0}}, default)
+    assert not readme_mod.acts_as_default({"norm": {**default, "mode": "local"}, "dataset_mode": "global"}, default)
+    assert not readme_mod.acts_as_default({}, default)
