@@ -4,7 +4,8 @@ Every mode maps a frame to the network's range with a per-pixel affine transform
 ``y = (x - offset) / scale`` whose fields are kept, so that the network's output goes
 back to the input's units with ``x = y * scale + offset``.
 
-* ``global``: one (offset, scale) for the frame: its low and high percentiles.
+* ``global`` (the default): one (offset, scale) for the frame: its low and high
+  percentiles.
 * ``local``: each patch its own range (patch minimum and maximum, clipped to the global
   range, never narrower than ``min_range_fraction`` of it).
 * ``adaptive``: high-risk patches (weak background, sparse bright) take the global

@@ -500,7 +500,7 @@ def run(args: argparse.Namespace) -> None:
             train_s = time.perf_counter() - t0
             for d, row in drifted(m, args):
                 put(f"p5 jitter {j:g} drift {d:+g} ADU", {"peak": 5, "offset_jitter": j, "steps": cfg.steps,
-                                                          "train_s": train_s, **row})
+                                                          "norm": cfg.norm.to_dict(), "train_s": train_s, **row})
     if not args.rows or stages & {"merge"}:  # a side file's rows reach the tables through merge
         report(rows, args)
 

@@ -313,6 +313,7 @@ def sparse_section(rows: dict) -> list[str]:
     keys = [("best Gaussian filter", "sparse best Gaussian"),
             ("`global`, consistency 0.5 (then the default)", "sparse global gaussian twins"),
             ("every option at its default then (consistency 0.5)", "sparse default (consistency 0.5)"),
+            ("every option at its default then (`adaptive`)", "sparse default (adaptive)"),
             ("every option at its default", "sparse default")]
     present = recorded(rows, keys)
     if not present:
@@ -394,9 +395,13 @@ def transfer_section(rows: dict) -> list[str]:
         values = sorted({rows[k]["offset_jitter"] for k in jit})
         drifts = sorted({rows[k]["drift_adu"] for k in jit})
         first = quoted(rows, jit[0], "quality")
+        # rows that do not record their normalisation were trained before the default became global
+        norm = (first.get("norm") or {}).get("mode")
+        norm = f"`{norm}`" if norm else "`adaptive`, the default then"
         out += ["", "Training with a random offset per patch, the same for its twin (`--offset-jitter J`, a fraction "
                 "of the range; off by default), against that drift: models trained on the central "
-                f"{first['crop']}x{first['crop']} crop of frame 1 ({first['steps']} steps, preset small), applied "
+                f"{first['crop']}x{first['crop']} crop of frame 1 ({first['steps']} steps, preset small, "
+                f"normalisation {norm}), applied "
                 f"to frame 2's as above (`python benchmarks/quality.py --stage jitter --jitter-values J`, at "
                 f"{commit(first)}). psnr:", "",
                 "| drift (ADU) | " + " | ".join(f"J = {v:g}" for v in values) + " |", "|---|" + "---|" * len(values)]
@@ -450,6 +455,9 @@ def volume_section(rows: dict) -> list[str]:
         return f"{kind}, {rows[k]['train_cpu_seconds']:.0f} CPU s of training{alone}"
 
     labels += [(single(k), k) for k in sorted(rows) if k.startswith(("dims2 ", "dims3 "))]
+    # per-plane rows that do not record their normalisation were trained when the default was adaptive
+    labels = [(label + (" (normalisation `adaptive`, the default then)" if k.startswith("dims2") and k in rows
+                        and "norm" not in rows[k] else ""), k) for label, k in labels]
     present = [(label, k) for label, k in labels if k in rows and rows[k].get("commit")]
     if not present:
         return []

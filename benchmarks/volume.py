@@ -151,7 +151,7 @@ def stage_dims2(noisy: np.ndarray, gt: np.ndarray, budget: float) -> dict:
     infer_s = time.perf_counter() - t2
     return {"method": f"per-plane 2-D default ({steps} steps; every other option at its default)",
             "train_seconds": train_s, "train_cpu_seconds": train_cpu, "probe_cpu_seconds_per_step": per_step,
-            "infer_seconds": infer_s, "steps": steps, "scores": scores(pred, gt)}
+            "infer_seconds": infer_s, "steps": steps, "norm": model.train.norm.to_dict(), "scores": scores(pred, gt)}
 
 
 def stage_zchunks(depths: tuple[int, ...], chunk_z: int, side: int = 256) -> dict:
