@@ -317,8 +317,9 @@ def run(args: argparse.Namespace) -> None:
         m, secs = trained(f"sparse-default-{args.preset}-{args.sparse_steps}", [noisy],
                           TrainConfig(**{**base, "steps": args.sparse_steps}))
         ch = m.channels[0]
-        put("sparse default", {"train_s": secs, "risk_estimator": ch.risk_estimator,
-                               "high_risk_ratio": ch.high_risk_ratio, **mean_scores([denoise(noisy, m)], [gt]),
+        put("sparse default", {"train_s": secs, "risk_estimator": ch.risk_estimator, "norm": m.train.norm.to_dict(),
+                               "dataset_mode": ch.dataset_mode, "high_risk_ratio": ch.high_risk_ratio,
+                               **mean_scores([denoise(noisy, m)], [gt]),
                                "wall_s": time.perf_counter() - t0})
     if stages & {"aware"}:
         # the noise-aware risk estimator, on the sparse frame and on the 5-photon crops
