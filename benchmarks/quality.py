@@ -310,6 +310,22 @@ def run(args: argparse.Namespace) -> None:
             m, secs = trained(f"sparse-{mode}-{args.preset}-{args.sparse_steps}", [noisy], cfg)
             pred = denoise(noisy, m)
             put(f"sparse {mode} gaussian twins", {"train_s": secs, **mean_scores([pred], [gt])})
+    if stages & {"dense-modes"}:
+        # the normalisation modes on the dense frames at today's other defaults: one model per (peak, mode),
+        # same frames (the central crops), steps and seed, scored on those crops
+        for peak in args.peaks:
+            noisy, gt = sim2d(peak, n)
+            for mode in args.dense_modes:
+                t0 = time.perf_counter()
+                cfg = TrainConfig(**base, norm=NormConfig(mode=mode))
+                m, secs = trained(f"p{peak}-dense-{mode}-{args.preset}-{args.steps}", noisy, cfg)
+                preds = [denoise(x, m) for x in noisy]
+                ch = m.channels[0]
+                put(f"p{peak} dense {mode} ({args.steps} steps)", {
+                    "peak": peak, "norm": cfg.norm.to_dict(), "dataset_mode": ch.dataset_mode,
+                    "high_risk_ratio": ch.high_risk_ratio, "risk_estimator": ch.risk_estimator,
+                    "consistency": cfg.consistency, "seed": cfg.seed, "steps": cfg.steps, "frames": len(noisy),
+                    "crop": n, "train_s": secs, **mean_scores(preds, gt), "wall_s": time.perf_counter() - t0})
     if stages & {"sparse-default"}:
         # every training and inference option at its default except the steps (the frame is small)
         noisy, gt = sparse_frame()
@@ -657,12 +673,15 @@ def main() -> None:
     ap.add_argument("--stage", nargs="+", default=["all"],
                     choices=["all", "baselines", "bm3d", "sn2n", "modes", "sparse", "default", "reference", "aware",
                              "auto", "mixed", "weight", "merge", "report", "sparse-default", "blend",
-                             "transfer", "drift", "jitter"])
+                             "transfer", "drift", "jitter", "dense-modes"])
     ap.add_argument("--rows", default=None, help="write rows to this JSON file instead (merge: read it)")
     ap.add_argument("--steps", type=int, default=TrainConfig().steps)
     ap.add_argument("--sparse-steps", type=int, default=600)
     ap.add_argument("--sparse-modes", nargs="+", default=["adaptive", "global", "local", "dataset"],
                     choices=["adaptive", "global", "local", "dataset"], help="sparse stage: the modes to train")
+    ap.add_argument("--dense-modes", nargs="+", default=["global", "adaptive"],
+                    choices=["adaptive", "global", "local", "dataset"],
+                    help="dense-modes stage: the normalisations to train on the --peaks crops")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--crop", type=int, default=1024, help="central crop side for scoring (0: whole frame)")
     ap.add_argument("--train-full", action="store_true", help="train on whole frames, not the crops")
