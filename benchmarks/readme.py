@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -256,6 +257,39 @@ def acts_as_default(row: dict, default: dict) -> bool:
         return differs <= inert
     return (norm.get("mode") == "adaptive" and norm.get("adaptive_floor") == 1.0
             and row.get("dataset_mode") == "global" and differs <= inert | {"mode"})
+
+
+def dense_section(rows: dict) -> list[str]:
+    """The normalisation modes on the dense simulated crops (``quality.py --stage dense-modes``)."""
+    keys = sorted((k for k in rows if re.match(r"p\d+ dense ", k) and rows[k].get("commit")),
+                  key=lambda k: (rows[k]["peak"], rows[k]["steps"], rows[k]["norm"]["mode"] != "global", k))
+    if not keys:
+        return []
+    first = quoted(rows, keys[0], "quality")
+    out = ["### Normalisation modes on dense frames (simulated)", "",
+           f"The central {first['crop']}x{first['crop']} crops of the {first['frames']} `simulate.py sim2d` frames "
+           "at each photon level, filaments over the whole field: one model per row trained on them, with the "
+           "same steps and seed and every other option at its default, scored on the same crops "
+           f"(`{first['command']}`). `at risk`: the share of "
+           "64x64 patches the risk rule flags; above a tenth the dataset rule decides `global`, and `adaptive` "
+           "is `global` there.", "",
+           "| photons | normalisation | steps | at risk | psnr | psnr_raw | ssim | false objects /Mpx | wall s | "
+           "commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in keys:
+        r = quoted(rows, k, "quality")
+        out.append(f"| {r['peak']} | {r['norm']['mode']} | {r['steps']} | {r['high_risk_ratio']:.0%} | "
+                   f"{score_cells(r)} | {secs(r)} | {commit(r)} |")
+    notes = []
+    for peak, steps in sorted({(rows[k]["peak"], rows[k]["steps"]) for k in keys}):
+        by_mode = {rows[k]["norm"]["mode"]: rows[k] for k in keys
+                   if rows[k]["peak"] == peak and rows[k]["steps"] == steps}
+        if "global" in by_mode and "adaptive" in by_mode:
+            a, g = by_mode["adaptive"], by_mode["global"]
+            notes.append(f"{peak} photons: {signed(a['psnr'] - g['psnr'])}, {a['false_obj'] - g['false_obj']:+.2f} "
+                         "false objects per Mpx")
+    if notes:
+        out += ["", "`adaptive` against `global`: " + "; ".join(notes) + "."]
+    return out
 
 
 def mixed_section(rows: dict) -> list[str]:
@@ -517,9 +551,8 @@ def render() -> str:
               "time (`wall s`: the training time where only that was recorded); a test fails when the two differ. "
               "Machine: 2 CPU cores, shared with other jobs while these ran, unless a row says otherwise."]]
     parts += [s for s in (realdata_section(realdata), p5_section(quality), transfer_section(quality),
-                          blend_section(quality),
-                          sparse_section(quality), mixed_section(quality), volume_section(load("volume")),
-                          scale_section(pipeline)) if s]
+                          blend_section(quality), sparse_section(quality), dense_section(quality),
+                          mixed_section(quality), volume_section(load("volume")), scale_section(pipeline)) if s]
     parts.append(["### Not quoted here", "",
                   "GPU throughput (`benchmarks/results/gpu.md`), pipeline overhead and memory "
                   "(`pipeline.md`), training speed (`training.md`) and the older quality rows (`quality.md`) were "

@@ -70,3 +70,19 @@ def test_the_default_is_recognised_where_the_options_that_differ_cannot_act(read
     assert not readme_mod.acts_as_default({"norm": {**default, "low_percentile": 1.0}}, default)
     assert not readme_mod.acts_as_default({"norm": {**default, "mode": "local"}, "dataset_mode": "global"}, default)
     assert not readme_mod.acts_as_default({}, default)
+
+
+def test_the_dense_modes_compare_adaptive_with_global_per_photon_level(readme_mod):
+    base = {"command": "python benchmarks/quality.py --stage dense-modes", "commit": "abc1234", "machine": "m",
+            "wall_s": 10.0, "crop": 1024, "frames": 3, "steps": 800, "psnr_raw": 27.0, "ssim": 0.9,
+            "high_risk_ratio": 0.02}
+    rows = {"p5 dense global (800 steps)": {**base, "peak": 5, "norm": {"mode": "global"}, "psnr": 28.0,
+                                            "false_obj": 0.5},
+            "p5 dense adaptive (800 steps)": {**base, "peak": 5, "norm": {"mode": "adaptive"}, "psnr": 27.75,
+                                              "false_obj": 0.0},
+            "p15 dense global (800 steps)": {**base, "peak": 15, "norm": {"mode": "global"}, "psnr": 33.0,
+                                             "false_obj": 0.0}}
+    text = "\n".join(readme_mod.dense_section(rows))
+    assert "5 photons: -0.25 dB, -0.50 false objects per Mpx" in text
+    assert "15 photons" not in text.split("`adaptive` against `global`")[1]  # no adaptive row at 15 photons
+    assert text.index("| 5 | global |") < text.index("| 5 | adaptive |") < text.index("| 15 | global |")
