@@ -440,8 +440,11 @@ def run(args: argparse.Namespace) -> None:
                        check=True, cwd=ROOT)
         secs = time.perf_counter() - t0
         pred = tifffile.imread(out)
+        model = load_model(out.parent / (out.name + ".model"))
         put("p5 default command (whole 2048x2048 frame 1)", {
-            "peak": 5, "seam": seam_ratio(pred, tile, InferConfig().stride), **mean_scores([pred], [gt]),
+            "peak": 5, "norm": model.train.norm.to_dict(), "dataset_mode": model.channels[0].dataset_mode,
+            "high_risk_ratio": model.channels[0].high_risk_ratio,
+            "seam": seam_ratio(pred, tile, InferConfig().stride), **mean_scores([pred], [gt]),
             **provenance(f"asn2n run {src.relative_to(ROOT.parent)} -o out.tif", secs)})
     if stages & {"blend"}:
         # where the blending weights matter: the default command's model (the default stage

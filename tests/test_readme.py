@@ -86,3 +86,19 @@ def test_the_dense_modes_compare_adaptive_with_global_per_photon_level(readme_mo
     assert "5 photons: -0.25 dB, -0.50 false objects per Mpx" in text
     assert "15 photons" not in text.split("`adaptive` against `global`")[1]  # no adaptive row at 15 photons
     assert text.index("| 5 | global |") < text.index("| 5 | adaptive |") < text.index("| 15 | global |")
+
+
+def test_the_whole_frame_default_is_checked_and_compared_with_the_earlier_default(readme_mod):
+    base = {"command": "asn2n run noisy.tif -o out.tif", "machine": "m", "wall_s": 5000.0, "psnr_raw": 33.5,
+            "ssim": 0.97, "seam": 1.01}
+    rows = {"p5 best Gaussian (whole frame 1)": {**base, "commit": "b0bfd14", "psnr": 28.0, "false_obj": 6.7},
+            readme_mod.P5_ADAPTIVE: {**base, "commit": "abe371a", "psnr": 34.19, "false_obj": 0.24}}
+    text = "\n".join(readme_mod.p5_section(rows))
+    assert "default then (`adaptive`) | 34.19" in text
+    assert "The default command is not yet recorded" in text and "against the targets" not in text
+    rows[readme_mod.P5_DEFAULT] = {**base, "commit": "4ba3208", "psnr": 34.5, "false_obj": 0.0,
+                                   "norm": {"mode": "global"}, "dataset_mode": "local", "high_risk_ratio": 0.0}
+    text = "\n".join(readme_mod.p5_section(rows))
+    assert "psnr at least 31.5 dB: met" in text
+    assert "`global` today, `adaptive` at `abe371a`" in text
+    assert "+0.31 dB psnr, -0.24 false objects per Mpx" in text
