@@ -229,8 +229,13 @@ def provenance(command: str, seconds: float | None) -> dict:
     # dirty: tracked changes beside the code, not counting the records these runs write
     full, changed = records.code_state()
     commit = full[:7] + ("-dirty" if changed else "")
+    import torch
+
+    # threads: torch's in this process (OMP_NUM_THREADS); they change the order of float sums, so two runs
+    # of one command with different thread counts train slightly different networks
     return {"command": command, "commit": commit, "wall_s": seconds, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-            "machine": f"{platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()})"}
+            "machine": f"{platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()})",
+            "threads": torch.get_num_threads()}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -337,6 +342,20 @@ def run(args: argparse.Namespace) -> None:
                                "dataset_mode": ch.dataset_mode, "high_risk_ratio": ch.high_risk_ratio,
                                **mean_scores([denoise(noisy, m)], [gt]),
                                "wall_s": time.perf_counter() - t0})
+    if stages & {"same-norm"}:
+        # is `adaptive` the global scale on the sparse frame? both trained a few steps alike and compared
+        noisy, _ = sparse_frame()
+        t0 = time.perf_counter()
+        preds, methods = {}, {}
+        for mode in ("adaptive", "global"):
+            cfg = TrainConfig(**{**base, "steps": args.same_norm_steps}, norm=NormConfig(mode=mode))
+            m, _ = trained(f"sparse-same-norm-{mode}-{args.preset}-{args.same_norm_steps}", [noisy], cfg)
+            preds[mode], methods[mode] = denoise(noisy, m), m.channels[0]
+        put("sparse same-norm", {"steps": args.same_norm_steps,
+                                 "max_abs_diff": float(np.max(np.abs(preds["adaptive"] - preds["global"]))),
+                                 "dataset_mode": methods["adaptive"].dataset_mode,
+                                 "high_risk_ratio": methods["adaptive"].high_risk_ratio,
+                                 "wall_s": time.perf_counter() - t0})
     if stages & {"aware"}:
         # the noise-aware risk estimator, on the sparse frame and on the 5-photon crops
         aware = NormConfig(risk=RiskThresholds(estimator="noise-aware"))
@@ -675,9 +694,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["all"],
                     choices=["all", "baselines", "bm3d", "sn2n", "modes", "sparse", "default", "reference", "aware",
-                             "auto", "mixed", "weight", "merge", "report", "sparse-default", "blend",
+                             "auto", "mixed", "weight", "merge", "report", "sparse-default", "same-norm", "blend",
                              "transfer", "drift", "jitter", "dense-modes"])
     ap.add_argument("--rows", default=None, help="write rows to this JSON file instead (merge: read it)")
+    ap.add_argument("--same-norm-steps", type=int, default=20,
+                    help="same-norm stage: training steps of each of the two models compared")
     ap.add_argument("--steps", type=int, default=TrainConfig().steps)
     ap.add_argument("--sparse-steps", type=int, default=600)
     ap.add_argument("--sparse-modes", nargs="+", default=["adaptive", "global", "local", "dataset"],

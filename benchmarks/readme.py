@@ -376,6 +376,18 @@ def sparse_section(rows: dict) -> list[str]:
     for label, k in present:
         r = quoted(rows, k, "quality")
         out.append(f"| {label} | {score_cells(r)} | {secs(r)} | {commit(r)} |")
+    check = rows.get("sparse same-norm")
+    if check and check.get("commit"):
+        r = quoted(rows, "sparse same-norm", "quality")
+        same = ("the same to the bit" if r["max_abs_diff"] == 0
+                else f"largest difference {r['max_abs_diff']:.3g} in input units")
+        out += ["", f"`--norm adaptive` against `--norm global` on this frame, {r['steps']} steps each, alike in "
+                f"everything else (`{r['command']}`, at {commit(r)}): {r['high_risk_ratio']:.0%} of patches at "
+                f"risk, dataset decision `{r['dataset_mode']}`, outputs {same}."]
+        if r["max_abs_diff"] == 0:
+            out += ["", "So the two defaults normalise this frame alike; what differs between their rows comes from "
+                    "the runs: other commits and torch thread counts (`threads` in the records where a row has it; "
+                    "the thread count changes the order of float sums in training)."]
     return out
 
 

@@ -102,3 +102,17 @@ def test_the_whole_frame_default_is_checked_and_compared_with_the_earlier_defaul
     assert "psnr at least 31.5 dB: met" in text
     assert "`global` today, `adaptive` at `abe371a`" in text
     assert "+0.31 dB psnr, -0.24 false objects per Mpx" in text
+
+
+def test_the_sparse_section_says_when_adaptive_is_the_global_scale_there(readme_mod):
+    base = {"command": "python benchmarks/quality.py --stage same-norm", "commit": "abc1234", "machine": "m",
+            "wall_s": 60.0}
+    rows = {"sparse default": {**base, "psnr": 42.56, "psnr_raw": 42.0, "ssim": 0.98, "false_obj": 0.0},
+            "sparse same-norm": {**base, "steps": 20, "max_abs_diff": 0.0, "dataset_mode": "global",
+                                 "high_risk_ratio": 0.8867}}
+    text = "\n".join(readme_mod.sparse_section(rows))
+    assert "89% of patches at risk, dataset decision `global`, outputs the same to the bit" in text
+    assert "normalise this frame alike" in text
+    rows["sparse same-norm"]["max_abs_diff"] = 0.5
+    text = "\n".join(readme_mod.sparse_section(rows))
+    assert "largest difference 0.5 in input units" in text and "alike;" not in text
