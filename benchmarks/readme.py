@@ -51,7 +51,8 @@ def quoted(rows: dict, key: str, record: str) -> dict:
                               ("machine", r.get("machine")), ("wall time", wall)) if v is None]
     if missing:
         raise RecordError(f"{record}.json row {key!r} lacks {', '.join(missing)}: it cannot be quoted")
-    return r
+    # `--rows FILE` only sent a stage's rows to a side file before they were merged: not part of the command
+    return {**r, "command": re.sub(r" --rows \S+", "", str(r["command"]))}
 
 
 def commit(r: dict) -> str:
