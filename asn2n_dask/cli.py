@@ -332,8 +332,8 @@ PresetOpt = Annotated[Preset, typer.Option("--preset", case_sensitive=False, hel
                                            "small (CPU), paper (GPU).")]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Training steps.")]
 NormOpt = Annotated[NormMode, typer.Option("--norm", case_sensitive=False, help="Normalisation: global "
-                                           "(frame-wise; the best measured on every scene so far), adaptive (risky "
-                                           "patches on the frame's scale, safe ones towards their own), local "
+                                           "(frame-wise; best or tied on every scene measured but one), adaptive "
+                                           "(risky patches on the frame's scale, safe ones towards their own), local "
                                            "(patch-wise), dataset (global where many patches are at risk, else "
                                            "local).")]
 RiskOpt = Annotated[RiskEstimator, typer.Option("--risk-estimator", case_sensitive=False, help="Risk classes: auto "

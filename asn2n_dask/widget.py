@@ -185,7 +185,7 @@ class DenoiseWidget(Container):
                              tooltip="Training patch side in pixels.")
         self.batch = SpinBox(value=TRAIN.batch, min=1, max=MAX_BATCH, label="batch", tooltip="Patches per step.")
         self.norm = ComboBox(choices=get_args(NormMode), value=TRAIN.norm.mode, label="norm",
-                             tooltip="Normalisation: global (frame-wise, the best measured), adaptive (risky "
+                             tooltip="Normalisation: global (frame-wise, the default), adaptive (risky "
                              "patches global, safe ones towards their own range), local, dataset.")
         self.risk_estimator = ComboBox(choices=get_args(RiskEstimator), value=TRAIN.norm.risk.estimator,
                                        label="risk estimator",

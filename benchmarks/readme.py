@@ -305,6 +305,8 @@ def dense_section(rows: dict) -> list[str]:
                          "false objects per Mpx")
     if notes:
         out += ["", "`adaptive` against `global`: " + "; ".join(notes) + "."]
+    out += ["", "`wall s` is what each run took on a machine it may have shared with other benchmarks; the modes "
+            "train the same network for the same steps, so the column does not compare their speed."]
     return out
 
 
