@@ -47,12 +47,13 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(SHARED / "bench"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from pipeline import PeakRSS, provenance  # noqa: E402  (the benchmarks' memory sampler and record of a row)
-from score import score_stack  # noqa: E402  (the shared scorer)
+from score import score_pair, score_stack  # noqa: E402  (the shared scorer)
 
 DATA = ROOT / "benchmarks" / "data"
 NOISY, GT = DATA / "sim3d.zarr", DATA / "sim3d-gt.zarr"
 RESULTS = ROOT / "benchmarks" / "results"
 RECORD = RESULTS / "volume.json"
+WORK = ROOT / "benchmarks" / "work" / "volume"  # each network row's prediction, (T, Z, Y, X) float32 .npy
 METRICS = ("psnr", "psnr_raw", "ssim", "false_obj", "false_fg", "fg_dice")
 ANISOTROPY = 0.15 / 0.1  # simulate.py sim3d's default voxel: Z over Y-X
 
@@ -74,8 +75,19 @@ def volumes() -> tuple[np.ndarray, np.ndarray]:
 
 
 def scores(pred: np.ndarray, gt: np.ndarray) -> dict:
+    """The shared scorer's means per volume and over them, and the false objects per Mpx of each Z
+    slice averaged over the volumes (where along Z a method invents objects)."""
     per = [score_stack(np.asarray(p, np.float64), np.asarray(g, np.float64)) for p, g in zip(pred, gt)]
-    return {"mean": {k: float(np.mean([r[k] for r in per])) for k in METRICS}, "per_volume": per}
+    by_z = [[score_pair(np.asarray(ps, np.float64), np.asarray(gs, np.float64))["false_obj"] for ps, gs in zip(p, g)]
+            for p, g in zip(pred, gt)]
+    return {"mean": {k: float(np.mean([r[k] for r in per])) for k in METRICS}, "per_volume": per,
+            "false_obj_by_z": np.mean(by_z, axis=0).tolist()}
+
+
+def keep(key: str, pred: np.ndarray) -> None:
+    """Save a row's prediction under benchmarks/work/volume/ for a look after the run."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    np.save(WORK / f"{key.replace(' ', '_')}.npy", np.asarray(pred, np.float32))
 
 
 def stage_gaussian(noisy: np.ndarray, gt: np.ndarray) -> dict:
@@ -134,7 +146,8 @@ def stage_dims3(noisy: np.ndarray, gt: np.ndarray, budget: float, preset: str, p
                       f"anisotropy {ANISOTROPY:g}, global range, twins inference)",
             "train_seconds": train_s, "train_cpu_seconds": train_cpu, "probe_cpu_seconds_per_step": per_step,
             "infer_seconds": infer_s, "steps": steps, "patch": list(fit.patch),
-            "final_loss": float(np.mean(fit.losses[-20:])), "scores": scores(np.stack(preds), gt)}
+            "final_loss": float(np.mean(fit.losses[-20:])), "scores": scores(np.stack(preds), gt),
+            "pred": np.stack(preds)}
 
 
 def stage_dims2(noisy: np.ndarray, gt: np.ndarray, budget: float) -> dict:
@@ -151,7 +164,8 @@ def stage_dims2(noisy: np.ndarray, gt: np.ndarray, budget: float) -> dict:
     infer_s = time.perf_counter() - t2
     return {"method": f"per-plane 2-D default ({steps} steps; every other option at its default)",
             "train_seconds": train_s, "train_cpu_seconds": train_cpu, "probe_cpu_seconds_per_step": per_step,
-            "infer_seconds": infer_s, "steps": steps, "norm": model.train.norm.to_dict(), "scores": scores(pred, gt)}
+            "infer_seconds": infer_s, "steps": steps, "norm": model.train.norm.to_dict(), "scores": scores(pred, gt),
+            "pred": pred}
 
 
 def stage_zchunks(depths: tuple[int, ...], chunk_z: int, side: int = 256) -> dict:
@@ -236,6 +250,8 @@ def main() -> None:
     cmd = "python benchmarks/volume.py --stage"
 
     def put(key: str, row: dict, command: str, t0: float) -> None:
+        if "pred" in row:
+            keep(key, row.pop("pred"))
         if RECORD.is_file():  # another stage may have run beside this one: keep its rows
             rows.update({k: v for k, v in json.loads(RECORD.read_text()).items() if k != key})
         rows[key] = {**row, **provenance(command, time.perf_counter() - t0)}
