@@ -84,10 +84,16 @@ def scores(pred: np.ndarray, gt: np.ndarray) -> dict:
             "false_obj_by_z": np.mean(by_z, axis=0).tolist()}
 
 
-def keep(key: str, pred: np.ndarray) -> None:
-    """Save a row's prediction under benchmarks/work/volume/ for a look after the run."""
+def keep(key: str, pred: np.ndarray, fit: object = None) -> None:
+    """Save a row's prediction (and a 3-D row's trained network, ``torch.load(...,
+    weights_only=False)`` reads it back) under benchmarks/work/volume/ for a look after the run."""
     WORK.mkdir(parents=True, exist_ok=True)
-    np.save(WORK / f"{key.replace(' ', '_')}.npy", np.asarray(pred, np.float32))
+    name = key.replace(" ", "_")
+    np.save(WORK / f"{name}.npy", np.asarray(pred, np.float32))
+    if fit is not None:
+        import torch
+
+        torch.save(fit, WORK / f"{name}.pt")
 
 
 def stage_gaussian(noisy: np.ndarray, gt: np.ndarray) -> dict:
@@ -147,7 +153,7 @@ def stage_dims3(noisy: np.ndarray, gt: np.ndarray, budget: float, preset: str, p
             "train_seconds": train_s, "train_cpu_seconds": train_cpu, "probe_cpu_seconds_per_step": per_step,
             "infer_seconds": infer_s, "steps": steps, "patch": list(fit.patch),
             "final_loss": float(np.mean(fit.losses[-20:])), "scores": scores(np.stack(preds), gt),
-            "pred": np.stack(preds)}
+            "pred": np.stack(preds), "fit": fit}
 
 
 def stage_dims2(noisy: np.ndarray, gt: np.ndarray, budget: float) -> dict:
@@ -251,7 +257,7 @@ def main() -> None:
 
     def put(key: str, row: dict, command: str, t0: float) -> None:
         if "pred" in row:
-            keep(key, row.pop("pred"))
+            keep(key, row.pop("pred"), row.pop("fit", None))
         if RECORD.is_file():  # another stage may have run beside this one: keep its rows
             rows.update({k: v for k, v in json.loads(RECORD.read_text()).items() if k != key})
         rows[key] = {**row, **provenance(command, time.perf_counter() - t0)}
