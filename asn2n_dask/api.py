@@ -651,7 +651,7 @@ def _fit_volumes(data: Any, *, axes: str | None, config: VolumeTrainConfig, dept
                  channels: Sequence[str] | None, time: str | None, client: Any, series: int | None,
                  stats_cache: StatsCache | None) -> Model:
     """:func:`fit` with ``dims=3``: one 3-D network per channel."""
-    from .train3d import VolumeSampler, fit_volume
+    from .train3d import VolumeSampler, fit_volume, volume_method
 
     depth = str(depth_axis).upper()
     if depth not in ("Z", "T"):
@@ -674,7 +674,6 @@ def _fit_volumes(data: Any, *, axes: str | None, config: VolumeTrainConfig, dept
     log.info("anisotropy %.4g (from %s)", cfg.anisotropy, where)
     dev = resolve_device(device)
     rank = _rank()
-    estimator = cfg.norm.risk.estimator if cfg.norm.risk.estimator != "auto" else "reference"
     done: list[ChannelModel] = []
     spec: VolumeSpec | None = None
     for c, (name, vols, st) in enumerate(items):
@@ -684,15 +683,17 @@ def _fit_volumes(data: Any, *, axes: str | None, config: VolumeTrainConfig, dept
             if progress is not None:
                 progress(what, step, total)
 
+        method = volume_method(vols, st, cfg.norm)  # the risk estimator and share at risk, from its slices
         fitted = fit_volume(vols, cfg, stats=st.norm, device=dev, progress=step_cb)
         this = VolumeSpec(cfg.preset, fitted.patch, cfg.anisotropy, fitted.net.kernels, depth)  # type: ignore[arg-type]
         if spec is not None and this != spec:  # every channel's volumes have the same shape
             raise RuntimeError(f"channel {name} was trained as {this}, unlike the others ({spec})")
         spec = this
         history = _loss_history(fitted.losses)
-        done.append(ChannelModel(name=name, net=fitted.net, stats=st.norm, dataset_mode="global",
-                                 risk_estimator=estimator, steps=cfg.steps, seconds=fitted.seconds,
-                                 history=history))
+        done.append(ChannelModel(name=name, net=fitted.net, stats=st.norm, dataset_mode=method.dataset_mode,
+                                 high_risk_ratio=method.high_risk_ratio, risk_estimator=method.risk_estimator,
+                                 steps=cfg.steps, seconds=fitted.seconds, history=history,
+                                 extra={} if method.noise_sd is None else {"risk_noise_sd": method.noise_sd}))
         if model_dir is not None and rank == 0:
             _write_curves(model_dir, c, name, history)
         n_vols = len(vols.shapes) if isinstance(vols, VolumeSampler) else len(vols)

@@ -178,7 +178,8 @@ def run_chunk(spec: RunSpec, p: int, *position: int) -> int:
                              f"{spec.model_dir} takes {tz}; start again.")
         z, h, w = plan.frame_shape
         out, risk = denoise_window_3d(region, wp, (z, h, w), fns[mc], stats=stats, infer=plan.infer, tile_z=tz,
-                                      device=dev, multiple=model.channels[mc].net.multiple)
+                                      device=dev, multiple=model.channels[mc].net.multiple,
+                                      risk=model.method(mc).norm(model.train.norm).risk)
     else:
         method = model.method(mc)
         h, w = plan.frame_shape
@@ -592,7 +593,7 @@ def model_plan(source: Source, selection: Selection, options: RunOptions, model:
     if volume and getattr(model.volume, "depth_axis", "Z") != "Z":
         raise ModelError(f"the model in {model_dir} uses time as its depth axis; the chunked .zarr route tiles Z "
                          "volumes, so write a .tif output (denoised in memory) with this model.")
-    plan = make_plan(source, selection, options=options, patch=1 if volume else model.train.norm.risk.patch,
+    plan = make_plan(source, selection, options=options, patch=model.train.norm.risk.patch,
                      out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4,
                      spatial=spatial, tile_z=volume_tile_z(model) if volume else None)
     if volume:

@@ -787,9 +787,8 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
         Y and X alone, Z then as by default: :data:`DEFAULT_CHUNK_Z`); ``options.infer``
         the Y-X tile and the overlap of every axis.
     patch : int
-        Risk/normalisation patch side along Y and X.  A run with a 3-D network passes
-        1: its volumes are normalised on the channel's global range and it assesses no
-        patches, so its tasks read only the tiles around their chunks.
+        Risk/normalisation patch side along Y and X (a 3-D network's run classifies
+        each slice's patches as a frame's, though it normalises on one global range).
     out_itemsize : int
         Bytes per output pixel.
     spatial : str

@@ -15,18 +15,18 @@ import torch
 from numpy.typing import NDArray
 
 from .blend import blend_tiles, blend_window, check_tile, check_volume_tile, predict_volume_window
-from .config import InferConfig, NormConfig
+from .config import InferConfig, NormConfig, RiskThresholds
 from .method import applied_mode, channel_norm
 from .model import channels_last
 from .normalize import fields_at, patch_ranges, patch_span, window_fields
 from .pairs import make_volume_twins, normalised_views
 from .plan import WindowPlan, axis_reads, window_plan
-from .risk import assess_risk, noise_level
+from .risk import assess_risk, assess_risk_torch, noise_level
 from .stats import ChannelStats, channel_stats
 
 __all__ = ["resolve_device", "compiles", "network_fn", "normalised_views", "tile_fn", "WindowPlan", "window_plan",
            "patch_span", "axis_reads", "window_fields", "resolved_norm", "denoise_window", "denoise_frame",
-           "denoise_window_3d", "VOLUME_RISK"]
+           "denoise_window_3d", "slice_risk", "VOLUME_RISK"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -218,9 +218,8 @@ def _to_device(region: NDArray[np.number], dev: torch.device) -> torch.Tensor:
     return host.to(dev, non_blocking=True).double()
 
 
-#: The risk label of every voxel a 3-D network denoises (:func:`denoise_window_3d`):
-#: 0, nothing flagged.  The risk classes say which patches patch-wise normalisation
-#: would harm; a volume is normalised on its channel's global range alone, so none is.
+#: The risk label of every voxel a 3-D network denoises when no risk thresholds are
+#: given (:func:`denoise_window_3d`): 0, nothing flagged.
 VOLUME_RISK = 0
 
 
@@ -248,7 +247,8 @@ def volume_tile_fn(net_fn: Callable[[torch.Tensor], torch.Tensor], infer_on: str
 def denoise_window_3d(region: NDArray[np.number], plan: WindowPlan, frame_shape: tuple[int, int, int],
                       fn: Callable[[torch.Tensor], torch.Tensor], *, stats: ChannelStats,
                       infer: InferConfig = InferConfig(), tile_z: int, device: torch.device | str = "cpu",
-                      multiple: tuple[int, int, int] = (1, 1, 1)) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+                      multiple: tuple[int, int, int] = (1, 1, 1),
+                      risk: RiskThresholds | None = None) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
     """Denoise one window of a volume with a 3-D network, from the region its plan reads.
 
     Normalise on the channel's global range -> tiles of ``(tile_z, infer.tile,
@@ -285,13 +285,19 @@ def denoise_window_3d(region: NDArray[np.number], plan: WindowPlan, frame_shape:
     device : torch device
     multiple : (int, int, int)
         The network's size factors along Z, Y and X (:attr:`asn2n_dask.model.UNet3d.multiple`).
+    risk : RiskThresholds, optional
+        The channel's risk thresholds, estimator resolved (:meth:`asn2n_dask.checkpoint.Model.norm`):
+        each slice's patches of ``risk.patch`` x ``risk.patch`` pixels are classified as a frame's
+        are (:func:`asn2n_dask.risk.assess_risk_torch`), which needs a plan built with that patch
+        side along Y and X.  They do not change the denoising: a volume is normalised on its
+        channel's global range.
 
     Returns
     -------
     denoised : ndarray, shape (z1 - z0, y1 - y0, x1 - x0), float32, input units
     risk : ndarray, same shape, int8
-        :data:`VOLUME_RISK` everywhere: with one global scale no patch is normalised on
-        its own range, the harm the risk classes flag.
+        Risk class of each voxel's patch in its slice (0 safe, 1 weak background, 2 sparse
+        bright); :data:`VOLUME_RISK` everywhere without ``risk``.
 
     Raises
     ------
@@ -315,7 +321,36 @@ def denoise_window_3d(region: NDArray[np.number], plan: WindowPlan, frame_shape:
     pred = predict_volume_window(((img - lo) / span).float()[None], plan.tiles, plan.read, plan.window,
                                  volume_tile_fn(fn, infer.infer_on, infer.tta), tile_z=tz, config=infer)
     out = clamp_output(pred.double() * span + lo, stats).float()
-    return _to_host(out), np.full(out.shape, VOLUME_RISK, np.int8)  # the one copy out
+    if risk is None:
+        return _to_host(out), np.full(out.shape, VOLUME_RISK, np.int8)  # the one copy out
+    return _to_host(out), _to_host(slice_risk(img, plan, frame_shape, stats, risk))
+
+
+def slice_risk(img: torch.Tensor, plan: WindowPlan, frame_shape: tuple[int, int, int], stats: ChannelStats,
+               risk: RiskThresholds) -> torch.Tensor:
+    """Risk labels of a 3-D window: each of its slices' patches classified as a frame's.
+
+    ``img`` holds the volume over ``plan.read``, whose Y-X extent must be whole patches of
+    ``risk.patch`` (a plan built with that patch side: the last patch of a row or column
+    may stop at the volume's edge), so a patch's class depends on its pixels alone and a
+    volume labelled window by window is labelled as whole.
+    """
+    patch = risk.patch
+    (rz0, _), (ry0, ry1), (rx0, rx1) = plan.read
+    for (a, b), n in zip(((ry0, ry1), (rx0, rx1)), frame_shape[1:]):
+        if a % patch or (b % patch and b != n):
+            raise ValueError(f"the plan reads [{a}, {b}) along an axis of {n}: not whole {patch}-pixel risk "
+                             "patches; build it with the risk patch side")
+    z0, z1, y0, y1, x0, x1 = plan.window
+    dev = img.device
+    scale = stats.risk_scale(risk)
+    ly = torch.from_numpy((np.arange(y0, y1) - ry0) // patch).to(dev)
+    lx = torch.from_numpy((np.arange(x0, x1) - rx0) // patch).to(dev)
+    labels = torch.empty((z1 - z0, y1 - y0, x1 - x0), dtype=torch.int8, device=dev)
+    for k, z in enumerate(range(z0, z1)):
+        risk_map = assess_risk_torch(img[z - rz0], scale, risk)
+        labels[k] = risk_map.index_select(0, ly).index_select(1, lx)
+    return labels
 
 
 #: How far beyond the channel's data range (as a fraction of it) a denoised value may go.

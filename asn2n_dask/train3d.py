@@ -27,16 +27,19 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .config import PRESETS_3D, VolumeTrainConfig
+from .config import PRESETS_3D, NormConfig, VolumeTrainConfig
 from .errors import ConfigError, InputError
+from .method import ChannelMethod, decide_method
 from .model import UNet3d, build_unet3d, pooling_kernels
 from .pairs import make_volume_twins
-from .risk import FrameStats, frame_stats
-from .source import Source
+from .risk import FrameStats, assess_risk, frame_stats
+from .sampling import channel_noise
+from .source import Source, spread
+from .stats import ChannelStats
 from .train import self_constrained_loss
 
-__all__ = ["VolumeFit", "VolumeSampler", "ArrayVolumes", "SourceVolumes", "volume_patch", "sample_volume_patches",
-           "volume_twins_batch", "fit_volume"]
+__all__ = ["VolumeFit", "VolumeSampler", "ArrayVolumes", "SourceVolumes", "VolumeSlices", "volume_method",
+           "volume_patch", "sample_volume_patches", "volume_twins_batch", "fit_volume"]
 
 Shape3 = tuple[int, int, int]
 
@@ -155,6 +158,70 @@ class SourceVolumes:
         inp = self.inputs[k]
         arr = inp.open() if isinstance(inp, Source) else inp
         return np.asarray(arr[tuple(key) + (slice(y, y + py), slice(x, x + px))])
+
+
+@dataclass(frozen=True)
+class VolumeSlices:
+    """The slices (along the depth axis) of one volume of a :class:`VolumeSampler` as
+    frames, read a window at a time (an :class:`asn2n_dask.sampling.PlaneReader`)."""
+
+    volumes: VolumeSampler
+    index: int
+
+    @property
+    def n_planes(self) -> int:
+        return int(self.volumes.shapes[self.index][0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        _, y, x = self.volumes.shapes[self.index]
+        return int(y), int(x)
+
+    @property
+    def chunks(self) -> tuple[int, int]:
+        return self.frame_shape
+
+    def read(self, plane: int, rows: tuple[int, int], cols: tuple[int, int]) -> NDArray[Any]:
+        (y0, y1), (x0, x1) = rows, cols
+        return self.volumes.read(self.index, (plane, y0, x0), (1, y1 - y0, x1 - x0))[0]
+
+
+def volume_method(volumes: NDArray[np.number] | Sequence[NDArray[np.number]] | VolumeSampler,
+                  stats: ChannelStats, norm: NormConfig, frames: int = 8) -> ChannelMethod:
+    """How one channel of volumes is processed, decided once when its 3-D network is fitted.
+
+    The risk classes of a volume are those of its slices, patch by patch as for frames:
+    an ``"auto"`` estimator is resolved from the pixel noise of the slices
+    (:func:`asn2n_dask.sampling.channel_noise`), and the share of patches at risk is
+    measured on ``frames`` slices spread over the volumes, each read whole.  A volume is
+    normalised on the channel's global range whatever that share (``dataset_mode``
+    ``"global"``): the risk classes say where patch-wise normalisation would have done
+    harm, and are written beside the output.
+    """
+    sampler: VolumeSampler
+    if isinstance(volumes, VolumeSampler):
+        sampler = volumes
+    else:
+        arr = [np.asarray(v) for v in (volumes if not isinstance(volumes, np.ndarray) or volumes.ndim == 4
+                                       else [volumes])]
+        sampler = ArrayVolumes(tuple(arr))
+    readers = [VolumeSlices(sampler, i) for i in range(len(sampler.shapes))]
+    planes = [(r, p) for r in readers for p in range(r.n_planes)]
+
+    def high_risk_ratio(resolved: NormConfig) -> float:
+        scale = stats.risk_scale(resolved.risk)
+        maps = []
+        for i in spread(len(planes), frames):
+            r, p = planes[i]
+            (h, w) = r.frame_shape
+            maps.append(assess_risk(np.asarray(r.read(p, (0, h), (0, w))), thresholds=resolved.risk,
+                                    stats=scale).risk_map.ravel())
+        return float(np.mean(np.concatenate(maps) != 0))
+
+    decided = decide_method(norm, stats.norm, noise_sd=lambda: channel_noise(readers, stats, norm.risk, frames),
+                            high_risk_ratio=high_risk_ratio)
+    return ChannelMethod.of(norm, stats.norm, risk_estimator=decided.risk_estimator, dataset_mode="global",
+                            high_risk_ratio=decided.high_risk_ratio, noise_sd=decided.noise_sd, spatial_dims=3)
 
 
 @dataclass

@@ -9,13 +9,13 @@ import torch
 
 from asn2n_dask import InferConfig
 from asn2n_dask.blend import predict_tiled_volume
-from asn2n_dask.config import NormConfig
+from asn2n_dask.config import NormConfig, RiskThresholds
 from asn2n_dask.errors import ConfigError
 from asn2n_dask.model import build_unet3d
 from asn2n_dask.pairs import make_volume_twins
 from asn2n_dask.plan import AxisPlan, WindowPlan, Windows, axis_stride
 from asn2n_dask.predict import VOLUME_RISK, clamp_output, denoise_window_3d, network_fn, volume_tile_fn
-from asn2n_dask.risk import FrameStats
+from asn2n_dask.risk import FrameStats, assess_risk
 from asn2n_dask.stats import ChannelStats, channel_stats
 
 INFER = InferConfig(tile=16, batch=8)
@@ -52,11 +52,13 @@ def stats_of(vol: np.ndarray) -> ChannelStats:
 
 
 def axis_plans(shape: tuple[int, ...], chunks: tuple[int, ...], tile_z: int = TILE_Z,
-               infer: InferConfig = INFER) -> list[AxisPlan]:
+               infer: InferConfig = INFER, patch: int = 1) -> list[AxisPlan]:
     """The Z, Y and X axes of a 3-D run, as :func:`asn2n_dask.plan.make_plan` makes them
-    (without its smallest-chunk rule, so that 12 slices can be cut in several chunks)."""
-    tiles = [(tile_z, axis_stride(tile_z, infer.overlap)), (infer.tile, infer.stride), (infer.tile, infer.stride)]
-    return [AxisPlan(a, n, min(c, n), t, s, 1) for a, n, c, (t, s) in zip("ZYX", shape, chunks, tiles)]
+    (without its smallest-chunk rule, so that 12 slices can be cut in several chunks), with
+    risk patches of ``patch`` pixels along Y and X."""
+    tiles = [(tile_z, axis_stride(tile_z, infer.overlap), 1), (infer.tile, infer.stride, patch),
+             (infer.tile, infer.stride, patch)]
+    return [AxisPlan(a, n, min(c, n), *t) for a, n, c, t in zip("ZYX", shape, chunks, tiles)]
 
 
 def window_plans(shape: tuple[int, ...], chunks: tuple[int, ...], **kw) -> list[WindowPlan]:
@@ -70,20 +72,65 @@ def window_plans(shape: tuple[int, ...], chunks: tuple[int, ...], **kw) -> list[
 
 
 def denoise_chunked(vol: np.ndarray, chunks: tuple[int, ...], fn, stats: ChannelStats, *, multiple=(1, 1, 1),
-                    reads: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    reads: list | None = None, risk: RiskThresholds | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The volume denoised chunk by chunk, each from only the region its plan reads, stitched."""
     out = np.full(vol.shape, np.nan, np.float32)
-    risk = np.full(vol.shape, -1, np.int8)
-    for wp in window_plans(vol.shape, chunks):
+    labels = np.full(vol.shape, -1, np.int8)
+    for wp in window_plans(vol.shape, chunks, patch=1 if risk is None else risk.patch):
         if reads is not None:
             reads.append((wp.window, wp.read))
         region = vol[tuple(slice(a, b) for a, b in wp.read)].copy()
         d, r = denoise_window_3d(region, wp, vol.shape, fn, stats=stats, infer=INFER, tile_z=TILE_Z,
-                                 multiple=multiple)
+                                 multiple=multiple, risk=risk)
         where = tuple(slice(wp.window[2 * i], wp.window[2 * i + 1]) for i in range(3))
         assert d.shape == r.shape == vol[where].shape and d.dtype == np.float32 and r.dtype == np.int8
-        out[where], risk[where] = d, r
-    return out, risk
+        out[where], labels[where] = d, r
+    return out, labels
+
+
+def half_dark_volume() -> np.ndarray:
+    """The noisy volume with a dark, flat band along X whose width grows with Z (weak-background
+    patches beside safe ones, changing from slice to slice) and a few bright puncta in it."""
+    vol = noisy_volume().astype(np.float32)
+    rng = np.random.default_rng(2)
+    for z in range(SHAPE[0]):
+        vol[z, :, : 8 + 2 * z] = rng.poisson(20, (SHAPE[1], 8 + 2 * z))
+    vol[3, 4, 2] = vol[9, 30, 5] = 900
+    return vol.astype(np.uint16)
+
+
+def slice_classes(vol: np.ndarray, stats: ChannelStats, thr: RiskThresholds) -> np.ndarray:
+    """Each voxel's risk class: its slice classified whole, as a frame, each patch's class spread
+    over its pixels."""
+    maps = np.stack([assess_risk(s, thresholds=thr, stats=stats.risk_scale(thr)).risk_map for s in vol])
+    ys, xs = np.arange(vol.shape[1]) // thr.patch, np.arange(vol.shape[2]) // thr.patch
+    return maps[:, ys][:, :, xs]
+
+
+@pytest.mark.parametrize("chunks", [(5, 16, 24), (7, 13, 20), (12, 40, 48)])
+def test_a_volumes_risk_labels_are_its_slices_classes_whatever_the_chunks(net, chunks):
+    vol = half_dark_volume()
+    stats = stats_of(vol)
+    thr = RiskThresholds(patch=8, estimator="reference")
+    fn = network_fn(net, "cpu")
+    out, labels = denoise_chunked(vol, chunks, fn, stats, multiple=net.multiple, risk=thr)
+    want = slice_classes(vol, stats, thr)
+    assert {0, 1} <= set(np.unique(want).tolist())  # safe and weak-background patches both
+    assert (want[0] != want[-1]).any()  # and they move along Z
+    np.testing.assert_array_equal(labels, want)
+    # the labels say where patch-wise normalisation would harm; the volume is denoised as without them
+    plain, zeros = denoise_chunked(vol, chunks, fn, stats, multiple=net.multiple)
+    np.testing.assert_array_equal(out, plain)
+    assert (zeros == VOLUME_RISK).all()
+
+
+def test_risk_labels_need_a_plan_with_whole_risk_patches(net):
+    vol = half_dark_volume()
+    (wp,) = [w for w in window_plans(SHAPE, (12, 16, 24)) if w.window[2] == 16][:1]  # read from row 16 - halo
+    region = vol[tuple(slice(a, b) for a, b in wp.read)]
+    with pytest.raises(ValueError, match="whole 8-pixel risk patches"):
+        denoise_window_3d(region, wp, SHAPE, network_fn(net, "cpu"), stats=stats_of(vol), infer=INFER,
+                          tile_z=TILE_Z, multiple=net.multiple, risk=RiskThresholds(patch=8, estimator="reference"))
 
 
 @pytest.mark.parametrize("chunks", [(5, 40, 48), (7, 16, 20), (3, 13, 48), (12, 40, 48)])
@@ -221,7 +268,7 @@ class VolumeModel:
 
         self.volume = SimpleNamespace(patch=(TILE_Z, 16, 16))
         self.channels = [SimpleNamespace(name="0", net=net, risk_estimator=None)]
-        self.train = SimpleNamespace(norm=NormConfig(mode="global"))
+        self.train = SimpleNamespace(norm=NormConfig(mode="global", risk=RiskThresholds(patch=16)))
         self.n_channels = 1
         self.trained = trained
 
@@ -240,6 +287,7 @@ def volume_run(tmp_path, net, monkeypatch):
 
     z, y, x = np.mgrid[0:36, 0:40, 0:48]
     clean = 200 + 3 * z + 30 * np.sin(x / 6) * np.cos(y / 5)
+    clean[:, :, :16] = 20  # a dark band: weak-background patches in every slice
     vol = np.random.default_rng(1).poisson(clean).astype(np.uint16)[None, None]
     write_image(tmp_path / "vol.zarr", vol, ImageMeta(axes="TCZYX", format="ome-zarr"))
     (tmp_path / "model").mkdir()
@@ -265,10 +313,15 @@ def test_a_3d_model_denoises_an_ome_zarr_chunked_along_z_y_and_x_as_the_whole_vo
     out = root["0"][...]
     assert out.shape == vol.shape and out.dtype == np.float32 and root["0"].chunks == (1, 1, 16, 16, 24)
     labels = root["labels/risk-0/0"][...]
-    assert labels.shape == vol.shape[:1] + vol.shape[2:] and (labels == VOLUME_RISK).all()
+    assert labels.shape == vol.shape[:1] + vol.shape[2:]
+    # each slice's patches classified as a frame's, with the estimator the model resolved for the channel
+    thr = model.method(0).norm(model.train.norm).risk
+    want_labels = slice_classes(vol[0, 0], channel_stats(vol[0], model.train.norm)[0], thr)
+    assert {0, 1} <= set(np.unique(want_labels).tolist())
+    np.testing.assert_array_equal(labels[0], want_labels)
     # the whole volume in one window, on the channel's statistics
     stats = channel_stats(vol[0], NormConfig(mode="global"))[0]
-    plan = make_plan(src, options=RunOptions(infer=INFER), patch=1, spatial="ZYX", tile_z=TILE_Z)
+    plan = make_plan(src, options=RunOptions(infer=INFER), patch=16, spatial="ZYX", tile_z=TILE_Z)
     assert plan.n_tasks == 1
     want, _ = denoise_window_3d(vol[0, 0], plan.window_plan(0), vol.shape[2:], network_fn(model.channels[0].net, "cpu"),
                                 stats=stats, infer=INFER, tile_z=TILE_Z, multiple=model.channels[0].net.multiple)

@@ -173,7 +173,11 @@ def test_a_dask_array_trains_lazily_to_the_numpy_network(monkeypatch):
     got = fit(da.from_array(data, chunks=(1, 4, 16, 16)), axes="TZYX", dims=3, volume=TINY3D, device="cpu")
     assert got.channels[0].stats == want.channels[0].stats
     same_weights(got.channels[0].net, want.channels[0].net)
-    assert into_memory == [TINY3D.patch] * (TINY3D.steps * TINY3D.batch)  # sub-volumes only, never the array
+    # the channel's method first, from single slices (their pixel noise and patches at risk), then the
+    # training sub-volumes: never the array
+    slices = [s for s in into_memory if s[0] == 1]
+    assert 0 < len(slices) <= 16 and set(slices) == {(1, 32, 32)}
+    assert into_memory[len(slices):] == [TINY3D.patch] * (TINY3D.steps * TINY3D.batch)
 
 
 # --- (c, d) memory and reads: bounded by the sub-volume, not the volume -----------------------
@@ -241,7 +245,11 @@ def test_only_sub_volumes_are_read_while_training(measured, monkeypatch):
     monkeypatch.setattr(Source, "open", lambda self: Counting(opened(self), reads))
     cfg = VolumeTrainConfig(preset="tiny3d", steps=4, patch=(8, 32, 32), batch=3)
     fit(path, axes="TCZYX", dims=3, volume=cfg, device="cpu")
-    assert len(reads) == cfg.steps * cfg.batch  # one indexing per sub-volume, nothing else
-    for key, shape in reads:
-        assert shape == cfg.patch
+    # the channel's method from single slices first (at most 8 for its pixel noise, 8 for its patches at
+    # risk), then one indexing per sub-volume, nothing else
+    slices = [shape for _, shape in reads if shape[0] == 1]
+    assert 0 < len(slices) <= 16 and set(slices) == {(1, 256, 256)}
+    assert len(reads) == len(slices) + cfg.steps * cfg.batch
+    assert all(shape == cfg.patch for _, shape in reads[len(slices):])
+    for key, _ in reads:
         assert all(isinstance(k, (int, slice)) for k in key)  # basic indexing: only the chunks under it

@@ -177,6 +177,38 @@ def test_fit_dims_3_trains_a_3d_network_per_channel_and_saves_it(fitted):
     assert (d / "curves-0.csv").read_text().splitlines()[0].startswith("step,train_loss")
 
 
+def test_each_channels_risk_estimator_and_share_at_risk_are_decided_from_its_slices_and_kept(fitted, stack):
+    from asn2n_dask.risk import assess_risk, noise_level
+    from asn2n_dask.stats import channel_stats
+
+    model, d = fitted
+    ch, thr = model.channels[0], model.train.norm.risk
+    assert thr.estimator == "auto"  # the training option; the channel's is resolved
+    st = channel_stats(stack.reshape(1, -1, *stack.shape[-2:]), model.train.norm)[0]
+    slices = stack.reshape(-1, *stack.shape[-2:])  # 16 slices, 8 of them spread evenly
+    picks = [slices[i] for i in np.linspace(0, len(slices) - 1, 8).round().astype(int)]
+    noise = noise_level(picks, thr.patch, st.risk_scale(thr))
+    assert ch.extra["risk_noise_sd"] == pytest.approx(noise, rel=1e-6)
+    assert ch.risk_estimator == ("noise-aware" if noise > thr.bg_std else "reference")
+    resolved = model.norm(0).risk
+    maps = [assess_risk(s, thresholds=resolved, stats=st.risk_scale(resolved)).risk_map for s in picks]
+    assert ch.high_risk_ratio == pytest.approx(np.mean(np.concatenate([m.ravel() for m in maps]) != 0))
+    assert ch.dataset_mode == "global"  # a volume is normalised on one global range whatever the share
+    again = load_model(d).channels[0]
+    assert (again.risk_estimator, again.high_risk_ratio, again.extra.get("risk_noise_sd")) == (
+        ch.risk_estimator, ch.high_risk_ratio, ch.extra["risk_noise_sd"])
+
+
+def test_a_noisy_and_a_quiet_volume_get_the_estimator_their_noise_needs():
+    rng = np.random.default_rng(3)
+    scene = np.zeros((8, 32, 32), np.float32)
+    scene[:, 8:24, 8:24] = 1000.0
+    quiet = fit(scene + rng.poisson(20, scene.shape), axes="ZYX", dims=3, volume=TINY3D, device="cpu")
+    loud = fit(scene + rng.normal(100, 150, scene.shape), axes="ZYX", dims=3, volume=TINY3D, device="cpu")
+    assert quiet.channels[0].risk_estimator == "reference"
+    assert loud.channels[0].risk_estimator == "noise-aware"
+
+
 def test_the_channel_is_normalised_on_its_statistics_over_every_volume(fitted, stack):
     from asn2n_dask.stats import channel_stats
 
