@@ -238,12 +238,84 @@ def render(rows: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stage_zleak(gt: np.ndarray, keys: list[str]) -> dict:
+    """Where the false objects of the kept predictions lie: the share of them within a pixel
+    of the ground truth's foreground in the next slice up or down (structure carried along Z,
+    not made up where nothing is near), against the share of true background within a pixel
+    of that reach (where an object of a few pixels would touch it by chance).  Masks,
+    objects and background as the shared scorer's (Otsu foreground; background farther than
+    3 px from it; objects of 4 px or more touching no foreground)."""
+    from scipy import ndimage as ndi
+
+    def otsu(img: np.ndarray) -> np.ndarray:
+        from skimage.filters import threshold_otsu
+
+        return img > threshold_otsu(img) if img.max() > img.min() else np.zeros(img.shape, bool)
+
+    near_bg, out = [], {}
+    masks = [[otsu(g) for g in vol] for vol in gt.astype(np.float64)]
+    reach = []  # per volume, per slice: 1 px around the foreground of the slices either side
+    for fg in masks:
+        reach.append([ndi.binary_dilation(np.logical_or.reduce([fg[z + d] for d in (-1, 1) if 0 <= z + d < len(fg)]),
+                                          iterations=1) for z in range(len(fg))])
+    for t, fg in enumerate(masks):
+        for z in range(len(fg)):
+            bg = ~ndi.binary_dilation(fg[z], iterations=3)
+            near_bg.append(float((ndi.binary_dilation(reach[t][z], iterations=1) & bg).sum() / max(bg.sum(), 1)))
+    for key in keys:
+        pred = np.load(WORK / f"{key.replace(' ', '_')}.npy").astype(np.float64)
+        count = near = 0
+        for t, fg in enumerate(masks):
+            for z in range(len(fg)):
+                bg = ~ndi.binary_dilation(fg[z], iterations=3)
+                lab, n = ndi.label(otsu(pred[t, z]), structure=np.ones((3, 3)))
+                if not n:
+                    continue
+                sizes = np.bincount(lab.ravel())
+                touches = np.zeros(n + 1, bool)
+                touches[np.unique(lab[~bg])] = True
+                keep = (sizes >= 4) & ~touches
+                keep[0] = False
+                for i in np.flatnonzero(keep):
+                    count += 1
+                    near += bool(reach[t][z][lab == i].any())
+        out[key] = {"false_objects": count, "near_next_slices": near}
+    return {"method": "false objects beside the next slices' structure", "rows": out,
+            "background_near_next_slices": float(np.mean(near_bg))}
+
+
+def plot_false_objects(rows: dict, path: Path) -> Path | None:
+    """False objects per Mpx against the Z slice, one line per row that records them
+    (``false_obj_by_z``): where along the volume each method invents objects."""
+    from asn2n_dask.plots import pyplot, save_figure
+
+    keyed = [r for _, r in sorted(rows.items()) if "false_obj_by_z" in r.get("scores", {})]
+    if not keyed:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for r in keyed:
+        by_z = np.asarray(r["scores"]["false_obj_by_z"])
+        label = r["method"].split(" (")[0] + (f", {r['train_cpu_seconds']:.0f} CPU s" if "train_cpu_seconds" in r
+                                              else "")
+        ax.plot(np.arange(len(by_z)), np.maximum(by_z, 0.5), "o-", ms=3, label=f"{label} (mean "
+                f"{r['scores']['mean']['false_obj']:.1f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("Z slice")
+    ax.set_ylabel("false objects per Mpx (0 drawn at 0.5)")
+    ax.set_title("simulate.py sim3d: false objects slice by slice, mean of the two time points")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["data", "gaussian", "dims3", "dims2"],
-                    choices=["data", "gaussian", "dims3", "dims2", "zchunks", "report"])
+                    choices=["data", "gaussian", "dims3", "dims2", "zchunks", "zleak", "report"])
     ap.add_argument("--row", default=None, help="dims3/dims2: the row's key (default: the stage's name, the "
                     "pair compared at one budget)")
+    ap.add_argument("--zleak-rows", nargs="+", default=["dims2 3000", "dims3 3000"],
+                    help="zleak: the rows whose kept predictions to look at")
     ap.add_argument("--depths", type=int, nargs="+", default=[64, 256], help="zchunks: volume depths")
     ap.add_argument("--chunk-z", type=int, default=32, help="zchunks: output chunk depth")
     ap.add_argument("--side", type=int, default=256, help="zchunks: the volumes' Y and X size")
@@ -265,7 +337,7 @@ def main() -> None:
         RECORD.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
 
     stages = set(args.stage)
-    if stages & {"data", "gaussian", "dims3", "dims2"}:
+    if stages & {"data", "gaussian", "dims3", "dims2", "zleak"}:
         t0 = time.perf_counter()
         noisy, gt = volumes()
         if "data" in stages:
@@ -284,12 +356,17 @@ def main() -> None:
         row = f" --row '{args.row}'" if args.row else ""
         put(args.row or "dims2", stage_dims2(noisy, gt, args.cpu_seconds),
             f"{cmd} dims2 --cpu-seconds {args.cpu_seconds:g}{row}", t0)
+    if "zleak" in stages:
+        t0 = time.perf_counter()
+        put("zleak", stage_zleak(gt, args.zleak_rows),
+            f"{cmd} zleak --zleak-rows {' '.join(repr(k) for k in args.zleak_rows)}", t0)
     if "zchunks" in stages:
         t0 = time.perf_counter()
         put("zchunks", stage_zchunks(tuple(args.depths), args.chunk_z, args.side),
             f"{cmd} zchunks --depths {' '.join(map(str, args.depths))} --chunk-z {args.chunk_z} --side {args.side}",
             t0)
     (RESULTS / "volume.md").write_text(render(rows))
+    plot_false_objects(rows, RESULTS / "volume-false-objects.png")
     print(render(rows))
 
 
