@@ -541,23 +541,41 @@ def volume_section(rows: dict) -> list[str]:
         out.append(f"| {label} | {m['psnr']:.2f} | {m['psnr_raw']:.2f} | {m['ssim']:.3f} | {m['false_obj']:.2f} | "
                    f"{r.get('steps', '')} | {train} | {wall(r):.0f} | {commit(r)} |")
     if "dims3" in rows and "dims2" in rows and "gaussian" in rows:
-        d3, d2, g = (rows[k]["scores"]["mean"] for k in ("dims3", "dims2", "gaussian"))
-        met = (d3["psnr"] - d2["psnr"] >= 0.5 and d3["psnr"] - g["psnr"] >= 1.5
-               and d3["false_obj"] <= d2["false_obj"])
-        out += ["", f"With {rows['dims3']['train_cpu_seconds']:.0f} (3-D) and {rows['dims2']['train_cpu_seconds']:.0f} "
-                f"(2-D) CPU seconds of training, 3-D against per-plane 2-D: {signed(d3['psnr'] - d2['psnr'])}; "
-                f"against the best 3-D Gaussian: "
-                f"{signed(d3['psnr'] - g['psnr'])}; false objects per Mpx {d3['false_obj']:.2f} (2-D "
-                f"{d2['false_obj']:.2f}). The targets, +0.5 dB over 2-D and +1.5 dB over the Gaussian with no more "
-                f"false objects than 2-D: {'met' if met else 'not met'}."]
-        for k3 in sorted(k for k in rows if k.startswith("dims3 ") and "dims2 " + k.split(" ", 1)[1] in rows):
-            e3, e2 = rows[k3], rows["dims2 " + k3.split(" ", 1)[1]]
+        g = rows["gaussian"]["scores"]["mean"]
+        pairs = [("dims3", "dims2")] + [(k, "dims2 " + k.split(" ", 1)[1]) for k in sorted(rows)
+                                         if k.startswith("dims3 ") and "dims2 " + k.split(" ", 1)[1] in rows]
+        pairs.sort(key=lambda p: rows[p[0]]["train_cpu_seconds"])
+        out.append("")
+        fewer = True
+        for k3, k2 in pairs:
+            e3, e2 = rows[k3], rows[k2]
             m3, m2 = e3["scores"]["mean"], e2["scores"]["mean"]
-            out.append(f"With {e3['train_cpu_seconds']:.0f} (3-D) and {e2['train_cpu_seconds']:.0f} (2-D) CPU seconds: "
-                       f"3-D against 2-D {signed(m3['psnr'] - m2['psnr'])}, against the best 3-D Gaussian "
-                       f"{signed(m3['psnr'] - g['psnr'])}; false objects per Mpx {m3['false_obj']:.2f} (2-D "
-                       f"{m2['false_obj']:.2f}).")
-        out.append("Per-plane 2-D stays the default (`--dims 2`).")
+            psnr_met = m3["psnr"] - m2["psnr"] >= 0.5 and m3["psnr"] - g["psnr"] >= 1.5
+            fewer = fewer and m3["false_obj"] <= m2["false_obj"]
+            verdict = ("met" if psnr_met and m3["false_obj"] <= m2["false_obj"] else
+                       "psnr met, false objects not" if psnr_met else "not met")
+            out.append(f"With {e3['train_cpu_seconds']:.0f} (3-D) and {e2['train_cpu_seconds']:.0f} (2-D) CPU "
+                       f"seconds of training: 3-D against per-plane 2-D {signed(m3['psnr'] - m2['psnr'])}, against "
+                       f"the best 3-D Gaussian {signed(m3['psnr'] - g['psnr'])}; false objects per Mpx "
+                       f"{m3['false_obj']:.2f} (2-D {m2['false_obj']:.2f}). The targets (+0.5 dB over 2-D, +1.5 dB "
+                       f"over the Gaussian, no more false objects than 2-D): {verdict}.")
+        z = rows.get("zleak")
+        if z and z.get("commit"):
+            parts = []
+            for k, v in z["rows"].items():
+                kind = "3-D U-Net" if k.startswith("dims3") else "per-plane 2-D"
+                parts.append(f"of the {kind}'s {v['false_objects']} ({rows[k]['train_cpu_seconds']:.0f} CPU s), "
+                             f"{v['near_next_slices']} ({v['near_next_slices'] / max(v['false_objects'], 1):.0%})")
+            out += ["", f"Where the false objects lie (`{z['command']}`, at {commit(z)}): " + "; ".join(parts)
+                    + " lie within a pixel of true structure in the next slice up or down, where "
+                    f"{z['background_near_next_slices']:.1%} of the true background lies. The 3-D network's false "
+                    "objects are real structure carried into the neighbouring slices (it resolves less along Z than "
+                    "the truth holds), not objects made up in empty background.", "",
+                    "![False objects per Mpx, slice by slice, for each method of the table]"
+                    "(benchmarks/results/volume-false-objects.png)"]
+        out += ["", "Per-plane 2-D stays the default (`--dims 2`)"
+                + (": at every training budget measured 3-D left more false objects than 2-D." if not fewer
+                   else ".")]
     if "zchunks" in rows and rows["zchunks"].get("commit"):
         r = quoted(rows, "zchunks", "volume")
         runs = sorted(r["runs"].values(), key=lambda v: v["depth"])

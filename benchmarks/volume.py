@@ -293,7 +293,7 @@ def plot_false_objects(rows: dict, path: Path) -> Path | None:
     if not keyed:
         return None
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(10, 4), constrained_layout=True)
     for r in keyed:
         by_z = np.asarray(r["scores"]["false_obj_by_z"])
         label = r["method"].split(" (")[0] + (f", {r['train_cpu_seconds']:.0f} CPU s" if "train_cpu_seconds" in r
@@ -304,7 +304,7 @@ def plot_false_objects(rows: dict, path: Path) -> Path | None:
     ax.set_xlabel("Z slice")
     ax.set_ylabel("false objects per Mpx (0 drawn at 0.5)")
     ax.set_title("simulate.py sim3d: false objects slice by slice, mean of the two time points")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)
 
 
