@@ -929,13 +929,14 @@ def _fit_locked(inputs: list[Path], model_dir: Path, options: dict[str, Any], pi
 
 def _channel_line(model: Any, c: int) -> str:
     """What training decided for one channel, in one line."""
+    m = model.method(c)
+    why = f" (pixel noise {m.noise_sd:.3f} of the range)" if m.noise_sd is not None else ""
     if model.volume is not None:
         v = model.volume
         return (f"channel {model.channels[c].name}: 3-D network on {'x'.join(map(str, v.patch))} sub-volumes "
                 f"(depth axis {v.depth_axis}, anisotropy {v.anisotropy:g}), range {model.channels[c].stats.lo:g} to "
-                f"{model.channels[c].stats.hi:g}")
-    m = model.method(c)
-    why = f" (pixel noise {m.noise_sd:.3f} of the range)" if m.noise_sd is not None else ""
+                f"{model.channels[c].stats.hi:g}; risk labels by slice with estimator {m.risk_estimator}{why}, "
+                f"{m.high_risk_ratio:.0%} of patches high-risk")
     return (f"channel {model.channels[c].name}: risk estimator {m.risk_estimator}{why}, {m.high_risk_ratio:.0%} of "
             f"patches high-risk, dataset decision {m.dataset_mode}")
 

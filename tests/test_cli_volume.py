@@ -37,6 +37,8 @@ def files(tmp_path_factory):
     r = runner.invoke(app, list(map(str, ["fit", d / "zyx.tif", "--model", d / "m3", *FAST3D, "--patch", "8,16,16"])))
     assert r.exit_code == 0, r.output
     assert "channel 0: 3-D network on 8x16x16 sub-volumes" in r.stdout
+    # Poisson noise around 10 counts: far above the published rule's background threshold
+    assert "risk labels by slice with estimator noise-aware (pixel noise" in r.stdout
     return d
 
 
