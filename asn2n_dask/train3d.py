@@ -186,8 +186,8 @@ class VolumeSlices:
         return self.volumes.read(self.index, (plane, y0, x0), (1, y1 - y0, x1 - x0))[0]
 
 
-def volume_method(volumes: NDArray[np.number] | Sequence[NDArray[np.number]] | VolumeSampler,
-                  stats: ChannelStats, norm: NormConfig, frames: int = 8) -> ChannelMethod:
+def volume_method(volumes: Sequence[NDArray[np.number]] | VolumeSampler, stats: ChannelStats, norm: NormConfig,
+                  frames: int = 8) -> ChannelMethod:
     """How one channel of volumes is processed, decided once when its 3-D network is fitted.
 
     The risk classes of a volume are those of its slices, patch by patch as for frames:
@@ -198,13 +198,7 @@ def volume_method(volumes: NDArray[np.number] | Sequence[NDArray[np.number]] | V
     ``"global"``): the risk classes say where patch-wise normalisation would have done
     harm, and are written beside the output.
     """
-    sampler: VolumeSampler
-    if isinstance(volumes, VolumeSampler):
-        sampler = volumes
-    else:
-        arr = [np.asarray(v) for v in (volumes if not isinstance(volumes, np.ndarray) or volumes.ndim == 4
-                                       else [volumes])]
-        sampler = ArrayVolumes(tuple(arr))
+    sampler = volumes if isinstance(volumes, VolumeSampler) else ArrayVolumes(tuple(volumes))
     readers = [VolumeSlices(sampler, i) for i in range(len(sampler.shapes))]
     planes = [(r, p) for r in readers for p in range(r.n_planes)]
 
