@@ -554,7 +554,7 @@ def volume_section(rows: dict) -> list[str]:
             fewer = fewer and m3["false_obj"] <= m2["false_obj"]
             verdict = ("met" if psnr_met and m3["false_obj"] <= m2["false_obj"] else
                        "psnr met, false objects not" if psnr_met else "not met")
-            out.append(f"With {e3['train_cpu_seconds']:.0f} (3-D) and {e2['train_cpu_seconds']:.0f} (2-D) CPU "
+            out.append(f"- With {e3['train_cpu_seconds']:.0f} (3-D) and {e2['train_cpu_seconds']:.0f} (2-D) CPU "
                        f"seconds of training: 3-D against per-plane 2-D {signed(m3['psnr'] - m2['psnr'])}, against "
                        f"the best 3-D Gaussian {signed(m3['psnr'] - g['psnr'])}; false objects per Mpx "
                        f"{m3['false_obj']:.2f} (2-D {m2['false_obj']:.2f}). The targets (+0.5 dB over 2-D, +1.5 dB "
