@@ -402,7 +402,11 @@ def _job(plan: Plan, options: RunOptions, msha: str) -> dict[str, Any]:
     """What the output's fingerprint covers (:func:`asn2n_dask.resume.fingerprint`),
     but the statistics: known before any data is read."""
     source = plan.source
+    # a 3-D run's label images hold each slice's risk classes over patches of this side; outputs
+    # begun before they did (0 throughout) lack it, and are not resumed into a mixed label image
+    risk = {"risk_patch": plan.patch} if plan.tile_z is not None else {}
     return {
+        **risk,
         "input": {"path": source.path, "array": source.array_path, "shape": list(source.shape),
                   "dtype": source.dtype, "axes": source.axes},
         "selection": plan.selection.to_dict(),

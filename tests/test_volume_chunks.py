@@ -331,6 +331,29 @@ def test_a_3d_model_denoises_an_ome_zarr_chunked_along_z_y_and_x_as_the_whole_vo
     assert again.already_complete and again.computed == 0
 
 
+def test_a_3d_output_begun_before_its_labels_held_risk_classes_is_not_resumed(volume_run):
+    """An output whose record lacks the risk patch (label images 0 throughout, as 3-D runs wrote
+    them before) is refused, not completed into a label image of two kinds."""
+    import zarr
+
+    from asn2n_dask.errors import OutputError
+    from asn2n_dask.pipeline import RunOptions, run_pipeline
+    from asn2n_dask.source import open_source
+
+    d, _, _ = volume_run
+    src = open_source(d / "vol.zarr")
+    opts = RunOptions(infer=INFER, chunks=(16, 16, 24))
+    run_pipeline(src, d / "out.zarr", d / "model", options=opts, client="sync")
+    root = zarr.open_group(str(d / "out.zarr"), mode="r+")
+    asn = dict(root.attrs["asn2n"])
+    assert asn["job"]["risk_patch"] == 16
+    asn["job"] = {k: v for k, v in asn["job"].items() if k != "risk_patch"}
+    asn["fingerprint"] = "from an earlier version"
+    root.attrs["asn2n"] = asn
+    with pytest.raises(OutputError, match=r"holds a different run \(its options differ \(risk_patch\)\)"):
+        run_pipeline(src, d / "out.zarr", d / "model", options=opts, client="sync")
+
+
 def test_a_3d_model_is_refused_a_run_over_frames(volume_run):
     from asn2n_dask.errors import ModelError
     from asn2n_dask.pipeline import RunOptions, run_pipeline
