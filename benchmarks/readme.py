@@ -516,7 +516,9 @@ def volume_section(rows: dict) -> list[str]:
         kind = "3-D U-Net (`small3d`)" if k.startswith("dims3") else "per-plane 2-D"
         other = ("dims2 " if k.startswith("dims3") else "dims3 ") + k.split(" ", 1)[1]
         alone = "" if other in rows else ", no run of the other kind at this budget"
-        return f"{kind}, {rows[k]['train_cpu_seconds']:.0f} CPU s of training{alone}"
+        threads = rows[k].get("threads", 1)
+        on = f" on {threads} threads" if threads != 1 else ""
+        return f"{kind}, {rows[k]['train_cpu_seconds']:.0f} CPU s of training{on}{alone}"
 
     labels += [(single(k), k) for k in sorted(rows) if k.startswith(("dims2 ", "dims3 "))]
     # per-plane rows that do not record their normalisation were trained when the default was adaptive
@@ -574,7 +576,7 @@ def volume_section(rows: dict) -> list[str]:
                     "![False objects per Mpx, slice by slice, for each method of the table]"
                     "(benchmarks/results/volume-false-objects.png)"]
         out += ["", "Per-plane 2-D stays the default (`--dims 2`)"
-                + (": at every training budget measured 3-D left more false objects than 2-D." if not fewer
+                + (": at every budget where both were trained 3-D left more false objects than 2-D." if not fewer
                    else ".")]
     if "zchunks" in rows and rows["zchunks"].get("commit"):
         r = quoted(rows, "zchunks", "volume")
