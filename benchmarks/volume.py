@@ -246,11 +246,7 @@ def stage_zleak(gt: np.ndarray, keys: list[str]) -> dict:
     objects and background as the shared scorer's (Otsu foreground; background farther than
     3 px from it; objects of 4 px or more touching no foreground)."""
     from scipy import ndimage as ndi
-
-    def otsu(img: np.ndarray) -> np.ndarray:
-        from skimage.filters import threshold_otsu
-
-        return img > threshold_otsu(img) if img.max() > img.min() else np.zeros(img.shape, bool)
+    from score import _otsu_mask as otsu  # the scorer's own foreground mask
 
     near_bg, out = [], {}
     masks = [[otsu(g) for g in vol] for vol in gt.astype(np.float64)]
