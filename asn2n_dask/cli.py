@@ -390,8 +390,9 @@ ChannelOpt = Annotated[list[str] | None, typer.Option("--channel", "-c", help="C
 TimeOpt = Annotated[str | None, typer.Option("--time", help="Time points to process, as start:stop (e.g. 0:100).")]
 ChunksOpt = Annotated[str | None, typer.Option("--chunks", help="Zarr output: chunk side in Y and X, e.g. 1024 "
                                               f"or 512x1024, at least {MIN_CHUNK} (default: the input's, "
-                                              f"{DEFAULT_CHUNK[0]} to {DEFAULT_CHUNK[1]}); with a 3-D model ZxYxX "
-                                              "(Y-X alone: Z as the input's). One task per chunk.")]
+                                              f"{DEFAULT_CHUNK[0]} to {DEFAULT_CHUNK[1]}); with a 3-D model ZxYxX, "
+                                              "TxYxX with time as its depth (Y-X alone: the depth as the input's). "
+                                              "One task per chunk.")]
 OmeOpt = Annotated[OmeVersion, typer.Option("--ome", help="Zarr output: OME-Zarr 0.5 (Zarr v3) or 0.4 (Zarr "
                                             "v2).")]
 PyramidOpt = Annotated[int, typer.Option("--pyramid", min=0, max=MAX_LEVELS, help="Zarr output: extra downsampled "
@@ -1259,9 +1260,11 @@ def run(
     _check_model_out(mdir, [input])
     src, sel = _open_selection(input, axes, channel, time, series)  # a bad selection is said before training
     if zarr_out:  # and bad chunks
-        from .plan import SPATIAL_AXES, VOLUME_AXES, output_chunks
+        from .plan import SPATIAL_AXES, check_run_axes, output_chunks
 
-        output_chunks(src, _parse_chunks(chunks), VOLUME_AXES if dims == 3 else SPATIAL_AXES)
+        spatial = f"{(options['depth_axis'] or 'Z').upper()}YX" if dims == 3 else SPATIAL_AXES
+        check_run_axes(src, sel, spatial)
+        output_chunks(src, _parse_chunks(chunks), spatial)
     with output_lock(output), output_lock(mdir):
         _run_locked(input, output, mdir, src, sel, options, infer, zarr_out, overwrite, axes=axes, channel=channel,
                     time=time, device=device, chunks=chunks, dtype=dtype, ome=ome, pyramid=pyramid,

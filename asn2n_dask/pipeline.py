@@ -68,7 +68,7 @@ from .store import MIN_LEVEL  # noqa: F401  (re-exported)
 from .store import open_outputs as _open_outputs
 
 __all__ = ["RunOptions", "Plan", "make_plan", "run_pipeline", "check_output_path", "RunSummary", "PROGRESS_DIR",
-           "run_chunk", "StatsCache", "source_listing", "is_volume_model", "volume_tile_z"]
+           "run_chunk", "StatsCache", "source_listing", "is_volume_model", "volume_tile_z", "run_axes"]
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,8 @@ def run_chunk(spec: RunSpec, p: int, *position: int) -> int:
     first chunk also loads, and may compile, the network) and writing it.
 
     ``position``: the chunk's place in the grid of each spatial axis (``iy, ix``; ``iz,
-    iy, ix`` for a 3-D model's run).  Returns :data:`COMPUTED` or :data:`SKIPPED`.
+    iy, ix`` for a 3-D model's run, ``it, iy, ix`` for one with time as its depth axis).
+    Returns :data:`COMPUTED` or :data:`SKIPPED`.
     """
     from .predict import denoise_window, denoise_window_3d
 
@@ -156,14 +157,14 @@ def run_chunk(spec: RunSpec, p: int, *position: int) -> int:
     wp = plan.window_plan(k)
     out_idx, src_idx, c = plan.plane_index(p)
     spatial = plan.window_slices(k)
-    where = out_idx + spatial
-    label_where = plan.label_index(out_idx) + spatial
+    where = plan.output_index(out_idx, spatial)
+    label_where = plan.label_index(out_idx, spatial)
     rec = resume.record_path(spec.output, p, *position)
     out_arr, risk_arr = _open_outputs(spec.output, plan.labels[c])
     if resume.chunk_done(rec, lambda: (out_arr[where], risk_arr[label_where]), (p, *position), spec.output):
         return SKIPPED
     t0 = time.perf_counter()
-    region = np.asarray(plan.source.open()[src_idx + tuple(slice(a, b) for a, b in wp.read)])
+    region = np.asarray(plan.source.open()[plan.source_index(src_idx, [slice(a, b) for a, b in wp.read])])
     t_read = time.perf_counter()
     if region.dtype.kind == "f" and not np.isfinite(region).all():
         raise InputError(f"{plan.source.path} holds NaN or infinite values in plane {src_idx}; replace them "
@@ -174,7 +175,7 @@ def run_chunk(spec: RunSpec, p: int, *position: int) -> int:
     if is_volume_model(model):
         tz = volume_tile_z(model)
         if plan.tile_z != tz:
-            raise ModelError(f"the run was planned for Z tiles of {plan.tile_z} slices but the model in "
+            raise ModelError(f"the run was planned for depth tiles of {plan.tile_z} slices but the model in "
                              f"{spec.model_dir} takes {tz}; start again.")
         z, h, w = plan.frame_shape
         out, risk = denoise_window_3d(region, wp, (z, h, w), fns[mc], stats=stats, infer=plan.infer, tile_z=tz,
@@ -499,11 +500,12 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
     stats_cache : StatsCache, optional
         Statistics this process measured for the same input and channels (``asn2n
         run``'s training): used instead of a second pass when still valid.
-    spatial : {"YX", "ZYX"}, optional
+    spatial : {"YX", "ZYX", "TYX"}, optional
         The axes cut into chunks and tiles: ``"YX"`` for a 2-D model (its frames), ``"ZYX"``
         for a 3-D one (:func:`is_volume_model`: volumes, tiled along Z with the Z of its
         training sub-volumes, :func:`volume_tile_z`; ``options.chunks`` then gives Z, Y
-        and X).  Default: the model's.
+        and X), ``"TYX"`` for a 3-D one with time as its depth axis (tiled along T as
+        along Z).  Default: the model's (:func:`run_axes`).
 
     Returns
     -------
@@ -579,50 +581,55 @@ def run_pipeline(source: Source, output: str | os.PathLike[str], model_dir: str 
 def model_plan(source: Source, selection: Selection, options: RunOptions, model: Any,
                model_dir: str | os.PathLike[str], spatial: str | None = None) -> Plan:
     """The plan of running ``model`` over a selection: over Y-X frames for a 2-D model,
-    over Z-Y-X volumes (its training Z as the Z tile) for a 3-D one, with the tiles
-    checked against its networks.
+    over Z-Y-X volumes (its training Z as the Z tile) for a 3-D one, or over T-Y-X for a
+    3-D one with time as its depth axis (each channel's time series one volume), with the
+    tiles checked against its networks.
 
     Raises
     ------
     ModelError
-        ``spatial`` the model cannot denoise, or a 3-D model trained with time as its
-        depth axis (the chunked route tiles Z; such a model denoises in memory).
+        ``spatial`` the model cannot denoise.
     InputError, ConfigError
-        As :func:`make_plan`, and tiles the networks cannot take.
+        As :func:`make_plan`, an input without the model's depth axis (or with a Z axis
+        that time as depth would leave out), and tiles the networks cannot take.
     """
     from .blend import check_tile, check_volume_tile
 
     volume = is_volume_model(model)
-    spatial = parse_spatial(spatial, volume, model_dir)
-    if volume and getattr(model.volume, "depth_axis", "Z") != "Z":
-        raise ModelError(f"the model in {model_dir} uses time as its depth axis; the chunked .zarr route tiles Z "
-                         "volumes, so write a .tif output (denoised in memory) with this model.")
+    spatial = parse_spatial(spatial, model, model_dir)
     plan = make_plan(source, selection, options=options, patch=model.train.norm.risk.patch,
                      out_itemsize=np.dtype(source.dtype).itemsize if options.dtype == "input" else 4,
                      spatial=spatial, tile_z=volume_tile_z(model) if volume else None)
     if volume:
         for ch in model.channels:
-            net: Any = ch.net  # a UNet3d: one factor per axis (Z, Y, X)
+            net: Any = ch.net  # a UNet3d: one factor per axis (depth, Y, X)
             check_volume_tile(options.infer, plan.tile_z, net.multiple)
     else:
         check_tile(options.infer, model.multiple)
     return plan
 
 
-def parse_spatial(spatial: str | None, volume: bool, model_dir: str | os.PathLike[str]) -> str:
-    """The axes a run tiles: ``spatial``, or the model's (:data:`~asn2n_dask.plan.VOLUME_AXES`
-    for a 3-D model, :data:`~asn2n_dask.plan.SPATIAL_AXES` else).
+def run_axes(model: Any) -> str:
+    """The axes a run with ``model`` tiles: :data:`~asn2n_dask.plan.SPATIAL_AXES` for a
+    2-D model; for a 3-D one its depth axis (Z, or T), Y and X."""
+    if not is_volume_model(model):
+        return SPATIAL_AXES
+    return f"{getattr(model.volume, 'depth_axis', 'Z')}YX"
+
+
+def parse_spatial(spatial: str | None, model: Any, model_dir: str | os.PathLike[str]) -> str:
+    """The axes a run tiles: ``spatial``, or the model's (:func:`run_axes`).
 
     Raises
     ------
     ModelError
         ``spatial`` that the model cannot denoise.
     """
-    own = VOLUME_AXES if volume else SPATIAL_AXES
+    own = run_axes(model)
     if spatial is not None and spatial != own:
-        kind = "3-D (volumes)" if volume else "2-D (frames)"
+        kind = "2-D (frames)" if own == SPATIAL_AXES else f"3-D (depth axis {own[0]})"
         raise ModelError(f"the model in {model_dir} is {kind} and denoises over {own}, not {spatial}; use a "
-                         f"{'2-D' if volume else '3-D'} model for that.")
+                         f"{'3-D' if own == SPATIAL_AXES else '2-D'} model for that.")
     return own
 
 

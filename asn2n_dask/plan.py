@@ -7,8 +7,9 @@ small frozen object, :class:`AxisPlan` (its length, chunk, tile, stride and patc
 way zarr describes a chunk grid per dimension), and the arithmetic along an axis never
 looks at another axis: a window's region is the product of its per-axis ranges.  A
 :class:`Plan` holds one :class:`AxisPlan` per spatial axis (Y and X for a 2-D network;
-Z, Y and X for a 3-D one, whose Z tile is its own) and the non-spatial planes (time
-points, channels, and Z planes for a 2-D network).
+Z, Y and X for a 3-D one, whose Z tile is its own; T, Y and X for a 3-D network with
+time as its depth axis) and the non-spatial planes (time points, channels, and Z planes
+for a 2-D network), wherever they sit among the output's axes.
 
 Tiles of side ``tile`` sit at origins ``k * stride - margin`` on each axis, with
 ``margin = (tile - stride) // 2``: the grid depends on frame coordinates alone, never on
@@ -29,16 +30,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import ome
-from .axes import canonical_order
+from .axes import canonical_order, check_depth_axis
 from .config import MAX_TILE, InferConfig
 from .errors import ConfigError, InputError
 from .normalize import _patch_spans, patch_span
 from .source import Selection, Source, check_source
 
-__all__ = ["TileGrid", "tile_grid", "reflect_index", "WindowTiles", "window_tiles", "check_tile_frame",
-           "WindowPlan", "window_plan", "axis_window", "axis_reads", "AxisReads", "AxisPlan", "Windows",
-           "RunOptions", "Plan", "make_plan", "channel_labels", "MAX_TASKS", "MIN_CHUNK", "DEFAULT_CHUNK", "OME_ORDER",
-           "SPATIAL_AXES", "VOLUME_AXES", "check_tile_z", "axis_stride"]
+__all__ = ["TileGrid", "tile_grid", "reflect_index", "WindowTiles", "window_tiles", "check_tile_frame", "WindowPlan",
+           "window_plan", "axis_window", "axis_reads", "AxisReads", "AxisPlan", "Windows", "RunOptions", "Plan",
+           "make_plan", "check_run_axes", "channel_labels", "MAX_TASKS", "MIN_CHUNK", "DEFAULT_CHUNK", "OME_ORDER",
+           "SPATIAL_AXES", "VOLUME_AXES", "RUN_VOLUME_AXES", "check_tile_z", "axis_stride"]
 
 #: Most chunk tasks one run schedules (a graph of more would take more memory and
 #: scheduling time than the work itself).
@@ -60,6 +61,9 @@ OME_ORDER = "TCZYX"
 SPATIAL_AXES = "YX"
 #: The spatial axes of a run with a 3-D network: Z is tiled too, with a tile of its own.
 VOLUME_AXES = "ZYX"
+#: The spatial axes of a run with a 3-D network, by its depth axis: Z (volumes) or T
+#: (a time series seen as one volume per channel; T is then tiled like Z).
+RUN_VOLUME_AXES = (VOLUME_AXES, "TYX")
 
 
 # ------------------------------------------------------------------ tiles along one axis
@@ -521,8 +525,8 @@ class Plan:
         Output axes: the input's, in T, C, Z, Y, X order (OME-NGFF's).
     spatial : tuple of AxisPlan
         The axes cut into chunks and tiles (Y, X; or Z, Y, X for a 3-D network, the
-        Z tile its own: :attr:`tile_z`), the output's last ones: per axis its length,
-        chunk, tiles and patches.
+        Z tile its own: :attr:`tile_z`; or T, Y, X for one with time as its depth
+        axis), in output order: per axis its length, chunk, tiles and patches.
     plane_shape : tuple of int
         Output sizes of the other axes, the planes (planes = their product).
     plane_sources : tuple of sequences of int
@@ -565,11 +569,12 @@ class Plan:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.plane_shape + self.frame_shape
+        return tuple(int(i) for i in _interleave(self.axes, self.spatial_axes, self.plane_shape, self.frame_shape))
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        return (1,) * len(self.plane_shape) + tuple(a.chunk for a in self.spatial)
+        ones = (1,) * len(self.plane_shape)
+        return tuple(int(i) for i in _interleave(self.axes, self.spatial_axes, ones, [a.chunk for a in self.spatial]))
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
@@ -593,7 +598,7 @@ class Plan:
 
     @property
     def tile_z(self) -> int | None:
-        """The Z tile (slices) of a run over Z, Y and X (a 3-D network's); None for a 2-D run."""
+        """The depth tile (slices) of a run over Z (or T), Y and X (a 3-D network's); None for a 2-D run."""
         return self.spatial[0].tile if len(self.spatial) == 3 else None
 
     @property
@@ -636,24 +641,41 @@ class Plan:
                              "schedules; select fewer time points or channels (--time, --channel), or use larger "
                              "--chunks.")
 
+    @property
+    def spatial_axes(self) -> str:
+        """The tiled axes' letters, in output order (``"YX"``, ``"ZYX"`` or ``"TYX"``)."""
+        return "".join(a.name for a in self.spatial)
+
     def plane_index(self, p: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
         """Output index (plane axes), source index (plane axes of the input, in the
         input's order) and output channel of plane ``p``."""
         out = tuple(int(i) for i in np.unravel_index(p, self.plane_shape)) if self.plane_shape else ()
-        src = [0] * len(out)
-        for a, i in enumerate(out):
-            src[self.order[a] if self.order else a] = int(self.plane_sources[a][i])
+        at = [i for i, a in enumerate(self.axes) if a not in self.spatial_axes]  # the planes' output positions
+        read_from = [self.order[i] if self.order else i for i in at]  # ... and their input positions
+        src = [int(self.plane_sources[a][i]) for a, i in enumerate(out)]
         c = out[self.channel_axis] if self.channel_axis is not None else 0
-        return out, tuple(src), c
+        return out, tuple(v for _, v in sorted(zip(read_from, src))), c
+
+    def output_index(self, out: tuple[int, ...], spatial: Sequence[slice]) -> tuple[int | slice, ...]:
+        """The index into the output of plane ``out`` (:meth:`plane_index`) and the
+        ``spatial`` slices (:meth:`window_slices`), wherever the spatial axes sit."""
+        return _interleave(self.axes, self.spatial_axes, out, spatial)
+
+    def source_index(self, src: tuple[int, ...], spatial: Sequence[slice]) -> tuple[int | slice, ...]:
+        """The index into the input, in its own axis order, of the plane ``src``
+        (:meth:`plane_index`) and the ``spatial`` slices (a region read)."""
+        return _interleave(self.source.axes, self.spatial_axes, src, spatial)
 
     @property
     def label_axes(self) -> str:
         """Axes of a risk label image: the output's without ``C``."""
         return str(ome.drop_channel(self.axes)[0])
 
-    def label_index(self, out: tuple[int, ...]) -> tuple[int, ...]:
-        """The index of a label image from an output index (``C``'s entry dropped)."""
-        return tuple(i for a, i in enumerate(out) if a != self.channel_axis)
+    def label_index(self, out: tuple[int, ...], spatial: Sequence[slice]) -> tuple[int | slice, ...]:
+        """The index into a label image of plane ``out`` (``C``'s entry dropped) and the
+        ``spatial`` slices."""
+        planes = tuple(i for a, i in enumerate(out) if a != self.channel_axis)
+        return _interleave(self.label_axes, self.spatial_axes, planes, spatial)
 
     def bytes_read(self) -> int:
         return math.prod(a.reads().total for a in self.spatial) * self.n_planes * self.itemsize
@@ -681,7 +703,8 @@ class Plan:
         halo = ", ".join(f"{a.halo} px ({a.name})" for a in self.spatial)
         tiles = (f"{self.infer.tile} px at {self.infer.overlap:.0%} overlap (stride {self.infer.stride})"
                  if self.tile_z is None else
-                 f"{self.tile_z} x {self.infer.tile} x {self.infer.tile} voxels (Z Y X) at {self.infer.overlap:.0%} "
+                 f"{self.tile_z} x {self.infer.tile} x {self.infer.tile} voxels ({' '.join(self.spatial_axes)}) at "
+                 f"{self.infer.overlap:.0%} "
                  f"overlap (strides {self.spatial[0].stride}, {self.infer.stride})")
         reach = f"tiles overlapping a chunk plus one {self.patch}-px normalisation patch"
         if self.tile_z is not None:
@@ -714,6 +737,17 @@ class Plan:
                 "halo": list(self.halo), "tasks": self.n_tasks, "bytes_read": self.bytes_read(),
                 "bytes_written": self.bytes_written(), "peak_task_bytes": self.peak_task_bytes(),
                 "selection": self.selection.to_dict()}
+
+
+def _interleave(axes: str, spatial: str, planes: Sequence[Any], cuts: Sequence[Any]) -> tuple[Any, ...]:
+    """One entry per letter of ``axes``: the next of ``cuts`` for a letter of ``spatial``,
+    the next of ``planes`` for any other.
+
+    >>> _interleave("TCYX", "TYX", [1], ["t", "y", "x"])
+    ('t', 1, 'y', 'x')
+    """
+    p, c = iter(planes), iter(cuts)
+    return tuple(next(c) if a in spatial else next(p) for a in axes)
 
 
 def _compact(index: Any) -> Sequence[int]:
@@ -769,6 +803,26 @@ def output_chunks(source: Source, chunks: Sequence[int] | None, spatial: str = S
     return tuple(int(c) for c in chunks)
 
 
+def check_run_axes(source: Source, selection: Selection, spatial: str) -> None:
+    """Refuse a run over ``spatial`` that the input's axes or the selection do not allow,
+    from the metadata alone (before any training or reading): a missing axis, a Z axis
+    that a run over T (time as depth) would leave out, or time points selected for one.
+
+    Raises
+    ------
+    InputError, ConfigError
+    """
+    if spatial not in (SPATIAL_AXES, *RUN_VOLUME_AXES):
+        raise ValueError(f"a run tiles {SPATIAL_AXES} or one of {RUN_VOLUME_AXES}; got {spatial!r}")
+    if len(spatial) == 3:
+        check_depth_axis(source.axes, spatial[0], str(source.path))
+    if any(a not in source.axes for a in spatial):
+        raise InputError(f"{source.path} has axes {source.axes}; a run over {spatial} needs each of them.")
+    if "T" in spatial and selection.time is not None:
+        raise ConfigError("--time selects time points, but a model with time as its depth axis denoises the whole "
+                          "time series as one volume; leave --time out.")
+
+
 def make_plan(source: Source, selection: Selection = Selection(), *, options: RunOptions = RunOptions(),
               patch: int = 64, out_itemsize: int = 4, spatial: str = SPATIAL_AXES,
               tile_z: int | None = None) -> Plan:
@@ -792,22 +846,24 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
     out_itemsize : int
         Bytes per output pixel.
     spatial : str
-        The axes cut into chunks and tiles, the output's last ones: ``"YX"``
-        (:data:`SPATIAL_AXES`, a 2-D network), or ``"ZYX"`` (:data:`VOLUME_AXES`, a 3-D
-        network, with ``tile_z``).
+        The axes cut into chunks and tiles: ``"YX"`` (:data:`SPATIAL_AXES`, a 2-D
+        network), or ``"ZYX"`` or ``"TYX"`` (:data:`RUN_VOLUME_AXES`, a 3-D network with
+        Z or time as its depth axis, with ``tile_z``).  Time as depth takes the whole time
+        series (a ``selection`` of time points is refused).
     tile_z : int, optional
-        A 3-D network's Z tile, in slices (its training sub-volume's Z): tiles of
+        A 3-D network's depth tile, in slices (its training sub-volume's depth): tiles of
         ``tile_z`` slices at :func:`axis_stride` of it along the first of three spatial
-        axes.  Required with three spatial axes, refused with two.  The Z axis has no
+        axes.  Required with three spatial axes, refused with two.  The depth axis has no
         patches (patch side 1): the risk patch is a Y-X square of one slice.
 
     Raises
     ------
     InputError
-        Frames smaller than 4x4 pixels, or an axis that is not T, C, Z, Y or X.
+        Frames smaller than 4x4 pixels, an axis that is not T, C, Z, Y or X, or one
+        of ``spatial`` missing.
     ConfigError
-        Chunks that do not match ``spatial``, or a ``tile_z`` missing, out of range or
-        given to a 2-D run.
+        Chunks that do not match ``spatial``, a ``tile_z`` missing, out of range or
+        given to a 2-D run, or time points selected for a run over T.
     """
     check_source(source)
     if not set(source.axes) <= set(OME_ORDER):
@@ -815,10 +871,7 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
                          "or X (name the others with --axes).")
     order = canonical_order(source.axes, OME_ORDER)
     axes = "".join(source.axes[i] for i in order)
-    if not axes.endswith(spatial):
-        raise InputError(f"{source.path} has axes {source.axes}; a run over {spatial} needs each of them.")
-    if len(spatial) not in (2, 3):
-        raise ValueError(f"a run tiles two or three spatial axes; got {spatial!r}")
+    check_run_axes(source, selection, spatial)
     if (len(spatial) == 3) != (tile_z is not None):
         raise ConfigError(f"a run over {spatial} needs a Z tile exactly when it tiles three axes (a 3-D network's); "
                           f"got Z tile {tile_z}.")
@@ -834,12 +887,12 @@ def make_plan(source: Source, selection: Selection = Selection(), *, options: Ru
         tz = check_tile_z(tile_z)
         tiles.insert(0, (tz, axis_stride(tz, options.infer.overlap), 1))
     axis_plans = tuple(AxisPlan(a, n, min(c, n), *t) for a, n, c, t in zip(spatial, sizes, chunk, tiles))
-    planes = axes[:-len(spatial)]
-    c_ax = planes.index("C") if "C" in planes else None
-    labels = ome.channel_label_names("risk", None if c_ax is None else channel_labels(source, idx[c_ax]))
+    planes = [i for i, a in enumerate(axes) if a not in spatial]  # output positions of the other axes
+    c_ax = [axes[i] for i in planes].index("C") if "C" in axes else None
+    labels = ome.channel_label_names("risk", None if c_ax is None else channel_labels(source, idx[planes[c_ax]]))
     return Plan(source=source, selection=selection, axes=axes, spatial=axis_plans,
-                plane_shape=tuple(len(i) for i in idx[:len(planes)]),
-                plane_sources=tuple(_compact(i) for i in idx[:len(planes)]), channel_axis=c_ax,
+                plane_shape=tuple(len(idx[i]) for i in planes),
+                plane_sources=tuple(_compact(idx[i]) for i in planes), channel_axis=c_ax,
                 infer=options.infer, itemsize=np.dtype(source.dtype).itemsize, out_itemsize=out_itemsize,
                 order=order if order != tuple(range(len(order))) else (), labels=tuple(labels))
 

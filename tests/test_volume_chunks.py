@@ -364,8 +364,14 @@ def test_a_3d_model_is_refused_a_run_over_frames(volume_run):
         run_pipeline(open_source(d / "vol.zarr"), d / "out.zarr", d / "model", options=RunOptions(infer=INFER),
                      client="sync", spatial="YX")
     assert not (d / "out.zarr").exists()
+    from types import SimpleNamespace
+
     from asn2n_dask.pipeline import parse_spatial
 
-    assert parse_spatial(None, True, "m") == "ZYX" and parse_spatial(None, False, "m") == "YX"
+    flat, by_z = SimpleNamespace(dims=2), SimpleNamespace(dims=3, volume=SimpleNamespace(depth_axis="Z"))
+    by_t = SimpleNamespace(dims=3, volume=SimpleNamespace(depth_axis="T"))
+    assert [parse_spatial(None, m, "m") for m in (flat, by_z, by_t)] == ["YX", "ZYX", "TYX"]
     with pytest.raises(ModelError, match="2-D .* over YX, not ZYX"):
-        parse_spatial("ZYX", False, "m")
+        parse_spatial("ZYX", flat, "m")
+    with pytest.raises(ModelError, match=r"3-D \(depth axis T\) .* over TYX, not ZYX"):
+        parse_spatial("ZYX", by_t, "m")

@@ -144,7 +144,7 @@ def test_run_dims_3_fits_and_denoises_a_stack(vol, tmp_path):
     assert tifffile.imread(tmp_path / "out.tif").shape == data.shape
 
 
-def test_2d_only_options_and_a_time_depth_model_on_the_chunked_route_are_refused(vol, tmp_path):
+def test_2d_only_options_and_a_time_depth_model_on_a_volume_are_refused(vol, tmp_path):
     d, _ = vol
     r = invoke("run", d / "zyx.tif", "-o", tmp_path / "o.tif", *FAST3D, "--risk-estimator", "reference")
     assert r.exit_code == 2 and "--risk-estimator applies to 2-D training only" in r.stderr, r.output
@@ -152,10 +152,10 @@ def test_2d_only_options_and_a_time_depth_model_on_the_chunked_route_are_refused
                      metadata={"axes": "TYX"})
     r = invoke("fit", tmp_path / "tyx.tif", "--model", tmp_path / "mt", *FAST3D, "--depth-axis", "T")
     assert r.exit_code == 0, r.output
-    r = invoke("denoise", tmp_path / "tyx.tif", "-o", tmp_path / "t.zarr", "-m", tmp_path / "mt", *INFER)
-    assert r.exit_code == 2 and "time as its depth axis" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = invoke("denoise", d / "zyx.tif", "-o", tmp_path / "t.zarr", "-m", tmp_path / "mt", *INFER)
+    assert r.exit_code == 2 and "its Z axis would be left out" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "t.zarr").exists()
-    r = invoke("denoise", tmp_path / "tyx.tif", "-o", tmp_path / "t.tif", "-m", tmp_path / "mt", *INFER)
+    r = invoke("denoise", tmp_path / "tyx.tif", "-o", tmp_path / "t.zarr", "-m", tmp_path / "mt", *INFER)
     assert r.exit_code == 0, r.output
 
 
