@@ -121,7 +121,7 @@ def realdata_section(rows: dict) -> list[str]:
     if verdicts:
         out += ["", f"Against the target (best Gaussian + {W2S_GAIN_DB:g} dB, at most {W2S_MAX_FALSE_OBJ:g} false "
                 f"objects per Mpx): " + "; ".join(verdicts) + "."]
-    out += w2s_same_norm(rows) + w2s_blend(rows) + w2s_tta(rows)
+    out += w2s_budget(rows) + w2s_same_norm(rows) + w2s_blend(rows) + w2s_tta(rows)
     missing = [c for c in range(3) if f"c{c} asn2n run (defaults)" not in rows]
     if missing:
         out += ["", "Not yet recorded: the default command on channel(s) "
@@ -151,6 +151,31 @@ def w2s_same_norm(rows: dict) -> list[str]:
             "scale, so it is today's default (`global`) there. `asn2n run --norm adaptive` against `--norm global` "
             f"on each channel's 16 frames, {', '.join(map(str, steps))} steps (`python benchmarks/realdata.py "
             "--stage same-norm`): " + "; ".join(cells) + "."]
+
+
+def w2s_budget(rows: dict) -> list[str]:
+    """The default command at each number of training steps recorded, per channel: its
+    gain over the best Gaussian against the steps (the rows ``asn2n run --steps N`` and
+    ``asn2n run (defaults)``, at the default's steps)."""
+    from asn2n_dask.config import TrainConfig
+
+    out = []
+    for c in sorted({r["channel"] for r in rows.values()}):
+        gauss = rows.get(f"c{c} best Gaussian per image")
+        runs = {TrainConfig().steps if r["method"] == "asn2n run (defaults)" else int(r["method"].split()[-1]): r
+                for r in rows.values() if r["channel"] == c
+                and re.fullmatch(r"asn2n run (\(defaults\)|--steps \d+)", r["method"])}
+        if gauss is None or len(runs) < 2:
+            continue
+        g = gauss["scores"]["mean"]["psnr"]
+        points = [f"{n} steps {signed(runs[n]['scores']['mean']['psnr'] - g)} ({wall(runs[n]):.0f} s)"
+                  for n in sorted(runs)]
+        out.append(f"channel {c}: " + ", ".join(points))
+    if not out:
+        return []
+    return ["", "Training budget: the default command with `--steps N` (every other option at its default; "
+            "`python benchmarks/realdata.py --stage default --steps N`), psnr against the best Gaussian, with the "
+            "command's wall time: " + "; ".join(out) + "."]
 
 
 def w2s_tta(rows: dict) -> list[str]:
