@@ -533,6 +533,15 @@ def scale_section(rows: dict) -> list[str]:
     return out
 
 
+def training_budget(r: dict, what: str = "") -> str:
+    """A volume row's training budget: CPU seconds (and threads, where more than one), or
+    wall seconds on its GPU; ``what`` follows the seconds (`` of training``)."""
+    if r.get("device", "cpu") == "cpu":
+        threads = r.get("threads", 1)
+        return f"{r['train_cpu_seconds']:.0f} CPU s{what}" + (f" on {threads} threads" if threads != 1 else "")
+    return f"{r['train_seconds']:.0f} s{what} on one {r.get('gpu', r['device'])}"
+
+
 def volume_section(rows: dict) -> list[str]:
     """3-D against per-plane 2-D on ``simulate.py sim3d`` (``benchmarks/volume.py``)."""
     labels = [("noisy input", "noisy"), ("best 3-D Gaussian filter (sigmas by error against the truth)", "gaussian"),
@@ -541,9 +550,7 @@ def volume_section(rows: dict) -> list[str]:
         kind = "3-D U-Net (`small3d`)" if k.startswith("dims3") else "per-plane 2-D"
         other = ("dims2 " if k.startswith("dims3") else "dims3 ") + k.split(" ", 1)[1]
         alone = "" if other in rows else ", no run of the other kind at this budget"
-        threads = rows[k].get("threads", 1)
-        on = f" on {threads} threads" if threads != 1 else ""
-        return f"{kind}, {rows[k]['train_cpu_seconds']:.0f} CPU s of training{on}{alone}"
+        return f"{kind}, {training_budget(rows[k], ' of training')}{alone}"
 
     labels += [(single(k), k) for k in sorted(rows) if k.startswith(("dims2 ", "dims3 "))]
     # per-plane rows that do not record their normalisation were trained when the default was adaptive
@@ -556,7 +563,8 @@ def volume_section(rows: dict) -> list[str]:
            "`simulate.py sim3d` at its default size: two time points of a 48x256x256 volume at 5 photons, Z voxel "
            "0.15 um against 0.1 um in Y-X, scored slice by slice with the shared scorer and averaged (`python "
            "benchmarks/volume.py`). The two networks of a pair get the same training budget in CPU seconds on one "
-           "thread (each its own number of steps); `train s` is each one's training wall time, `wall s` the row's "
+           "thread, or in wall seconds on one GPU (each its own number of steps); `train s` is each one's "
+           "training wall time, `wall s` the row's "
            "(training, inference and scoring). Library calls, with the training and tiling of `asn2n run --dims "
            "3`.", "",
            "| method | psnr | psnr_raw | ssim | false objects /Mpx | steps | train s | wall s | commit |",
@@ -571,7 +579,7 @@ def volume_section(rows: dict) -> list[str]:
         g = rows["gaussian"]["scores"]["mean"]
         pairs = [("dims3", "dims2")] + [(k, "dims2 " + k.split(" ", 1)[1]) for k in sorted(rows)
                                          if k.startswith("dims3 ") and "dims2 " + k.split(" ", 1)[1] in rows]
-        pairs.sort(key=lambda p: rows[p[0]]["train_cpu_seconds"])
+        pairs.sort(key=lambda p: (rows[p[0]].get("device", "cpu") != "cpu", rows[p[0]]["train_cpu_seconds"]))
         out.append("")
         fewer = True
         for k3, k2 in pairs:
@@ -581,8 +589,8 @@ def volume_section(rows: dict) -> list[str]:
             fewer = fewer and m3["false_obj"] <= m2["false_obj"]
             verdict = ("met" if psnr_met and m3["false_obj"] <= m2["false_obj"] else
                        "psnr met, false objects not" if psnr_met else "not met")
-            out.append(f"- With {e3['train_cpu_seconds']:.0f} (3-D) and {e2['train_cpu_seconds']:.0f} (2-D) CPU "
-                       f"seconds of training: 3-D against per-plane 2-D {signed(m3['psnr'] - m2['psnr'])}, against "
+            out.append(f"- With {training_budget(e3)} (3-D) and {training_budget(e2)} (2-D) "
+                       f"of training: 3-D against per-plane 2-D {signed(m3['psnr'] - m2['psnr'])}, against "
                        f"the best 3-D Gaussian {signed(m3['psnr'] - g['psnr'])}; false objects per Mpx "
                        f"{m3['false_obj']:.2f} (2-D {m2['false_obj']:.2f}). The targets (+0.5 dB over 2-D, +1.5 dB "
                        f"over the Gaussian, no more false objects than 2-D): {verdict}.")
@@ -591,7 +599,7 @@ def volume_section(rows: dict) -> list[str]:
             parts = []
             for k, v in z["rows"].items():
                 kind = "3-D U-Net" if k.startswith("dims3") else "per-plane 2-D"
-                parts.append(f"of the {kind}'s {v['false_objects']} ({rows[k]['train_cpu_seconds']:.0f} CPU s), "
+                parts.append(f"of the {kind}'s {v['false_objects']} ({training_budget(rows[k])}), "
                              f"{v['near_next_slices']} ({v['near_next_slices'] / max(v['false_objects'], 1):.0%})")
             out += ["", f"Where the false objects lie (`{z['command']}`, at {commit(z)}): " + "; ".join(parts)
                     + " lie within a pixel of true structure in the next slice up or down, where "

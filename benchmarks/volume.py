@@ -22,12 +22,15 @@ Both networks get the same training budget, ``--cpu-seconds`` of CPU time on one
 (run with ``OMP_NUM_THREADS=1``): each stage probes its own step cost and trains for the
 steps that fit.  CPU time rather than wall time, so that other jobs on the machine do not
 change the comparison; the probe's fixed costs (statistics) count as steps, which errs
-against the side whose fixed costs are larger.
+against the side whose fixed costs are larger.  On a GPU (``--device cuda``) the budget is
+``--seconds`` of training wall time instead (the device synchronised), from two probes of
+different lengths, so fixed costs are counted once and not as steps.
 
 Usage (from the repository root)::
 
     python benchmarks/volume.py --stage data gaussian dims3 dims2
     python benchmarks/volume.py --stage report
+    python benchmarks/volume.py --stage dims3 dims2 --device cuda --seconds 240 --row 'cuda 240'
 """
 
 from __future__ import annotations
@@ -125,7 +128,44 @@ def cpu_steps(train: Callable[[int], object], budget: float, probe: int) -> tupl
     return max(probe, int(round(budget / per_step))), per_step
 
 
-def stage_dims3(noisy: np.ndarray, gt: np.ndarray, budget: float, preset: str, patch: tuple[int, int, int]) -> dict:
+def wall_steps(train: Callable[[int], object], budget: float, probe: int, device: str) -> tuple[int, float]:
+    """Steps that fit ``budget`` seconds of training wall time on ``device`` (synchronised),
+    from a warm-up and two timed probes of ``probe`` and ``5 * probe`` steps: their
+    difference gives the cost of a step, the rest is the fixed cost of a training call."""
+    import torch
+
+    def timed(n: int) -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        train(n)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    timed(probe)  # kernels chosen, memory allocated
+    short, long = timed(probe), timed(5 * probe)
+    per_step = max(long - short, 1e-9) / (4 * probe)
+    fixed = max(short - probe * per_step, 0.0)
+    return max(probe, int(round((budget - fixed) / per_step))), per_step
+
+
+def budget_steps(train: Callable[[int], object], budget: float, probe: int, device: str) -> tuple[int, float]:
+    """:func:`cpu_steps` on the CPU, :func:`wall_steps` on any other device."""
+    return cpu_steps(train, budget, probe) if device == "cpu" else wall_steps(train, budget, probe, device)
+
+
+def on_device(device: str) -> dict:
+    """What a row records of the device it trained on."""
+    if device == "cpu":
+        return {"device": "cpu"}
+    import torch
+
+    return {"device": device, "gpu": torch.cuda.get_device_name(torch.device(device))}
+
+
+def stage_dims3(noisy: np.ndarray, gt: np.ndarray, budget: float, preset: str, patch: tuple[int, int, int],
+                device: str = "cpu") -> dict:
     from asn2n_dask.blend import predict_tiled_volume
     from asn2n_dask.config import InferConfig, VolumeTrainConfig
     from asn2n_dask.predict import network_fn, volume_tile_fn
@@ -134,44 +174,51 @@ def stage_dims3(noisy: np.ndarray, gt: np.ndarray, budget: float, preset: str, p
     def cfg(steps: int) -> VolumeTrainConfig:
         return VolumeTrainConfig(preset=preset, steps=steps, patch=patch, anisotropy=ANISOTROPY)
 
-    steps, per_step = cpu_steps(lambda n: fit_volume(list(noisy), cfg(n)), budget, probe=10)
+    steps, per_step = budget_steps(lambda n: fit_volume(list(noisy), cfg(n), device=device), budget, 10, device)
     t0, c0 = time.perf_counter(), time.process_time()
-    fit = fit_volume(list(noisy), cfg(steps))
+    fit = fit_volume(list(noisy), cfg(steps), device=device)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-    infer = InferConfig()
+    infer = InferConfig(device=device)
     t1 = time.perf_counter()
-    net = network_fn(fit.net, "cpu", infer.precision)
+    net = network_fn(fit.net, device, infer.precision)
     preds = []
     for vol in noisy.astype(np.float64):
         x = (vol - fit.stats.lo) / fit.stats.span
         y = predict_tiled_volume(x, volume_tile_fn(net, infer.infer_on, infer.tta), tile_z=fit.patch[0], config=infer,
-                                 multiple=fit.net.multiple)
+                                 device=device, multiple=fit.net.multiple)
         preds.append(y.astype(np.float64) * fit.stats.span + fit.stats.lo)
     infer_s = time.perf_counter() - t1
     return {"method": f"3-D U-Net ({preset}, {steps} steps, patch {'x'.join(map(str, fit.patch))}, "
                       f"anisotropy {ANISOTROPY:g}, global range, twins inference)",
-            "train_seconds": train_s, "train_cpu_seconds": train_cpu, "probe_cpu_seconds_per_step": per_step,
-            "infer_seconds": infer_s, "steps": steps, "patch": list(fit.patch),
+            "train_seconds": train_s, "train_cpu_seconds": train_cpu, **probed(per_step, device),
+            "infer_seconds": infer_s, "steps": steps, "patch": list(fit.patch), **on_device(device),
             "final_loss": float(np.mean(fit.losses[-20:])), "scores": scores(np.stack(preds), gt),
             "pred": np.stack(preds), "fit": fit}
 
 
-def stage_dims2(noisy: np.ndarray, gt: np.ndarray, budget: float) -> dict:
-    from asn2n_dask import TrainConfig, denoise, fit
+def probed(per_step: float, device: str) -> dict:
+    """The probe's cost of a step, as the row records it: CPU seconds, or wall seconds on a GPU."""
+    return {"probe_cpu_seconds_per_step" if device == "cpu" else "probe_seconds_per_step": per_step}
+
+
+def stage_dims2(noisy: np.ndarray, gt: np.ndarray, budget: float, device: str = "cpu") -> dict:
+    from asn2n_dask import InferConfig, TrainConfig, denoise, fit
 
     t, z, h, w = noisy.shape
     frames = noisy.reshape(t * z, h, w)
-    steps, per_step = cpu_steps(lambda n: fit(frames, axes="TYX", config=TrainConfig(steps=n)), budget, probe=30)
+    steps, per_step = budget_steps(lambda n: fit(frames, axes="TYX", config=TrainConfig(steps=n), device=device),
+                                   budget, 30, device)
     t1, c1 = time.perf_counter(), time.process_time()
-    model = fit(frames, axes="TYX", config=TrainConfig(steps=steps))
+    model = fit(frames, axes="TYX", config=TrainConfig(steps=steps), device=device)
     train_s, train_cpu = time.perf_counter() - t1, time.process_time() - c1
     t2 = time.perf_counter()
-    pred = np.asarray(denoise(frames, model, axes="TYX"), np.float64).reshape(noisy.shape)
+    pred = np.asarray(denoise(frames, model, axes="TYX", config=InferConfig(device=device)),
+                      np.float64).reshape(noisy.shape)
     infer_s = time.perf_counter() - t2
     return {"method": f"per-plane 2-D default ({steps} steps; every other option at its default)",
-            "train_seconds": train_s, "train_cpu_seconds": train_cpu, "probe_cpu_seconds_per_step": per_step,
+            "train_seconds": train_s, "train_cpu_seconds": train_cpu, **probed(per_step, device),
             "infer_seconds": infer_s, "steps": steps, "norm": model.train.norm.to_dict(), "scores": scores(pred, gt),
-            "pred": pred}
+            "pred": pred, **on_device(device)}
 
 
 def stage_zchunks(depths: tuple[int, ...], chunk_z: int, side: int = 256) -> dict:
@@ -280,6 +327,15 @@ def stage_zleak(gt: np.ndarray, keys: list[str]) -> dict:
             "background_near_next_slices": float(np.mean(near_bg))}
 
 
+def budget_label(r: dict) -> str:
+    """A network row's training budget in words: CPU seconds (with the threads, where more
+    than one), or wall seconds on its GPU."""
+    if r.get("device", "cpu") == "cpu":
+        threads = r.get("threads", 1)
+        return f"{r['train_cpu_seconds']:.0f} CPU s" + (f" on {threads} threads" if threads != 1 else "")
+    return f"{r['train_seconds']:.0f} s on one {r.get('gpu', r['device'])}"
+
+
 def plot_false_objects(rows: dict, path: Path) -> Path | None:
     """False objects per Mpx against the Z slice, one line per row that records them
     (``false_obj_by_z``): where along the volume each method invents objects."""
@@ -292,8 +348,7 @@ def plot_false_objects(rows: dict, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(10, 4), constrained_layout=True)
     for r in keyed:
         by_z = np.asarray(r["scores"]["false_obj_by_z"])
-        label = r["method"].split(" (")[0] + (f", {r['train_cpu_seconds']:.0f} CPU s" if "train_cpu_seconds" in r
-                                              else "")
+        label = r["method"].split(" (")[0] + (f", {budget_label(r)}" if "train_cpu_seconds" in r else "")
         ax.plot(np.arange(len(by_z)), np.maximum(by_z, 0.5), "o-", ms=3, label=f"{label} (mean "
                 f"{r['scores']['mean']['false_obj']:.1f})")
     ax.set_yscale("log")
@@ -317,9 +372,16 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=256, help="zchunks: the volumes' Y and X size")
     ap.add_argument("--cpu-seconds", type=float, default=1000.0,
                     help="training budget of each network, CPU seconds on one thread (default 1000)")
+    ap.add_argument("--device", default="cpu", help="dims3/dims2: where the networks train and run (cpu, cuda)")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="dims3/dims2 with --device other than cpu: training budget of each network, wall seconds")
     ap.add_argument("--preset", default="small3d")
     ap.add_argument("--patch", type=int, nargs=3, default=[16, 64, 64], metavar=("Z", "Y", "X"))
     args = ap.parse_args()
+    if (args.device == "cpu") != (args.seconds is None):
+        ap.error("--seconds (a wall-time budget) goes with a --device other than cpu, whose budget is --cpu-seconds")
+    budget, flag = (args.cpu_seconds, f"--cpu-seconds {args.cpu_seconds:g}") if args.device == "cpu" else \
+        (args.seconds, f"--device {args.device} --seconds {args.seconds:g}")
     rows = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
     cmd = "python benchmarks/volume.py --stage"
 
@@ -344,14 +406,13 @@ def main() -> None:
     if "dims3" in stages:
         t0 = time.perf_counter()
         row = f" --row '{args.row}'" if args.row else ""
-        put(args.row or "dims3", stage_dims3(noisy, gt, args.cpu_seconds, args.preset, tuple(args.patch)),
-            f"{cmd} dims3 --cpu-seconds {args.cpu_seconds:g} --preset {args.preset} "
+        put(args.row or "dims3", stage_dims3(noisy, gt, budget, args.preset, tuple(args.patch), args.device),
+            f"{cmd} dims3 {flag} --preset {args.preset} "
             f"--patch {' '.join(map(str, args.patch))}{row}", t0)
     if "dims2" in stages:
         t0 = time.perf_counter()
         row = f" --row '{args.row}'" if args.row else ""
-        put(args.row or "dims2", stage_dims2(noisy, gt, args.cpu_seconds),
-            f"{cmd} dims2 --cpu-seconds {args.cpu_seconds:g}{row}", t0)
+        put(args.row or "dims2", stage_dims2(noisy, gt, budget, args.device), f"{cmd} dims2 {flag}{row}", t0)
     if "zleak" in stages:
         t0 = time.perf_counter()
         put("zleak", stage_zleak(gt, args.zleak_rows),
