@@ -50,6 +50,7 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(SHARED / "bench"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from pipeline import PeakRSS, provenance  # noqa: E402  (the benchmarks' memory sampler and record of a row)
+from readme import training_budget  # noqa: E402  (a row's budget in words, as the README says it)
 from score import score_pair, score_stack  # noqa: E402  (the shared scorer)
 
 DATA = ROOT / "benchmarks" / "data"
@@ -327,15 +328,6 @@ def stage_zleak(gt: np.ndarray, keys: list[str]) -> dict:
             "background_near_next_slices": float(np.mean(near_bg))}
 
 
-def budget_label(r: dict) -> str:
-    """A network row's training budget in words: CPU seconds (with the threads, where more
-    than one), or wall seconds on its GPU."""
-    if r.get("device", "cpu") == "cpu":
-        threads = r.get("threads", 1)
-        return f"{r['train_cpu_seconds']:.0f} CPU s" + (f" on {threads} threads" if threads != 1 else "")
-    return f"{r['train_seconds']:.0f} s on one {r.get('gpu', r['device'])}"
-
-
 def plot_false_objects(rows: dict, path: Path) -> Path | None:
     """False objects per Mpx against the Z slice, one line per row that records them
     (``false_obj_by_z``): where along the volume each method invents objects."""
@@ -348,7 +340,7 @@ def plot_false_objects(rows: dict, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(10, 4), constrained_layout=True)
     for r in keyed:
         by_z = np.asarray(r["scores"]["false_obj_by_z"])
-        label = r["method"].split(" (")[0] + (f", {budget_label(r)}" if "train_cpu_seconds" in r else "")
+        label = r["method"].split(" (")[0] + (f", {training_budget(r)}" if "train_cpu_seconds" in r else "")
         ax.plot(np.arange(len(by_z)), np.maximum(by_z, 0.5), "o-", ms=3, label=f"{label} (mean "
                 f"{r['scores']['mean']['false_obj']:.1f})")
     ax.set_yscale("log")
