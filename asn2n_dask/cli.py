@@ -1260,9 +1260,9 @@ def run(
     _check_model_out(mdir, [input])
     src, sel = _open_selection(input, axes, channel, time, series)  # a bad selection is said before training
     if zarr_out:  # and bad chunks
-        from .plan import SPATIAL_AXES, check_run_axes, output_chunks
+        from .plan import check_run_axes, output_chunks, run_spatial
 
-        spatial = f"{(options['depth_axis'] or 'Z').upper()}YX" if dims == 3 else SPATIAL_AXES
+        spatial = run_spatial(dims, options.get("depth_axis"))
         check_run_axes(src, sel, spatial)
         output_chunks(src, _parse_chunks(chunks), spatial)
     with output_lock(output), output_lock(mdir):

@@ -50,6 +50,7 @@ from .plan import (  # noqa: F401  (re-exported: asn2n_dask.pipeline.make_plan, 
     RunOptions,
     channel_labels,
     make_plan,
+    run_spatial,
 )
 from .predict import resolve_device
 from .resume import PROGRESS_DIR, model_sha
@@ -612,9 +613,8 @@ def model_plan(source: Source, selection: Selection, options: RunOptions, model:
 def run_axes(model: Any) -> str:
     """The axes a run with ``model`` tiles: :data:`~asn2n_dask.plan.SPATIAL_AXES` for a
     2-D model; for a 3-D one its depth axis (Z, or T), Y and X."""
-    if not is_volume_model(model):
-        return SPATIAL_AXES
-    return f"{getattr(model.volume, 'depth_axis', 'Z')}YX"
+    volume = is_volume_model(model)
+    return run_spatial(3 if volume else 2, getattr(model.volume, "depth_axis", None) if volume else None)
 
 
 def parse_spatial(spatial: str | None, model: Any, model_dir: str | os.PathLike[str]) -> str:

@@ -38,8 +38,8 @@ from .source import Selection, Source, check_source
 
 __all__ = ["TileGrid", "tile_grid", "reflect_index", "WindowTiles", "window_tiles", "check_tile_frame", "WindowPlan",
            "window_plan", "axis_window", "axis_reads", "AxisReads", "AxisPlan", "Windows", "RunOptions", "Plan",
-           "make_plan", "check_run_axes", "channel_labels", "MAX_TASKS", "MIN_CHUNK", "DEFAULT_CHUNK", "OME_ORDER",
-           "SPATIAL_AXES", "VOLUME_AXES", "RUN_VOLUME_AXES", "check_tile_z", "axis_stride"]
+           "make_plan", "run_spatial", "check_run_axes", "channel_labels", "MAX_TASKS", "MIN_CHUNK", "DEFAULT_CHUNK",
+           "OME_ORDER", "SPATIAL_AXES", "VOLUME_AXES", "RUN_VOLUME_AXES", "check_tile_z", "axis_stride"]
 
 #: Most chunk tasks one run schedules (a graph of more would take more memory and
 #: scheduling time than the work itself).
@@ -801,6 +801,12 @@ def output_chunks(source: Source, chunks: Sequence[int] | None, spatial: str = S
                           f"{' and '.join(spatial)}, each task reading the tiles around its chunk; use 1024 or more "
                           "along Y and X.")
     return tuple(int(c) for c in chunks)
+
+
+def run_spatial(dims: int, depth_axis: str | None = None) -> str:
+    """The axes a run tiles: :data:`SPATIAL_AXES` for 2-D networks; for 3-D ones the
+    depth axis (``Z`` when None, or ``T``), Y and X."""
+    return SPATIAL_AXES if dims == 2 else f"{(depth_axis or 'Z').upper()}{SPATIAL_AXES}"
 
 
 def check_run_axes(source: Source, selection: Selection, spatial: str) -> None:
