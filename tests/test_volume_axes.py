@@ -9,23 +9,15 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from typer.testing import CliRunner
 
 from asn2n_dask import InferConfig, denoise, load_model
-from asn2n_dask.cli import app
 from asn2n_dask.risk import assess_risk
 from asn2n_dask.stats import ChannelStats
+from tests.test_volume_run import FAST3D, INFER, invoke, zarr_out
 
-runner = CliRunner()
-FAST3D = ["--dims", "3", "--preset", "tiny3d", "--steps", "2", "--batch", "2", "--patch", "8,16,16"]
-INFER = ["--tile", "16"]
 SHAPE = (36, 2, 32, 40)  # T, C, Y, X: three T chunks of 16 (the smallest chunk)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def invoke(*args):
-    return runner.invoke(app, ["-q", *map(str, args)])
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +35,6 @@ def movie(tmp_path_factory):
     r = invoke("fit", d / "tcyx.zarr", "--model", d / "mt", *FAST3D, "--depth-axis", "T")
     assert r.exit_code == 0, r.output
     return d, data
-
-
-def zarr_out(path):
-    root = zarr.open_group(str(path), mode="r")
-    return root, root["0"][...]
 
 
 def test_time_as_depth_is_chunk_invariant_and_equals_the_in_memory_route(movie, tmp_path):
