@@ -13,7 +13,7 @@ import zarr
 from asn2n_dask import InferConfig, denoise, load_model
 from asn2n_dask.risk import assess_risk
 from asn2n_dask.stats import ChannelStats
-from tests.test_volume_run import FAST3D, INFER, invoke, zarr_out
+from tests.test_volume_run import FAST3D, INFER, dies_at_chunk, invoke, zarr_out
 
 SHAPE = (36, 2, 32, 40)  # T, C, Y, X: three T chunks of 16 (the smallest chunk)
 
@@ -92,18 +92,7 @@ def test_a_time_depth_run_stopped_midway_resumes_to_the_same_bytes(movie, tmp_pa
         return pipeline.run_pipeline(src, tmp_path / name, d / "mt", options=opts, client="sync")
 
     assert run("clean.zarr").computed == 2 * 3 * 2 * 2  # channels x T x Y x X chunks
-    real, calls = pipeline.run_chunk, []
-
-    def dies_on_the_fifth(spec, p, *position):
-        calls.append(position)
-        if len(calls) == 5:
-            raise OSError("the machine went away")
-        return real(spec, p, *position)
-
-    monkeypatch.setattr(pipeline, "run_chunk", dies_on_the_fifth)
-    with pytest.raises(OSError, match="went away"):
-        run("k.zarr")
-    monkeypatch.setattr(pipeline, "run_chunk", real)
+    dies_at_chunk(5, lambda: run("k.zarr"), monkeypatch)
     again = run("k.zarr")
     assert again.skipped == 4 and again.computed == 2 * 3 * 2 * 2 - 4
     assert zarr_out(tmp_path / "k.zarr")[1].tobytes() == zarr_out(tmp_path / "clean.zarr")[1].tobytes()

@@ -99,6 +99,25 @@ def test_the_dry_run_plans_chunks_along_z(vol, tmp_path):
     assert not (tmp_path / "p.zarr").exists()
 
 
+def dies_at_chunk(n, run, monkeypatch):
+    """``run()`` with the process dying (an OSError) as its ``n``-th chunk starts; the
+    pipeline's own chunk function is back afterwards."""
+    import asn2n_dask.pipeline as pipeline
+
+    real, calls = pipeline.run_chunk, []
+
+    def dies(spec, p, *position):
+        calls.append(position)
+        if len(calls) == n:
+            raise OSError("the machine went away")
+        return real(spec, p, *position)
+
+    monkeypatch.setattr(pipeline, "run_chunk", dies)
+    with pytest.raises(OSError, match="went away"):
+        run()
+    monkeypatch.setattr(pipeline, "run_chunk", real)
+
+
 def test_a_3d_run_stopped_midway_resumes_to_the_same_bytes(vol, tmp_path, monkeypatch):
     import asn2n_dask.pipeline as pipeline
     from asn2n_dask import InferConfig
@@ -112,20 +131,9 @@ def test_a_3d_run_stopped_midway_resumes_to_the_same_bytes(vol, tmp_path, monkey
         return pipeline.run_pipeline(src, tmp_path / name, d / "m3", options=opts, client="sync")
 
     assert run("clean.zarr").computed == 3 * 2 * 2
-    real, calls = pipeline.run_chunk, []
-
-    def dies_on_the_fourth(spec, p, *position):
-        calls.append(position)
-        if len(calls) == 4:
-            raise OSError("the machine went away")
-        return real(spec, p, *position)
-
-    monkeypatch.setattr(pipeline, "run_chunk", dies_on_the_fourth)
-    with pytest.raises(OSError, match="went away"):
-        run("k.zarr")
+    dies_at_chunk(4, lambda: run("k.zarr"), monkeypatch)
     attrs = json.loads((tmp_path / "k.zarr" / "zarr.json").read_text())["attributes"]
     assert attrs["asn2n"]["status"] == "running" and "ome" not in attrs  # not presented as complete
-    monkeypatch.setattr(pipeline, "run_chunk", real)
     again = run("k.zarr")
     assert again.skipped == 3 and again.computed == 3 * 2 * 2 - 3
     _, want = zarr_out(tmp_path / "clean.zarr")
