@@ -155,27 +155,42 @@ def w2s_same_norm(rows: dict) -> list[str]:
 
 def w2s_budget(rows: dict) -> list[str]:
     """The default command at each number of training steps recorded, per channel: its
-    gain over the best Gaussian against the steps (the rows ``asn2n run --steps N`` and
-    ``asn2n run (defaults)``, at the default's steps)."""
+    gain over the best Gaussian against the steps (the rows ``asn2n run [--device D]
+    --steps N`` and ``asn2n run (defaults)``, at the default's steps), then the wider
+    network's rows (``--preset paper``) in a sentence of their own."""
     from asn2n_dask.config import TrainConfig
 
-    out = []
-    for c in sorted({r["channel"] for r in rows.values()}):
+    runs: dict[tuple[int, str], list[tuple[int, dict]]] = {}
+    for r in rows.values():
+        m = re.fullmatch(r"asn2n run (?:--device (\S+) )?(?:--preset (\S+) )?--steps (\d+)", r["method"])
+        if r["method"] == "asn2n run (defaults)":
+            runs.setdefault((r["channel"], ""), []).append((TrainConfig().steps, r))
+        elif m:
+            runs.setdefault((r["channel"], m[2] or ""), []).append((int(m[3]), r))
+
+    def where(r: dict) -> str:
+        return f" on one {r['gpu']}" if r.get("gpu") else ""
+
+    out, wider = [], []
+    for (c, preset), points in sorted(runs.items()):
         gauss = rows.get(f"c{c} best Gaussian per image")
-        runs = {TrainConfig().steps if r["method"] == "asn2n run (defaults)" else int(r["method"].split()[-1]): r
-                for r in rows.values() if r["channel"] == c
-                and re.fullmatch(r"asn2n run (\(defaults\)|--steps \d+)", r["method"])}
-        if gauss is None or len(runs) < 2:
+        if gauss is None or (not preset and len(points) < 2):
             continue
         g = gauss["scores"]["mean"]["psnr"]
-        points = [f"{n} steps {signed(runs[n]['scores']['mean']['psnr'] - g)} ({wall(runs[n]):.0f} s)"
-                  for n in sorted(runs)]
-        out.append(f"channel {c}: " + ", ".join(points))
+        said = [f"{n} steps{where(r)} {signed(r['scores']['mean']['psnr'] - g)} ({wall(r):.0f} s"
+                + (f", {r['scores']['mean']['false_obj']:.2f} false objects/Mpx)" if preset else ")")
+                for n, r in sorted(points, key=lambda p: p[0])]
+        (wider if preset else out).append(f"channel {c}" + (f" `--preset {preset}`" if preset else "") + ": "
+                                          + ", ".join(said))
     if not out:
         return []
-    return ["", "Training budget: the default command with `--steps N` (every other option at its default; "
-            "`python benchmarks/realdata.py --stage default --steps N`), psnr against the best Gaussian, with the "
-            "command's wall time: " + "; ".join(out) + "."]
+    lines = ["", "Training budget: the default command with `--steps N` (every other option at its default; "
+             "`python benchmarks/realdata.py --stage default --steps N`, with `--run-options '--device cuda'` on a "
+             "GPU), psnr against the best Gaussian, with the command's wall time: " + "; ".join(out) + "."]
+    if wider:
+        lines[-1] += (" A wider network, the same way (`--run-options '--device cuda --preset paper'`): "
+                      + "; ".join(wider) + ".")
+    return lines
 
 
 def w2s_tta(rows: dict) -> list[str]:
@@ -563,7 +578,8 @@ def volume_section(rows: dict) -> list[str]:
            "`simulate.py sim3d` at its default size: two time points of a 48x256x256 volume at 5 photons, Z voxel "
            "0.15 um against 0.1 um in Y-X, scored slice by slice with the shared scorer and averaged (`python "
            "benchmarks/volume.py`). The two networks of a pair get the same training budget in CPU seconds on one "
-           "thread, or in wall seconds on one GPU (each its own number of steps); `train s` is each one's "
+           "thread, or in wall seconds on one GPU, where the two train at the same time (`bash "
+           "benchmarks/gpu_quality.sh`); each gets its own number of steps. `train s` is each one's "
            "training wall time, `wall s` the row's "
            "(training, inference and scoring). Library calls, with the training and tiling of `asn2n run --dims "
            "3`.", "",
@@ -594,6 +610,13 @@ def volume_section(rows: dict) -> list[str]:
                        f"the best 3-D Gaussian {signed(m3['psnr'] - g['psnr'])}; false objects per Mpx "
                        f"{m3['false_obj']:.2f} (2-D {m2['false_obj']:.2f}). The targets (+0.5 dB over 2-D, +1.5 dB "
                        f"over the Gaussian, no more false objects than 2-D): {verdict}.")
+        for k3, k2 in pairs:
+            e3, e2 = rows[k3], rows[k2]
+            if e3.get("device", "cpu") != "cpu" and "voxels" in e3 and "voxels" in e2:
+                out += ["", f"Inference on one {e3['gpu']}, the trained networks on the {e3['voxels']:,} voxels of "
+                        "the two volumes in memory (library calls: tiles, twins and Gaussian blending included, no "
+                        f"reading or writing): 3-D {e3['voxels'] / e3['infer_seconds'] / 1e6:.1f} M voxels/s, "
+                        f"per-plane 2-D {e2['voxels'] / e2['infer_seconds'] / 1e6:.1f} M voxels/s."]
         z = rows.get("zleak")
         if z and z.get("commit"):
             parts = []

@@ -292,6 +292,11 @@ def main() -> None:
                 opts = tuple(args.run_options.split())
                 pred, wall, command = default_command(noisy, c, args.steps, opts)
                 method = "asn2n run (defaults)" if args.steps is None else f"asn2n run --steps {args.steps}"
+                gpu = next((o for o in opts if o.startswith("cuda")), None)
+                if gpu is not None:  # the device the command trained and denoised on
+                    import torch
+
+                    extra["gpu"] = torch.cuda.get_device_name(torch.device(gpu))
                 if opts:
                     method = f"asn2n run {args.run_options}" + ("" if args.steps is None else f" --steps {args.steps}")
             wall = time.perf_counter() - t0

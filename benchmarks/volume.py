@@ -192,7 +192,8 @@ def stage_dims3(noisy: np.ndarray, gt: np.ndarray, budget: float, preset: str, p
     return {"method": f"3-D U-Net ({preset}, {steps} steps, patch {'x'.join(map(str, fit.patch))}, "
                       f"anisotropy {ANISOTROPY:g}, global range, twins inference)",
             "train_seconds": train_s, "train_cpu_seconds": train_cpu, **probed(per_step, device),
-            "infer_seconds": infer_s, "steps": steps, "patch": list(fit.patch), **on_device(device),
+            "infer_seconds": infer_s, "voxels": int(noisy.size), "steps": steps, "patch": list(fit.patch),
+            **on_device(device),
             "final_loss": float(np.mean(fit.losses[-20:])), "scores": scores(np.stack(preds), gt),
             "pred": np.stack(preds), "fit": fit}
 
@@ -218,7 +219,8 @@ def stage_dims2(noisy: np.ndarray, gt: np.ndarray, budget: float, device: str = 
     infer_s = time.perf_counter() - t2
     return {"method": f"per-plane 2-D default ({steps} steps; every other option at its default)",
             "train_seconds": train_s, "train_cpu_seconds": train_cpu, **probed(per_step, device),
-            "infer_seconds": infer_s, "steps": steps, "norm": model.train.norm.to_dict(), "scores": scores(pred, gt),
+            "infer_seconds": infer_s, "voxels": int(noisy.size), "steps": steps, "norm": model.train.norm.to_dict(),
+            "scores": scores(pred, gt),
             "pred": pred, **on_device(device)}
 
 
