@@ -194,20 +194,26 @@ def w2s_budget(rows: dict) -> list[str]:
 
 
 def w2s_tta(rows: dict) -> list[str]:
-    """Test-time augmentation rows: the default command's model, each number of copies."""
+    """Test-time augmentation rows: a model the default command trained (at its default
+    steps unless the row says otherwise), each number of copies and what the network saw."""
+    from asn2n_dask.config import TrainConfig
+
     keys = sorted((k for k, r in rows.items() if r.get("method", "").startswith("tta ")),
-                  key=lambda k: (rows[k]["channel"], rows[k]["tta"]))
+                  key=lambda k: (rows[k]["channel"], rows[k].get("model_steps", TrainConfig().steps), rows[k]["tta"],
+                                 rows[k].get("infer_on", "twins")))
     if not keys:
         return []
     out = ["", "Test-time augmentation (`--tta N`: the network averaged over N flipped/rotated copies of each "
-           "tile): the model the default command trained, on every field (`python benchmarks/realdata.py "
+           "tile) and what the network is applied to (`--infer-on`: the tile's two twins, the default, or the raw "
+           "tile): a model the default command trained, on every field (`python benchmarks/realdata.py "
            "--stage tta`). `wall s`: denoising only.", "",
-           "| channel | copies | psnr | psnr_raw | ssim | false objects /Mpx | wall s | commit |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| channel | model's steps | copies | network on | psnr | psnr_raw | ssim | false objects /Mpx | wall s "
+           "| commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for k in keys:
         r = quoted(rows, k, "realdata")
         m = r["scores"]["mean"]
-        out.append(f"| {r['channel']} | {r['tta']} | {m['psnr']:.2f} | {m['psnr_raw']:.2f} | {m['ssim']:.3f} | "
+        out.append(f"| {r['channel']} | {r.get('model_steps', TrainConfig().steps)} | {r['tta']} | "
+                   f"{r.get('infer_on', 'twins')} | {m['psnr']:.2f} | {m['psnr_raw']:.2f} | {m['ssim']:.3f} | "
                    f"{m['false_obj']:.2f} | {wall(r):.0f} | {commit(r)} |")
     return out
 

@@ -230,6 +230,8 @@ def main() -> None:
                     help="tta stage: flipped/rotated copies averaged (InferConfig.tta), one row each")
     ap.add_argument("--blend-tiles", type=int, nargs="+", default=[32, 64, 128, 256],
                     help="blend stage: tile sides")
+    ap.add_argument("--infer-on", nargs="+", default=["twins"], choices=["twins", "raw"],
+                    help="tta stage: what the network is applied to (asn2n's --infer-on), a row each")
     ap.add_argument("--channels", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--run-options", default="",
                     help="default stage: options added to the command, e.g. '--norm global' (one row each)")
@@ -257,20 +259,24 @@ def main() -> None:
                         **provenance(argv, r["seconds"])})
                 print(f"channel {c} blend rows written ({time.perf_counter() - t0:.0f} s)", flush=True)
                 continue
-            if stage == "tta":  # the default stage's model, every field, each test-time augmentation
+            if stage == "tta":  # the default stage's model, every field, each test-time augmentation and view
                 from asn2n_dask import InferConfig, denoise, load_model
 
                 model_dir = args.blend_model or default_model(c)
                 model = load_model(model_dir)
+                trained = model.train.steps
                 for t in args.tta:
-                    t1 = time.perf_counter()
-                    pred = denoise(noisy, model, axes="TYX", config=InferConfig(tta=t))
-                    wall = time.perf_counter() - t1
-                    rows = records.put(path, f"c{c} tta {t}", {
-                        "channel": c, "method": f"tta {t}", "fields": names, "tta": t, "model": str(model_dir),
-                        "scores": scores(pred, gt), **provenance(argv, wall)})
-                    print(f"channel {c} tta {t}: psnr {rows[f'c{c} tta {t}']['scores']['mean']['psnr']:.3f} "
-                          f"({wall:.0f} s)", flush=True)
+                    for on in args.infer_on:
+                        t1 = time.perf_counter()
+                        pred = denoise(noisy, model, axes="TYX", config=InferConfig(tta=t, infer_on=on))
+                        wall = time.perf_counter() - t1
+                        key = (f"c{c} tta {t}" + ("" if on == "twins" else f" {on}")
+                               + ("" if trained == cfg.steps else f" ({trained} steps)"))
+                        rows = records.put(path, key, {
+                            "channel": c, "method": f"tta {t}", "fields": names, "tta": t, "infer_on": on,
+                            "model_steps": trained, "model": str(model_dir), "scores": scores(pred, gt),
+                            **provenance(argv, wall)})
+                        print(f"{key}: psnr {rows[key]['scores']['mean']['psnr']:.3f} ({wall:.0f} s)", flush=True)
                 continue
             if stage == "same-norm":  # is adaptive the global scale on these frames? both, short, compared
                 row = same_norm(noisy, c, args.steps or SAME_NORM_STEPS)
