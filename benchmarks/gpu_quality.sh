@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Quality at GPU training budgets, side by side on one H100/H200 in about eight minutes:
+# Quality at GPU training budgets, side by side on one H100/H200 in about six minutes:
 #   - Volumes: the 3-D U-Net against the per-plane 2-D default, each trained for the same
 #     wall time on the GPU (rows "dims3 cuda S" and "dims2 cuda S" of volume.json, then
 #     the zleak stage on their predictions);
 #   - Method proven: `asn2n run --device cuda --steps N` on the W2S channels 0 and 1
-#     (rows "cN asn2n run --device cuda --steps N" of realdata.json).
+#     (rows "cN asn2n run --device cuda --steps N" of realdata.json; W2S_STEPS=0 leaves them out).
 # The four jobs share the GPU and the processor; the two volume jobs run at the same time,
 # so each one's step cost is probed under the same load.  Logs: benchmarks/work/gpu-quality/.
 #
 #   bash benchmarks/gpu_quality.sh                  # on the GPU machine, from the repository root
-#   SECONDS3D=240 W2S_STEPS=12000 bash benchmarks/gpu_quality.sh
+#   SECONDS3D=480 W2S_STEPS=0 bash benchmarks/gpu_quality.sh   # the volume pair alone, 480 s each
 #   DEVICE=cpu bash benchmarks/gpu_quality.sh       # a check of the script itself at a toy size
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,13 +39,15 @@ declare -A JOBS
 JOBS[dims3]=$!
 "$PY" benchmarks/volume.py --stage dims2 "${BUDGET[@]}" --row "dims2 $ROW" >"$LOG/dims2.log" 2>&1 &
 JOBS[dims2]=$!
-for c in 0 1; do
+W2S=(0 1)
+[ "$STEPS" = 0 ] && W2S=()
+for c in "${W2S[@]}"; do
   "$PY" benchmarks/realdata.py --stage default --channels "$c" --steps "$STEPS" --run-options "$RUN_OPTS" \
     >"$LOG/w2s-c$c.log" 2>&1 &
   JOBS[w2s-c$c]=$!
 done
 failed=0
-for name in dims3 dims2 w2s-c0 w2s-c1; do
+for name in "${!JOBS[@]}"; do
   if wait "${JOBS[$name]}"; then
     echo "$name: done"
   else
