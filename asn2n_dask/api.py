@@ -760,7 +760,7 @@ def _denoise_volumes(data: Any, model: Model, axes: str | None, config: InferCon
     check_image(data)
     arr = np.asarray(data)
     ax = parse_axes(axes, arr.ndim)
-    check_depth_axis(ax, spec.depth_axis, "the input")
+    check_depth_axis(ax, spec.depth_axis, "the input", model=True)
     vols = to_volumes(arr, ax, spec.depth_axis)
     check_tile_frame(config, vols.shape[-2:])
     channel_map = _networks_of(model, vols.shape[0], channel_map, stats)
@@ -807,7 +807,7 @@ def _denoise_volumes_lazy(data: Any, model: Model, axes: str | None, config: Inf
     assert spec is not None
     check_image(data)
     ax = parse_axes(axes, data.ndim)
-    check_depth_axis(ax, spec.depth_axis, "the input")
+    check_depth_axis(ax, spec.depth_axis, "the input", model=True)
     check_tile_frame(config, tuple(data.shape[-2:]))
     c_axis = ax.find("C")
     _networks_of(model, data.shape[c_axis] if c_axis >= 0 else 1, None, None)  # one per channel, by position

@@ -115,25 +115,29 @@ def from_planes(planes: NDArray[np.generic], axes: str, shape: tuple[int, ...]) 
     return planes.reshape(shape)
 
 
-def check_depth_axis(axes: str, depth: str, where: str = "the data") -> None:
+def check_depth_axis(axes: str, depth: str, where: str = "the data", *, model: bool = False) -> None:
     """Refuse axes a 3-D network cannot take with ``depth`` (``"Z"`` or ``"T"``) as its
     depth: depth ``Z`` needs a Z axis; depth ``T`` (an x-y-t stack seen as one volume)
-    needs a T axis and no Z axis.
+    needs a T axis and no Z axis.  ``model``: the depth is a trained model's, so the
+    remedy is another model rather than another depth axis.
 
     Raises
     ------
     InputError
         Naming the axes and the remedy.
     """
+    other = "Z" if depth == "T" else "T"
+    remedy = f"denoise it with a model trained with depth axis {other}" if model else None
     if depth == "Z" and "Z" not in axes:
         raise InputError(f"{where} has axes {axes}, without the Z axis that volumes (depth axis Z) need; name the "
-                         "axes of a volume (e.g. ZYX), or take the time axis as depth (depth axis T).")
+                         "axes of a volume (e.g. ZYX), or " + (remedy or "take the time axis as depth (depth axis T)")
+                         + ".")
     if depth == "T" and "Z" in axes:
-        raise InputError(f"{where} has axes {axes}: with depth axis T its Z axis would be left out; use depth "
-                         "axis Z (one volume per time point).")
+        raise InputError(f"{where} has axes {axes}: with depth axis T its Z axis would be left out; "
+                         + (remedy or "use depth axis Z") + " (one volume per time point).")
     if depth == "T" and "T" not in axes:
         raise InputError(f"{where} has axes {axes}, without the T axis that depth axis T takes as depth; name it "
-                         "(e.g. TYX), or use depth axis Z for volumes.")
+                         "(e.g. TYX), or " + (remedy or "use depth axis Z for volumes") + ".")
 
 
 def _volume_order(axes: str, depth: str) -> tuple[int, ...]:

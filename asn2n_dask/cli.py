@@ -1263,7 +1263,7 @@ def run(
         from .plan import check_run_axes, output_chunks, run_spatial
 
         spatial = run_spatial(dims, options.get("depth_axis"))
-        check_run_axes(src, sel, spatial)
+        check_run_axes(src, sel, spatial, model=False)  # before training: the remedy is another --depth-axis
         output_chunks(src, _parse_chunks(chunks), spatial)
     with output_lock(output), output_lock(mdir):
         _run_locked(input, output, mdir, src, sel, options, infer, zarr_out, overwrite, axes=axes, channel=channel,

@@ -809,10 +809,12 @@ def run_spatial(dims: int, depth_axis: str | None = None) -> str:
     return SPATIAL_AXES if dims == 2 else f"{(depth_axis or 'Z').upper()}{SPATIAL_AXES}"
 
 
-def check_run_axes(source: Source, selection: Selection, spatial: str) -> None:
+def check_run_axes(source: Source, selection: Selection, spatial: str, *, model: bool = True) -> None:
     """Refuse a run over ``spatial`` that the input's axes or the selection do not allow,
     from the metadata alone (before any training or reading): a missing axis, a Z axis
     that a run over T (time as depth) would leave out, or time points selected for one.
+    ``model``: the depth axis is a trained model's (the remedy a message gives is another
+    model); False before a run trains one (the remedy is another depth axis).
 
     Raises
     ------
@@ -821,7 +823,7 @@ def check_run_axes(source: Source, selection: Selection, spatial: str) -> None:
     if spatial not in (SPATIAL_AXES, *RUN_VOLUME_AXES):
         raise ValueError(f"a run tiles {SPATIAL_AXES} or one of {RUN_VOLUME_AXES}; got {spatial!r}")
     if len(spatial) == 3:
-        check_depth_axis(source.axes, spatial[0], str(source.path))
+        check_depth_axis(source.axes, spatial[0], str(source.path), model=model)
     if any(a not in source.axes for a in spatial):
         raise InputError(f"{source.path} has axes {source.axes}; a run over {spatial} needs each of them.")
     if "T" in spatial and selection.time is not None:

@@ -275,8 +275,10 @@ def test_depth_axis_t_takes_a_time_series_as_one_volume():
     assert model.volume.patch == (6, 16, 16)  # cut to the six time points, a multiple of the Z pooling
     out = denoise(movie, model, axes="TYX", config=INFER)
     assert out.shape == movie.shape and out.dtype == np.float32
-    with pytest.raises(InputError, match="depth axis T"):
+    with pytest.raises(InputError, match="Z axis would be left out; denoise it with a model trained with depth axis Z"):
         denoise(noisy((2, 6, 32, 32)), model, axes="TZYX", config=INFER)
+    with pytest.raises(InputError, match="without the T axis .* a model trained with depth axis Z"):
+        denoise(noisy((2, 32, 32)), model, axes="CYX", config=INFER)
 
 
 @pytest.mark.parametrize("data, axes, depth, match", [
