@@ -90,7 +90,10 @@ def realdata_section(rows: dict) -> list[str]:
            "average of 400 with `../shared/bench/score.py`, means over the 16 fields of a channel). `asn2n run` "
            "is the command with every option at its default on the channel's 16 frames as one stack (`python "
            "benchmarks/realdata.py`); its wall time includes training. The best Gaussian filter is an oracle: "
-           "its sigma is chosen per image by the psnr against the reference. N2V: Noise2Void as CAREamics trains "
+           "its sigma is chosen per image by the psnr against the reference. The oracle Wiener filter is the best "
+           "linear filter for each image: per frequency, the reference's power over itself plus the noise's "
+           "(white, at the power of the image's residual against the reference; `--stage wiener`); a "
+           "non-linear denoiser can beat it, a linear one cannot. N2V: Noise2Void as CAREamics trains "
            "it (blind-spot masking of 0.2% of the pixels, each replaced by a random neighbour), on the same "
            "network, steps, batch and patch as the default command (`--stage n2v`).",
            "",
@@ -102,7 +105,8 @@ def realdata_section(rows: dict) -> list[str]:
     for c in sorted({r["channel"] for r in rows.values()}):
         mine = {r["method"]: r for r in rows.values() if r["channel"] == c
                 and not r["method"].startswith(("blend ", "tta ", "same-norm"))}
-        order = {"noisy input": 0, "best Gaussian per image": 1, "asn2n run (defaults)": 3}
+        order = {"noisy input": 0, "best Gaussian per image": 1, "oracle Wiener filter per image": 1.5,
+                 "asn2n run (defaults)": 3}
         for method in sorted(mine, key=lambda name: (order.get(name, 2 if name.startswith("N2V") else 4), name)):
             r = quoted(rows, f"c{c} {method}", "realdata")
             m = r["scores"]["mean"]
@@ -115,6 +119,11 @@ def realdata_section(rows: dict) -> list[str]:
             n2v = [mine[k]["scores"]["mean"] for k in mine if k.startswith("N2V")]
             versus = (f", {signed(ours['psnr'] - n2v[0]['psnr'])} against N2V ({n2v[0]['false_obj']:.2f} false "
                       "objects per Mpx)") if n2v else ""
+            wiener = mine.get("oracle Wiener filter per image")
+            if wiener:
+                w = wiener["scores"]["mean"]["psnr"]
+                versus += (f", {signed(ours['psnr'] - w)} against the oracle Wiener filter (itself "
+                           f"{signed(w - gauss['psnr'])} over the best Gaussian)")
             verdicts.append(f"channel {c}: {signed(gain)} against the best Gaussian, {ours['false_obj']:.2f} false "
                             f"objects per Mpx (Gaussian {gauss['false_obj']:.2f}){versus}: target "
                             f"{'met' if met else 'not met'}")

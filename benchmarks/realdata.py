@@ -8,6 +8,9 @@ default).  The numbers to beat, on the same frames:
 
 - ``gaussian``: the best Gaussian filter chosen per image (an oracle: sigma picked by the
   psnr against the reference);
+- ``wiener``: each image's oracle Wiener filter (signal spectrum from the reference, white
+  noise at the power of the image's residual against it): the best linear filter, a
+  yardstick for how much any denoiser can gain over the Gaussian on these frames;
 - ``n2v``: Noise2Void as CAREamics trains it (blind-spot masking of 0.2% of the pixels,
   each replaced by a random neighbour, MSE on the masked pixels, data normalised by its
   mean and standard deviation), on the same U-Net preset, steps, batch and patch as the
@@ -60,6 +63,29 @@ def frames(channel: int) -> tuple[list[str], np.ndarray, np.ndarray]:
 def scores(pred: np.ndarray, gt: np.ndarray) -> dict:
     per = [score_pair(p, g) for p, g in zip(pred, gt)]
     return {"mean": {k: float(np.mean([r[k] for r in per])) for k in METRICS}, "per_image": per}
+
+
+def wiener(noisy: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Each image through its own oracle Wiener filter: the best linear shift-invariant
+    filter for that image, ``W = S / (S + N)`` per frequency, with the signal spectrum
+    ``S`` from the reference (affine-fitted to the image) and the noise taken as white
+    at the power of the image's residual against that fit.  A stronger oracle than the
+    best Gaussian (which is one shape of such a filter) and the bound of linear filtering;
+    a non-linear denoiser may beat it.  Returns the filtered images and each one's noise
+    standard deviation (in input units)."""
+    out, sds = [], []
+    for img, ref in zip(noisy.astype(np.float64), gt.astype(np.float64)):
+        a = np.stack([ref.ravel(), np.ones(ref.size)], 1)
+        coef = np.linalg.lstsq(a, img.ravel(), rcond=None)[0]
+        signal = ref * coef[0] + coef[1]
+        noise_power = float(np.mean((img - signal) ** 2))
+        s = np.abs(np.fft.fft2(signal - signal.mean())) ** 2
+        total = s + noise_power * img.size
+        w = np.divide(s, total, out=np.ones_like(s), where=total > 0)  # no signal and no noise: pass
+        w[0, 0] = 1.0  # the mean passes
+        out.append(np.real(np.fft.ifft2(np.fft.fft2(img) * w)))
+        sds.append(noise_power**0.5)
+    return np.stack(out), sds
 
 
 def gaussian(noisy: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, list[float]]:
@@ -221,8 +247,8 @@ def render(rows: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stage", nargs="+", default=["noisy", "gaussian", "n2v", "default"],
-                    choices=["noisy", "gaussian", "n2v", "default", "blend", "tta", "same-norm"])
+    ap.add_argument("--stage", nargs="+", default=["noisy", "gaussian", "wiener", "n2v", "default"],
+                    choices=["noisy", "gaussian", "wiener", "n2v", "default", "blend", "tta", "same-norm"])
     ap.add_argument("--blend-model", type=Path, default=None,
                     help="blend and tta stages: the channel's model directory (default: the default stage's)")
     ap.add_argument("--blend-fields", type=int, default=2, help="blend stage: the first N fields of the channel")
@@ -291,6 +317,9 @@ def main() -> None:
             elif stage == "gaussian":
                 pred, sigmas = gaussian(noisy, gt)
                 method, command, extra = "best Gaussian per image", argv, {"sigmas": sigmas}
+            elif stage == "wiener":
+                pred, sds = wiener(noisy, gt)
+                method, command, extra = "oracle Wiener filter per image", argv, {"noise_sd": sds}
             elif stage == "n2v":
                 pred = n2v(noisy, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset)
                 method, command = f"N2V ({cfg.preset}, {steps} steps)", argv
