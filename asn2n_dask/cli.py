@@ -329,7 +329,8 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 # Choices are the Literals of asn2n_dask.config (shown by --help); defaults are the
 # configuration classes' (TRAIN, INFER, RUN), given where each command lists its options.
 PresetOpt = Annotated[Preset, typer.Option("--preset", case_sensitive=False, help="Network size: tiny (tests), "
-                                           "small (CPU), paper (GPU).")]
+                                           "small (the default, on CPU and GPU), paper (the SN2N paper's width; "
+                                           "on real widefield frames it scored below small on a GPU).")]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Training steps.")]
 NormOpt = Annotated[NormMode, typer.Option("--norm", case_sensitive=False, help="Normalisation: global "
                                            "(frame-wise; best or tied on every scene measured but one), adaptive "
@@ -412,7 +413,8 @@ AnisotropyOpt = Annotated[float | None, typer.Option(
     "--anisotropy", help="With --dims 3: voxel size along the depth axis over voxel size in Y-X (default: Z spacing "
     f"over Y spacing from the file's pixel sizes, else {VOLUME.anisotropy:g}).")]
 AnyPresetOpt = Annotated[AnyPreset, typer.Option("--preset", case_sensitive=False, help="Network size: tiny (tests), "
-                                                 "small (CPU), paper (GPU); with --dims 3: tiny3d (tests), small3d "
+                                                 "small (the default), paper (wider; on real widefield frames it "
+                                                 "scored below small on a GPU); with --dims 3: tiny3d (tests), small3d "
                                                  f"(CPU), large3d (GPU), default {VOLUME.preset}.")]
 AnyStepsOpt = Annotated[int, typer.Option("--steps", min=1, help=f"Training steps (with --dims 3 default "
                                           f"{VOLUME.steps}).")]
