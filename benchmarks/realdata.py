@@ -100,31 +100,72 @@ def gaussian(noisy: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, list[float]
     return np.stack(out), sigmas
 
 
-def n2v(noisy: np.ndarray, *, steps: int, batch: int, patch: int, preset: str, seed: int = 0,
-        mask_fraction: float = 0.002) -> np.ndarray:
-    """Noise2Void (CAREamics' N2V: uniform neighbour replacement, MSE on masked pixels)."""
+def _crops(rng: np.random.Generator, stacks: tuple[np.ndarray, ...], batch: int, patch: int) -> list[np.ndarray]:
+    """``batch`` random square crops of side ``patch``, at the same places of each of the
+    aligned ``(n, h, w)`` stacks, all turned by the same multiple of 90 degrees and flipped alike."""
+    n, h, w = stacks[0].shape
+    idx = rng.integers(0, n, batch)
+    ys, xs = rng.integers(0, h - patch + 1, batch), rng.integers(0, w - patch + 1, batch)
+    turn, flip = int(rng.integers(0, 4)), bool(rng.random() < 0.5)
+    out = []
+    for s in stacks:
+        c = np.rot90(np.stack([s[i, y : y + patch, q : q + patch] for i, y, q in zip(idx, ys, xs)]), turn, axes=(1, 2))
+        out.append(np.ascontiguousarray(c[:, :, ::-1] if flip else c))
+    return out
+
+
+def _apply(net, x: np.ndarray, device: str) -> np.ndarray:
+    """The trained network on whole ``(n, h, w)`` frames, reflect-padded to its multiple."""
+    import torch
+
+    net.eval()
+    n, h, w = x.shape
+    ph, pw = -h % net.multiple, -w % net.multiple
+    pad = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect").astype(np.float32)
+    with torch.no_grad():
+        out = np.concatenate([net(torch.from_numpy(pad[i : i + 4])[:, None].to(device))[:, 0].float().cpu().numpy()
+                              for i in range(0, n, 4)])
+    return out[:, :h, :w]
+
+
+def _fit(preset: str, steps: int, lr: float, seed: int, device: str, loss_at):
+    """A fresh U-Net of ``preset`` trained for ``steps`` Adam steps (cosine-annealed
+    learning rate) on the loss ``loss_at(net, rng, step)`` returns."""
     import torch
 
     from asn2n_dask.model import build_unet
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    x = noisy.astype(np.float32)
-    mean, std = float(x.mean()), float(x.std()) or 1.0
-    x = (x - mean) / std
-    net = build_unet(preset)
-    opt = torch.optim.Adam(net.parameters(), lr=4e-4)
+    net = build_unet(preset).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    n, h, w = x.shape
+    net.train()
+    for step in range(steps):
+        loss = loss_at(net, rng, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, float, float]:
+    x = x.astype(np.float32)
+    mean, std = float(x.mean()), float(x.std()) or 1.0
+    return (x - mean) / std, mean, std
+
+
+def n2v(noisy: np.ndarray, *, steps: int, batch: int, patch: int, preset: str, seed: int = 0,
+        mask_fraction: float = 0.002, device: str = "cpu") -> np.ndarray:
+    """Noise2Void (CAREamics' N2V: uniform neighbour replacement, MSE on masked pixels)."""
+    import torch
+
+    x, mean, std = _standardise(noisy)
     k = max(1, int(round(mask_fraction * patch * patch)))
-    for _ in range(steps):
-        idx = rng.integers(0, n, batch)
-        ys, xs = rng.integers(0, h - patch + 1, batch), rng.integers(0, w - patch + 1, batch)
-        crops = np.stack([x[i, y : y + patch, q : q + patch] for i, y, q in zip(idx, ys, xs)])
-        crops = np.rot90(crops, rng.integers(0, 4), axes=(1, 2))
-        if rng.random() < 0.5:
-            crops = crops[:, :, ::-1]
-        target = np.ascontiguousarray(crops)
+
+    def loss_at(net, rng, step):
+        (target,) = _crops(rng, (x,), batch, patch)
         inp = target.copy()
         mask = np.zeros_like(target, bool)
         for b in range(batch):
@@ -135,20 +176,85 @@ def n2v(noisy: np.ndarray, *, steps: int, batch: int, patch: int, preset: str, s
             ny, nx = np.clip(py + dy, 0, patch - 1), np.clip(px + dx, 0, patch - 1)
             inp[b, py, px] = target[b, ny, nx]
             mask[b, py, px] = True
-        pred = net(torch.from_numpy(inp)[:, None])[:, 0]
-        m = torch.from_numpy(mask)
-        loss = ((pred - torch.from_numpy(target))[m] ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
-    mult = net.multiple
-    ph, pw = -h % mult, -w % mult
-    with torch.no_grad():
-        pad = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
-        out = np.concatenate([net(torch.from_numpy(pad[i : i + 4])[:, None])[:, 0].numpy() for i in range(0, n, 4)])
-    return out[:, :h, :w] * std + mean
+        pred = net(torch.from_numpy(inp)[:, None].to(device))[:, 0]
+        m = torch.from_numpy(mask).to(device)
+        return ((pred - torch.from_numpy(target).to(device))[m] ** 2).mean()
+
+    net = _fit(preset, steps, 4e-4, seed, device, loss_at)
+    return _apply(net, x, device) * std + mean
+
+
+#: Neighbour pairs inside a 2x2 cell (pixels numbered 0 1 / 2 3): side by side or one above
+#: the other, either way round; never the pixel itself and never the diagonal.
+NEIGHBOURS = np.array([(0, 1), (1, 0), (2, 3), (3, 2), (0, 2), (2, 0), (1, 3), (3, 1)])
+
+
+def neighbour_subsample(x, pick: np.ndarray):
+    """Neighbor2Neighbor's neighbour sub-sampler: two ``(b, 1, h/2, w/2)`` images of ``x``
+    ``(b, 1, h, w)``, taking from each 2x2 cell the two pixels ``pick`` ``(b, h/2, w/2, 2)``
+    names (rows of :data:`NEIGHBOURS`, drawn at random per cell)."""
+    import torch
+
+    b, _, h, w = x.shape
+    cells = x.reshape(b, h // 2, 2, w // 2, 2).permute(0, 1, 3, 2, 4).reshape(b, h // 2, w // 2, 4)
+    pick = torch.from_numpy(pick).to(x.device)
+    first = torch.gather(cells, 3, pick[..., :1])[..., 0]
+    second = torch.gather(cells, 3, pick[..., 1:])[..., 0]
+    return first[:, None], second[:, None]
+
+
+def nb2nb(noisy: np.ndarray, *, steps: int, batch: int, patch: int, preset: str, seed: int = 0,
+          gamma: float = 2.0, device: str = "cpu") -> np.ndarray:
+    """Neighbor2Neighbor (Huang et al., CVPR 2021): the network maps one random neighbour
+    sub-sample of a crop to the other, with the regulariser that ties it to its own output
+    on the whole crop (weight ramped from 0 to ``gamma``); applied to the raw frames.  The
+    crops are ``2 * patch`` so that the network is trained at ``patch``, as the others are."""
+    import torch
+
+    x, mean, std = _standardise(noisy)
+
+    def loss_at(net, rng, step):
+        (crop,) = _crops(rng, (x,), batch, 2 * patch)
+        y = torch.from_numpy(crop)[:, None].to(device)
+        with torch.no_grad():
+            fy = net(y)
+        pick = NEIGHBOURS[rng.integers(0, len(NEIGHBOURS), (batch, patch, patch))]
+        y1, y2 = neighbour_subsample(y, pick)
+        f1, f2 = neighbour_subsample(fy, pick)  # the same cells of the network's output
+        out = net(y1)
+        weight = gamma * step / max(1, steps - 1)
+        return torch.mean((out - y2) ** 2) + weight * torch.mean((out - y2 - (f1 - f2)) ** 2)
+
+    net = _fit(preset, steps, 1e-3, seed, device, loss_at)
+    return _apply(net, x, device) * std + mean
+
+
+def supervised(noisy: np.ndarray, gt: np.ndarray, *, steps: int, batch: int, patch: int, preset: str,
+               folds: int = 2, seed: int = 0, device: str = "cpu") -> np.ndarray:
+    """A ceiling, not a competitor: the same U-Net trained with the references of the
+    other fields as targets (MSE), ``folds``-fold across fields, so that each field is
+    denoised by a network that never saw it nor its reference.  Each reference is first
+    fitted (scale and offset) to its noisy frame, so targets are in the input's units.
+    What this network could reach on these frames if it were told the answer elsewhere."""
+    import torch
+
+    x, mean, std = _standardise(noisy)
+    target = np.empty_like(x)
+    for i, (img, ref) in enumerate(zip(x, gt.astype(np.float64))):
+        a = np.stack([ref.ravel(), np.ones(ref.size)], 1)
+        target[i] = (a @ np.linalg.lstsq(a, img.ravel().astype(np.float64), rcond=None)[0]).reshape(ref.shape)
+    out = np.empty_like(x)
+    for k, held in enumerate(np.array_split(np.arange(len(x)), folds)):
+        train = np.setdiff1d(np.arange(len(x)), held)
+
+        def loss_at(net, rng, step, train=train):
+            inp, tgt = _crops(rng, (x[train], target[train]), batch, patch)
+            pred = net(torch.from_numpy(inp)[:, None].to(device))
+            return torch.mean((pred - torch.from_numpy(tgt)[:, None].to(device)) ** 2)
+
+        net = _fit(preset, steps, 1e-3, seed + k, device, loss_at)
+        out[held] = _apply(net, x[held], device)
+    return out * std + mean
 
 
 def default_command(noisy: np.ndarray, channel: int, steps: int | None,
@@ -240,7 +346,11 @@ def render(rows: dict) -> str:
                      f"`{r['commit'][:10]}`{'+' if r['dirty'] else ''} |")
     lines += ["", "`gaussian`: sigma chosen per image by its psnr against the reference (an oracle). `n2v`: "
               "Noise2Void as CAREamics trains it, on the same network, steps, batch and patch as the default "
-              "command. `asn2n run`: the default command on the channel's 16 frames as one stack; its wall time "
+              "command. `Neighbor2Neighbor`: trained on random neighbour sub-samples of the noisy frames, "
+              "applied to the raw frames, same network, steps and batch. `supervised ceiling`: the same network "
+              "trained on the other half of the fields with their references as targets, not a competitor (it is "
+              "told the answer) but what this network can reach on these frames. "
+              "`asn2n run`: the default command on the channel's 16 frames as one stack; its wall time "
               "includes training.", ""]
     return "\n".join(lines)
 
@@ -248,7 +358,8 @@ def render(rows: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", nargs="+", default=["noisy", "gaussian", "wiener", "n2v", "default"],
-                    choices=["noisy", "gaussian", "wiener", "n2v", "default", "blend", "tta", "same-norm"])
+                    choices=["noisy", "gaussian", "wiener", "n2v", "nb2nb", "supervised", "default", "blend", "tta",
+                             "same-norm"])
     ap.add_argument("--blend-model", type=Path, default=None,
                     help="blend and tta stages: the channel's model directory (default: the default stage's)")
     ap.add_argument("--blend-fields", type=int, default=2, help="blend stage: the first N fields of the channel")
@@ -261,6 +372,8 @@ def main() -> None:
     ap.add_argument("--channels", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--run-options", default="",
                     help="default stage: options added to the command, e.g. '--norm global' (one row each)")
+    ap.add_argument("--device", default="cpu",
+                    help="n2v, nb2nb and supervised stages: the torch device they train and denoise on")
     ap.add_argument("--steps", type=int, default=None,
                     help="training steps of both networks (default: the default command's)")
     args = ap.parse_args()
@@ -272,6 +385,7 @@ def main() -> None:
     path = RESULTS / "realdata.json"
     rows = records.load(path)
     argv = " ".join(["python benchmarks/realdata.py", *sys.argv[1:]])
+    on = "" if args.device == "cpu" else f", {args.device}"  # GPU rows beside the processor's
     for c in args.channels:
         names, noisy, gt = frames(c)
         for stage in args.stage:
@@ -321,8 +435,16 @@ def main() -> None:
                 pred, sds = wiener(noisy, gt)
                 method, command, extra = "oracle Wiener filter per image", argv, {"noise_sd": sds}
             elif stage == "n2v":
-                pred = n2v(noisy, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset)
-                method, command = f"N2V ({cfg.preset}, {steps} steps)", argv
+                pred = n2v(noisy, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset, device=args.device)
+                method, command = f"N2V ({cfg.preset}, {steps} steps{on})", argv
+            elif stage == "nb2nb":
+                pred = nb2nb(noisy, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset,
+                             device=args.device)
+                method, command = f"Neighbor2Neighbor ({cfg.preset}, {steps} steps{on})", argv
+            elif stage == "supervised":
+                pred = supervised(noisy, gt, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset,
+                                  device=args.device)
+                method, command = f"supervised ceiling ({cfg.preset}, {steps} steps, 2 folds{on})", argv
             else:
                 opts = tuple(args.run_options.split())
                 pred, wall, command = default_command(noisy, c, args.steps, opts)
@@ -334,6 +456,10 @@ def main() -> None:
                     extra["gpu"] = torch.cuda.get_device_name(torch.device(gpu))
                 if opts:
                     method = f"asn2n run {args.run_options}" + ("" if args.steps is None else f" --steps {args.steps}")
+            if stage in ("n2v", "nb2nb", "supervised") and args.device != "cpu":
+                import torch
+
+                extra["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
             wall = time.perf_counter() - t0
             row = {"channel": c, "method": method, "fields": names, "scores": scores(pred, gt),
                    **provenance(command, wall), **extra}
