@@ -28,6 +28,7 @@ scores per image and their means) and ``realdata.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
@@ -372,6 +373,8 @@ def main() -> None:
     ap.add_argument("--channels", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--run-options", default="",
                     help="default stage: options added to the command, e.g. '--norm global' (one row each)")
+    ap.add_argument("--preset", default=None,
+                    help="n2v, nb2nb and supervised stages: the U-Net preset (default: the default command's)")
     ap.add_argument("--device", default="cpu",
                     help="n2v, nb2nb and supervised stages: the torch device they train and denoise on")
     ap.add_argument("--steps", type=int, default=None,
@@ -382,6 +385,8 @@ def main() -> None:
 
     cfg = TrainConfig()
     steps = args.steps or cfg.steps
+    if args.preset is not None:
+        cfg = dataclasses.replace(cfg, preset=args.preset)
     path = RESULTS / "realdata.json"
     rows = records.load(path)
     argv = " ".join(["python benchmarks/realdata.py", *sys.argv[1:]])
