@@ -205,7 +205,7 @@ def neighbour_subsample(x, pick: np.ndarray):
 
 
 def nb2nb(noisy: np.ndarray, *, steps: int, batch: int, patch: int, preset: str, seed: int = 0,
-          gamma: float = 2.0, device: str = "cpu") -> np.ndarray:
+          gamma: float = 2.0, lr: float = 1e-3, device: str = "cpu") -> np.ndarray:
     """Neighbor2Neighbor (Huang et al., CVPR 2021): the network maps one random neighbour
     sub-sample of a crop to the other, with the regulariser that ties it to its own output
     on the whole crop (weight ramped from 0 to ``gamma``); applied to the raw frames.  The
@@ -226,12 +226,12 @@ def nb2nb(noisy: np.ndarray, *, steps: int, batch: int, patch: int, preset: str,
         weight = gamma * step / max(1, steps - 1)
         return torch.mean((out - y2) ** 2) + weight * torch.mean((out - y2 - (f1 - f2)) ** 2)
 
-    net = _fit(preset, steps, 1e-3, seed, device, loss_at)
+    net = _fit(preset, steps, lr, seed, device, loss_at)
     return _apply(net, x, device) * std + mean
 
 
 def supervised(noisy: np.ndarray, gt: np.ndarray, *, steps: int, batch: int, patch: int, preset: str,
-               folds: int = 2, seed: int = 0, device: str = "cpu") -> np.ndarray:
+               folds: int = 2, seed: int = 0, lr: float = 1e-3, device: str = "cpu") -> np.ndarray:
     """A ceiling, not a competitor: the same U-Net trained with the references of the
     other fields as targets (MSE), ``folds``-fold across fields, so that each field is
     denoised by a network that never saw it nor its reference.  Each reference is first
@@ -253,7 +253,7 @@ def supervised(noisy: np.ndarray, gt: np.ndarray, *, steps: int, batch: int, pat
             pred = net(torch.from_numpy(inp)[:, None].to(device))
             return torch.mean((pred - torch.from_numpy(tgt)[:, None].to(device)) ** 2)
 
-        net = _fit(preset, steps, 1e-3, seed + k, device, loss_at)
+        net = _fit(preset, steps, lr, seed + k, device, loss_at)
         out[held] = _apply(net, x[held], device)
     return out * std + mean
 
@@ -375,6 +375,8 @@ def main() -> None:
                     help="default stage: options added to the command, e.g. '--norm global' (one row each)")
     ap.add_argument("--preset", default=None,
                     help="n2v, nb2nb and supervised stages: the U-Net preset (default: the default command's)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="nb2nb and supervised stages: Adam's learning rate (default 1e-3, the default command's)")
     ap.add_argument("--device", default="cpu",
                     help="n2v, nb2nb and supervised stages: the torch device they train and denoise on")
     ap.add_argument("--steps", type=int, default=None,
@@ -391,6 +393,8 @@ def main() -> None:
     rows = records.load(path)
     argv = " ".join(["python benchmarks/realdata.py", *sys.argv[1:]])
     on = "" if args.device == "cpu" else f", {args.device}"  # GPU rows beside the processor's
+    lr = {} if args.lr is None else {"lr": args.lr}
+    on += "".join(f", lr {v:g}" for v in lr.values())
     for c in args.channels:
         names, noisy, gt = frames(c)
         for stage in args.stage:
@@ -444,11 +448,11 @@ def main() -> None:
                 method, command = f"N2V ({cfg.preset}, {steps} steps{on})", argv
             elif stage == "nb2nb":
                 pred = nb2nb(noisy, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset,
-                             device=args.device)
+                             device=args.device, **lr)
                 method, command = f"Neighbor2Neighbor ({cfg.preset}, {steps} steps{on})", argv
             elif stage == "supervised":
                 pred = supervised(noisy, gt, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset,
-                                  device=args.device)
+                                  device=args.device, **lr)
                 method, command = f"supervised ceiling ({cfg.preset}, {steps} steps, 2 folds{on})", argv
             else:
                 opts = tuple(args.run_options.split())
