@@ -375,6 +375,9 @@ def main() -> None:
                     help="default stage: options added to the command, e.g. '--norm global' (one row each)")
     ap.add_argument("--preset", default=None,
                     help="n2v, nb2nb and supervised stages: the U-Net preset (default: the default command's)")
+    ap.add_argument("--folds", type=int, default=2,
+                    help="supervised stage: the fields split into this many folds, each denoised by a network "
+                         "trained on the others")
     ap.add_argument("--lr", type=float, default=None,
                     help="nb2nb and supervised stages: Adam's learning rate (default 1e-3, the default command's)")
     ap.add_argument("--device", default="cpu",
@@ -452,8 +455,8 @@ def main() -> None:
                 method, command = f"Neighbor2Neighbor ({cfg.preset}, {steps} steps{on})", argv
             elif stage == "supervised":
                 pred = supervised(noisy, gt, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset,
-                                  device=args.device, **lr)
-                method, command = f"supervised ceiling ({cfg.preset}, {steps} steps, 2 folds{on})", argv
+                                  folds=args.folds, device=args.device, **lr)
+                method, command = f"supervised ceiling ({cfg.preset}, {steps} steps, {args.folds} folds{on})", argv
             else:
                 opts = tuple(args.run_options.split())
                 pred, wall, command = default_command(noisy, c, args.steps, opts)
