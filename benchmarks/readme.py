@@ -111,8 +111,9 @@ def realdata_section(rows: dict) -> list[str]:
            "the network maps one random neighbour sub-sample of the noisy frame to the other, with the "
            "regulariser that ties it to its own output on the whole frame, applied to the raw frames; same "
            "network, steps and batch (`--stage nb2nb`). The supervised ceiling is not a competitor: the same "
-           "network trained with the references of the other half of the fields as targets, each half denoised "
-           "by the network that never saw it (`--stage supervised`): what this network can reach on these "
+           "network trained with the references of the other fields as targets: the fields split into K folds, "
+           "each denoised by a network that learned from the other K-1 and never saw it (`--stage supervised "
+           "--folds K`): what this network can reach on these "
            "frames when it is told the answer elsewhere. The GPU rows of the trained yardsticks ran on one "
            "NVIDIA H200 (`--device cuda`).",
            "",
@@ -156,7 +157,7 @@ def realdata_section(rows: dict) -> list[str]:
     if verdicts:
         out += ["", f"Against the target (best Gaussian + {W2S_GAIN_DB:g} dB, at most {W2S_MAX_FALSE_OBJ:g} false "
                 f"objects per Mpx): " + "; ".join(verdicts) + "."]
-    out += w2s_budget(rows) + w2s_same_norm(rows) + w2s_blend(rows) + w2s_tta(rows)
+    out += w2s_ceiling(rows) + w2s_budget(rows) + w2s_same_norm(rows) + w2s_blend(rows) + w2s_tta(rows)
     missing = [c for c in range(3) if f"c{c} asn2n run (defaults)" not in rows]
     if missing:
         out += ["", "Not yet recorded: the default command on channel(s) "
@@ -226,6 +227,36 @@ def w2s_budget(rows: dict) -> list[str]:
         lines[-1] += (" A wider network, the same way (`--run-options '--device cuda --preset paper'`): "
                       + "; ".join(wider) + ".")
     return lines
+
+
+def w2s_ceiling(rows: dict) -> list[str]:
+    """The supervised ceiling against how many fields it learns from, per channel (its rows
+    at the default network and steps, ``K folds``: each fold learns from the other K-1)."""
+    from asn2n_dask.config import TrainConfig
+
+    cfg = TrainConfig()
+    per: dict[int, list[tuple[int, dict]]] = {}
+    for r in rows.values():
+        name = rf"supervised ceiling \({cfg.preset}, {cfg.steps} steps, (\d+) folds(?:, [^,]+)?\)"  # no lr variants
+        m = re.fullmatch(name, r["method"])
+        if m:
+            k, n = int(m[1]), len(r["fields"])
+            per.setdefault(r["channel"], []).append((n - -(-n // k), r))  # fields each network learns from
+    said = []
+    for c, points in sorted(per.items()):
+        gauss = rows.get(f"c{c} best Gaussian per image")
+        if gauss is None or len(points) < 2:
+            continue
+        g = gauss["scores"]["mean"]["psnr"]
+        said.append(f"channel {c}: " + ", ".join(
+            f"{n} fields {r['scores']['mean']['psnr']:.2f} dB ({signed(r['scores']['mean']['psnr'] - g)})"
+            for n, r in sorted(points, key=lambda p: p[0])))
+    if not said:
+        return []
+    return ["", f"The supervised ceiling ({cfg.preset} network, {cfg.steps} steps) against the number of fields whose "
+            "references it learns from, psnr and its gain over the best Gaussian: " + "; ".join(said) + ". It "
+            "rises with the references it is given, so it bounds this network at this much data, not every "
+            "denoiser; the default command learns from the 16 noisy frames alone."]
 
 
 def w2s_tta(rows: dict) -> list[str]:

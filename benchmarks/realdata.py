@@ -349,7 +349,7 @@ def render(rows: dict) -> str:
               "Noise2Void as CAREamics trains it, on the same network, steps, batch and patch as the default "
               "command. `Neighbor2Neighbor`: trained on random neighbour sub-samples of the noisy frames, "
               "applied to the raw frames, same network, steps and batch. `supervised ceiling`: the same network "
-              "trained on the other half of the fields with their references as targets, not a competitor (it is "
+              "trained on the other fields (K folds) with their references as targets, not a competitor (it is "
               "told the answer) but what this network can reach on these frames. "
               "`asn2n run`: the default command on the channel's 16 frames as one stack; its wall time "
               "includes training.", ""]

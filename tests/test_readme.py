@@ -116,3 +116,19 @@ def test_the_sparse_section_says_when_adaptive_is_the_global_scale_there(readme_
     rows["sparse same-norm"]["max_abs_diff"] = 0.5
     text = "\n".join(readme_mod.sparse_section(rows))
     assert "largest difference 0.5 in input units" in text and "alike;" not in text
+
+
+def test_the_w2s_ceiling_is_told_by_the_fields_it_learns_from_and_leaves_other_settings_out(readme_mod):
+    def row(method: str, psnr: float) -> dict:
+        return {"channel": 0, "method": method, "fields": [f"field{i:03d}_c0.tif" for i in range(16)],
+                "scores": {"mean": {"psnr": psnr}}}
+
+    rows = {"c0 best Gaussian per image": row("best Gaussian per image", 32.0)}
+    for method, psnr in [("supervised ceiling (small, 3000 steps, 2 folds, cuda)", 33.0),
+                         ("supervised ceiling (small, 3000 steps, 4 folds, cuda)", 33.5),
+                         ("supervised ceiling (small, 3000 steps, 2 folds, cuda, lr 0.0003)", 40.0),
+                         ("supervised ceiling (small, 8000 steps, 2 folds, cuda)", 41.0)]:
+        rows[f"c0 {method}"] = row(method, psnr)
+    text = " ".join(readme_mod.w2s_ceiling(rows))
+    assert "channel 0: 8 fields 33.00 dB (+1.00 dB), 12 fields 33.50 dB (+1.50 dB)." in text
+    assert "40.00" not in text and "41.00" not in text
