@@ -158,8 +158,9 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def n2v(noisy: np.ndarray, *, steps: int, batch: int, patch: int, preset: str, seed: int = 0,
-        mask_fraction: float = 0.002, device: str = "cpu") -> np.ndarray:
-    """Noise2Void (CAREamics' N2V: uniform neighbour replacement, MSE on masked pixels)."""
+        mask_fraction: float = 0.002, lr: float = 4e-4, device: str = "cpu") -> np.ndarray:
+    """Noise2Void (CAREamics' N2V: uniform neighbour replacement, MSE on masked pixels;
+    CAREamics' learning rate)."""
     import torch
 
     x, mean, std = _standardise(noisy)
@@ -181,7 +182,7 @@ def n2v(noisy: np.ndarray, *, steps: int, batch: int, patch: int, preset: str, s
         m = torch.from_numpy(mask).to(device)
         return ((pred - torch.from_numpy(target).to(device))[m] ** 2).mean()
 
-    net = _fit(preset, steps, 4e-4, seed, device, loss_at)
+    net = _fit(preset, steps, lr, seed, device, loss_at)
     return _apply(net, x, device) * std + mean
 
 
@@ -248,8 +249,10 @@ def supervised(noisy: np.ndarray, gt: np.ndarray, *, steps: int, batch: int, pat
     for k, held in enumerate(np.array_split(np.arange(len(x)), folds)):
         train = np.setdiff1d(np.arange(len(x)), held)
 
-        def loss_at(net, rng, step, train=train):
-            inp, tgt = _crops(rng, (x[train], target[train]), batch, patch)
+        pairs = (x[train], target[train])
+
+        def loss_at(net, rng, step, pairs=pairs):
+            inp, tgt = _crops(rng, pairs, batch, patch)
             pred = net(torch.from_numpy(inp)[:, None].to(device))
             return torch.mean((pred - torch.from_numpy(tgt)[:, None].to(device)) ** 2)
 
@@ -379,12 +382,15 @@ def main() -> None:
                     help="supervised stage: the fields split into this many folds, each denoised by a network "
                          "trained on the others")
     ap.add_argument("--lr", type=float, default=None,
-                    help="nb2nb and supervised stages: Adam's learning rate (default 1e-3, the default command's)")
+                    help="n2v, nb2nb and supervised stages: Adam's learning rate (default: 4e-4 for n2v, CAREamics'; "
+                         "1e-3 for the others, the default command's)")
     ap.add_argument("--device", default="cpu",
                     help="n2v, nb2nb and supervised stages: the torch device they train and denoise on")
     ap.add_argument("--steps", type=int, default=None,
                     help="training steps of both networks (default: the default command's)")
     args = ap.parse_args()
+    if not 2 <= args.folds <= 16:
+        ap.error(f"--folds must be between 2 and 16 (the fields of a channel), not {args.folds}")
     records.code_state()  # the commit these rows come from: the one checked out now
     from asn2n_dask.config import TrainConfig
 
@@ -395,9 +401,9 @@ def main() -> None:
     path = RESULTS / "realdata.json"
     rows = records.load(path)
     argv = " ".join(["python benchmarks/realdata.py", *sys.argv[1:]])
-    on = "" if args.device == "cpu" else f", {args.device}"  # GPU rows beside the processor's
+    suffix = "" if args.device == "cpu" else f", {args.device}"  # GPU rows beside the processor's
     lr = {} if args.lr is None else {"lr": args.lr}
-    on += "".join(f", lr {v:g}" for v in lr.values())
+    suffix += "".join(f", lr {v:g}" for v in lr.values())
     for c in args.channels:
         names, noisy, gt = frames(c)
         for stage in args.stage:
@@ -447,16 +453,17 @@ def main() -> None:
                 pred, sds = wiener(noisy, gt)
                 method, command, extra = "oracle Wiener filter per image", argv, {"noise_sd": sds}
             elif stage == "n2v":
-                pred = n2v(noisy, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset, device=args.device)
-                method, command = f"N2V ({cfg.preset}, {steps} steps{on})", argv
+                pred = n2v(noisy, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset, device=args.device,
+                           **lr)
+                method, command = f"N2V ({cfg.preset}, {steps} steps{suffix})", argv
             elif stage == "nb2nb":
                 pred = nb2nb(noisy, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset,
                              device=args.device, **lr)
-                method, command = f"Neighbor2Neighbor ({cfg.preset}, {steps} steps{on})", argv
+                method, command = f"Neighbor2Neighbor ({cfg.preset}, {steps} steps{suffix})", argv
             elif stage == "supervised":
                 pred = supervised(noisy, gt, steps=steps, batch=cfg.batch, patch=cfg.patch, preset=cfg.preset,
                                   folds=args.folds, device=args.device, **lr)
-                method, command = f"supervised ceiling ({cfg.preset}, {steps} steps, {args.folds} folds{on})", argv
+                method, command = f"supervised ceiling ({cfg.preset}, {steps} steps, {args.folds} folds{suffix})", argv
             else:
                 opts = tuple(args.run_options.split())
                 pred, wall, command = default_command(noisy, c, args.steps, opts)
