@@ -207,8 +207,12 @@ def friendly(fn: F) -> F:
             _fail(str(e))
         except KeyboardInterrupt as e:
             what = "terminated" if isinstance(e, Terminated) else "interrupted"
-            typer.echo(f"{what}. A .tif output was not written; a .zarr run keeps its finished chunks: run the same "
-                       "command again to resume.", err=True)
+            if fn.__name__ == "fit":
+                typer.echo(f"{what}. Training checkpoints (every --checkpoint-every steps) stay in the model "
+                           "directory: run the same command with --resume to go on from the last one.", err=True)
+            else:
+                typer.echo(f"{what}. A .tif output was not written; a .zarr run keeps its finished chunks: run the "
+                           "same command again to resume.", err=True)
             raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
         except PermissionError as e:
             _fail(f"permission denied on {e.filename or e}; choose a path you can write to (the input is never "
@@ -219,6 +223,13 @@ def friendly(fn: F) -> F:
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 _fail(f"the disk is full ({e.filename or e.strerror}); free space and run the same command again.")
+            if e.errno == errno.EROFS:
+                _fail(f"{e.filename or 'a path'} is on a read-only file system; choose a path you can write to (the "
+                      "input is never written).")
+            if e.filename and e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+                                          errno.ELOOP):
+                _fail(f"{e.filename}: {(e.strerror or '').lower()}; check the path (outputs go where you can "
+                      "write; the input is never written).")
             _unexpected(e)
         except Exception as e:  # not one of ours: one sentence, the traceback in a file
             _unexpected(e)
@@ -289,8 +300,9 @@ def main(
     # loggers' levels from its configuration when it is first imported (later, by a command),
     # so the levels go into that configuration as well as onto the loggers
     quiet_loop = "critical" if verbose < 2 else "info"
-    levels = {"distributed": "error" if verbose < 2 else "info", "tornado": quiet_loop,
-              "tornado.application": quiet_loop, "asyncio": quiet_loop}
+    # a task's failure is the command's error, said once in a sentence: not also a worker's traceback
+    levels = {"distributed": "error" if verbose < 2 else "info", "distributed.worker": quiet_loop,
+              "tornado": quiet_loop, "tornado.application": quiet_loop, "asyncio": quiet_loop}
     import dask
 
     site = dask.config.get("distributed.logging", {})
@@ -642,6 +654,12 @@ def _check_model_dir(path: Path, overwrite: bool) -> None:
                           "another directory.")
     if path.exists() and not path.is_dir():
         raise OutputError(f"model directory {path} is a file; choose a directory path.")
+    if path.is_dir() and not (path / "model.json").exists():
+        other = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))  # .name: our own locks
+        if other:
+            shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+            raise OutputError(f"model directory {path} holds other files ({shown}) and no model; choose a new or "
+                              "empty directory.")
 
 
 def _provenance(kind: str, **fields: Any) -> dict[str, Any]:
@@ -1261,6 +1279,15 @@ def run(
 
     mdir = model_dir or output.with_name(output.name + ".model")
     _check_model_out(mdir, [input])
+    from .io import paths_overlap
+
+    if paths_overlap(mdir, output):
+        raise OutputError(f"the model directory {mdir} is, contains or lies inside the output {output}; choose "
+                          "another --model.")
+    if zarr_out and (output.exists() or output.is_symlink()):  # before training, not after
+        from .resume import existing, refuse_foreign
+
+        refuse_foreign(output, existing(output))
     src, sel = _open_selection(input, axes, channel, time, series)  # a bad selection is said before training
     if zarr_out:  # and bad chunks
         from .plan import check_run_axes, output_chunks, run_spatial

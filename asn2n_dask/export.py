@@ -576,6 +576,8 @@ def import_bioimageio(package: str | os.PathLike[str], model_dir: str | os.PathL
     src, dest = Path(package), Path(model_dir)
     if not src.is_file():
         raise InputError(f"package {src} does not exist; give the .zip that 'asn2n export' wrote.")
+    if dest.exists() and not dest.is_dir():
+        raise OutputError(f"{dest} is a file; give a directory for the imported model.")
     if (dest / "model.json").exists() and not overwrite:
         raise OutputError(f"a model already exists in {dest}; pass --overwrite to replace it or choose another "
                           "directory.")

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import ome
-from .axes import merge_axes, parse_axes
+from .axes import NAMED_AXES, merge_axes, parse_axes
 from .errors import InputError, OutputError
 
 __all__ = ["ImageMeta", "read_image", "check_output", "paths_overlap", "write_image", "cast_output", "TIFF_SUFFIXES",
@@ -191,6 +191,9 @@ def tiff_series(tf: Any, path: Path, series: int | None) -> Any:
         nbytes = math.prod(int(v) for v in s.shape) * np.dtype(s.dtype).itemsize
     except Exception as e:
         raise InputError(f"{path} is not a readable TIFF file ({_reason(e)}).") from None
+    if np.dtype(s.dtype) == np.bool_:  # stored one bit a pixel: a mask, and no measure of brightness
+        raise InputError(f"{path} is a 1-bit (black and white) image, a mask rather than fluorescence intensities; "
+                         "give the grey-level image it was made from.")
     size = path.stat().st_size
     if not compressed and nbytes > size:
         raise InputError(f"{path} is truncated or damaged: its header describes {nbytes} bytes of pixels but the "
@@ -198,13 +201,22 @@ def tiff_series(tf: Any, path: Path, series: int | None) -> Any:
     return s
 
 
-def tiff_axes(letters: str, path: Path, ndim: int) -> str:
-    """Axis letters of a TIFF series as the package uses them (ImageJ's ``I``: time)."""
+def tiff_axes(letters: str, path: Path, ndim: int, given: str | None = None) -> str:
+    """Axis letters of a TIFF series as the package uses them (ImageJ's ``I``: time),
+    with ``given`` (``--axes``) naming what the file leaves unnamed
+    (:func:`asn2n_dask.axes.merge_axes`)."""
     axes = letters.replace("I", "T") if "T" not in letters else letters
     if "S" in axes:
         raise InputError(f"{path} is an RGB image; save each colour as a channel of a grey-level stack.")
     if not axes.endswith("YX"):
         raise InputError(f"{path} has axes {axes}; the last two must be the frame's Y and X.")
+    if given is not None:
+        return merge_axes(letters, given, ndim, source=str(path))
+    unnamed = [a for a in axes[:-2] if a not in NAMED_AXES]
+    if len(unnamed) > 1 and len(set(axes)) != len(axes):
+        example = "TC" if ndim == 4 else "TZC" + "Q" * (ndim - 5)  # Q: an axis of no meaning here
+        raise InputError(f"{path} leaves {len(unnamed)} of its axes unnamed ({axes}); name them with --axes, "
+                         f"e.g. --axes {example}YX (T time, C channel, Z depth, in the file's order).")
     return parse_axes(axes, ndim)
 
 
@@ -438,8 +450,7 @@ def tiff_meta(tf: Any, s: Any, index: int, axes: str, path: Path) -> ImageMeta:
 def _read_tiff(path: Path, series: int | None = None, axes: str | None = None) -> tuple[NDArray[Any], ImageMeta]:
     with quiet_tifffile(), open_tiff(path) as tf:
         s = tiff_series(tf, path, series)
-        own = tiff_axes(s.axes, path, len(s.shape))
-        axes = own if axes is None else merge_axes(s.axes, axes, len(s.shape), source=str(path))
+        axes = tiff_axes(s.axes, path, len(s.shape), axes)
         check_fits(path, tuple(s.shape), s.dtype)
         try:
             data = s.asarray()
@@ -565,6 +576,10 @@ def _read_zarr(path: Path, axes: str | None = None) -> tuple[Any, ImageMeta]:
     except Exception as e:  # zarr raises several types for a missing or bad store
         raise InputError(f"{path} is not a readable Zarr store ({type(e).__name__}: {e}).") from None
     attrs: dict[str, Any] = dict(node.attrs)
+    record = attrs.get("asn2n")
+    if isinstance(record, dict) and record.get("status") not in (None, "complete"):
+        raise InputError(f"{path} is an unfinished asn2n-dask output (its run was interrupted, or is still "
+                         "going): run the command that writes it again to finish it, then use it.")
     if isinstance(node, zarr.Group):
         ms = _ome_multiscale(attrs)
         if ms is not None:
@@ -982,7 +997,13 @@ def write_image(path: str | os.PathLike[str], data: NDArray[Any], meta: ImageMet
     extra = attrs or {}
     try:
         if out.suffix.lower() in TIFF_SUFFIXES:
-            _write_tiff(tmp, out, data, meta, extra)
+            try:
+                _write_tiff(tmp, out, data, meta, extra)
+            except OSError as e:
+                if e.errno is None and "written" in str(e):  # tifffile's short write: no room left
+                    raise OutputError(f"the disk holding {out} is full ({e}); free space and run the same command "
+                                      "again.") from None
+                raise
         else:
             from .store import write_image_zarr
 

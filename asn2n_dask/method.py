@@ -271,6 +271,8 @@ def ranges_agree(a: FrameStats, b: FrameStats) -> bool:
     narrower one: data from the same instrument and settings as the training data
     (a brighter or dimmer field, a minimum an ADU away) agree; data with another camera
     offset or gain, or in other units, do not."""
+    if (a.lo, a.hi) == (b.lo, b.hi):  # the same range, a constant image's empty one included
+        return True
     overlap = min(a.hi, b.hi) - max(a.lo, b.lo)
     return overlap >= RANGE_AGREEMENT * min(a.span, b.span)
 

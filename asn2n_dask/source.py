@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from .axes import merge_axes
 from .errors import InputError
 from .io import (
     TIFF_SUFFIXES,
@@ -212,8 +211,7 @@ def open_source(path: str | os.PathLike[str], axes: str | None = None, *, series
             s = tiff_series(tf, p, series)
             letters = s.axes
             shape = tuple(int(v) for v in s.shape)
-            own = tiff_axes(letters, p, len(shape))
-            ax = own if axes is None else merge_axes(letters, axes, len(shape), source=str(p))
+            ax = tiff_axes(letters, p, len(shape), axes)
             meta = tiff_meta(tf, s, number, ax, p)
         try:
             arr = open_array(str(p), "tiff", "", number)

@@ -134,7 +134,7 @@ def test_mismatched_or_unfinished_outputs_are_refused(zarr_run, tmp_path):
     shutil.copytree(d / "out.zarr", unfinished)
     root = zarr.open_group(str(unfinished), mode="r+")
     root.attrs["asn2n"] = {**dict(root.attrs["asn2n"]), "status": "running"}
-    with pytest.raises(InputError, match="unfinished run"):
+    with pytest.raises(InputError, match="unfinished asn2n-dask output"):
         make_report(d / "in.zarr", unfinished, tmp_path / "r2")
     assert not (tmp_path / "r2").exists()
 
