@@ -93,9 +93,6 @@ def _pair(raw: Source, den: Source) -> _Pair:
                          f"{raw.frame_shape[0]}x{raw.frame_shape[1]}; give the input the output was made from.")
     found = den.meta.attrs.get("asn2n") if isinstance(den.meta.attrs, dict) else None
     asn: dict[str, Any] = found if isinstance(found, dict) else {}
-    if asn and asn.get("status") not in (None, "complete"):
-        raise InputError(f"{den.path} is an unfinished run; run the same denoise command again to finish it, "
-                         "then report.")
     job: dict[str, Any] = asn["job"] if isinstance(asn.get("job"), dict) else {}
     sel = job.get("selection") or {}
     nc_in = raw.shape[raw.axes.index("C")] if "C" in raw.axes else 1
