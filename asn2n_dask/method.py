@@ -349,7 +349,8 @@ def denoising_stats(methods: Sequence[ChannelMethod], stats: Sequence[ChannelSta
             name = names[c] if names is not None else str(c)
             log.warning("channel %s ranges %.6g to %.6g, unlike the model's training data (%.6g to %.6g); it is "
                         "normalised on its own range, and the network sees intensities it was not trained on. "
-                        "Check that the model fits this data (same instrument and settings), or pass "
-                        "--norm-range model or data to choose.", name, s.norm.lo, s.norm.hi, m.stats.lo, m.stats.hi)
+                        "Check that the model fits this data (same instrument and settings), or choose "
+                        "with 'asn2n denoise --norm-range model' or 'data' (InferConfig.norm_range).",
+                        name, s.norm.lo, s.norm.hi, m.stats.lo, m.stats.hi)
         out.append(s if chosen == s.norm else replace(s, norm=chosen))
     return out
