@@ -136,3 +136,12 @@ def test_a_constant_channel_agrees_with_its_own_range():
 
     assert ranges_agree(FrameStats(500.0, 500.0), FrameStats(500.0, 500.0))
     assert not ranges_agree(FrameStats(500.0, 500.0), FrameStats(900.0, 900.0))
+
+
+def test_import_refuses_to_put_a_model_where_a_file_is(tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    package, taken = tmp_path / "model.zip", tmp_path / "image.tif"
+    package.write_bytes(b"PK")
+    taken.write_bytes(b"mine")
+    refused(invoke("import", package, "-o", taken), "is a file")
+    assert taken.read_bytes() == b"mine"
