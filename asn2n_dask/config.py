@@ -97,6 +97,8 @@ MAX_TILE = 4096
 MIN_TILE = 8
 MAX_PATCH = 1024
 MAX_BATCH = 4096
+#: Largest seed: torch's generator takes a signed 64-bit integer
+MAX_SEED = 2**63 - 1
 MAX_OVERLAP = 0.9
 #: Smallest distance between tile origins, in pixels (every pixel is computed about
 #: ``(tile / stride)**2`` times).
@@ -379,7 +381,7 @@ class TrainConfig:
         _check(1 <= self.batch <= MAX_BATCH, f"batch must be between 1 and {MAX_BATCH}; got {self.batch}.")
         object.__setattr__(self, "precision", parse_choice(self.precision, Precision, "precision"))
         _check(self.patience >= 0, f"patience must be >= 0; got {self.patience}.")
-        _check(0 <= self.seed < 2**63, f"seed must be from 0 to 2**63 - 1; got {self.seed}.")
+        _check(0 <= self.seed <= MAX_SEED, f"seed must be from 0 to {MAX_SEED}; got {self.seed}.")
         _check(self.risk_share is None or 0.0 <= self.risk_share <= 1.0,
                f"risk share must be in [0, 1]; got {self.risk_share}.")
         _check(self.lr > 0, f"learning rate must be positive; got {self.lr}.")
@@ -572,7 +574,7 @@ class VolumeTrainConfig:
         _check(self.anisotropy > 0, f"anisotropy (Z voxel size over Y-X voxel size) must be positive; "
                f"got {self.anisotropy}.")
         _check(self.consistency >= 0, f"consistency weight must be >= 0; got {self.consistency}.")
-        _check(0 <= self.seed < 2**63, f"seed must be from 0 to 2**63 - 1; got {self.seed}.")
+        _check(0 <= self.seed <= MAX_SEED, f"seed must be from 0 to {MAX_SEED}; got {self.seed}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
